@@ -1,0 +1,402 @@
+//! [`Fd`]: a file descriptor inside a message, and the side channel that carries it.
+//!
+//! While a value is encoded, each `Fd` it holds is duplicated into the frame's fd list and
+//! encoded as its index there; while a frame is decoded, each index takes its descriptor back
+//! out. The frame being built or read is found through a thread-local context, so descriptors
+//! can sit anywhere inside an ordinary `serde` type.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+/// A file descriptor that travels with a message.
+///
+/// Encoding duplicates the descriptor into the frame (the value keeps its own); decoding in
+/// another process yields a new descriptor for the same open file. Types that own a descriptor
+/// — shared-memory regions, connections, queues — hold one of these and derive `serde`.
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use mp_codec::{Fd, Frame};
+///
+/// let (mut reader, writer) = std::io::pipe()?;
+/// let frame = Frame::encode(&Fd::from(std::os::fd::OwnedFd::from(writer)))?;
+/// assert_eq!(frame.fds.len(), 1);
+/// let fd: Fd = frame.decode()?;
+/// std::fs::File::from(fd.into_inner()).write_all(b"hi")?;
+/// let mut got = String::new();
+/// reader.read_to_string(&mut got)?;
+/// assert_eq!(got, "hi");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Fd(OwnedFd);
+
+impl Fd {
+    /// The owned descriptor.
+    pub fn into_inner(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl From<OwnedFd> for Fd {
+    fn from(fd: OwnedFd) -> Self {
+        Fd(fd)
+    }
+}
+
+impl From<Fd> for OwnedFd {
+    fn from(fd: Fd) -> Self {
+        fd.0
+    }
+}
+
+impl AsFd for Fd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+#[cfg(feature = "serde")]
+pub(crate) use with_serde::{decode_serde, encode_serde};
+
+#[cfg(feature = "serde")]
+mod with_serde {
+    use std::{
+        cell::{Cell, RefCell},
+        os::fd::OwnedFd,
+        sync::atomic::{AtomicBool, Ordering},
+    };
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
+
+    use super::Fd;
+    use crate::{Error, Frame, Result};
+
+    /// Set once any `Fd` has been serialized in this process. Until then encoding skips the
+    /// side-channel set-up, so plain values pay nothing for it.
+    static FDS_SEEN: AtomicBool = AtomicBool::new(false);
+
+    thread_local! {
+        /// The fd list of the frame being encoded on this thread, if any.
+        static ENCODING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+        /// The descriptors of the frame being decoded on this thread, if any.
+        static DECODING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+        /// Why the last `Fd` failed, since postcard keeps no text for custom errors.
+        static FAULT: Cell<Option<Fault>> = const { Cell::new(None) };
+    }
+
+    #[derive(Clone, Copy)]
+    enum Fault {
+        Missing(u32),
+        Dup(i32),
+    }
+
+    impl Fault {
+        fn into_error(self) -> Error {
+            match self {
+                Fault::Missing(index) => Error::MissingFd(index),
+                Fault::Dup(errno) => Error::os("dup", std::io::Error::from_raw_os_error(errno)),
+            }
+        }
+    }
+
+    /// Appends to a `Vec` in bulk (postcard's `to_extend` pushes byte by byte).
+    struct Append<'a>(&'a mut Vec<u8>);
+
+    impl postcard::ser_flavors::Flavor for Append<'_> {
+        type Output = ();
+
+        #[inline]
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.0.push(data);
+            Ok(())
+        }
+
+        #[inline]
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+
+        #[inline]
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Puts the previous context back even if a `Serialize` or `Deserialize` impl panics.
+    struct Restore<'k, T: 'static> {
+        key: &'static std::thread::LocalKey<RefCell<Option<T>>>,
+        prev: Option<T>,
+        out: &'k mut Option<T>,
+    }
+
+    impl<T> Drop for Restore<'_, T> {
+        fn drop(&mut self) {
+            let prev = self.prev.take();
+            *self.out = self.key.with(|cell| cell.replace(prev));
+        }
+    }
+
+    #[cold]
+    fn encode_error(err: postcard::Error) -> Error {
+        match FAULT.take() {
+            Some(fault) => fault.into_error(),
+            None => Error::Encode(Box::new(err)),
+        }
+    }
+
+    #[cold]
+    fn decode_error(err: postcard::Error) -> Error {
+        match FAULT.take() {
+            Some(fault) => fault.into_error(),
+            None => Error::Malformed(Box::new(err)),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn encode_serde<T: Serialize + ?Sized>(value: &T, frame: &mut Frame) -> Result<()> {
+        if FDS_SEEN.load(Ordering::Relaxed) {
+            return encode_with_fds(value, frame);
+        }
+        let start = frame.bytes.len();
+        match postcard::serialize_with_flavor(value, Append(&mut frame.bytes)) {
+            Ok(()) => Ok(()),
+            Err(err) => encode_again(value, frame, start, err),
+        }
+    }
+
+    /// The plain attempt failed: if that was an `Fd` seen for the first time, redo the value
+    /// with a side channel.
+    #[cold]
+    fn encode_again<T: Serialize + ?Sized>(
+        value: &T,
+        frame: &mut Frame,
+        start: usize,
+        err: postcard::Error,
+    ) -> Result<()> {
+        if !FDS_SEEN.load(Ordering::Relaxed) {
+            return Err(encode_error(err));
+        }
+        FAULT.take();
+        frame.bytes.truncate(start);
+        encode_with_fds(value, frame)
+    }
+
+    #[inline(never)]
+    fn encode_with_fds<T: Serialize + ?Sized>(value: &T, frame: &mut Frame) -> Result<()> {
+        let mut fds = None;
+        let result = {
+            let mine = std::mem::take(&mut frame.fds);
+            let _restore = Restore {
+                key: &ENCODING,
+                prev: ENCODING.with(|cell| cell.replace(Some(mine))),
+                out: &mut fds,
+            };
+            postcard::serialize_with_flavor(value, Append(&mut frame.bytes))
+        };
+        frame.fds = fds.unwrap_or_default();
+        result.map_err(encode_error)
+    }
+
+    #[inline(always)]
+    pub(crate) fn decode_serde<T: DeserializeOwned>(frame: &mut Frame) -> Result<T> {
+        if !frame.fds.is_empty() {
+            return decode_with_fds(frame);
+        }
+        match postcard::take_from_bytes::<T>(&frame.bytes) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(Error::TrailingBytes(rest.len())),
+            Err(err) => Err(decode_error(err)),
+        }
+    }
+
+    #[inline(never)]
+    fn decode_with_fds<T: DeserializeOwned>(frame: &mut Frame) -> Result<T> {
+        let mut left = None;
+        let result = {
+            let mine = std::mem::take(&mut frame.fds)
+                .into_iter()
+                .map(Some)
+                .collect();
+            let _restore = Restore {
+                key: &DECODING,
+                prev: DECODING.with(|cell| cell.replace(Some(mine))),
+                out: &mut left,
+            };
+            postcard::take_from_bytes::<T>(&frame.bytes)
+        };
+        // Descriptors the value did not claim are closed here, with `left`.
+        drop(left);
+        match result {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(Error::TrailingBytes(rest.len())),
+            Err(err) => Err(decode_error(err)),
+        }
+    }
+
+    impl Serialize for Fd {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let pushed = ENCODING.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                let Some(fds) = slot.as_mut() else {
+                    return Err("file descriptors can only be encoded by mp_codec");
+                };
+                match self.0.try_clone() {
+                    Ok(dup) => {
+                        fds.push(dup);
+                        Ok(fds.len() - 1)
+                    }
+                    Err(err) => {
+                        FAULT.set(Some(Fault::Dup(err.raw_os_error().unwrap_or(0))));
+                        Err("cannot duplicate a file descriptor")
+                    }
+                }
+            });
+            match pushed {
+                Ok(index) => {
+                    let index = u32::try_from(index).map_err(serde::ser::Error::custom)?;
+                    serializer.serialize_u32(index)
+                }
+                Err(why) => {
+                    FDS_SEEN.store(true, Ordering::Relaxed);
+                    Err(serde::ser::Error::custom(why))
+                }
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Fd {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let index = u32::deserialize(deserializer)?;
+            let taken = DECODING.with(|cell| {
+                cell.borrow_mut()
+                    .as_mut()
+                    .and_then(|fds| fds.get_mut(index as usize))
+                    .and_then(Option::take)
+            });
+            match taken {
+                Some(fd) => Ok(Fd(fd)),
+                None => {
+                    FAULT.set(Some(Fault::Missing(index)));
+                    Err(serde::de::Error::custom("missing file descriptor"))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        os::fd::OwnedFd,
+    };
+
+    use serde::{Deserialize, Serialize};
+
+    use super::Fd;
+    use crate::{Decode, Error, Frame};
+
+    #[derive(Serialize, Deserialize)]
+    struct Handles {
+        name: String,
+        first: Fd,
+        more: Vec<(u8, Fd)>,
+        maybe: Option<Fd>,
+    }
+
+    fn pipe() -> (std::io::PipeReader, Fd) {
+        let (r, w) = std::io::pipe().unwrap();
+        (r, Fd::from(OwnedFd::from(w)))
+    }
+
+    fn write_through(fd: Fd, text: &[u8]) {
+        std::fs::File::from(fd.into_inner())
+            .write_all(text)
+            .unwrap();
+    }
+
+    fn read_all(mut r: std::io::PipeReader) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn fds_nested_anywhere_in_a_value_round_trip() {
+        let (r1, w1) = pipe();
+        let (r2, w2) = pipe();
+        let value = Handles {
+            name: "h".into(),
+            first: w1,
+            more: vec![(9, w2)],
+            maybe: None,
+        };
+        let frame = Frame::encode(&value).unwrap();
+        assert_eq!(frame.fds.len(), 2);
+        drop(value); // the frame holds duplicates; the originals may go
+        let back: Handles = frame.decode().unwrap();
+        assert_eq!(back.name, "h");
+        assert!(back.maybe.is_none());
+        write_through(back.first, b"one");
+        let (tag, second) = back.more.into_iter().next().unwrap();
+        assert_eq!(tag, 9);
+        write_through(second, b"two");
+        assert_eq!(read_all(r1), b"one");
+        assert_eq!(read_all(r2), b"two");
+    }
+
+    #[test]
+    fn a_frame_without_its_fds_is_missing_fd() {
+        let (_r, w) = pipe();
+        let mut frame = Frame::encode(&w).unwrap();
+        frame.fds.clear();
+        assert!(matches!(Fd::decode(&mut frame), Err(Error::MissingFd(0))));
+    }
+
+    #[test]
+    fn an_fd_index_used_twice_is_missing_fd() {
+        let (_r, w) = pipe();
+        let mut frame = Frame::encode(&w).unwrap();
+        frame.bytes.push(0); // a second reference to fd #0
+        assert!(matches!(
+            <(Fd, Fd)>::decode(&mut frame),
+            Err(Error::MissingFd(0))
+        ));
+    }
+
+    #[test]
+    fn serializing_an_fd_outside_mp_codec_fails() {
+        let (_r, w) = pipe();
+        assert!(postcard::to_allocvec(&w).is_err());
+        // and leaves nothing behind for the next frame on this thread
+        let frame = Frame::encode(&5u8).unwrap();
+        assert!(frame.fds.is_empty());
+    }
+
+    #[test]
+    fn unclaimed_fds_are_closed_when_decoding() {
+        let (r, w) = pipe();
+        let mut frame = Frame::encode(&w).unwrap();
+        drop(w);
+        frame.bytes = Frame::encode(&1u8).unwrap().bytes;
+        assert_eq!(frame.decode::<u8>().unwrap(), 1);
+        // every write end is closed now, so the reader sees end of file
+        assert!(read_all(r).is_empty());
+    }
+
+    #[test]
+    fn frames_without_fds_still_encode_after_fds_were_seen() {
+        let (_r, w) = pipe();
+        let _ = Frame::encode(&w).unwrap();
+        let frame = Frame::encode(&(1u32, "x")).unwrap();
+        assert!(frame.fds.is_empty());
+        assert_eq!(frame.decode::<(u32, String)>().unwrap(), (1, "x".into()));
+    }
+}

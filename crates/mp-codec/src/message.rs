@@ -1,0 +1,290 @@
+use std::os::fd::OwnedFd;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::{Error, Result};
+
+/// One message as it crosses a boundary: payload bytes plus the file descriptors it carries.
+///
+/// The payload travels as the bytes of a CPython `Connection` message; the descriptors travel
+/// beside it (`SCM_RIGHTS` on a unix socket, inheritance under `fork`). A frame is reusable:
+/// [`Frame::clear`] keeps the allocation.
+///
+/// ```
+/// use mp_codec::Frame;
+///
+/// let frame = Frame::encode(&("answer", 42u8))?;
+/// assert_eq!(frame.bytes, b"\x06answer\x2a");
+/// assert!(frame.fds.is_empty());
+/// let (word, n): (String, u8) = frame.decode()?;
+/// assert_eq!((word.as_str(), n), ("answer", 42));
+/// # Ok::<(), mp_codec::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Frame {
+    /// The encoded value.
+    pub bytes: Vec<u8>,
+    /// The descriptors the value owns, in the order its encoding refers to them.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Frame {
+    /// An empty frame.
+    pub const fn new() -> Self {
+        Frame {
+            bytes: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+
+    /// A frame holding `value`'s encoding.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if a `Serialize` impl fails, or an [`Error::Os`] if a descriptor the
+    /// value owns cannot be duplicated.
+    pub fn encode<T: Encode + ?Sized>(value: &T) -> Result<Self> {
+        let mut frame = Frame::new();
+        value.encode(&mut frame)?;
+        Ok(frame)
+    }
+
+    /// Decodes the whole frame as a `T`, taking the descriptors it refers to.
+    ///
+    /// # Errors
+    /// Any decoding error of [`Decode::decode`].
+    pub fn decode<T: Decode>(mut self) -> Result<T> {
+        T::decode(&mut self)
+    }
+
+    /// Empties the frame, closing any descriptors, and keeps the byte buffer's allocation.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        if !self.fds.is_empty() {
+            self.fds.clear();
+        }
+    }
+}
+
+/// A value that can be written into a [`Frame`]: the sending half of [`Message`].
+///
+/// Implemented for every `serde::Serialize` type, sized or not (feature `serde`, on by
+/// default; encoded with postcard), for [`Pod`] values and for [`Bytes`]. Sending takes an
+/// `Encode`, so borrowed data such as `&str` or `&[T]` can be sent without copying it first.
+///
+/// ```
+/// use mp_codec::{Encode, Frame};
+///
+/// let mut frame = Frame::new();
+/// "borrowed".encode(&mut frame)?;
+/// assert_eq!(frame.decode::<String>()?, "borrowed");
+/// # Ok::<(), mp_codec::Error>(())
+/// ```
+pub trait Encode {
+    /// Appends the encoding of `self` to `frame` (its bytes and its descriptors).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the value cannot be represented, [`Error::Os`] if a descriptor
+    /// cannot be duplicated. On error the frame may hold a partial encoding: clear it.
+    fn encode(&self, frame: &mut Frame) -> Result<()>;
+}
+
+/// A value that can be read back out of a [`Frame`]: the receiving half of [`Message`].
+///
+/// Implemented for every `serde::de::DeserializeOwned` type, for [`Pod`] values and for
+/// [`Bytes`].
+pub trait Decode: Sized {
+    /// Decodes a value from all of `frame`'s bytes, taking the descriptors it refers to.
+    ///
+    /// Total: any bytes give a value or an error, never a panic, and no allocation is sized by
+    /// an unchecked length. The frame is left in an unspecified state (reuse it after
+    /// [`Frame::clear`]).
+    ///
+    /// # Errors
+    /// [`Error::Malformed`], [`Error::TrailingBytes`], [`Error::WrongSize`] or
+    /// [`Error::MissingFd`] when the frame is not an encoding of `Self`.
+    fn decode(frame: &mut Frame) -> Result<Self>;
+}
+
+/// A value that can be sent to another process and received there: [`Encode`] + [`Decode`].
+///
+/// Every `serde` type is one (feature `serde`, on by default; encoded with postcard), and so
+/// are [`Pod`] values (their bytes as they are in memory) and [`Bytes`].
+///
+/// ```
+/// use mp_codec::{Decode, Encode, Frame, Message};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// enum Job {
+///     Square(u64),
+///     Stop,
+/// }
+///
+/// fn round_trip<T: Message>(value: &T) -> mp_codec::Result<T> {
+///     let mut frame = Frame::new();
+///     value.encode(&mut frame)?;
+///     T::decode(&mut frame)
+/// }
+/// assert_eq!(round_trip(&Job::Square(12))?, Job::Square(12));
+/// # Ok::<(), mp_codec::Error>(())
+/// ```
+pub trait Message: Encode + Decode {}
+
+impl<T: Encode + Decode> Message for T {}
+
+#[cfg(feature = "serde")]
+impl<T: serde::Serialize + ?Sized> Encode for T {
+    #[inline]
+    fn encode(&self, frame: &mut Frame) -> Result<()> {
+        crate::fd::encode_serde(self, frame)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<T: serde::de::DeserializeOwned> Decode for T {
+    #[inline]
+    fn decode(frame: &mut Frame) -> Result<Self> {
+        crate::fd::decode_serde(frame)
+    }
+}
+
+/// A plain-old-data value that crosses as its in-memory bytes, with no encoding at all.
+///
+/// `T` is any zerocopy type with no padding and no invalid bit patterns; decoding checks only
+/// the size. Both ends must agree on `T`'s layout (same target, same definition).
+///
+/// ```
+/// use mp_codec::{Frame, Pod};
+///
+/// let frame = Frame::encode(&Pod([1.5f64, -2.0, 8.25]))?;
+/// assert_eq!(frame.bytes.len(), 24);
+/// let Pod(xs): Pod<[f64; 3]> = frame.decode()?;
+/// assert_eq!(xs, [1.5, -2.0, 8.25]);
+/// # Ok::<(), mp_codec::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pod<T>(pub T);
+
+impl<T: IntoBytes + Immutable> Encode for Pod<T> {
+    #[inline]
+    fn encode(&self, frame: &mut Frame) -> Result<()> {
+        frame.bytes.extend_from_slice(self.0.as_bytes());
+        Ok(())
+    }
+}
+
+impl<T: FromBytes + KnownLayout> Decode for Pod<T> {
+    #[inline]
+    fn decode(frame: &mut Frame) -> Result<Self> {
+        T::read_from_bytes(&frame.bytes)
+            .map(Pod)
+            .map_err(|_| Error::WrongSize {
+                expected: size_of::<T>(),
+                found: frame.bytes.len(),
+            })
+    }
+}
+
+/// Raw bytes, sent as they are: Python's `send_bytes` / `recv_bytes`.
+///
+/// ```
+/// use mp_codec::{Bytes, Frame};
+///
+/// let frame = Frame::encode(&Bytes(b"\x00\xffraw".to_vec()))?;
+/// assert_eq!(frame.bytes, b"\x00\xffraw");
+/// let Bytes(back) = frame.decode()?;
+/// assert_eq!(back, b"\x00\xffraw");
+/// # Ok::<(), mp_codec::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Encode for Bytes {
+    #[inline]
+    fn encode(&self, frame: &mut Frame) -> Result<()> {
+        frame.bytes.extend_from_slice(&self.0);
+        Ok(())
+    }
+}
+
+impl Decode for Bytes {
+    #[inline]
+    fn decode(frame: &mut Frame) -> Result<Self> {
+        Ok(Bytes(std::mem::take(&mut frame.bytes)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_of_the_wrong_size_is_an_error() {
+        let mut frame = Frame::encode(&Pod(7u32)).unwrap();
+        assert_eq!(frame.bytes, 7u32.to_ne_bytes());
+        let err = Pod::<u64>::decode(&mut frame).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::WrongSize {
+                expected: 8,
+                found: 4
+            }
+        ));
+    }
+
+    #[test]
+    fn bytes_cross_verbatim_including_empty() {
+        for payload in [&b""[..], b"\x00", b"\xff\xfe raw"] {
+            let frame = Frame::encode(&Bytes(payload.to_vec())).unwrap();
+            assert_eq!(frame.bytes, payload);
+            assert_eq!(frame.decode::<Bytes>().unwrap().0, payload);
+        }
+    }
+
+    #[test]
+    fn encode_appends_and_clear_keeps_capacity() {
+        let mut frame = Frame::new();
+        1u8.encode(&mut frame).unwrap();
+        2u8.encode(&mut frame).unwrap();
+        assert_eq!(frame.bytes, [1, 2]);
+        let cap = frame.bytes.capacity();
+        frame.clear();
+        assert!(frame.bytes.is_empty());
+        assert_eq!(frame.bytes.capacity(), cap);
+    }
+
+    #[test]
+    fn leftover_bytes_mean_the_wrong_type() {
+        let frame = Frame::encode(&(1u8, 2u8)).unwrap();
+        assert!(matches!(
+            frame.decode::<u8>().unwrap_err(),
+            Error::TrailingBytes(1)
+        ));
+    }
+
+    #[test]
+    fn malformed_bytes_are_an_error_not_a_panic() {
+        let frame = Frame {
+            bytes: vec![0xff; 3],
+            fds: Vec::new(),
+        };
+        assert!(matches!(
+            frame.decode::<String>().unwrap_err(),
+            Error::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn a_lying_length_prefix_allocates_nothing_big() {
+        // A `Vec<u64>` claiming u32::MAX elements in a 5-byte frame: serde caps the
+        // pre-allocation and the decoder runs out of bytes.
+        let frame = Frame {
+            bytes: vec![0xff, 0xff, 0xff, 0xff, 0x0f],
+            fds: Vec::new(),
+        };
+        assert!(matches!(
+            frame.decode::<Vec<u64>>().unwrap_err(),
+            Error::Malformed(_)
+        ));
+    }
+}

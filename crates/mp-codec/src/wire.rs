@@ -1,0 +1,492 @@
+//! Frames on a byte stream, in CPython's `multiprocessing.connection` format.
+//!
+//! Each message is a 4-byte big-endian signed length and the payload; a payload over
+//! `0x7fffffff` bytes is announced by the length −1 and then an 8-byte big-endian length.
+//! On a unix socket the frame's descriptors ride with its first byte as `SCM_RIGHTS`.
+//!
+//! ```
+//! use mp_codec::{wire, Frame};
+//! use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+//!
+//! let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+//! wire::send_frame(&a, &Frame::encode(&vec![1u16, 2, 3])?)?;
+//! let mut frame = Frame::new();
+//! wire::recv_frame(&b, wire::DEFAULT_MAX_LEN, &mut frame)?;
+//! assert_eq!(frame.bytes, [3, 1, 2, 3]);
+//! assert_eq!(frame.decode::<Vec<u16>>()?, [1, 2, 3]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::{
+    io::{IoSlice, IoSliceMut},
+    mem::MaybeUninit,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+};
+
+use rustix::{
+    io::Errno,
+    net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags,
+    },
+};
+
+use crate::{Error, Frame, Result, sys};
+
+/// The most descriptors one frame can carry: Linux's `SCM_MAX_FD`.
+pub const MAX_FDS: usize = 253;
+
+/// The default limit on a received payload: 4 GiB. Raise it per call where larger messages
+/// are expected; a receive buffer grows only as bytes actually arrive beyond 16 MiB, so a
+/// lying length prefix cannot make the receiver allocate more than that up front.
+pub const DEFAULT_MAX_LEN: usize = 4 << 30;
+
+/// Payload bytes reserved up front on the peer's word alone; beyond this a buffer grows only
+/// with the bytes that arrive.
+const TRUSTED_PREALLOC: usize = 16 << 20;
+
+/// The largest length the short (4-byte) header can announce.
+const SHORT_MAX: usize = 0x7fff_ffff;
+
+/// The length header for a `len`-byte payload: 4 bytes, or 12 for payloads over 2 GiB − 1.
+///
+/// ```
+/// let mut buf = [0; 12];
+/// assert_eq!(mp_codec::wire::header(5, &mut buf), [0, 0, 0, 5]);
+/// assert_eq!(mp_codec::wire::header(1 << 31, &mut buf).len(), 12);
+/// ```
+pub fn header(len: usize, buf: &mut [u8; 12]) -> &[u8] {
+    if len <= SHORT_MAX {
+        buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        &buf[..4]
+    } else {
+        buf[..4].copy_from_slice(&(-1i32).to_be_bytes());
+        buf[4..].copy_from_slice(&(len as u64).to_be_bytes());
+        &buf[..]
+    }
+}
+
+/// Sends `frame` on a unix stream socket: header, payload, and its descriptors as
+/// `SCM_RIGHTS`. Never raises `SIGPIPE` (`MSG_NOSIGNAL`); retries on `EINTR` and short writes.
+///
+/// # Errors
+/// [`Error::TooManyFds`] for more than [`MAX_FDS`] descriptors (nothing is sent), or
+/// [`Error::Os`]`("sendmsg", …)`, e.g. `EPIPE` when the peer has closed.
+pub fn send_frame(socket: impl AsFd, frame: &Frame) -> Result<()> {
+    let socket = socket.as_fd();
+    if frame.fds.len() > MAX_FDS {
+        return Err(Error::TooManyFds {
+            count: frame.fds.len(),
+            max: MAX_FDS,
+        });
+    }
+    let mut head = [0; 12];
+    let head = header(frame.bytes.len(), &mut head);
+    let mut out = Outgoing::new(head, &frame.bytes);
+    if !frame.fds.is_empty() {
+        let fds: Vec<BorrowedFd<'_>> = frame.fds.iter().map(AsFd::as_fd).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))?;
+        out.advance(sent);
+    }
+    let mut control = SendAncillaryBuffer::default();
+    while !out.done() {
+        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))?;
+        out.advance(sent);
+    }
+    Ok(())
+}
+
+/// Writes a frame with no descriptors to any stream: a pipe, a socket, a file.
+///
+/// Writing to a pipe whose reader has gone raises `SIGPIPE`, which Rust programs ignore by
+/// default; the write then fails with `EPIPE`.
+///
+/// # Errors
+/// [`Error::Os`]`("write", …)`.
+pub fn write_frame(fd: impl AsFd, payload: &[u8]) -> Result<()> {
+    let fd = fd.as_fd();
+    let mut head = [0; 12];
+    let mut out = Outgoing::new(header(payload.len(), &mut head), payload);
+    while !out.done() {
+        let sent =
+            retry(|| rustix::io::writev(fd, &out.slices())).map_err(|e| Error::os("write", e))?;
+        out.advance(sent);
+    }
+    Ok(())
+}
+
+/// Receives one frame from a unix stream socket into `frame` (which is cleared first),
+/// together with any descriptors sent with it (installed close-on-exec).
+///
+/// # Errors
+/// [`Error::Closed`] at end of file before a frame, [`Error::Truncated`] at end of file inside
+/// one, [`Error::TooLarge`] when the announced length exceeds `max_len` (the payload is left
+/// unread: the stream is no longer usable), [`Error::FdsTruncated`], or [`Error::Os`].
+pub fn recv_frame(socket: impl AsFd, max_len: usize, frame: &mut Frame) -> Result<()> {
+    frame.clear();
+    let mut source = Source {
+        fd: socket.as_fd(),
+        fds: Some(&mut frame.fds),
+    };
+    let len = source.read_header(max_len)?;
+    source.read_payload(len, &mut frame.bytes)
+}
+
+/// Reads one frame written by [`write_frame`] (or CPython's `send_bytes`) from any stream into
+/// `buf`, which is cleared first.
+///
+/// # Errors
+/// As [`recv_frame`], without the descriptor errors.
+pub fn read_frame(fd: impl AsFd, max_len: usize, buf: &mut Vec<u8>) -> Result<()> {
+    buf.clear();
+    let mut source = Source {
+        fd: fd.as_fd(),
+        fds: None,
+    };
+    let len = source.read_header(max_len)?;
+    source.read_payload(len, buf)
+}
+
+fn sendmsg(
+    socket: BorrowedFd<'_>,
+    iov: &[IoSlice<'_>],
+    control: &mut SendAncillaryBuffer<'_, '_, '_>,
+) -> Result<usize, Errno> {
+    rustix::net::sendmsg(socket, iov, control, SendFlags::NOSIGNAL)
+}
+
+fn retry<T>(mut op: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match op() {
+            Err(Errno::INTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+impl From<Errno> for Error {
+    fn from(errno: Errno) -> Self {
+        Error::os("sendmsg", errno)
+    }
+}
+
+/// A header and a payload, partly written.
+struct Outgoing<'a> {
+    head: &'a [u8],
+    payload: &'a [u8],
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(head: &'a [u8], payload: &'a [u8]) -> Self {
+        Outgoing { head, payload }
+    }
+
+    fn slices(&self) -> [IoSlice<'a>; 2] {
+        [IoSlice::new(self.head), IoSlice::new(self.payload)]
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        let from_head = n.min(self.head.len());
+        self.head = &self.head[from_head..];
+        n -= from_head;
+        self.payload = &self.payload[n..];
+    }
+
+    fn done(&self) -> bool {
+        self.head.is_empty() && self.payload.is_empty()
+    }
+}
+
+/// The reading end of a stream, collecting descriptors when it is a socket.
+struct Source<'a> {
+    fd: BorrowedFd<'a>,
+    fds: Option<&'a mut Vec<OwnedFd>>,
+}
+
+impl Source<'_> {
+    /// Reads the length header; `Closed` if the stream ends before its first byte.
+    fn read_header(&mut self, max_len: usize) -> Result<usize> {
+        let mut short = [0; 4];
+        let got = self.read_exact(&mut short)?;
+        if got == 0 {
+            return Err(Error::Closed);
+        }
+        if got < 4 {
+            return Err(truncated(4, got));
+        }
+        let len = match i32::from_be_bytes(short) {
+            -1 => {
+                let mut long = [0; 8];
+                let got = self.read_exact(&mut long)?;
+                if got < 8 {
+                    return Err(truncated(12, 4 + got));
+                }
+                u64::from_be_bytes(long)
+            }
+            len if len < 0 => {
+                return Err(Error::Malformed(format!("bad message length {len}").into()));
+            }
+            len => len as u64,
+        };
+        if len > max_len as u64 {
+            return Err(Error::TooLarge {
+                len,
+                max: max_len as u64,
+            });
+        }
+        Ok(len as usize)
+    }
+
+    /// Fills `buf` from the stream; returns how many bytes arrived before end of file.
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = match self.fds.as_deref_mut() {
+                Some(fds) => recv_with_fds(self.fd, &mut buf[got..], fds)?,
+                None => retry(|| rustix::io::read(self.fd, &mut buf[got..]))
+                    .map_err(|e| Error::os("read", e))?,
+            };
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(got)
+    }
+
+    /// Reads exactly `len` payload bytes into `buf`, growing it as bytes arrive.
+    fn read_payload(&mut self, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        buf.reserve(len.min(TRUSTED_PREALLOC));
+        while buf.len() < len {
+            if buf.len() == buf.capacity() {
+                buf.reserve((len - buf.len()).min(buf.len()));
+            }
+            let n = retry(|| sys::read_into_spare(self.fd, buf, len))
+                .map_err(|e| Error::os("read", e))?;
+            if n == 0 {
+                let head = if len > SHORT_MAX { 12 } else { 4 };
+                return Err(truncated((head + len) as u64, (head + buf.len()) as u64));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncated(expected: impl TryInto<u64>, got: impl TryInto<u64>) -> Error {
+    Error::Truncated {
+        expected: expected.try_into().unwrap_or(u64::MAX),
+        got: got.try_into().unwrap_or(u64::MAX),
+    }
+}
+
+/// One `recvmsg`, appending any descriptors that arrive to `fds`.
+fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = retry(|| {
+        rustix::net::recvmsg(
+            fd,
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })
+    .map_err(|e| Error::os("recvmsg", e))?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(Error::FdsTruncated);
+    }
+    Ok(msg.bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        os::fd::OwnedFd,
+        thread,
+    };
+
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+
+    use super::*;
+    use crate::{Bytes, Fd};
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn raw_write(fd: &OwnedFd, bytes: &[u8]) {
+        rustix::io::write(fd, bytes).unwrap();
+    }
+
+    #[test]
+    fn headers_are_cpythons() {
+        let mut buf = [0; 12];
+        assert_eq!(header(0, &mut buf), [0, 0, 0, 0]);
+        assert_eq!(header(0x1234, &mut buf), [0, 0, 0x12, 0x34]);
+        assert_eq!(header(0x7fff_ffff, &mut buf), [0x7f, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            header(0x8000_0000, &mut buf),
+            [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x80, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn a_pipe_fd_crosses_a_socket_and_the_receiver_writes_into_it() {
+        let (a, b) = pair();
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let frame = Frame::encode(&("log", Fd::from(OwnedFd::from(writer)))).unwrap();
+        send_frame(&a, &frame).unwrap();
+        drop(frame); // our last copy of the write end: only the one in flight remains
+        let mut got = Frame::new();
+        recv_frame(&b, DEFAULT_MAX_LEN, &mut got).unwrap();
+        let (name, fd): (String, Fd) = got.decode().unwrap();
+        assert_eq!(name, "log");
+        std::fs::File::from(fd.into_inner())
+            .write_all(b"written by the receiver")
+            .unwrap();
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "written by the receiver");
+    }
+
+    #[test]
+    fn empty_frames_are_legal() {
+        let (a, b) = pair();
+        send_frame(&a, &Frame::new()).unwrap();
+        let mut got = Frame::encode(&7u8).unwrap();
+        recv_frame(&b, DEFAULT_MAX_LEN, &mut got).unwrap();
+        assert!(got.bytes.is_empty());
+    }
+
+    #[test]
+    fn eof_before_a_frame_is_closed_and_inside_one_is_truncated() {
+        let (a, b) = pair();
+        drop(a);
+        let mut frame = Frame::new();
+        assert!(matches!(
+            recv_frame(&b, DEFAULT_MAX_LEN, &mut frame),
+            Err(Error::Closed)
+        ));
+
+        let (a, b) = pair();
+        raw_write(&a, &[0, 0, 0, 10, 1, 2, 3]);
+        drop(a);
+        assert!(matches!(
+            recv_frame(&b, DEFAULT_MAX_LEN, &mut frame),
+            Err(Error::Truncated {
+                expected: 14,
+                got: 7
+            })
+        ));
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_allocating() {
+        let (a, b) = pair();
+        raw_write(&a, &[0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0]);
+        let mut buf = Vec::new();
+        let err = read_frame(&b, DEFAULT_MAX_LEN, &mut buf).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { len, .. } if len == 0xff << 56));
+        assert_eq!(buf.capacity(), 0);
+
+        raw_write(&a, &[0, 0, 1, 0]);
+        assert!(matches!(
+            read_frame(&b, 255, &mut buf),
+            Err(Error::TooLarge { len: 256, max: 255 })
+        ));
+    }
+
+    #[test]
+    fn negative_lengths_other_than_minus_one_are_malformed() {
+        let (a, b) = pair();
+        raw_write(&a, &(-2i32).to_be_bytes());
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_frame(&b, DEFAULT_MAX_LEN, &mut buf),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn large_frames_stream_through_a_pipe_in_order() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let sizes = [0usize, 1, 65_536, 3 << 20, 5];
+        let sender = thread::spawn(move || {
+            for (i, &n) in sizes.iter().enumerate() {
+                write_frame(&writer, &vec![i as u8; n]).unwrap();
+            }
+        });
+        let mut buf = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            read_frame(&reader, DEFAULT_MAX_LEN, &mut buf).unwrap();
+            assert_eq!(buf.len(), n);
+            assert!(buf.iter().all(|&b| b == i as u8));
+        }
+        sender.join().unwrap();
+        assert!(matches!(
+            read_frame(&reader, DEFAULT_MAX_LEN, &mut buf),
+            Err(Error::Closed)
+        ));
+    }
+
+    #[test]
+    fn sending_to_a_closed_peer_is_epipe_not_sigpipe() {
+        let (a, b) = pair();
+        drop(b);
+        let err = send_frame(&a, &Frame::encode(&1u8).unwrap()).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::PIPE.raw_os_error())
+        );
+    }
+
+    #[test]
+    fn too_many_fds_sends_nothing() {
+        let (a, b) = pair();
+        let (_r, w) = std::io::pipe().unwrap();
+        let w = OwnedFd::from(w);
+        let frame = Frame {
+            bytes: vec![1],
+            fds: (0..=MAX_FDS).map(|_| w.try_clone().unwrap()).collect(),
+        };
+        assert!(matches!(
+            send_frame(&a, &frame),
+            Err(Error::TooManyFds { count: 254, .. })
+        ));
+        send_frame(&a, &Frame::encode(&Bytes(vec![2])).unwrap()).unwrap();
+        let mut got = Frame::new();
+        recv_frame(&b, DEFAULT_MAX_LEN, &mut got).unwrap();
+        assert_eq!(got.bytes, [2]);
+    }
+
+    #[test]
+    fn the_most_fds_a_frame_may_carry_all_arrive() {
+        let (a, b) = pair();
+        let (_r, w) = std::io::pipe().unwrap();
+        let w = OwnedFd::from(w);
+        let frame = Frame {
+            bytes: vec![1, 2, 3],
+            fds: (0..MAX_FDS).map(|_| w.try_clone().unwrap()).collect(),
+        };
+        send_frame(&a, &frame).unwrap();
+        let mut got = Frame::new();
+        recv_frame(&b, DEFAULT_MAX_LEN, &mut got).unwrap();
+        assert_eq!(got.fds.len(), MAX_FDS);
+        assert_eq!(got.bytes, [1, 2, 3]);
+    }
+}

@@ -1,0 +1,189 @@
+//! Property tests of the codec and the wire format, through the public API only.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::OwnedFd,
+};
+
+use mp_codec::{Bytes, Decode, Encode, Error, Frame, Pod, wire};
+use proptest::{collection, option, prelude::*};
+use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+use serde::{Deserialize, Serialize};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+enum Shape {
+    Unit,
+    Tuple(i64, char),
+    Named { label: String, sides: Vec<u16> },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Record {
+    id: u64,
+    delta: i32,
+    ratio_bits: f64,
+    name: String,
+    shapes: Vec<Shape>,
+    parent: Option<u128>,
+    index: BTreeMap<String, Vec<u8>>,
+    flags: HashMap<u32, bool>,
+    block: [u32; 4],
+}
+
+#[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+struct Sample {
+    t: u64,
+    x: [i32; 6],
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    prop_oneof![
+        Just(Shape::Unit),
+        (any::<i64>(), any::<char>()).prop_map(|(n, c)| Shape::Tuple(n, c)),
+        (".{0,12}", collection::vec(any::<u16>(), 0..8))
+            .prop_map(|(label, sides)| Shape::Named { label, sides }),
+    ]
+}
+
+fn record() -> impl Strategy<Value = Record> {
+    (
+        (any::<u64>(), any::<i32>(), -1e300f64..1e300, ".{0,40}"),
+        collection::vec(shape(), 0..6),
+        option::of(any::<u128>()),
+        collection::btree_map(".{0,8}", collection::vec(any::<u8>(), 0..32), 0..5),
+        collection::hash_map(any::<u32>(), any::<bool>(), 0..5),
+        any::<[u32; 4]>(),
+    )
+        .prop_map(
+            |((id, delta, ratio_bits, name), shapes, parent, index, flags, block)| Record {
+                id,
+                delta,
+                ratio_bits,
+                name,
+                shapes,
+                parent,
+                index,
+                flags,
+                block,
+            },
+        )
+}
+
+fn pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+fn wire_bytes(payload: &[u8]) -> Vec<u8> {
+    let mut head = [0; 12];
+    let mut out = wire::header(payload.len(), &mut head).to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+proptest! {
+    #[test]
+    fn records_round_trip(value in record()) {
+        let frame = Frame::encode(&value).unwrap();
+        prop_assert_eq!(frame.decode::<Record>().unwrap(), value);
+    }
+
+    #[test]
+    fn pod_values_round_trip(t in any::<u64>(), x in any::<[i32; 6]>(), raw in any::<[u64; 16]>()) {
+        let sample = Sample { t, x };
+        let frame = Frame::encode(&Pod(sample)).unwrap();
+        prop_assert_eq!(frame.bytes.len(), size_of::<Sample>());
+        prop_assert_eq!(frame.decode::<Pod<Sample>>().unwrap().0, sample);
+        prop_assert_eq!(Frame::encode(&Pod(raw)).unwrap().decode::<Pod<[u64; 16]>>().unwrap().0, raw);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in collection::vec(any::<u8>(), 0..512)) {
+        let mut frame = Frame { bytes: bytes.clone(), fds: Vec::new() };
+        let _ = Record::decode(&mut frame);
+        let mut frame = Frame { bytes: bytes.clone(), fds: Vec::new() };
+        let _ = <Vec<Shape>>::decode(&mut frame);
+        let mut frame = Frame { bytes: bytes.clone(), fds: Vec::new() };
+        let _ = <(String, Option<mp_codec::Fd>)>::decode(&mut frame);
+        let mut frame = Frame { bytes, fds: Vec::new() };
+        let _ = <Pod<Sample>>::decode(&mut frame);
+    }
+
+    #[test]
+    fn every_truncated_payload_is_an_error(value in record()) {
+        let full = Frame::encode(&value).unwrap().bytes;
+        for cut in 0..full.len() {
+            let mut frame = Frame { bytes: full[..cut].to_vec(), fds: Vec::new() };
+            prop_assert!(Record::decode(&mut frame).is_err(), "prefix of {} bytes decoded", cut);
+        }
+    }
+
+    #[test]
+    fn every_truncated_wire_frame_is_a_clean_error(value in record()) {
+        let bytes = wire_bytes(&Frame::encode(&value).unwrap().bytes);
+        let mut frame = Frame::new();
+        for cut in 0..bytes.len() {
+            let (a, b) = pair();
+            rustix::io::write(&a, &bytes[..cut]).unwrap();
+            drop(a);
+            match wire::recv_frame(&b, wire::DEFAULT_MAX_LEN, &mut frame) {
+                Err(Error::Closed) => prop_assert_eq!(cut, 0),
+                Err(Error::Truncated { expected, got }) => {
+                    // Inside the header only the header's own length is known.
+                    let whole = if cut < 4 { 4 } else { bytes.len() };
+                    prop_assert_eq!(expected, whole as u64);
+                    prop_assert_eq!(got, cut as u64);
+                }
+                other => prop_assert!(false, "cut at {}: {:?}", cut, other),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_split_at_any_byte_reassemble(
+        payloads in collection::vec(collection::vec(any::<u8>(), 0..300), 1..6),
+        splits in collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let stream: Vec<u8> = payloads.iter().flat_map(|p| wire_bytes(p)).collect();
+        let mut cuts: Vec<usize> = splits.iter().map(|i| i.index(stream.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(stream.len());
+        cuts.sort_unstable();
+        let (a, b) = pair();
+        let writer = std::thread::spawn(move || {
+            for w in cuts.windows(2) {
+                if w[0] < w[1] {
+                    rustix::io::write(&a, &stream[w[0]..w[1]]).unwrap();
+                }
+            }
+        });
+        let mut frame = Frame::new();
+        for p in &payloads {
+            wire::recv_frame(&b, wire::DEFAULT_MAX_LEN, &mut frame).unwrap();
+            prop_assert_eq!(&frame.bytes, p);
+        }
+        writer.join().unwrap();
+        prop_assert!(matches!(
+            wire::recv_frame(&b, wire::DEFAULT_MAX_LEN, &mut frame),
+            Err(Error::Closed)
+        ));
+    }
+
+    #[test]
+    fn raw_bytes_survive_the_wire(payload in collection::vec(any::<u8>(), 0..4096)) {
+        let (a, b) = pair();
+        let mut frame = Frame::new();
+        Bytes(payload.clone()).encode(&mut frame).unwrap();
+        wire::send_frame(&a, &frame).unwrap();
+        let mut got = Frame::new();
+        wire::recv_frame(&b, wire::DEFAULT_MAX_LEN, &mut got).unwrap();
+        prop_assert_eq!(got.decode::<Bytes>().unwrap().0, payload);
+    }
+}

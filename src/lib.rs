@@ -1,0 +1,38 @@
+//! Python's `multiprocessing` for Rust: processes, pipes, queues, shared memory and pools that
+//! never hang, leak or corrupt data when a process dies.
+//!
+//! This crate is the facade: it re-exports the workspace's small crates under Python's names
+//! and converts their errors into one [`Error`]. Each crate is usable on its own too.
+//!
+//! ```
+//! use multiprocessing::codec::{Frame, Pod};
+//!
+//! // Everything that crosses a process boundary is a `Message`: serde types, POD values, bytes.
+//! let frame = Frame::encode(&("squares", vec![1u32, 4, 9]))?;
+//! let (name, xs): (String, Vec<u32>) = frame.decode()?;
+//! assert_eq!((name.as_str(), xs.len()), ("squares", 3));
+//! let Pod(block) = Frame::encode(&Pod([7u64; 4]))?.decode::<Pod<[u64; 4]>>()?;
+//! assert_eq!(block, [7; 4]);
+//! # Ok::<(), multiprocessing::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+/// What crosses a process boundary: messages, frames and their descriptors (`mp-codec`).
+pub mod codec {
+    pub use mp_codec::*;
+}
+
+pub use mp_codec::{Decode, Encode, Message};
+
+/// Everything that can fail in `multiprocessing`: one variant per crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Encoding, decoding or moving a message failed.
+    #[error(transparent)]
+    Codec(#[from] mp_codec::Error),
+}
+
+/// `Result` with the facade's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

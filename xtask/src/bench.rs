@@ -1,0 +1,264 @@
+//! `cargo xtask bench`: every implementation of a workload measured in one invocation,
+//! interleaved round by round, so a noisy machine slows them alike.
+//!
+//! Each implementation is measured once to warm up, then `runs` times; the rounds rotate the
+//! order of the implementations. A measurement is one value in the workload's unit; the table
+//! shows median, min and max, and the ratio of each median to the first (reference) row.
+
+mod codec;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Parsed command line of `cargo xtask bench`.
+pub struct Options {
+    filter: Option<String>,
+    json: bool,
+    runs: usize,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let mut options = Options {
+            filter: None,
+            json: false,
+            runs: 11,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--json" => options.json = true,
+                "--runs" => {
+                    let n = args.next().ok_or("--runs needs a number")?;
+                    options.runs = n
+                        .parse()
+                        .ok()
+                        .filter(|&n| n >= 5)
+                        .ok_or("--runs takes a whole number of at least 5")?;
+                }
+                flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+                filter if options.filter.is_none() => options.filter = Some(filter.to_string()),
+                extra => return Err(format!("unexpected argument {extra}")),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// What a measurement counts.
+#[derive(Clone, Copy)]
+pub enum Unit {
+    /// Nanoseconds per operation: lower is better, and so is a ratio below 1.
+    NsPerOp,
+}
+
+impl Unit {
+    fn label(self) -> &'static str {
+        match self {
+            Unit::NsPerOp => "ns/op",
+        }
+    }
+}
+
+/// One way of doing a workload. `measure` performs one run and returns its value in the
+/// workload's unit, or an error that skips this implementation with a note.
+pub struct Impl {
+    pub name: String,
+    pub measure: Box<dyn FnMut() -> Result<f64, String>>,
+}
+
+impl Impl {
+    pub fn new(
+        name: impl Into<String>,
+        measure: impl FnMut() -> Result<f64, String> + 'static,
+    ) -> Self {
+        Impl {
+            name: name.into(),
+            measure: Box::new(measure),
+        }
+    }
+}
+
+/// A workload and every implementation of it; the first is the reference for the ratios.
+pub struct Workload {
+    pub name: &'static str,
+    pub unit: Unit,
+    pub impls: Vec<Impl>,
+}
+
+/// One row of results.
+struct Row {
+    workload: &'static str,
+    imp: String,
+    unit: Unit,
+    median: f64,
+    min: f64,
+    max: f64,
+    runs: usize,
+    ratio: f64,
+}
+
+pub fn run(options: Options) -> Result<(), String> {
+    let workloads: Vec<Workload> = codec::workloads()
+        .into_iter()
+        .filter(|w| options.filter.as_deref().is_none_or(|f| w.name.contains(f)))
+        .collect();
+    if workloads.is_empty() {
+        return Err(format!(
+            "no workload matches {:?}",
+            options.filter.unwrap_or_default()
+        ));
+    }
+    if !options.json {
+        println!(
+            "{:<22} {:<26} {:>12} {:>12} {:>12} {:<6} {:>7}",
+            "workload", "impl", "median", "min", "max", "unit", "ratio"
+        );
+    }
+    for workload in workloads {
+        for row in measure(workload, options.runs) {
+            print_row(&row, options.json);
+        }
+    }
+    Ok(())
+}
+
+fn measure(mut workload: Workload, runs: usize) -> Vec<Row> {
+    let n = workload.impls.len();
+    let mut samples: Vec<Result<Vec<f64>, String>> = vec![Ok(Vec::new()); n];
+    for round in 0..=runs {
+        for k in 0..n {
+            let i = (k + round) % n;
+            let Ok(values) = &mut samples[i] else {
+                continue;
+            };
+            match (workload.impls[i].measure)() {
+                Ok(value) if round > 0 => values.push(value),
+                Ok(_) => {} // warm-up
+                Err(why) => samples[i] = Err(why),
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    let mut reference = None;
+    for (imp, sample) in workload.impls.iter().zip(samples) {
+        let mut values = match sample {
+            Ok(values) => values,
+            Err(why) => {
+                eprintln!("note: {} {} skipped: {why}", workload.name, imp.name);
+                continue;
+            }
+        };
+        values.sort_by(f64::total_cmp);
+        let median = median(&values);
+        let reference = *reference.get_or_insert(median);
+        rows.push(Row {
+            workload: workload.name,
+            imp: imp.name.clone(),
+            unit: workload.unit,
+            median,
+            min: values[0],
+            max: values[values.len() - 1],
+            runs: values.len(),
+            ratio: median / reference,
+        });
+    }
+    rows
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+fn print_row(row: &Row, json: bool) {
+    if json {
+        println!(
+            "{{\"workload\":\"{}\",\"impl\":\"{}\",\"unit\":\"{}\",\"median\":{},\"min\":{},\"max\":{},\"runs\":{},\"ratio\":{:.4}}}",
+            row.workload,
+            row.imp,
+            row.unit.label(),
+            row.median,
+            row.min,
+            row.max,
+            row.runs,
+            row.ratio
+        );
+    } else {
+        println!(
+            "{:<22} {:<26} {:>12.2} {:>12.2} {:>12.2} {:<6} {:>7.3}",
+            row.workload,
+            row.imp,
+            row.median,
+            row.min,
+            row.max,
+            row.unit.label(),
+            row.ratio
+        );
+    }
+}
+
+/// Times `op` in a batch long enough to read the clock well (about 20 ms, calibrated on the
+/// first call and kept in `iters`); returns nanoseconds per call.
+pub fn time_per_op(iters: &mut u64, mut op: impl FnMut()) -> f64 {
+    const TARGET: Duration = Duration::from_millis(20);
+    if *iters == 0 {
+        let mut n = 1u64;
+        loop {
+            let start = Instant::now();
+            for _ in 0..n {
+                op();
+            }
+            let took = start.elapsed();
+            if took >= TARGET / 4 || n >= 1 << 40 {
+                *iters = ((n as f64) * TARGET.as_secs_f64() / took.as_secs_f64()).ceil() as u64;
+                break;
+            }
+            n *= 2;
+        }
+    }
+    let start = Instant::now();
+    for _ in 0..*iters {
+        op();
+    }
+    start.elapsed().as_nanos() as f64 / *iters as f64
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// An implementation that runs `benches/python/SCRIPT WORKLOAD` with python3; the script
+/// prints one number in the workload's unit. Skipped with a note when python3 is missing.
+pub fn cpython(name: &str, script: &str, workload: &'static str) -> Impl {
+    let path = root().join("benches/python").join(script);
+    Impl::new(format!("cpython/{name}"), move || {
+        let out = Command::new("python3")
+            .arg(&path)
+            .arg(workload)
+            .output()
+            .map_err(|e| format!("python3 not runnable: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .map_err(|_| format!("{} printed {text:?}, not a number", path.display()))
+    })
+}

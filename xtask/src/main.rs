@@ -1,0 +1,29 @@
+//! `cargo xtask`: the project's own tasks.
+//!
+//! - `cargo xtask ci`: what `.ci/run` runs: fmt, clippy, tests, docs.
+//! - `cargo xtask bench [FILTER] [--json] [--runs N]`: our crates side by side with bare
+//!   libraries, raw syscalls, CPython's multiprocessing and the Rust peers, in one run.
+
+mod bench;
+mod ci;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask ci
+       cargo xtask bench [FILTER] [--json] [--runs N]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") if args.len() == 1 => ci::run(),
+        Some("bench") => bench::Options::parse(&args[1..]).and_then(bench::run),
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
