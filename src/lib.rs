@@ -5,6 +5,11 @@
 //! and converts their errors into one [`Error`]. Each crate is usable on its own too.
 //!
 //! ```
+//! // Python's Pipe(): whole messages, any serde value or raw bytes, CPython's wire format.
+//! let (parent, child) = multiprocessing::pipe(true)?;
+//! parent.send(&("job", 7u32))?;
+//! assert_eq!(child.recv::<(String, u32)>()?, ("job".to_string(), 7));
+//!
 //! use multiprocessing::codec::{Frame, Pod};
 //!
 //! // Everything that crosses a process boundary is a `Message`: serde types, POD values, bytes.
@@ -23,7 +28,15 @@ pub mod codec {
     pub use mp_codec::*;
 }
 
+/// Python's `multiprocessing.connection`: connections, listeners, clients, `wait` (`mp-pipe`).
+pub mod connection {
+    pub use mp_pipe::{
+        Address, Client, Connection, DEFAULT_HANDSHAKE_TIMEOUT, Listener, ToAddress, pipe, wait,
+    };
+}
+
 pub use mp_codec::{Decode, Encode, Message};
+pub use mp_pipe::{Connection, pipe};
 
 /// Everything that can fail in `multiprocessing`: one variant per crate.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +45,9 @@ pub enum Error {
     /// Encoding, decoding or moving a message failed.
     #[error(transparent)]
     Codec(#[from] mp_codec::Error),
+    /// A connection, listener or client failed (`EOFError`, `AuthenticationError`, …).
+    #[error(transparent)]
+    Pipe(#[from] mp_pipe::Error),
 }
 
 /// `Result` with the facade's [`Error`].

@@ -1,4 +1,9 @@
 //! The integration tests of the facade: one binary (one link on 2 cores), a module per area.
 
+// Shared helpers: children with deadlines, paths of examples and Python peers.
+mod support;
+
 // Messages with descriptors crossing into another process.
 mod codec;
+// Interop with CPython's multiprocessing.connection, both directions, both handshakes.
+mod connection;

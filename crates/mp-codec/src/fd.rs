@@ -1,4 +1,6 @@
-//! [`Fd`]: a file descriptor inside a message, and the side channel that carries it.
+//! [`Fd`]: a file descriptor inside a message, and the side channel that carries it;
+//! [`serialize`] and [`deserialize`] do the same for an `OwnedFd` field
+//! (`#[serde(with = "mp_codec::fd")]`).
 //!
 //! While a value is encoded, each `Fd` it holds is duplicated into the frame's fd list and
 //! encoded as its index there; while a frame is decoded, each index takes its descriptor back
@@ -63,6 +65,8 @@ impl AsRawFd for Fd {
 
 #[cfg(feature = "serde")]
 pub(crate) use with_serde::{decode_serde, encode_serde};
+#[cfg(feature = "serde")]
+pub use with_serde::{deserialize, serialize};
 
 #[cfg(feature = "serde")]
 mod with_serde {
@@ -71,6 +75,8 @@ mod with_serde {
         os::fd::OwnedFd,
         sync::atomic::{AtomicBool, Ordering},
     };
+
+    use std::os::fd::AsFd;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
@@ -242,12 +248,47 @@ mod with_serde {
 
     impl Serialize for Fd {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serialize(&self.0, serializer)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Fd {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserialize(deserializer).map(Fd)
+        }
+    }
+
+    /// Serializes any descriptor the way [`Fd`] does (duplicated into the frame being
+    /// encoded), for `#[serde(with = "mp_codec::fd")]` on an `OwnedFd` field.
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Handle {
+    ///     #[serde(with = "mp_codec::fd")]
+    ///     fd: OwnedFd,
+    ///     len: usize,
+    /// }
+    ///
+    /// let (_reader, writer) = std::io::pipe()?;
+    /// let frame = mp_codec::Frame::encode(&Handle { fd: writer.into(), len: 3 })?;
+    /// assert_eq!(frame.fds.len(), 1);
+    /// let back: Handle = frame.decode()?;
+    /// assert_eq!(back.len, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Outside an `mp_codec` encode, or when the descriptor cannot be duplicated.
+    pub fn serialize<F: AsFd, S: Serializer>(fd: &F, serializer: S) -> Result<S::Ok, S::Error> {
+        {
             let pushed = ENCODING.with(|cell| {
                 let mut slot = cell.borrow_mut();
                 let Some(fds) = slot.as_mut() else {
                     return Err("file descriptors can only be encoded by mp_codec");
                 };
-                match self.0.try_clone() {
+                match fd.as_fd().try_clone_to_owned() {
                     Ok(dup) => {
                         fds.push(dup);
                         Ok(fds.len() - 1)
@@ -271,8 +312,13 @@ mod with_serde {
         }
     }
 
-    impl<'de> Deserialize<'de> for Fd {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+    /// Takes the descriptor that a value serialized by [`serialize`] refers to, out of the
+    /// frame being decoded.
+    ///
+    /// # Errors
+    /// When the frame does not carry that descriptor (or it was already taken).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
+        {
             let index = u32::deserialize(deserializer)?;
             let taken = DECODING.with(|cell| {
                 cell.borrow_mut()
@@ -281,7 +327,7 @@ mod with_serde {
                     .and_then(Option::take)
             });
             match taken {
-                Some(fd) => Ok(Fd(fd)),
+                Some(fd) => Ok(fd),
                 None => {
                     FAULT.set(Some(Fault::Missing(index)));
                     Err(serde::de::Error::custom("missing file descriptor"))

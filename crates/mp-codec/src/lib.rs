@@ -25,7 +25,7 @@
 #![deny(missing_docs)]
 
 mod error;
-mod fd;
+pub mod fd;
 mod message;
 mod sys;
 pub mod wire;

@@ -73,18 +73,26 @@ pub fn header(len: usize, buf: &mut [u8; 12]) -> &[u8] {
 /// [`Error::TooManyFds`] for more than [`MAX_FDS`] descriptors (nothing is sent), or
 /// [`Error::Os`]`("sendmsg", …)`, e.g. `EPIPE` when the peer has closed.
 pub fn send_frame(socket: impl AsFd, frame: &Frame) -> Result<()> {
+    send_parts(socket, &frame.bytes, &frame.fds)
+}
+
+/// [`send_frame`] from its parts: a payload and the descriptors to send with it.
+///
+/// # Errors
+/// As [`send_frame`].
+pub fn send_parts(socket: impl AsFd, payload: &[u8], fds: &[impl AsFd]) -> Result<()> {
     let socket = socket.as_fd();
-    if frame.fds.len() > MAX_FDS {
+    if fds.len() > MAX_FDS {
         return Err(Error::TooManyFds {
-            count: frame.fds.len(),
+            count: fds.len(),
             max: MAX_FDS,
         });
     }
     let mut head = [0; 12];
-    let head = header(frame.bytes.len(), &mut head);
-    let mut out = Outgoing::new(head, &frame.bytes);
-    if !frame.fds.is_empty() {
-        let fds: Vec<BorrowedFd<'_>> = frame.fds.iter().map(AsFd::as_fd).collect();
+    let head = header(payload.len(), &mut head);
+    let mut out = Outgoing::new(head, payload);
+    if !fds.is_empty() {
+        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         control.push(SendAncillaryMessage::ScmRights(&fds));

@@ -1,0 +1,286 @@
+//! CPython's connection authentication: a mutual HMAC challenge/response.
+//!
+//! Each side proves it knows the authkey by answering the other's challenge. The modern form
+//! (CPython 3.12+) challenges with `#CHALLENGE#{sha256}` and 40 random bytes and is answered
+//! with `{sha256}` and the HMAC-SHA256 of the whole challenge (prefix included). The legacy
+//! form (3.11 and older) challenges with 20 random bytes and is answered with a bare 16-byte
+//! HMAC-MD5. Like CPython we tell them apart by length, so either side can be either version.
+
+use hmac::{Hmac, KeyInit, Mac};
+use md5::Md5;
+use sha2::{Sha256, Sha384};
+
+use crate::{Connection, Error, Result};
+
+const CHALLENGE: &[u8] = b"#CHALLENGE#";
+const WELCOME: &[u8] = b"#WELCOME#";
+const FAILURE: &[u8] = b"#FAILURE#";
+/// Random bytes in our challenge (CPython's `MESSAGE_LENGTH`).
+const MESSAGE_LENGTH: usize = 40;
+/// A legacy challenge, and a legacy answer: lengths CPython treats as "no digest prefix".
+const LEGACY_LENGTHS: [usize; 2] = [20, 16];
+/// Every handshake read is capped, as in CPython.
+const MAX_HANDSHAKE_MESSAGE: usize = 256;
+/// The digest names CPython accepts, and the longest of them.
+const ALLOWED: [&[u8]; 5] = [b"md5", b"sha256", b"sha384", b"sha3_256", b"sha3_384"];
+const MAX_DIGEST_NAME: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Digest {
+    Md5,
+    Sha256,
+    Sha384,
+}
+
+impl Digest {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Digest::Md5 => b"md5",
+            Digest::Sha256 => b"sha256",
+            Digest::Sha384 => b"sha384",
+        }
+    }
+
+    fn mac(self, key: &[u8], message: &[u8]) -> Box<dyn MacOf> {
+        match self {
+            Digest::Md5 => Box::new(keyed::<Hmac<Md5>>(key, message)),
+            Digest::Sha256 => Box::new(keyed::<Hmac<Sha256>>(key, message)),
+            Digest::Sha384 => Box::new(keyed::<Hmac<Sha384>>(key, message)),
+        }
+    }
+}
+
+/// An HMAC that has absorbed its message, of whichever digest.
+trait MacOf {
+    fn bytes(self: Box<Self>) -> Vec<u8>;
+    /// Constant-time comparison with `tag`.
+    fn matches(self: Box<Self>, tag: &[u8]) -> bool;
+}
+
+impl<M: Mac> MacOf for M {
+    fn bytes(self: Box<Self>) -> Vec<u8> {
+        self.finalize().into_bytes().to_vec()
+    }
+
+    fn matches(self: Box<Self>, tag: &[u8]) -> bool {
+        self.verify_slice(tag).is_ok()
+    }
+}
+
+fn keyed<M: Mac + KeyInit>(key: &[u8], message: &[u8]) -> M {
+    let mut mac = <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac
+}
+
+fn refused(why: impl Into<String>) -> Error {
+    Error::Authentication(why.into())
+}
+
+/// The digest a challenge or answer names, and the MAC or random bytes after its prefix;
+/// `None` for the legacy, unprefixed form.
+fn digest_and_payload(message: &[u8]) -> Result<(Option<Digest>, &[u8])> {
+    if LEGACY_LENGTHS.contains(&message.len()) {
+        return Ok((None, message));
+    }
+    let close = message
+        .iter()
+        .take(MAX_DIGEST_NAME + 2)
+        .position(|&b| b == b'}');
+    if let (Some(b'{'), Some(close)) = (message.first(), close) {
+        let name = &message[1..close];
+        let payload = &message[close + 1..];
+        let digest = match name {
+            b"md5" => Some(Digest::Md5),
+            b"sha256" => Some(Digest::Sha256),
+            b"sha384" => Some(Digest::Sha384),
+            _ => None,
+        };
+        if let Some(digest) = digest {
+            return Ok((Some(digest), payload));
+        }
+        if ALLOWED.contains(&name) {
+            return Err(refused(format!(
+                "digest {} is not supported here",
+                String::from_utf8_lossy(name)
+            )));
+        }
+    }
+    Err(refused(
+        "unsupported message length, missing digest prefix, or unsupported digest",
+    ))
+}
+
+/// Our answer to `challenge` (the bytes after `#CHALLENGE#`).
+fn response(key: &[u8], challenge: &[u8]) -> Result<Vec<u8>> {
+    Ok(match digest_and_payload(challenge)?.0 {
+        None => Digest::Md5.mac(key, challenge).bytes(),
+        Some(digest) => {
+            let mut out = Vec::with_capacity(MAX_DIGEST_NAME + 2 + 48);
+            out.push(b'{');
+            out.extend_from_slice(digest.name());
+            out.push(b'}');
+            out.extend(digest.mac(key, challenge).bytes());
+            out
+        }
+    })
+}
+
+/// Checks the peer's `answer` to our `challenge`. An unprefixed answer is legacy HMAC-MD5;
+/// a prefixed one may use any supported digest, and the prefix we sent is covered by the MAC,
+/// so no downgrade is possible.
+fn verify(key: &[u8], challenge: &[u8], answer: &[u8]) -> Result<()> {
+    let (digest, mac) = digest_and_payload(answer)?;
+    if digest
+        .unwrap_or(Digest::Md5)
+        .mac(key, challenge)
+        .matches(mac)
+    {
+        Ok(())
+    } else {
+        Err(refused("digest received was wrong"))
+    }
+}
+
+/// Reads one handshake message; its failures are authentication failures.
+fn recv(conn: &Connection) -> Result<Vec<u8>> {
+    conn.recv_bytes_max(MAX_HANDSHAKE_MESSAGE)
+        .map_err(|err| match err {
+            e if is_timeout(&e) => Error::HandshakeTimeout,
+            Error::BadMessageLength { len, .. } => {
+                refused(format!("handshake message of {len} bytes is too long"))
+            }
+            Error::Eof => refused("peer closed the connection during the handshake"),
+            other => other,
+        })
+}
+
+fn send(conn: &Connection, bytes: &[u8]) -> Result<()> {
+    conn.send_bytes(bytes).map_err(|e| {
+        if is_timeout(&e) {
+            Error::HandshakeTimeout
+        } else if e.is_disconnect() {
+            refused("peer closed the connection during the handshake")
+        } else {
+            e
+        }
+    })
+}
+
+fn is_timeout(err: &Error) -> bool {
+    err.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error())
+}
+
+/// Challenges the peer to prove it knows `key` (CPython's `deliver_challenge`).
+pub(crate) fn deliver_challenge(conn: &Connection, key: &[u8]) -> Result<()> {
+    let mut challenge = b"{sha256}".to_vec();
+    let mut random = [0; MESSAGE_LENGTH];
+    crate::sys::random(&mut random)?;
+    challenge.extend_from_slice(&random);
+    send(conn, &[CHALLENGE, &challenge].concat())?;
+    let answer = recv(conn)?;
+    match verify(key, &challenge, &answer) {
+        Ok(()) => send(conn, WELCOME),
+        Err(err) => {
+            let _ = conn.send_bytes(FAILURE); // best effort: the peer may already be gone
+            Err(err)
+        }
+    }
+}
+
+/// Answers the peer's challenge (CPython's `answer_challenge`).
+pub(crate) fn answer_challenge(conn: &Connection, key: &[u8]) -> Result<()> {
+    let message = recv(conn)?;
+    let Some(challenge) = message.strip_prefix(CHALLENGE) else {
+        return Err(refused("protocol error: expected a challenge"));
+    };
+    if challenge.len() < LEGACY_LENGTHS[0] {
+        return Err(refused(format!(
+            "challenge too short: {} bytes",
+            challenge.len()
+        )));
+    }
+    send(conn, &response(key, challenge)?)?;
+    if recv(conn)? == WELCOME {
+        Ok(())
+    } else {
+        Err(refused("digest sent was rejected"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+
+    use super::*;
+    use crate::pipe;
+
+    fn handshake(server_key: &'static [u8], client_key: &'static [u8]) -> (Result<()>, Result<()>) {
+        let (s, c) = pipe(true).unwrap();
+        let server = thread::spawn(move || {
+            deliver_challenge(&s, server_key)?;
+            answer_challenge(&s, server_key)
+        });
+        let client =
+            answer_challenge(&c, client_key).and_then(|()| deliver_challenge(&c, client_key));
+        (server.join().unwrap(), client)
+    }
+
+    #[test]
+    fn same_key_is_welcome_both_ways() {
+        let (s, c) = handshake(b"secret", b"secret");
+        s.unwrap();
+        c.unwrap();
+    }
+
+    #[test]
+    fn wrong_key_fails_on_both_sides() {
+        let (s, c) = handshake(b"secret", b"guess");
+        assert!(matches!(s, Err(Error::Authentication(_))), "{s:?}");
+        assert!(matches!(c, Err(Error::Authentication(_))), "{c:?}");
+    }
+
+    #[test]
+    fn a_legacy_challenge_gets_a_bare_md5_answer() {
+        let challenge = [7u8; 20];
+        let answer = response(b"k", &challenge).unwrap();
+        assert_eq!(answer.len(), 16);
+        verify(b"k", &challenge, &answer).unwrap();
+    }
+
+    #[test]
+    fn a_modern_answer_is_prefixed_and_covers_the_prefix() {
+        let challenge = [b"{sha256}".as_slice(), &[1; 40]].concat();
+        let answer = response(b"k", &challenge).unwrap();
+        assert!(answer.starts_with(b"{sha256}"));
+        assert_eq!(answer.len(), 8 + 32);
+        verify(b"k", &challenge, &answer).unwrap();
+        // a legacy (MD5) answer to a modern challenge is still accepted, as CPython does
+        verify(b"k", &challenge, &Digest::Md5.mac(b"k", &challenge).bytes()).unwrap();
+        assert!(verify(b"k", &challenge[1..], &answer).is_err());
+    }
+
+    #[test]
+    fn unknown_or_malformed_prefixes_are_refused() {
+        for answer in [
+            &b"{sha3_256}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"[..],
+            b"{nope}abc",
+            b"abc",
+        ] {
+            assert!(matches!(
+                verify(b"k", b"whatever", answer),
+                Err(Error::Authentication(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn an_oversized_handshake_message_is_refused() {
+        let (s, c) = pipe(true).unwrap();
+        s.send_bytes(&[b'#'; 300]).unwrap();
+        assert!(matches!(
+            answer_challenge(&c, b"k"),
+            Err(Error::Authentication(_))
+        ));
+    }
+}

@@ -1,0 +1,504 @@
+use std::{
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use mp_codec::{Decode, Encode, Frame, wire};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, sys};
+
+/// What carries a connection's bytes; decides whether descriptors can travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Transport {
+    /// A unix stream socket: duplex, carries descriptors.
+    Unix,
+    /// A TCP socket: duplex, bytes only.
+    Tcp,
+    /// One end of a `pipe2`: one direction, bytes only.
+    Pipe,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Unix => "unix socket",
+            Transport::Tcp => "TCP socket",
+            Transport::Pipe => "pipe",
+        }
+    }
+}
+
+/// Returns the two ends of a new pipe, as Python's `multiprocessing.Pipe(duplex)`.
+///
+/// Duplex (`true`) is a unix `socketpair`: both ends send and receive, and messages may carry
+/// file descriptors. Simplex (`false`) is a `pipe2`: the first end only receives, the second
+/// only sends. Every descriptor is close-on-exec.
+///
+/// ```
+/// let (reader, writer) = mp_pipe::pipe(false)?;
+/// writer.send(&(1, "one"))?;
+/// assert_eq!(reader.recv::<(i32, String)>()?, (1, "one".to_string()));
+/// assert!(reader.send(&0).is_err()); // read-only end
+/// # Ok::<(), mp_pipe::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Os`] when the kernel is out of descriptors.
+pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
+    if duplex {
+        let (a, b) = sys::socketpair()?;
+        Ok((
+            Connection::new(a, Transport::Unix, true, true),
+            Connection::new(b, Transport::Unix, true, true),
+        ))
+    } else {
+        let (r, w) = sys::pipe()?;
+        Ok((
+            Connection::new(r, Transport::Pipe, true, false),
+            Connection::new(w, Transport::Pipe, false, true),
+        ))
+    }
+}
+
+/// One end of a message pipe: Python's `multiprocessing.connection.Connection`.
+///
+/// Messages are whole: never merged, never split, and the bytes on the wire are CPython's
+/// (`send_bytes` here is `recv_bytes` there). Senders are serialized against each other and
+/// so are receivers, so a `Connection` can be shared between threads without interleaving
+/// frames. A connection is a [`mp_codec::Message`] itself: send it over a unix socket and the
+/// receiver gets its own descriptor for the same end.
+///
+/// ```
+/// let (a, b) = mp_pipe::pipe(true)?;
+/// a.send_bytes(b"ping")?;
+/// assert!(b.poll(Some(std::time::Duration::ZERO))?);
+/// assert_eq!(b.recv_bytes()?, b"ping");
+/// drop(a);
+/// assert!(matches!(b.recv_bytes(), Err(mp_pipe::Error::Eof)));
+/// # Ok::<(), mp_pipe::Error>(())
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Connection {
+    #[serde(with = "mp_codec::fd")]
+    fd: OwnedFd,
+    transport: Transport,
+    readable: bool,
+    writable: bool,
+    max_len: usize,
+    #[serde(skip)]
+    send: Mutex<Frame>,
+    #[serde(skip)]
+    recv: Mutex<Incoming>,
+}
+
+#[derive(Debug, Default)]
+struct Incoming {
+    frame: Frame,
+    /// A failure left a frame half-read: the stream is out of step.
+    broken: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(fd: OwnedFd, transport: Transport, readable: bool, writable: bool) -> Self {
+        Connection {
+            fd,
+            transport,
+            readable,
+            writable,
+            max_len: wire::DEFAULT_MAX_LEN,
+            send: Mutex::default(),
+            recv: Mutex::default(),
+        }
+    }
+
+    /// Wraps a connected unix stream socket (e.g. an inherited bootstrap descriptor).
+    pub fn from_unix_socket(fd: OwnedFd) -> Self {
+        Connection::new(fd, Transport::Unix, true, true)
+    }
+
+    /// Wraps the read end of a pipe.
+    pub fn from_pipe_reader(fd: OwnedFd) -> Self {
+        Connection::new(fd, Transport::Pipe, true, false)
+    }
+
+    /// Wraps the write end of a pipe.
+    pub fn from_pipe_writer(fd: OwnedFd) -> Self {
+        Connection::new(fd, Transport::Pipe, false, true)
+    }
+
+    /// Whether this end can receive.
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end can send.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The largest message [`recv`](Self::recv) and friends accept (default 4 GiB): a longer
+    /// one fails with [`Error::BadMessageLength`] before anything is allocated for it.
+    pub fn set_max_message_len(&mut self, max: usize) {
+        self.max_len = max;
+    }
+
+    /// Sends a value (any [`Encode`]: serde types, [`mp_codec::Pod`], [`mp_codec::Bytes`]).
+    /// Descriptors the value holds travel with it over unix sockets.
+    ///
+    /// # Errors
+    /// [`Error::WrongDirection`] on a read-only end, [`Error::FdsNeedUnixSocket`],
+    /// [`Error::Codec`] if the value cannot be encoded, or [`Error::Os`] — `EPIPE` when the
+    /// peer has closed (never a `SIGPIPE` death on sockets).
+    pub fn send<T: Encode + ?Sized>(&self, value: &T) -> Result<()> {
+        self.check_writable()?;
+        let mut frame = lock(&self.send);
+        frame.clear();
+        value.encode(&mut frame)?;
+        let result = self.send_parts(&frame.bytes, &frame.fds);
+        frame.fds.clear();
+        result
+    }
+
+    /// Sends `bytes` as one message, as they are (Python's `send_bytes`; slice for
+    /// `offset`/`size`). An empty message is legal.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let _one_writer = lock(&self.send);
+        self.send_parts(bytes, &[] as &[OwnedFd])
+    }
+
+    fn send_parts(&self, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
+        match self.transport {
+            Transport::Unix => wire::send_parts(&self.fd, bytes, fds)?,
+            _ if !fds.is_empty() => {
+                return Err(Error::FdsNeedUnixSocket(self.transport.name()));
+            }
+            Transport::Tcp => wire::send_parts(&self.fd, bytes, fds)?,
+            Transport::Pipe => wire::write_frame(&self.fd, bytes)?,
+        }
+        Ok(())
+    }
+
+    /// Receives one value sent by [`send`](Self::send), blocking until it arrives.
+    ///
+    /// # Errors
+    /// [`Error::Eof`] once the peer has closed, [`Error::WrongDirection`] on a write-only end,
+    /// [`Error::BadMessageLength`] over the limit, [`Error::Codec`] if the message is not a
+    /// `T` (the connection stays usable), or [`Error::Os`].
+    pub fn recv<T: Decode>(&self) -> Result<T> {
+        let mut incoming = self.receive(self.max_len)?;
+        Ok(T::decode(&mut incoming.frame)?)
+    }
+
+    /// Receives one message as bytes (Python's `recv_bytes`).
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), without the decoding errors.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>> {
+        self.recv_bytes_max(self.max_len)
+    }
+
+    /// Receives one message of at most `max_len` bytes (Python's `recv_bytes(maxlength)`).
+    /// A longer one is [`Error::BadMessageLength`] and, as in CPython, leaves the connection
+    /// unreadable.
+    ///
+    /// ```
+    /// let (a, b) = mp_pipe::pipe(true)?;
+    /// a.send_bytes(&[0; 300])?;
+    /// assert!(matches!(b.recv_bytes_max(256), Err(mp_pipe::Error::BadMessageLength { len: 300, .. })));
+    /// assert!(matches!(b.recv_bytes(), Err(mp_pipe::Error::Unreadable)));
+    /// # Ok::<(), mp_pipe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Self::recv_bytes).
+    pub fn recv_bytes_max(&self, max_len: usize) -> Result<Vec<u8>> {
+        let mut incoming = self.receive(max_len.min(self.max_len))?;
+        Ok(std::mem::take(&mut incoming.frame.bytes))
+    }
+
+    /// Receives one message into `buf` and returns its length (Python's `recv_bytes_into`;
+    /// slice for `offset`).
+    ///
+    /// ```
+    /// let (a, b) = mp_pipe::pipe(true)?;
+    /// a.send_bytes(b"hello")?;
+    /// let mut buf = [0; 3];
+    /// match b.recv_bytes_into(&mut buf) {
+    ///     Err(mp_pipe::Error::BufferTooShort(whole)) => assert_eq!(whole, b"hello"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), mp_pipe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::BufferTooShort`] with the whole message when it does not fit; otherwise as
+    /// [`recv_bytes`](Self::recv_bytes).
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
+        let mut incoming = self.receive(self.max_len)?;
+        let bytes = &incoming.frame.bytes;
+        if bytes.len() > buf.len() {
+            return Err(Error::BufferTooShort(std::mem::take(
+                &mut incoming.frame.bytes,
+            )));
+        }
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    /// Reads one whole frame into the receive state, which stays locked for the caller.
+    fn receive(&self, max_len: usize) -> Result<MutexGuard<'_, Incoming>> {
+        if !self.readable {
+            return Err(Error::WrongDirection("write"));
+        }
+        let mut incoming = lock(&self.recv);
+        if incoming.broken {
+            return Err(Error::Unreadable);
+        }
+        let Incoming { frame, broken } = &mut *incoming;
+        let result = match self.transport {
+            Transport::Unix => wire::recv_frame(&self.fd, max_len, frame),
+            Transport::Tcp | Transport::Pipe => {
+                frame.fds.clear();
+                wire::read_frame(&self.fd, max_len, &mut frame.bytes)
+            }
+        };
+        match result {
+            Ok(()) => Ok(incoming),
+            Err(mp_codec::Error::Closed) => Err(Error::Eof),
+            Err(err) => {
+                // Anything else leaves the stream mid-frame: refuse to read garbage later.
+                *broken = true;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Whether a message (or end of file) is ready to be received, waiting up to `timeout`
+    /// (`None`: forever; `Some(Duration::ZERO)`: just look, Python's default).
+    ///
+    /// # Errors
+    /// [`Error::WrongDirection`] on a write-only end, or [`Error::Os`].
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        if !self.readable {
+            return Err(Error::WrongDirection("write"));
+        }
+        Ok(!crate::wait::wait(&[&self.fd], timeout)?.is_empty())
+    }
+
+    /// Closes this end. Dropping it does the same; this is Python's `close()`.
+    pub fn close(self) {}
+
+    pub(crate) fn socket_fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::WrongDirection("read"))
+        }
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the state inconsistent in a way that
+    // matters: the broken flag covers half-read frames.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        thread,
+    };
+
+    use super::*;
+
+    fn raw_read(fd: &impl AsFd, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        let mut got = 0;
+        while got < n {
+            got += rustix::io::read(fd, &mut buf[got..]).unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn frames_are_cpythons_byte_for_byte() {
+        let (a, b) = pipe(true).unwrap();
+        a.send_bytes(b"abc").unwrap();
+        a.send_bytes(b"").unwrap();
+        assert_eq!(raw_read(&b, 11), [0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_long_header_is_understood() {
+        let (a, b) = pipe(true).unwrap();
+        let mut bytes = (-1i32).to_be_bytes().to_vec();
+        bytes.extend(5u64.to_be_bytes());
+        bytes.extend(b"hello");
+        rustix::io::write(&a, &bytes).unwrap();
+        assert_eq!(b.recv_bytes().unwrap(), b"hello");
+    }
+
+    #[test]
+    fn messages_are_never_merged_or_split() {
+        let (r, w) = pipe(false).unwrap();
+        let sizes = [0usize, 1, 100_000, 0, 3 << 20, 7];
+        let writer = thread::spawn(move || {
+            for (i, n) in sizes.into_iter().enumerate() {
+                w.send_bytes(&vec![i as u8; n]).unwrap();
+            }
+        });
+        for (i, n) in sizes.into_iter().enumerate() {
+            assert_eq!(r.recv_bytes().unwrap(), vec![i as u8; n]);
+        }
+        writer.join().unwrap();
+        assert!(matches!(r.recv_bytes(), Err(Error::Eof)));
+    }
+
+    #[test]
+    fn empty_messages_are_visible_to_poll() {
+        let (a, b) = pipe(true).unwrap();
+        assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+        a.send_bytes(b"").unwrap();
+        assert!(b.poll(Some(Duration::from_secs(10))).unwrap());
+        assert_eq!(b.recv_bytes().unwrap(), b"");
+        assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+    }
+
+    #[test]
+    fn poll_sees_end_of_file() {
+        let (a, b) = pipe(true).unwrap();
+        drop(a);
+        assert!(b.poll(None).unwrap());
+        assert!(matches!(b.recv::<u8>(), Err(Error::Eof)));
+    }
+
+    #[test]
+    fn writing_to_a_closed_peer_is_a_broken_pipe_error() {
+        let (a, b) = pipe(true).unwrap();
+        drop(b);
+        let err = a.send_bytes(b"x").unwrap_err();
+        assert!(err.is_disconnect(), "{err:?}");
+
+        let (r, w) = pipe(false).unwrap();
+        drop(r);
+        let err = w.send(&1u8).unwrap_err();
+        assert!(err.is_disconnect(), "{err:?}");
+    }
+
+    #[test]
+    fn each_end_of_a_simplex_pipe_has_one_direction() {
+        let (r, w) = pipe(false).unwrap();
+        assert!(r.readable() && !r.writable() && w.writable() && !w.readable());
+        assert!(matches!(
+            r.send_bytes(b""),
+            Err(Error::WrongDirection("read"))
+        ));
+        assert!(matches!(
+            w.recv_bytes(),
+            Err(Error::WrongDirection("write"))
+        ));
+        assert!(matches!(w.poll(None), Err(Error::WrongDirection("write"))));
+    }
+
+    #[test]
+    fn fds_travel_over_duplex_pipes_only() {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let writer = mp_codec::Fd::from(OwnedFd::from(writer));
+        let (r, w) = pipe(false).unwrap();
+        assert!(matches!(
+            w.send(&writer),
+            Err(Error::FdsNeedUnixSocket("pipe"))
+        ));
+        drop((r, w));
+
+        let (a, b) = pipe(true).unwrap();
+        a.send(&("out", writer)).unwrap();
+        let (_, fd): (String, mp_codec::Fd) = b.recv().unwrap();
+        std::fs::File::from(fd.into_inner())
+            .write_all(b"via fd")
+            .unwrap();
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "via fd");
+    }
+
+    #[test]
+    fn a_connection_can_be_sent_over_a_connection() {
+        let (a, b) = pipe(true).unwrap();
+        let (inner_a, inner_b) = pipe(true).unwrap();
+        a.send(&inner_b).unwrap();
+        drop(inner_b);
+        let received: Connection = b.recv().unwrap();
+        inner_a.send("through the sent end").unwrap();
+        assert_eq!(received.recv::<String>().unwrap(), "through the sent end");
+    }
+
+    #[test]
+    fn a_decode_error_leaves_the_connection_usable() {
+        let (a, b) = pipe(true).unwrap();
+        a.send(&(1u8, 2u8)).unwrap();
+        a.send(&3u8).unwrap();
+        assert!(matches!(b.recv::<u8>(), Err(Error::Codec(_))));
+        assert_eq!(b.recv::<u8>().unwrap(), 3);
+    }
+
+    #[test]
+    fn concurrent_senders_never_interleave_frames() {
+        let (a, b) = pipe(true).unwrap();
+        let a = std::sync::Arc::new(a);
+        let senders: Vec<_> = (0..2u8)
+            .map(|t| {
+                let a = a.clone();
+                thread::spawn(move || {
+                    for _ in 0..20 {
+                        a.send_bytes(&vec![t; 300_000]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..40 {
+            let msg = b.recv_bytes().unwrap();
+            assert_eq!(msg.len(), 300_000);
+            assert!(msg.iter().all(|&x| x == msg[0]));
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn recv_bytes_into_fits_or_hands_the_message_back() {
+        let (a, b) = pipe(true).unwrap();
+        a.send_bytes(b"12345").unwrap();
+        a.send_bytes(b"123").unwrap();
+        let mut buf = [0; 4];
+        assert!(
+            matches!(b.recv_bytes_into(&mut buf), Err(Error::BufferTooShort(m)) if m == b"12345")
+        );
+        assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"123");
+    }
+}

@@ -1,0 +1,33 @@
+//! Message pipes between processes: Python's `Pipe()` and `multiprocessing.connection`.
+//!
+//! A [`Connection`] sends whole messages — any [`mp_codec::Encode`] value, or raw bytes — in
+//! CPython's wire format, so it can talk to a Python process's `Connection` byte for byte;
+//! over unix sockets a message may carry file descriptors. [`Listener`] and [`Client`] speak
+//! CPython's authkey handshake (both the legacy HMAC-MD5 and the 3.12+ `{sha256}` form), and
+//! [`wait`] waits on any mix of connections, listeners and other descriptors.
+//!
+//! ```
+//! let (a, b) = mp_pipe::pipe(true)?;
+//! a.send_bytes(b"ping")?;
+//! assert_eq!(b.recv_bytes()?, b"ping");
+//! b.send(&("pong", 2u8))?;
+//! assert_eq!(a.recv::<(String, u8)>()?, ("pong".to_string(), 2));
+//! # Ok::<(), mp_pipe::Error>(())
+//! ```
+#![deny(missing_docs, unsafe_code)]
+
+mod address;
+mod auth;
+mod conn;
+mod error;
+mod listener;
+mod sys;
+mod wait;
+
+pub use crate::{
+    address::{Address, ToAddress},
+    conn::{Connection, pipe},
+    error::{Error, Result},
+    listener::{Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener},
+    wait::wait,
+};

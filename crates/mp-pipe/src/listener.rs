@@ -1,0 +1,314 @@
+use std::{
+    net::{TcpListener, TcpStream},
+    os::{
+        fd::{AsFd, BorrowedFd, OwnedFd},
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream},
+    },
+    path::PathBuf,
+    time::Duration,
+};
+
+use crate::{
+    Address, Connection, Error, Result, ToAddress,
+    auth::{answer_challenge, deliver_challenge},
+    conn::Transport,
+    sys,
+};
+
+/// How long either side of a connection may take over the authentication handshake unless
+/// told otherwise: a silent peer cannot stall `accept` or `connect` for longer.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A socket that accepts [`Connection`]s: Python's `multiprocessing.connection.Listener`.
+///
+/// With an authkey, every accepted peer must answer our challenge and we answer theirs
+/// (CPython's handshake, both its legacy and its 3.12+ form), so CPython clients can connect.
+///
+/// ```
+/// use mp_pipe::{Client, Listener};
+///
+/// let mut listener = Listener::bind("127.0.0.1:0", Some(b"secret"))?;
+/// let address = listener.address().clone();
+/// let client = std::thread::spawn(move || -> mp_pipe::Result<Vec<u8>> {
+///     let conn = Client::connect(&address, Some(b"secret"))?;
+///     conn.send_bytes(b"hello")?;
+///     conn.recv_bytes()
+/// });
+/// let conn = listener.accept()?;
+/// let hello = conn.recv_bytes()?;
+/// conn.send_bytes(&hello)?;
+/// assert_eq!(client.join().unwrap()?, b"hello");
+/// # Ok::<(), mp_pipe::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Listener {
+    socket: Socket,
+    address: Address,
+    authkey: Option<Vec<u8>>,
+    last_accepted: Option<Address>,
+    handshake_timeout: Duration,
+    /// The socket file we created, removed on drop.
+    unlink: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+enum Socket {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Listens at `address`: a unix path, an abstract name (`"\0name"` or `"@name"`) or TCP
+    /// `host:port` (port 0 picks a free one; [`address`](Self::address) tells which).
+    ///
+    /// # Errors
+    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `EADDRINUSE` when the path exists.
+    pub fn bind(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Self> {
+        let address = address.to_address()?;
+        let (socket, address, unlink) = match address {
+            Address::Unix(path) => {
+                let listener = UnixListener::bind(&path).map_err(|e| Error::os("bind", e))?;
+                (
+                    Socket::Unix(listener),
+                    Address::Unix(path.clone()),
+                    Some(path),
+                )
+            }
+            Address::Abstract(name) => {
+                let addr = UnixAddr::from_abstract_name(&name).map_err(|e| Error::os("bind", e))?;
+                let listener = UnixListener::bind_addr(&addr).map_err(|e| Error::os("bind", e))?;
+                (Socket::Unix(listener), Address::Abstract(name), None)
+            }
+            Address::Tcp(addr) => {
+                let listener = TcpListener::bind(addr).map_err(|e| Error::os("bind", e))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| Error::os("getsockname", e))?;
+                (Socket::Tcp(listener), Address::Tcp(bound), None)
+            }
+        };
+        Ok(Listener {
+            socket,
+            address,
+            authkey: authkey.map(<[u8]>::to_vec),
+            last_accepted: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            unlink,
+        })
+    }
+
+    /// Where this listener listens (with the port filled in for TCP port 0).
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The address of the last accepted peer, if it had one (unix clients usually do not).
+    pub fn last_accepted(&self) -> Option<&Address> {
+        self.last_accepted.as_ref()
+    }
+
+    /// How long an accepted peer may take over the authentication handshake.
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
+    }
+
+    /// Waits for a peer, then runs the authentication handshake if there is an authkey.
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] or [`Error::HandshakeTimeout`] for a peer that fails the
+    /// handshake (the listener stays usable: call `accept` again), or [`Error::Os`].
+    pub fn accept(&mut self) -> Result<Connection> {
+        let (fd, transport, peer): (OwnedFd, _, _) = match &self.socket {
+            Socket::Unix(listener) => {
+                let (stream, addr) = listener.accept().map_err(|e| Error::os("accept", e))?;
+                let peer = addr
+                    .as_pathname()
+                    .map(|p| Address::Unix(p.to_path_buf()))
+                    .or_else(|| {
+                        addr.as_abstract_name()
+                            .map(|n| Address::Abstract(n.to_vec()))
+                    });
+                (stream.into(), Transport::Unix, peer)
+            }
+            Socket::Tcp(listener) => {
+                let (stream, addr) = listener.accept().map_err(|e| Error::os("accept", e))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| Error::os("setsockopt(TCP_NODELAY)", e))?;
+                (stream.into(), Transport::Tcp, Some(Address::Tcp(addr)))
+            }
+        };
+        self.last_accepted = peer;
+        let conn = Connection::new(fd, transport, true, true);
+        if let Some(key) = &self.authkey {
+            handshake(&conn, self.handshake_timeout, |conn| {
+                deliver_challenge(conn, key)?;
+                answer_challenge(conn, key)
+            })?;
+        }
+        Ok(conn)
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.socket {
+            Socket::Unix(l) => l.as_fd(),
+            Socket::Tcp(l) => l.as_fd(),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(path) = self.unlink.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Runs `steps` with the connection's reads and writes bounded by `timeout`.
+fn handshake(
+    conn: &Connection,
+    timeout: Duration,
+    steps: impl FnOnce(&Connection) -> Result<()>,
+) -> Result<()> {
+    let fd = conn.socket_fd();
+    sys::set_io_timeout(fd, Some(timeout.max(Duration::from_micros(1))))?;
+    steps(conn)?;
+    sys::set_io_timeout(fd, None)
+}
+
+/// Connects to a [`Listener`]: Python's `multiprocessing.connection.Client`.
+#[derive(Debug)]
+pub struct Client;
+
+impl Client {
+    /// Connects to `address` and, with an authkey, answers the listener's challenge and
+    /// challenges it in turn (within [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] on a key mismatch (on both sides), [`Error::HandshakeTimeout`],
+    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `ECONNREFUSED`.
+    pub fn connect(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
+        Client::connect_with_timeout(address, authkey, DEFAULT_HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`connect`](Self::connect) with a handshake deadline of your choosing.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub fn connect_with_timeout(
+        address: impl ToAddress,
+        authkey: Option<&[u8]>,
+        handshake_timeout: Duration,
+    ) -> Result<Connection> {
+        let conn = match address.to_address()? {
+            Address::Unix(path) => {
+                let stream = UnixStream::connect(&path).map_err(|e| Error::os("connect", e))?;
+                Connection::new(stream.into(), Transport::Unix, true, true)
+            }
+            Address::Abstract(name) => {
+                let addr =
+                    UnixAddr::from_abstract_name(&name).map_err(|e| Error::os("connect", e))?;
+                let stream =
+                    UnixStream::connect_addr(&addr).map_err(|e| Error::os("connect", e))?;
+                Connection::new(stream.into(), Transport::Unix, true, true)
+            }
+            Address::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).map_err(|e| Error::os("connect", e))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| Error::os("setsockopt(TCP_NODELAY)", e))?;
+                Connection::new(stream.into(), Transport::Tcp, true, true)
+            }
+        };
+        if let Some(key) = authkey {
+            handshake(&conn, handshake_timeout, |conn| {
+                answer_challenge(conn, key)?;
+                deliver_challenge(conn, key)
+            })?;
+        }
+        Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{thread, time::Duration};
+
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("mp-pipe-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn unix_listener_unlinks_its_path_on_drop() {
+        let path = temp_path("unlink.sock");
+        let listener = Listener::bind(path.to_str().unwrap(), None).unwrap();
+        assert!(path.exists());
+        drop(listener);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn abstract_names_connect_without_a_file() {
+        let name = format!("@mp-pipe-test-{}", std::process::id());
+        let mut listener = Listener::bind(name.as_str(), Some(b"k")).unwrap();
+        let client = thread::spawn(move || {
+            let conn = Client::connect(name.as_str(), Some(b"k")).unwrap();
+            conn.send(&42u32).unwrap();
+        });
+        let conn = listener.accept().unwrap();
+        assert_eq!(conn.recv::<u32>().unwrap(), 42);
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn a_wrong_key_fails_on_both_sides_and_the_listener_carries_on() {
+        let mut listener = Listener::bind("127.0.0.1:0", Some(b"right")).unwrap();
+        let address = listener.address().clone();
+        let client = thread::spawn(move || {
+            let wrong = Client::connect(&address, Some(b"wrong"));
+            let right = Client::connect(&address, Some(b"right")).map(|c| c.recv::<String>());
+            (wrong.map(drop), right)
+        });
+        assert!(matches!(listener.accept(), Err(Error::Authentication(_))));
+        let conn = listener.accept().unwrap();
+        conn.send("welcome").unwrap();
+        let (wrong, right) = client.join().unwrap();
+        assert!(matches!(wrong, Err(Error::Authentication(_))), "{wrong:?}");
+        assert_eq!(right.unwrap().unwrap(), "welcome");
+    }
+
+    #[test]
+    fn a_silent_client_cannot_stall_accept() {
+        let mut listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
+        listener.set_handshake_timeout(Duration::from_millis(100));
+        let silent = TcpStream::connect(match listener.address() {
+            Address::Tcp(a) => *a,
+            _ => unreachable!(),
+        })
+        .unwrap();
+        // The challenge goes out, no answer comes back: the deadline ends the wait.
+        assert!(matches!(listener.accept(), Err(Error::HandshakeTimeout)));
+        drop(silent);
+    }
+
+    #[test]
+    fn fds_do_not_cross_tcp() {
+        let mut listener = Listener::bind("127.0.0.1:0", None).unwrap();
+        let address = listener.address().clone();
+        let client = thread::spawn(move || Client::connect(&address, None).unwrap());
+        let conn = listener.accept().unwrap();
+        let _peer = client.join().unwrap();
+        let (r, _w) = crate::pipe(false).unwrap();
+        assert!(matches!(
+            conn.send(&r),
+            Err(Error::FdsNeedUnixSocket("TCP socket"))
+        ));
+        assert!(matches!(listener.last_accepted(), Some(Address::Tcp(_))));
+    }
+}

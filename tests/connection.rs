@@ -1,0 +1,141 @@
+//! Interop with CPython's `multiprocessing.connection`, run with python3: our echo server
+//! with their `Client`, their `Listener` with our echo client, with the right key and a
+//! wrong one, over unix sockets and TCP, in CPython's own handshake (legacy HMAC-MD5 on a
+//! 3.11) and in the 3.12+ `{sha256}` form.
+
+use std::process::Command;
+
+use crate::support::{Guarded, example, python_script};
+
+const N: usize = 26; // one whole cycle of sizes, 0 to 4 MiB, and a bit
+
+fn unique_path(tag: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("mp-interop-{}-{tag}.sock", std::process::id()))
+        .display()
+        .to_string()
+}
+
+fn our_server(address: &str, key: Option<&str>) -> (Guarded, String) {
+    let mut cmd = Command::new(example("echo_server"));
+    cmd.arg(address);
+    set_key(&mut cmd, key);
+    let mut server = Guarded::spawn(cmd);
+    let line = server.first_line();
+    let bound = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (server, bound)
+}
+
+fn their_server(address: &str, key: &str, modern: bool) -> (Guarded, String) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_script("connection_peer.py"))
+        .args(["server", address]);
+    if modern {
+        cmd.arg("--modern");
+    }
+    set_key(&mut cmd, Some(key));
+    let mut server = Guarded::spawn(cmd);
+    let line = server.first_line();
+    let bound = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (server, bound)
+}
+
+fn our_client(address: &str, key: Option<&str>) -> Guarded {
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.args([address, &N.to_string()]);
+    set_key(&mut cmd, key);
+    Guarded::spawn(cmd)
+}
+
+fn their_client(address: &str, key: &str, modern: bool) -> Guarded {
+    let mut cmd = Command::new("python3");
+    cmd.arg(python_script("connection_peer.py"))
+        .args(["client", address, &N.to_string()]);
+    if modern {
+        cmd.arg("--modern");
+    }
+    set_key(&mut cmd, Some(key));
+    Guarded::spawn(cmd)
+}
+
+fn set_key(cmd: &mut Command, key: Option<&str>) {
+    match key {
+        Some(key) => cmd.env("MP_AUTHKEY", key),
+        None => cmd.env_remove("MP_AUTHKEY"),
+    };
+}
+
+fn assert_ok(client: Guarded) {
+    let (status, out, err) = client.finish();
+    assert!(status.success(), "client failed: {status}\n{out}\n{err}");
+    assert_eq!(out.trim(), format!("ok {N}"));
+}
+
+#[test]
+fn their_client_talks_to_our_server_over_unix_and_tcp() {
+    for address in [unique_path("ours-legacy"), "127.0.0.1:0".to_string()] {
+        let (_server, bound) = our_server(&address, Some("s3cret"));
+        assert_ok(their_client(&bound, "s3cret", false));
+        // The server serves the next client too.
+        assert_ok(their_client(&bound, "s3cret", false));
+    }
+}
+
+#[test]
+fn their_modern_client_talks_to_our_server() {
+    let (_server, bound) = our_server("127.0.0.1:0", Some("s3cret"));
+    assert_ok(their_client(&bound, "s3cret", true));
+}
+
+#[test]
+fn our_client_talks_to_their_listener_over_unix_and_tcp() {
+    for address in [unique_path("theirs-legacy"), "127.0.0.1:0".to_string()] {
+        let (server, bound) = their_server(&address, "s3cret", false);
+        assert_ok(our_client(&bound, Some("s3cret")));
+        let (status, out, err) = server.finish();
+        assert!(status.success(), "their server: {status}\n{err}");
+        assert!(out.contains(&format!("served {N}")), "{out}");
+    }
+}
+
+#[test]
+fn our_client_talks_to_their_modern_listener() {
+    let (server, bound) = their_server("127.0.0.1:0", "s3cret", true);
+    assert_ok(our_client(&bound, Some("s3cret")));
+    assert!(server.finish().0.success());
+}
+
+#[test]
+fn a_wrong_key_fails_on_both_sides_against_their_client() {
+    let (_server, bound) = our_server("127.0.0.1:0", Some("right"));
+    let (status, _, err) = their_client(&bound, "wrong", false).finish();
+    assert_eq!(status.code(), Some(3), "{err}");
+    let (status, _, err) = their_client(&bound, "wrong", true).finish();
+    assert_eq!(status.code(), Some(3), "{err}");
+    // Our server refused both, said so, and still serves a client with the right key.
+    assert_ok(their_client(&bound, "right", false));
+}
+
+#[test]
+fn a_wrong_key_fails_on_both_sides_against_their_listener() {
+    for modern in [false, true] {
+        let (server, bound) = their_server("127.0.0.1:0", "right", modern);
+        let (status, _, err) = our_client(&bound, Some("wrong")).finish();
+        assert!(!status.success());
+        assert!(err.contains("authentication failed"), "{err}");
+        let (status, _, err) = server.finish();
+        assert_eq!(status.code(), Some(3), "{err}");
+    }
+}
+
+#[test]
+fn no_key_on_both_sides_needs_no_handshake() {
+    let (_server, bound) = our_server(&unique_path("nokey"), None);
+    assert_ok(our_client(&bound, None));
+}
