@@ -6,6 +6,9 @@
 //! shows median, min and max, and the ratio of each median to the first (reference) row.
 
 mod codec;
+mod pipe;
+
+pub use pipe::peer;
 
 use std::{
     path::{Path, PathBuf},
@@ -53,12 +56,15 @@ impl Options {
 pub enum Unit {
     /// Nanoseconds per operation: lower is better, and so is a ratio below 1.
     NsPerOp,
+    /// Megabytes (10^6 bytes) per second: higher is better, and so is a ratio above 1.
+    MegabytesPerSec,
 }
 
 impl Unit {
     fn label(self) -> &'static str {
         match self {
             Unit::NsPerOp => "ns/op",
+            Unit::MegabytesPerSec => "MB/s",
         }
     }
 }
@@ -104,6 +110,7 @@ struct Row {
 pub fn run(options: Options) -> Result<(), String> {
     let workloads: Vec<Workload> = codec::workloads()
         .into_iter()
+        .chain(pipe::workloads())
         .filter(|w| options.filter.as_deref().is_none_or(|f| w.name.contains(f)))
         .collect();
     if workloads.is_empty() {
@@ -205,17 +212,26 @@ fn print_row(row: &Row, json: bool) {
     }
 }
 
-/// Times `op` in a batch long enough to read the clock well (about 20 ms, calibrated on the
-/// first call and kept in `iters`); returns nanoseconds per call.
+/// Times `op` in a batch long enough to read the clock well (see [`time_batched`]);
+/// returns nanoseconds per call.
 pub fn time_per_op(iters: &mut u64, mut op: impl FnMut()) -> f64 {
-    const TARGET: Duration = Duration::from_millis(20);
+    time_batched(iters, |n| {
+        for _ in 0..n {
+            op();
+        }
+    })
+}
+
+/// Times `batch(n)`, which performs `n` operations and returns when they are complete, with
+/// `n` calibrated on the first call (kept in `iters`) so a batch takes about 50 ms; returns
+/// nanoseconds per operation.
+pub fn time_batched(iters: &mut u64, mut batch: impl FnMut(u64)) -> f64 {
+    const TARGET: Duration = Duration::from_millis(50);
     if *iters == 0 {
         let mut n = 1u64;
         loop {
             let start = Instant::now();
-            for _ in 0..n {
-                op();
-            }
+            batch(n);
             let took = start.elapsed();
             if took >= TARGET / 4 || n >= 1 << 40 {
                 *iters = ((n as f64) * TARGET.as_secs_f64() / took.as_secs_f64()).ceil() as u64;
@@ -225,9 +241,7 @@ pub fn time_per_op(iters: &mut u64, mut op: impl FnMut()) -> f64 {
         }
     }
     let start = Instant::now();
-    for _ in 0..*iters {
-        op();
-    }
+    batch(*iters);
     start.elapsed().as_nanos() as f64 / *iters as f64
 }
 

@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
         Some("bench") => bench::Options::parse(&args[1..]).and_then(bench::run),
+        // The other process of a two-process workload (started by `bench`, not by hand).
+        Some("__peer") if args.len() == 2 => bench::peer(&args[1]),
         _ => Err(USAGE.to_string()),
     };
     match result {

@@ -1,0 +1,322 @@
+//! Pipe workloads between two processes, the peer being this same binary re-executed
+//! (`xtask __peer KIND`) with its end of a unix socket as stdin. The parent runs on CPU 0 and
+//! every peer on CPU 1, CPython's too, so all implementations get the same placement.
+//!
+//! - `pipe_rtt_8b`: one round trip of an 8-byte message (ns/op).
+//! - `pipe_1mib`: 1 MiB messages one way, acknowledged once per batch (MB/s).
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    process::{Child, Command, Stdio},
+};
+
+use ipc_channel::ipc::{
+    self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender,
+};
+use mp_pipe::Connection;
+use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+
+use super::{Impl, Unit, Workload, cpython, time_batched};
+
+const MIB: usize = 1 << 20;
+/// The CPUs of the measuring process and of its peer.
+pub const PARENT_CPU: usize = 0;
+pub const PEER_CPU: usize = 1;
+
+pub fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "pipe_rtt_8b",
+            unit: Unit::NsPerOp,
+            impls: vec![
+                peer_impl("raw/socketpair", "raw-echo", raw_rtt),
+                peer_impl("ours/mp-pipe", "ours-echo", ours_rtt),
+                cpython("multiprocessing.Pipe", "pipe.py", "pipe_rtt_8b"),
+            ],
+        },
+        Workload {
+            name: "pipe_1mib",
+            unit: Unit::MegabytesPerSec,
+            impls: vec![
+                peer_impl("raw/socketpair", "raw-sink", raw_stream),
+                peer_impl("ours/mp-pipe", "ours-sink", ours_stream),
+                cpython("multiprocessing.Pipe", "pipe.py", "pipe_1mib"),
+                ipc_channel_impl(),
+            ],
+        },
+    ]
+}
+
+/// Pins the calling thread to `cpu` if the machine has it (best effort).
+pub fn pin(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+/// A child running `xtask __peer KIND` with `stdin` as its stdin; killed and reaped on drop.
+struct Peer {
+    child: Child,
+}
+
+impl Peer {
+    fn start(kind: &str, stdin: Stdio) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .args(["__peer", kind])
+            .stdin(stdin)
+            .spawn()
+            .map_err(|e| format!("cannot start peer: {e}"))?;
+        Ok(Peer { child })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socketpair")
+}
+
+/// An implementation whose peer is started on first use and kept for every run; `run`
+/// measures one run over the parent's end of the socket.
+fn peer_impl(
+    name: &str,
+    kind: &'static str,
+    mut run: impl FnMut(&OwnedFd, &mut u64) -> Result<f64, String> + 'static,
+) -> Impl {
+    let mut state: Option<(OwnedFd, Peer)> = None;
+    let mut iters = 0;
+    Impl::new(name, move || {
+        if state.is_none() {
+            let (ours, theirs) = pair();
+            let peer = Peer::start(kind, Stdio::from(theirs))?;
+            state = Some((ours, peer));
+        }
+        pin(PARENT_CPU);
+        let (fd, _) = state.as_ref().unwrap();
+        run(fd, &mut iters)
+    })
+}
+
+fn read_exact(fd: &impl AsFd, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(fd, &mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn write_all(fd: &impl AsFd, buf: &[u8]) -> std::io::Result<()> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match rustix::io::write(fd, &buf[sent..]) {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn raw_rtt(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
+    let mut buf = [7u8; 8];
+    let mut failed = None;
+    let ns = time_batched(iters, |n| {
+        for _ in 0..n {
+            if let Err(e) = write_all(fd, &buf).and_then(|()| read_exact(fd, &mut buf)) {
+                failed = Some(e.to_string());
+                return;
+            }
+        }
+    });
+    failed.map_or(Ok(ns), Err)
+}
+
+fn ours_rtt(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
+    let conn = Connection::from_unix_socket(fd.try_clone().map_err(|e| e.to_string())?);
+    let message = [7u8; 8];
+    let mut failed = None;
+    let ns = time_batched(iters, |n| {
+        for _ in 0..n {
+            if let Err(e) = conn.send_bytes(&message).and_then(|()| conn.recv_bytes()) {
+                failed = Some(e.to_string());
+                return;
+            }
+        }
+    });
+    failed.map_or(Ok(ns), Err)
+}
+
+/// Turns nanoseconds per 1 MiB message into MB/s.
+fn mb_per_sec(ns_per_message: f64) -> f64 {
+    MIB as f64 / ns_per_message * 1e3
+}
+
+fn raw_stream(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
+    let message = vec![7u8; MIB];
+    let mut ack = [0u8; 1];
+    let mut failed = None;
+    let ns = time_batched(iters, |n| {
+        let result = write_all(fd, &n.to_le_bytes())
+            .and_then(|()| (0..n).try_for_each(|_| write_all(fd, &message)))
+            .and_then(|()| read_exact(fd, &mut ack));
+        if let Err(e) = result {
+            failed = Some(e.to_string());
+        }
+    });
+    failed.map_or(Ok(mb_per_sec(ns)), Err)
+}
+
+fn ours_stream(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
+    let conn = Connection::from_unix_socket(fd.try_clone().map_err(|e| e.to_string())?);
+    let message = vec![7u8; MIB];
+    let mut failed = None;
+    let ns = time_batched(iters, |n| {
+        let result = conn
+            .send(&n)
+            .and_then(|()| (0..n).try_for_each(|_| conn.send_bytes(&message)))
+            .and_then(|()| conn.recv_bytes());
+        if let Err(e) = result {
+            failed = Some(e.to_string());
+        }
+    });
+    failed.map_or(Ok(mb_per_sec(ns)), Err)
+}
+
+/// ipc-channel's bytes channel (no serde on the payload), bootstrapped through its one-shot
+/// server; the peer acknowledges each batch on a second channel.
+fn ipc_channel_impl() -> Impl {
+    type Hello = (IpcBytesSender, IpcReceiver<()>);
+    let mut state: Option<(IpcBytesSender, IpcReceiver<()>, Peer)> = None;
+    let mut iters = 0;
+    Impl::new("ipc-channel/bytes_channel", move || {
+        if state.is_none() {
+            let (server, name) = IpcOneShotServer::<Hello>::new().map_err(|e| e.to_string())?;
+            let (ours, theirs) = pair();
+            let peer = Peer::start("ipc-sink", Stdio::from(theirs))?;
+            mp_codec::wire::write_frame(&ours, name.as_bytes()).map_err(|e| e.to_string())?;
+            let (_, (tx, acks)) = server.accept().map_err(|e| e.to_string())?;
+            state = Some((tx, acks, peer));
+        }
+        pin(PARENT_CPU);
+        let (tx, acks, _) = state.as_ref().unwrap();
+        let message = vec![7u8; MIB];
+        let mut failed = None;
+        let ns = time_batched(&mut iters, |n| {
+            let result = tx
+                .send(&n.to_le_bytes())
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    (0..n).try_for_each(|_| tx.send(&message).map_err(|e| e.to_string()))
+                })
+                .and_then(|()| acks.recv().map_err(|e| format!("{e:?}")));
+            if let Err(e) = result {
+                failed = Some(e);
+            }
+        });
+        failed.map_or(Ok(mb_per_sec(ns)), Err)
+    })
+}
+
+/// The peer side: `xtask __peer KIND`, stdin being its end of the socket. Returns when the
+/// parent closes its end.
+pub fn peer(kind: &str) -> Result<(), String> {
+    pin(PEER_CPU);
+    let stdin: OwnedFd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    let eof_is_fine = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Ok(())
+        } else {
+            Err(e.to_string())
+        }
+    };
+    match kind {
+        "raw-echo" => {
+            let mut buf = [0u8; 8];
+            loop {
+                if let Err(e) = read_exact(&stdin, &mut buf) {
+                    return eof_is_fine(e);
+                }
+                write_all(&stdin, &buf).map_err(|e| e.to_string())?;
+            }
+        }
+        "raw-sink" => {
+            let mut buf = vec![0u8; MIB];
+            loop {
+                let mut count = [0u8; 8];
+                if let Err(e) = read_exact(&stdin, &mut count) {
+                    return eof_is_fine(e);
+                }
+                for _ in 0..u64::from_le_bytes(count) {
+                    read_exact(&stdin, &mut buf).map_err(|e| e.to_string())?;
+                }
+                write_all(&stdin, &[1]).map_err(|e| e.to_string())?;
+            }
+        }
+        "ours-echo" => {
+            let conn = Connection::from_unix_socket(stdin);
+            loop {
+                match conn.recv_bytes() {
+                    Ok(m) => conn.send_bytes(&m).map_err(|e| e.to_string())?,
+                    Err(mp_pipe::Error::Eof) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        "ours-sink" => {
+            let conn = Connection::from_unix_socket(stdin);
+            loop {
+                let n: u64 = match conn.recv() {
+                    Ok(n) => n,
+                    Err(mp_pipe::Error::Eof) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                };
+                for _ in 0..n {
+                    conn.recv_bytes().map_err(|e| e.to_string())?;
+                }
+                conn.send_bytes(b"").map_err(|e| e.to_string())?;
+            }
+        }
+        "ipc-sink" => {
+            let mut name = Vec::new();
+            mp_codec::wire::read_frame(&stdin, 4096, &mut name).map_err(|e| e.to_string())?;
+            let name = String::from_utf8(name).map_err(|e| e.to_string())?;
+            let hello = IpcSender::<(IpcBytesSender, IpcReceiver<()>)>::connect(name)
+                .map_err(|e| e.to_string())?;
+            let (tx, rx): (IpcBytesSender, IpcBytesReceiver) =
+                ipc::bytes_channel().map_err(|e| e.to_string())?;
+            let (ack_tx, ack_rx) = ipc::channel::<()>().map_err(|e| e.to_string())?;
+            hello.send((tx, ack_rx)).map_err(|e| e.to_string())?;
+            loop {
+                let Ok(count) = rx.recv() else {
+                    return Ok(()); // the parent has gone
+                };
+                let count = u64::from_le_bytes(count.try_into().map_err(|_| "bad count")?);
+                for _ in 0..count {
+                    rx.recv().map_err(|e| format!("{e:?}"))?;
+                }
+                ack_tx.send(()).map_err(|e| e.to_string())?;
+            }
+        }
+        other => Err(format!("unknown peer kind {other}")),
+    }
+}
