@@ -35,8 +35,21 @@ pub mod connection {
     };
 }
 
+/// Python's `multiprocessing.process` and contexts: `Process`, start methods (`mp-spawn`).
+pub mod process {
+    pub use mp_spawn::{
+        Builder, ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod,
+        active_children, cpu_count, current_process, get_context, get_start_method, parent_process,
+        set_start_method,
+    };
+}
+
 pub use mp_codec::{Decode, Encode, Message};
 pub use mp_pipe::{Connection, pipe};
+pub use mp_spawn::{
+    Context, Process, StartMethod, active_children, cpu_count, current_process, get_context,
+    get_start_method, parent_process, set_start_method,
+};
 
 /// Everything that can fail in `multiprocessing`: one variant per crate.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +61,9 @@ pub enum Error {
     /// A connection, listener or client failed (`EOFError`, `AuthenticationError`, …).
     #[error(transparent)]
     Pipe(#[from] mp_pipe::Error),
+    /// Starting or joining a process failed, or its target panicked.
+    #[error(transparent)]
+    Process(#[from] mp_spawn::Error),
 }
 
 /// `Result` with the facade's [`Error`].

@@ -195,6 +195,37 @@ impl Connection {
         Ok(T::decode(&mut incoming.frame)?)
     }
 
+    /// Sends a frame made elsewhere — bytes and the descriptors that go with them — as one
+    /// message.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn send_frame(&self, frame: &Frame) -> Result<()> {
+        self.check_writable()?;
+        let _one_writer = lock(&self.send);
+        self.send_parts(&frame.bytes, &frame.fds)
+    }
+
+    /// Receives one message as a raw [`Frame`]: its bytes and any descriptors that came with
+    /// it, for decoding in parts.
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Self::recv_bytes).
+    pub fn recv_frame(&self) -> Result<Frame> {
+        let mut incoming = self.receive(self.max_len)?;
+        Ok(std::mem::take(&mut incoming.frame))
+    }
+
+    /// Makes reads and writes fail with `EAGAIN` instead of blocking (or block again). A
+    /// read that fails half-way leaves the connection unreadable, so use this only where that
+    /// is the wanted outcome, e.g. draining a peer that has exited.
+    ///
+    /// # Errors
+    /// [`Error::Os`] from `fcntl`.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> Result<()> {
+        sys::set_nonblocking(&self.fd, nonblocking)
+    }
+
     /// Receives one message as bytes (Python's `recv_bytes`).
     ///
     /// # Errors

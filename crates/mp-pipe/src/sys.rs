@@ -51,3 +51,16 @@ pub(crate) fn random(buf: &mut [u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Sets or clears `O_NONBLOCK`.
+/// See [fcntl(2)](https://man7.org/linux/man-pages/man2/fcntl.2.html).
+pub(crate) fn set_nonblocking(fd: &OwnedFd, nonblocking: bool) -> Result<()> {
+    use rustix::fs::OFlags;
+    let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| Error::os("fcntl(F_GETFL)", e))?;
+    let flags = if nonblocking {
+        flags | OFlags::NONBLOCK
+    } else {
+        flags - OFlags::NONBLOCK
+    };
+    rustix::fs::fcntl_setfl(fd, flags).map_err(|e| Error::os("fcntl(F_SETFL)", e))
+}

@@ -1,0 +1,80 @@
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Builder, Error, Process, Result};
+
+/// How a child process is started (Python's start methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StartMethod {
+    /// `fork()` this process: the child starts as a copy of the calling thread, with
+    /// everything in memory. The fastest; but in a multi-threaded parent, locks held by other
+    /// threads stay locked in the child, so prefer `Forkserver` there.
+    Fork,
+    /// Execute this program afresh (`/proc/self/exe`); the child receives its target and
+    /// arguments over a socket and runs them before `main` would start.
+    Spawn,
+    /// A single-threaded server, exec'd once per parent on first use, forks each child. Safe
+    /// in multi-threaded parents and much faster than `Spawn`. The default, as in Python 3.14.
+    Forkserver,
+}
+
+static CHOSEN: Mutex<Option<StartMethod>> = Mutex::new(None);
+
+/// The start method used when none is given: the one set with [`set_start_method`], or
+/// `Forkserver`.
+pub fn get_start_method() -> StartMethod {
+    CHOSEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(StartMethod::Forkserver)
+}
+
+/// Sets the default start method, once; a second call fails unless `force` is true.
+///
+/// # Errors
+/// [`Error::StartMethodAlreadySet`].
+pub fn set_start_method(method: StartMethod, force: bool) -> Result<()> {
+    let mut chosen = CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
+    if chosen.is_some() && !force {
+        return Err(Error::StartMethodAlreadySet);
+    }
+    *chosen = Some(method);
+    Ok(())
+}
+
+/// A way of starting processes with one start method (Python's `get_context`).
+///
+/// ```
+/// let ctx = mp_spawn::get_context(Some(mp_spawn::StartMethod::Spawn));
+/// fn double(x: i32) -> i32 { x * 2 }
+/// assert_eq!(ctx.process(double, 21).start()?.join()?, 42);
+/// # Ok::<(), mp_spawn::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    method: StartMethod,
+}
+
+/// The context for `method`, or for the default start method.
+pub fn get_context(method: Option<StartMethod>) -> Context {
+    Context {
+        method: method.unwrap_or_else(get_start_method),
+    }
+}
+
+impl Context {
+    /// This context's start method.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// A process that will run `target(args)` with this context's start method.
+    pub fn process<A, R>(&self, target: fn(A) -> R, args: A) -> Builder<R>
+    where
+        A: mp_codec::Message + 'static,
+        R: mp_codec::Message + 'static,
+    {
+        Process::new(target, args).method(self.method)
+    }
+}

@@ -1,0 +1,244 @@
+//! What a process knows about itself, its parent and its children.
+
+use std::{
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
+
+use crate::registry;
+
+/// This process as Python's `current_process()` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentProcess {
+    /// `MainProcess` in the program that started it all, else the name it was started with
+    /// (`Process-1`, `Process-1:2`, … unless named).
+    pub name: String,
+    /// The process id.
+    pub pid: u32,
+    /// Position in the tree of processes: `[1, 2]` for `Process-1:2`; empty for the main one.
+    pub identity: Vec<u32>,
+    /// Whether this process was started as a daemon.
+    pub daemon: bool,
+}
+
+/// The process that started this one (Python's `parent_process()`).
+#[derive(Debug, Clone)]
+pub struct ParentProcess {
+    pid: u32,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl ParentProcess {
+    /// The parent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the parent is still running.
+    pub fn is_alive(&self) -> bool {
+        !self.join(Some(Duration::ZERO))
+    }
+
+    /// Waits up to `timeout` (`None`: forever) for the parent to end; true if it has.
+    pub fn join(&self, timeout: Option<Duration>) -> bool {
+        match &self.pidfd {
+            Some(fd) => mp_pipe::wait(&[&**fd], timeout).is_ok_and(|ready| !ready.is_empty()),
+            None => true, // it was already gone when we looked
+        }
+    }
+}
+
+/// A running child of this process, as [`active_children`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// The process id.
+    pub pid: u32,
+    /// Its name.
+    pub name: String,
+    /// Whether it is daemonic.
+    pub daemon: bool,
+}
+
+/// This process's own state; reset in a forked child, which is a different process.
+pub(crate) struct Me {
+    pub(crate) pid: u32,
+    pub(crate) name: String,
+    pub(crate) identity: Vec<u32>,
+    pub(crate) daemon: bool,
+    pub(crate) children_started: u32,
+    pub(crate) parent: Option<ParentProcess>,
+}
+
+static ME: Mutex<Option<Me>> = Mutex::new(None);
+
+/// Held across `fork` (see `start::fork`).
+pub(crate) fn lock() -> MutexGuard<'static, impl Sized> {
+    ME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn me() -> MutexGuard<'static, Option<Me>> {
+    let mut me = ME.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if me.as_ref().is_none_or(|m| m.pid != pid) {
+        // First use, or a fork we did not make ourselves: this is a main process.
+        *me = Some(Me {
+            pid,
+            name: "MainProcess".into(),
+            identity: Vec::new(),
+            daemon: false,
+            children_started: 0,
+            parent: None,
+        });
+    }
+    me
+}
+
+/// Records who this process is, in a child just started.
+pub(crate) fn become_child(name: String, identity: Vec<u32>, daemon: bool, parent_pid: u32) {
+    let pidfd = Pid::from_raw(parent_pid as i32)
+        .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
+        .map(Arc::new);
+    *ME.lock().unwrap_or_else(|e| e.into_inner()) = Some(Me {
+        pid: std::process::id(),
+        name,
+        identity,
+        daemon,
+        children_started: 0,
+        parent: Some(ParentProcess {
+            pid: parent_pid,
+            pidfd,
+        }),
+    });
+}
+
+/// The name and identity of the next child this process starts.
+pub(crate) fn next_child() -> (String, Vec<u32>) {
+    let mut me = me();
+    let me = me.as_mut().expect("initialized by me()");
+    me.children_started += 1;
+    let mut identity = me.identity.clone();
+    identity.push(me.children_started);
+    let digits: Vec<String> = identity.iter().map(u32::to_string).collect();
+    (format!("Process-{}", digits.join(":")), identity)
+}
+
+/// This process (Python's `current_process()`).
+///
+/// ```
+/// assert_eq!(mp_spawn::current_process().name, "MainProcess");
+/// fn whoami(_: ()) -> String {
+///     mp_spawn::current_process().name
+/// }
+/// let name = mp_spawn::Process::new(whoami, ()).start()?.join()?;
+/// assert!(name.starts_with("Process-"));
+/// # Ok::<(), mp_spawn::Error>(())
+/// ```
+pub fn current_process() -> CurrentProcess {
+    let me = me();
+    let me = me.as_ref().expect("initialized by me()");
+    CurrentProcess {
+        name: me.name.clone(),
+        pid: me.pid,
+        identity: me.identity.clone(),
+        daemon: me.daemon,
+    }
+}
+
+/// The process that started this one, or `None` in a main process.
+pub fn parent_process() -> Option<ParentProcess> {
+    me().as_ref().and_then(|m| m.parent.clone())
+}
+
+/// The children of this process that are still running; finished ones are reaped on the way
+/// (as in Python).
+pub fn active_children() -> Vec<ChildInfo> {
+    registry::active()
+}
+
+/// How many CPUs this process may use: the CPUs in its affinity mask, further limited by a
+/// cgroup CPU quota (v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), rounded up; at least 1.
+///
+/// This is what a pool should size itself by. Python's `os.cpu_count()` counts every CPU of
+/// the machine whatever the affinity or quota; 3.13's `os.process_cpu_count()` honours the
+/// affinity but not the quota.
+pub fn cpu_count() -> usize {
+    let affinity = rustix::thread::sched_getaffinity(None)
+        .map(|set| set.count() as usize)
+        .unwrap_or(0);
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut n = if affinity > 0 { affinity } else { online };
+    if let Some(quota) = cgroup_quota() {
+        n = n.min(quota);
+    }
+    n.max(1)
+}
+
+/// The CPU quota of this process's cgroup, in whole CPUs (rounded up), if one is set.
+fn cgroup_quota() -> Option<usize> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in groups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.is_empty() {
+            // cgroup v2: walk up from our group; the tightest cpu.max wins.
+            let mut best: Option<usize> = None;
+            let mut dir = std::path::PathBuf::from(format!("/sys/fs/cgroup{path}"));
+            loop {
+                if let Ok(text) = std::fs::read_to_string(dir.join("cpu.max"))
+                    && let Some(q) = parse_quota(&text)
+                {
+                    best = Some(best.map_or(q, |b| b.min(q)));
+                }
+                if !dir.pop() || !dir.starts_with("/sys/fs/cgroup") {
+                    break;
+                }
+            }
+            return best;
+        }
+        if controllers.split(',').any(|c| c == "cpu") {
+            let base = format!("/sys/fs/cgroup/cpu,cpuacct{path}");
+            let read = |f: &str| -> Option<i64> {
+                std::fs::read_to_string(format!("{base}/{f}"))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            let (quota, period) = (read("cpu.cfs_quota_us")?, read("cpu.cfs_period_us")?);
+            if quota > 0 && period > 0 {
+                return Some((quota as usize).div_ceil(period as usize));
+            }
+        }
+    }
+    None
+}
+
+/// `cpu.max` is `max PERIOD` (no quota) or `QUOTA PERIOD`.
+fn parse_quota(text: &str) -> Option<usize> {
+    let mut parts = text.split_whitespace();
+    let quota: u64 = parts.next()?.parse().ok()?;
+    let period: u64 = parts.next()?.parse().ok()?;
+    (period > 0).then(|| quota.div_ceil(period) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_parses() {
+        assert_eq!(parse_quota("max 100000\n"), None);
+        assert_eq!(parse_quota("150000 100000\n"), Some(2));
+        assert_eq!(parse_quota("100000 100000"), Some(1));
+    }
+
+    #[test]
+    fn cpu_count_honours_the_affinity_mask() {
+        let allowed = rustix::thread::sched_getaffinity(None).unwrap().count() as usize;
+        let n = cpu_count();
+        assert!((1..=allowed).contains(&n), "{n} of {allowed}");
+    }
+}

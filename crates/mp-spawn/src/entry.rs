@@ -1,0 +1,319 @@
+//! A child's side: becoming a worker before `main` (exec'd children and the forkserver), the
+//! bootstrap message that says what to run, and running it.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::OnceLock,
+};
+
+use mp_codec::{Decode, Encode, Frame};
+use mp_pipe::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::{current, registry, sys};
+
+/// Set in an exec'd child's environment: the descriptor its bootstrap arrives on.
+pub(crate) const CHILD_ENV: &str = "__MP_SPAWN_CHILD";
+/// Set in the forkserver's environment: the descriptor of its request socket.
+pub(crate) const SERVER_ENV: &str = "__MP_SPAWN_FORKSERVER";
+/// Where the bootstrap (or request) socket is placed in an exec'd process.
+pub(crate) const BOOT_FD: i32 = 3;
+/// Exit code of a child that could not start its target.
+pub(crate) const START_FAILED: i32 = 1;
+
+/// The point every function offset is measured from.
+#[inline(never)]
+fn anchor() -> usize {
+    anchor as fn() -> usize as usize
+}
+
+/// Runs in every process of this executable before `main` (see `sys::CONSTRUCTOR`).
+pub(crate) fn on_load() {
+    if let Some(fd) = take_env(CHILD_ENV) {
+        sys::ignore_sigpipe();
+        let code = match fd.and_then(sys::take_inherited_fd) {
+            Some(socket) => run_bootstrap(Connection::from_unix_socket(socket), true),
+            None => START_FAILED,
+        };
+        finish(code);
+    }
+    if let Some(fd) = take_env(SERVER_ENV) {
+        sys::ignore_sigpipe();
+        match fd.and_then(sys::take_inherited_fd) {
+            Some(socket) => crate::start::forkserver::serve(socket),
+            None => sys::exit_now(START_FAILED),
+        }
+    }
+}
+
+/// Reads and removes a private variable: `Some(Some(fd))` when set to a number.
+fn take_env(key: &str) -> Option<Option<i32>> {
+    let value = std::env::var_os(key)?;
+    sys::remove_env_before_main(key);
+    Some(value.to_str().and_then(|v| v.parse().ok()))
+}
+
+/// True when this process was started as a child but the constructor did not turn it into
+/// one: starting processes from here would recurse.
+pub(crate) fn entry_was_skipped() -> bool {
+    std::env::var_os(CHILD_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some()
+}
+
+/// Identifies the executable image: the file behind `/proc/self/exe` and one distance
+/// between two functions in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, u64),
+    layout: u64,
+}
+
+impl Fingerprint {
+    #[cfg(test)]
+    pub(crate) fn other_for_tests() -> Self {
+        Fingerprint {
+            ino: fingerprint().ino ^ 1,
+            ..fingerprint().clone()
+        }
+    }
+}
+
+pub(crate) fn fingerprint() -> &'static Fingerprint {
+    static MINE: OnceLock<Fingerprint> = OnceLock::new();
+    MINE.get_or_init(|| {
+        let st = rustix::fs::stat("/proc/self/exe").ok();
+        Fingerprint {
+            dev: st.map_or(0, |s| s.st_dev),
+            ino: st.map_or(0, |s| s.st_ino),
+            size: st.map_or(0, |s| s.st_size as u64),
+            mtime: st.map_or((0, 0), |s| (s.st_mtime, s.st_mtime_nsec)),
+            layout: sys::offset_of(anchor(), finish as fn(i32) -> ! as usize),
+        }
+    })
+}
+
+/// What an exec'd or forkserver child is told to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Header {
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) trampoline: u64,
+    pub(crate) target: u64,
+    /// FNV-1a of the two offsets and the fingerprint: a corrupted offset is caught here.
+    pub(crate) check: u64,
+    pub(crate) name: String,
+    pub(crate) identity: Vec<u32>,
+    pub(crate) daemon: bool,
+    pub(crate) parent_pid: u32,
+}
+
+fn checksum(f: &Fingerprint, trampoline: u64, target: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for word in [
+        f.dev,
+        f.ino,
+        f.size,
+        f.mtime.0 as u64,
+        f.mtime.1,
+        f.layout,
+        trampoline,
+        target,
+    ] {
+        for byte in word.to_le_bytes() {
+            h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// How a child runs a `fn(A) -> R` given by offset: decode `A` from the frame, run, send `R`.
+pub(crate) type Trampoline = fn(&sys::SameImage, u64, Frame, &Connection) -> i32;
+
+fn trampoline<A: Decode, R: Encode>(
+    image: &sys::SameImage,
+    target: u64,
+    mut args: Frame,
+    conn: &Connection,
+) -> i32 {
+    let target: fn(A) -> R = sys::function_at(image, anchor(), target);
+    match A::decode(&mut args) {
+        Ok(args) => run_target(conn, move || target(args)),
+        Err(err) => fail(conn, &format!("cannot decode the arguments: {err}")),
+    }
+}
+
+/// The header and arguments of a bootstrap message for `target(args)`.
+pub(crate) fn bootstrap_frame<A: Decode + Encode, R: Decode + Encode>(
+    target: fn(A) -> R,
+    args: &A,
+    name: &str,
+    identity: &[u32],
+    daemon: bool,
+) -> mp_codec::Result<Frame> {
+    let fingerprint = fingerprint().clone();
+    let trampoline = sys::offset_of(anchor(), trampoline::<A, R> as Trampoline as usize);
+    let target = sys::offset_of(anchor(), target as usize);
+    let header = Header {
+        check: checksum(&fingerprint, trampoline, target),
+        fingerprint,
+        trampoline,
+        target,
+        name: name.to_string(),
+        identity: identity.to_vec(),
+        daemon,
+        parent_pid: std::process::id(),
+    };
+    let head = Frame::encode(&header)?;
+    let mut frame = Frame::new();
+    frame
+        .bytes
+        .extend_from_slice(&(head.bytes.len() as u32).to_le_bytes());
+    frame.bytes.extend_from_slice(&head.bytes);
+    args.encode(&mut frame)?;
+    Ok(frame)
+}
+
+/// Checks a header against this image.
+fn verify(header: &Header) -> Result<sys::SameImage, String> {
+    if header.fingerprint != *fingerprint() {
+        return Err("the bootstrap was made by a different executable".into());
+    }
+    if header.check != checksum(&header.fingerprint, header.trampoline, header.target) {
+        return Err("the bootstrap message is corrupted".into());
+    }
+    Ok(sys::SameImage(()))
+}
+
+/// Splits a bootstrap frame into its header and the arguments' frame.
+fn split(mut frame: Frame) -> Result<(Header, Frame), String> {
+    let bad = |what: &str| format!("the bootstrap message is corrupted ({what})");
+    let len = frame
+        .bytes
+        .first_chunk::<4>()
+        .map(|b| u32::from_le_bytes(*b) as usize)
+        .ok_or_else(|| bad("too short"))?;
+    let head = frame
+        .bytes
+        .get(4..4 + len)
+        .ok_or_else(|| bad("header length"))?;
+    let header: Header = Frame {
+        bytes: head.to_vec(),
+        fds: Vec::new(),
+    }
+    .decode()
+    .map_err(|e| bad(&e.to_string()))?;
+    frame.bytes.drain(..4 + len);
+    Ok((header, frame))
+}
+
+/// An exec'd or forkserver child: receive the bootstrap, become the named process, run.
+/// `exec_child`: we are the parent's own child (spawn), so arrange to die with it; a
+/// forkserver's child has done so with the server already.
+pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
+    let frame = match conn.recv_frame() {
+        Ok(frame) => frame,
+        Err(err) => {
+            eprintln!("mp-spawn child: no bootstrap message: {err}");
+            return START_FAILED;
+        }
+    };
+    let (header, args) = match split(frame) {
+        Ok(parts) => parts,
+        Err(why) => return fail(&conn, &why),
+    };
+    if exec_child && sys::die_with_parent(header.parent_pid as i32).is_err() {
+        return fail(&conn, "cannot arrange to die with the parent");
+    }
+    let image = match verify(&header) {
+        Ok(image) => image,
+        Err(why) => return fail(&conn, &why),
+    };
+    current::become_child(
+        header.name.clone(),
+        header.identity.clone(),
+        header.daemon,
+        header.parent_pid,
+    );
+    let trampoline: Trampoline = sys::function_at(&image, anchor(), header.trampoline);
+    trampoline(&image, header.target, args, &conn)
+}
+
+/// The three ways a child's run ends, as the last byte of the result frame.
+pub(crate) const RETURNED: u8 = 0;
+pub(crate) const PANICKED: u8 = 1;
+pub(crate) const FAILED: u8 = 2;
+
+/// Tells the parent the target never ran, and why; the child's exit code.
+fn fail(conn: &Connection, why: &str) -> i32 {
+    let name = current::current_process().name;
+    eprintln!("Process {name}: could not start: {why}");
+    let mut frame = Frame::new();
+    frame.bytes.extend_from_slice(why.as_bytes());
+    frame.bytes.push(FAILED);
+    let _ = conn.send_frame(&frame);
+    START_FAILED
+}
+
+/// Runs `body` under `catch_unwind` and sends its outcome; returns the exit code: 0 after a
+/// return, 1 after a panic (whose message the hook printed after `Process <name>:`).
+pub(crate) fn run_target<R: Encode>(conn: &Connection, body: impl FnOnce() -> R) -> i32 {
+    install_panic_hook();
+    let mut frame = Frame::new();
+    let code = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => match value.encode(&mut frame) {
+            Ok(()) => {
+                frame.bytes.push(RETURNED);
+                0
+            }
+            Err(err) => {
+                frame.clear();
+                frame
+                    .bytes
+                    .extend_from_slice(format!("cannot encode the result: {err}").as_bytes());
+                frame.bytes.push(PANICKED);
+                1
+            }
+        },
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "Box<dyn Any>".into());
+            frame.bytes.extend_from_slice(message.as_bytes());
+            frame.bytes.push(PANICKED);
+            1
+        }
+    };
+    // The parent may have gone, or dropped its Process: nobody to tell then.
+    let _ = conn.send_frame(&frame);
+    code
+}
+
+/// Prefixes a child's panic report with `Process <name>:`, as Python does a traceback.
+/// Installed in the parent before a fork (so the child needs no lock for it) and in exec'd
+/// children; in a main process it adds nothing.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let me = current::current_process();
+            if !me.identity.is_empty() {
+                eprintln!("Process {}:", me.name);
+            }
+            default(info);
+        }));
+    });
+}
+
+/// Ends a child: its own children dealt with as at exit, stdio flushed, then `_exit`, so
+/// nothing of the parent's (destructors, `atexit` work) runs here.
+pub(crate) fn finish(code: i32) -> ! {
+    registry::finish_children();
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::exit_now(code)
+}

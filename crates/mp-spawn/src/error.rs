@@ -1,0 +1,71 @@
+use std::io;
+
+/// Everything that can fail in `mp-spawn`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The target panicked; the message is the panic's.
+    #[error("process {name} panicked: {message}")]
+    Panicked {
+        /// The process's name.
+        name: String,
+        /// The panic message.
+        message: String,
+    },
+    /// The process exited without returning a value (`exit(N)`, or it was never reached).
+    #[error("process {name} exited with code {code} without returning a value")]
+    Exited {
+        /// The process's name.
+        name: String,
+        /// The exit code.
+        code: i32,
+    },
+    /// The process was killed by a signal (its `exitcode` is the negated signal number).
+    #[error("process {name} was killed by signal {signal}")]
+    Killed {
+        /// The process's name.
+        name: String,
+        /// The signal number.
+        signal: i32,
+    },
+    /// The child could not begin running the target: a corrupted or mismatched bootstrap
+    /// message, arguments that did not decode, or a different executable.
+    #[error("process {name} could not start: {message}")]
+    StartFailed {
+        /// The process's name.
+        name: String,
+        /// What went wrong, as the child saw it.
+        message: String,
+    },
+    /// The process's value was already taken by an earlier `join`.
+    #[error("process {0} was already joined")]
+    AlreadyJoined(String),
+    /// A closure that captures can only run in a forked child.
+    #[error("closures can only be started with the fork start method")]
+    ForkOnly,
+    /// `set_start_method` was already called (pass `force` to change it).
+    #[error("the start method has already been set")]
+    StartMethodAlreadySet,
+    /// This process was started as a child but its entry point did not run (the constructor
+    /// was not linked); refusing to start more processes rather than recursing.
+    #[error("child entry did not run in this process; refusing to spawn recursively")]
+    RecursiveSpawn,
+    /// Sending the bootstrap or receiving the result failed.
+    #[error(transparent)]
+    Pipe(#[from] mp_pipe::Error),
+    /// Encoding the arguments or decoding the result failed.
+    #[error(transparent)]
+    Codec(#[from] mp_codec::Error),
+    /// A system call failed: which one, and what the kernel said.
+    #[error("{0} failed")]
+    Os(&'static str, #[source] io::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn os(op: &'static str, err: impl Into<io::Error>) -> Self {
+        Error::Os(op, err.into())
+    }
+}

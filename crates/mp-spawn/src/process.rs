@@ -1,0 +1,551 @@
+use std::{
+    marker::PhantomData,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use mp_codec::{Decode, Frame, Message};
+use mp_pipe::Connection;
+use rustix::process::{Signal, WaitId, WaitIdOptions, WaitIdStatus, pidfd_send_signal, waitid};
+
+use crate::{
+    Error, Result, StartMethod, current,
+    entry::{self, FAILED, PANICKED, RETURNED},
+    get_start_method, registry,
+    start::{self, Started},
+};
+
+/// What a child runs: a `fn(A) -> R` with its argument, or (fork only) a closure.
+pub(crate) trait Job<R>: 'static {
+    /// The bootstrap message that lets an exec'd child run this; `None` if it cannot.
+    fn bootstrap(
+        &self,
+        name: &str,
+        identity: &[u32],
+        daemon: bool,
+    ) -> Option<mp_codec::Result<Frame>>;
+    /// Runs the job (in a forked child).
+    fn run(self: Box<Self>) -> R;
+}
+
+struct FnJob<A, R> {
+    target: fn(A) -> R,
+    args: A,
+}
+
+impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
+    fn bootstrap(
+        &self,
+        name: &str,
+        identity: &[u32],
+        daemon: bool,
+    ) -> Option<mp_codec::Result<Frame>> {
+        Some(entry::bootstrap_frame(
+            self.target,
+            &self.args,
+            name,
+            identity,
+            daemon,
+        ))
+    }
+
+    fn run(self: Box<Self>) -> R {
+        (self.target)(self.args)
+    }
+}
+
+struct ClosureJob<F>(F);
+
+impl<R, F: FnOnce() -> R + 'static> Job<R> for ClosureJob<F> {
+    fn bootstrap(&self, _: &str, _: &[u32], _: bool) -> Option<mp_codec::Result<Frame>> {
+        None
+    }
+
+    fn run(self: Box<Self>) -> R {
+        (self.0)()
+    }
+}
+
+/// A process not started yet: set its name, daemon flag and start method, then
+/// [`start`](Builder::start) it.
+#[must_use = "a Builder does nothing until started"]
+pub struct Builder<R> {
+    job: Box<dyn Job<R>>,
+    name: Option<String>,
+    daemon: bool,
+    method: Option<StartMethod>,
+}
+
+impl<R: Message + 'static> Builder<R> {
+    /// The process's name (default `Process-N`, numbered per parent as in Python).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemonic process is killed when its parent exits; a non-daemonic one is joined.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// How to start it (default: [`get_start_method`]).
+    pub fn method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts the process.
+    ///
+    /// # Errors
+    /// [`Error::ForkOnly`] for a closure with another start method, [`Error::Codec`] if the
+    /// arguments cannot be encoded, [`Error::RecursiveSpawn`], or [`Error::Os`].
+    pub fn start(self) -> Result<Process<R>> {
+        let method = self.method.unwrap_or_else(get_start_method);
+        let (default_name, identity) = current::next_child();
+        let name = self.name.unwrap_or(default_name);
+        let started = match method {
+            StartMethod::Fork => start::fork::start(self.job, name.clone(), identity, self.daemon)?,
+            StartMethod::Spawn | StartMethod::Forkserver => {
+                let frame = self
+                    .job
+                    .bootstrap(&name, &identity, self.daemon)
+                    .ok_or(Error::ForkOnly)??;
+                if method == StartMethod::Spawn {
+                    start::spawn::start(frame)?
+                } else {
+                    start::forkserver::start(frame)?
+                }
+            }
+        };
+        let Started {
+            pid,
+            pidfd,
+            own,
+            status,
+            conn,
+        } = started;
+        registry::register(pid, &name, self.daemon, own, &pidfd);
+        Ok(Process {
+            name,
+            pid,
+            daemon: self.daemon,
+            method,
+            pidfd,
+            own,
+            status,
+            conn: Some(conn),
+            outcome: None,
+            exitcode: None,
+            joined: false,
+            _result: PhantomData,
+        })
+    }
+}
+
+/// A child process running a target: Python's `multiprocessing.Process`.
+///
+/// `join` returns the target's value, or says what happened instead: it panicked (with the
+/// message), exited with a code, or was killed by a signal. `exitcode` follows Python: 0, 1
+/// after a panic, N after `exit(N)`, −SIG when killed.
+///
+/// ```
+/// use mp_spawn::{Error, Process};
+///
+/// fn half(n: u32) -> u32 {
+///     assert!(n % 2 == 0, "{n} is odd");
+///     n / 2
+/// }
+///
+/// assert_eq!(Process::new(half, 10).start()?.join()?, 5);
+/// let mut odd = Process::new(half, 7).name("halver").start()?;
+/// match odd.join() {
+///     Err(Error::Panicked { name, message }) => {
+///         assert_eq!(name, "halver");
+///         assert_eq!(message, "7 is odd");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(odd.exitcode(), Some(1));
+/// # Ok::<(), mp_spawn::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Process<R> {
+    name: String,
+    pid: u32,
+    daemon: bool,
+    method: StartMethod,
+    pidfd: OwnedFd,
+    own: bool,
+    status: Option<OwnedFd>,
+    conn: Option<Connection>,
+    outcome: Option<Frame>,
+    exitcode: Option<i32>,
+    joined: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R: Message + 'static> Process<R> {
+    /// A process that will run `target(args)`; closures that capture nothing coerce to `fn`.
+    #[expect(
+        clippy::new_ret_no_self,
+        reason = "Python's Process(target, args) is configured, then started: a builder"
+    )]
+    pub fn new<A: Message + 'static>(target: fn(A) -> R, args: A) -> Builder<R> {
+        Builder {
+            job: Box::new(FnJob { target, args }),
+            name: None,
+            daemon: false,
+            method: None,
+        }
+    }
+
+    /// A process that runs a closure, which may capture anything: fork only, since the
+    /// closure lives in this process's memory.
+    ///
+    /// In a multi-threaded parent only the calling thread is copied: a lock another thread
+    /// held at that moment stays locked in the child forever (stdout's, the allocator's, or
+    /// your own), so keep such children simple or start them before other threads.
+    ///
+    /// ```
+    /// let words = vec!["a", "bb", "ccc"];
+    /// let mut child = mp_spawn::Process::fork(move || words.iter().map(|w| w.len()).sum::<usize>()).start()?;
+    /// assert_eq!(child.join()?, 6);
+    /// # Ok::<(), mp_spawn::Error>(())
+    /// ```
+    pub fn fork<F: FnOnce() -> R + 'static>(body: F) -> Builder<R> {
+        Builder {
+            job: Box::new(ClosureJob(body)),
+            name: None,
+            daemon: false,
+            method: Some(StartMethod::Fork),
+        }
+    }
+}
+
+impl<R> Process<R> {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The process's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// How it was started.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// A descriptor that becomes readable when the process ends (a pidfd), for
+    /// `mp_pipe::wait` alongside connections.
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&self) -> bool {
+        self.exitcode.is_none() && !readable(&self.pidfd, Some(Duration::ZERO))
+    }
+
+    /// The exit code once the process has ended (reaping it), `None` while it runs.
+    pub fn exitcode(&mut self) -> Option<i32> {
+        if self.exitcode.is_none() {
+            let _ = self.wait_until(Some(Instant::now()));
+        }
+        self.exitcode
+    }
+
+    /// Sends `SIGTERM` (Python's `terminate`). Nothing happens if it has already ended.
+    ///
+    /// # Errors
+    /// [`Error::Os`] from `pidfd_send_signal`.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(Signal::TERM)
+    }
+
+    /// Sends `SIGKILL` (Python's `kill`).
+    ///
+    /// # Errors
+    /// [`Error::Os`] from `pidfd_send_signal`.
+    pub fn kill(&self) -> Result<()> {
+        self.signal(Signal::KILL)
+    }
+
+    fn signal(&self, signal: Signal) -> Result<()> {
+        if self.exitcode.is_some() {
+            return Ok(());
+        }
+        match pidfd_send_signal(&self.pidfd, signal) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(Error::os("pidfd_send_signal", e)),
+        }
+    }
+
+    /// Waits until the process ends or `deadline` passes, meanwhile receiving its result (so
+    /// a child sending a large result never blocks on a parent waiting for it to exit).
+    /// Returns whether it has ended (and been reaped).
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Result<bool> {
+        while self.exitcode.is_none() {
+            let end: &OwnedFd = self.status.as_ref().unwrap_or(&self.pidfd);
+            let mut fds: Vec<&dyn AsFd> = vec![end];
+            let listening = self.outcome.is_none() && self.conn.is_some();
+            if let (true, Some(conn)) = (listening, &self.conn) {
+                fds.push(conn);
+            }
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ready = mp_pipe::wait(&fds, timeout)?;
+            if ready.is_empty() {
+                return Ok(false);
+            }
+            if ready.contains(&1) {
+                self.receive_outcome();
+            }
+            if ready.contains(&0) {
+                self.reap()?;
+            }
+        }
+        if self.outcome.is_none()
+            && let Some(conn) = &self.conn
+        {
+            // It has exited: whatever it sent is all there; never block on a half frame.
+            let _ = conn.set_nonblocking(true);
+            self.receive_outcome();
+        }
+        self.conn = None;
+        Ok(true)
+    }
+
+    fn receive_outcome(&mut self) {
+        match self.conn.as_ref().map(Connection::recv_frame) {
+            Some(Ok(frame)) => self.outcome = Some(frame),
+            _ => self.conn = None, // closed without a result
+        }
+    }
+
+    /// The process has ended: collect its exit status.
+    fn reap(&mut self) -> Result<()> {
+        let code = if let Some(status) = &self.status {
+            let mut word = [0u8; 4];
+            match rustix::io::read(status, &mut word) {
+                Ok(4) => i32::from_le_bytes(word),
+                // The forkserver died before reporting: its children die with it.
+                _ => -libc::SIGKILL,
+            }
+        } else {
+            match waitid(
+                WaitId::PidFd(self.pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
+                Ok(Some(status)) => exit_code(&status),
+                Ok(None) => return Ok(()), // spurious: not yet
+                Err(e) => return Err(Error::os("waitid", e)),
+            }
+        };
+        self.exitcode = Some(code);
+        registry::forget(self.pid);
+        Ok(())
+    }
+}
+
+impl<R: Decode> Process<R> {
+    /// Waits for the process to end and returns the target's value.
+    ///
+    /// # Errors
+    /// [`Error::Panicked`], [`Error::Exited`], [`Error::Killed`] or [`Error::StartFailed`]
+    /// when there is no value; [`Error::AlreadyJoined`] after a value was taken.
+    pub fn join(&mut self) -> Result<R> {
+        self.wait_until(None)?;
+        self.result()
+    }
+
+    /// As [`join`](Self::join), but gives up after `timeout`, returning `Ok(None)` and
+    /// leaving the process running.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>> {
+        let deadline = Instant::now().checked_add(timeout);
+        if self.wait_until(deadline)? {
+            self.result().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn result(&mut self) -> Result<R> {
+        let name = self.name.clone();
+        let code = self.exitcode.expect("called after the process ended");
+        match self.outcome.take() {
+            Some(mut frame) => match frame.bytes.pop() {
+                Some(RETURNED) => {
+                    self.joined = true;
+                    Ok(R::decode(&mut frame)?)
+                }
+                Some(tag @ (PANICKED | FAILED)) => {
+                    let message = String::from_utf8_lossy(&frame.bytes).into_owned();
+                    self.outcome = Some(frame);
+                    self.outcome
+                        .as_mut()
+                        .expect("just put back")
+                        .bytes
+                        .push(tag);
+                    Err(if tag == PANICKED {
+                        Error::Panicked { name, message }
+                    } else {
+                        Error::StartFailed { name, message }
+                    })
+                }
+                _ => Err(Error::StartFailed {
+                    name,
+                    message: "malformed result message".into(),
+                }),
+            },
+            None if self.joined => Err(Error::AlreadyJoined(name)),
+            None if code < 0 => Err(Error::Killed {
+                name,
+                signal: -code,
+            }),
+            None => Err(Error::Exited { name, code }),
+        }
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        if self.exitcode.is_some() {
+            return;
+        }
+        if readable(&self.pidfd, Some(Duration::ZERO)) && self.own {
+            let _ = self.reap();
+        } else if self.own {
+            registry::reap_later(self.pid);
+        }
+    }
+}
+
+fn readable(fd: &OwnedFd, timeout: Option<Duration>) -> bool {
+    mp_pipe::wait(&[fd], timeout).is_ok_and(|r| !r.is_empty())
+}
+
+/// Python's exit code for a `waitid` status: the code, or −signal.
+pub(crate) fn exit_code(status: &WaitIdStatus) -> i32 {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => -signal,
+        (None, None) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Header, bootstrap_frame};
+
+    fn triple(x: u64) -> u64 {
+        3 * x
+    }
+
+    /// A `Process` around a child started from a hand-made bootstrap frame.
+    fn started_from(frame: Frame, method: StartMethod) -> Process<u64> {
+        let started = match method {
+            StartMethod::Spawn => start::spawn::start(frame),
+            _ => start::forkserver::start(frame),
+        }
+        .unwrap();
+        Process {
+            name: "corrupt".into(),
+            pid: started.pid,
+            daemon: false,
+            method,
+            pidfd: started.pidfd,
+            own: started.own,
+            status: started.status,
+            conn: Some(started.conn),
+            outcome: None,
+            exitcode: None,
+            joined: false,
+            _result: PhantomData,
+        }
+    }
+
+    fn header_and_rest(frame: &Frame) -> (Header, Vec<u8>) {
+        let len = u32::from_le_bytes(frame.bytes[..4].try_into().unwrap()) as usize;
+        let header = Frame {
+            bytes: frame.bytes[4..4 + len].to_vec(),
+            fds: Vec::new(),
+        }
+        .decode()
+        .unwrap();
+        (header, frame.bytes[4 + len..].to_vec())
+    }
+
+    fn reassemble(header: &Header, rest: &[u8]) -> Frame {
+        let head = Frame::encode(header).unwrap().bytes;
+        let mut bytes = (head.len() as u32).to_le_bytes().to_vec();
+        bytes.extend(head);
+        bytes.extend_from_slice(rest);
+        Frame {
+            bytes,
+            fds: Vec::new(),
+        }
+    }
+
+    fn assert_start_failed(mut p: Process<u64>, needle: &str) {
+        match p.join_timeout(Duration::from_secs(30)) {
+            Err(Error::StartFailed { message, .. }) => {
+                assert!(message.contains(needle), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.exitcode(), Some(entry::START_FAILED));
+    }
+
+    #[test]
+    fn a_corrupted_bootstrap_is_a_clean_error_on_both_sides() {
+        for method in [StartMethod::Spawn, StartMethod::Forkserver] {
+            let good = bootstrap_frame(triple, &5u64, "corrupt", &[9], false).unwrap();
+            let (mut header, rest) = header_and_rest(&good);
+
+            // a flipped offset: the checksum catches it before anything is called
+            header.target ^= 0x40;
+            assert_start_failed(
+                started_from(reassemble(&header, &rest), method),
+                "corrupted",
+            );
+
+            // a different executable
+            header.target ^= 0x40;
+            header.fingerprint = crate::entry::Fingerprint::other_for_tests();
+            assert_start_failed(
+                started_from(reassemble(&header, &rest), method),
+                "different executable",
+            );
+
+            // bytes that are no bootstrap at all
+            let garbage = Frame {
+                bytes: vec![0xff; 64],
+                fds: Vec::new(),
+            };
+            assert_start_failed(started_from(garbage, method), "corrupted");
+
+            // arguments that do not decode as the target's
+            let (header, _) = header_and_rest(&good);
+            assert_start_failed(
+                started_from(reassemble(&header, &[0xff; 3]), method),
+                "arguments",
+            );
+
+            // and the untouched frame works
+            let mut ok = started_from(good, method);
+            assert_eq!(ok.join_timeout(Duration::from_secs(30)).unwrap(), Some(15));
+        }
+    }
+}

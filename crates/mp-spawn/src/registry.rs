@@ -1,0 +1,183 @@
+//! Every child this process started and has not reaped yet: listed by `active_children`,
+//! reaped in the background once its `Process` is dropped, and dealt with at exit (daemons
+//! killed, the others joined), so no zombie and no orphan is left.
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    sync::{Mutex, MutexGuard, mpsc},
+    time::Duration,
+};
+
+use rustix::process::{Signal, WaitId, WaitIdOptions, pidfd_send_signal, waitid};
+
+use crate::{ChildInfo, sys};
+
+struct Entry {
+    pid: u32,
+    name: String,
+    daemon: bool,
+    /// Our own child (waitable); false for a forkserver's child, which the server reaps.
+    own: bool,
+    pidfd: OwnedFd,
+}
+
+struct Registry {
+    owner: u32,
+    entries: Vec<Entry>,
+    reaper: Option<mpsc::Sender<(u32, OwnedFd)>>,
+    wake: Option<OwnedFd>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    owner: 0,
+    entries: Vec::new(),
+    reaper: None,
+    wake: None,
+});
+
+/// Held across `fork` (see `start::fork`).
+pub(crate) fn lock() -> MutexGuard<'static, impl Sized> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if reg.owner != pid {
+        // A forked child: its parent's children are not its own. Forget them without
+        // closing their descriptors' owners (the copies here are ours to close).
+        if reg.owner == 0 {
+            sys::at_exit(at_exit);
+        }
+        reg.owner = pid;
+        reg.entries.clear();
+        reg.reaper = None;
+        reg.wake = None;
+    }
+    reg
+}
+
+/// Records a child just started.
+pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &OwnedFd) {
+    let Ok(pidfd) = pidfd.try_clone() else {
+        return; // out of descriptors: the Process still reaps it on join or drop
+    };
+    registry().entries.push(Entry {
+        pid,
+        name: name.to_string(),
+        daemon,
+        own,
+        pidfd,
+    });
+}
+
+/// The child has been reaped by its `Process`.
+pub(crate) fn forget(pid: u32) {
+    registry().entries.retain(|e| e.pid != pid);
+}
+
+/// The `Process` of a still-running child was dropped: reap it in the background when it
+/// ends. Non-daemonic ones are still joined at exit.
+pub(crate) fn reap_later(pid: u32) {
+    let mut reg = registry();
+    let Some(entry) = reg.entries.iter().find(|e| e.pid == pid) else {
+        return;
+    };
+    let (Ok(fd), own) = (entry.pidfd.try_clone(), entry.own) else {
+        return;
+    };
+    if !own {
+        return; // the forkserver reaps it; the entry goes when `active()` sees it ended
+    }
+    if reg.reaper.is_none() {
+        let (tx, rx) = mpsc::channel();
+        let Ok((wake_r, wake_w)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("mp-spawn reaper".into())
+            .spawn(move || reaper(rx, wake_r));
+        if spawned.is_err() {
+            return;
+        }
+        reg.reaper = Some(tx);
+        reg.wake = Some(wake_w);
+    }
+    if let (Some(tx), Some(wake)) = (&reg.reaper, &reg.wake)
+        && tx.send((pid, fd)).is_ok()
+    {
+        let _ = rustix::io::write(wake, &[1]);
+    }
+}
+
+/// Waits on the pidfds of dropped children and reaps each as it ends.
+fn reaper(rx: mpsc::Receiver<(u32, OwnedFd)>, wake: OwnedFd) {
+    let mut watched: Vec<(u32, OwnedFd)> = Vec::new();
+    loop {
+        let mut fds: Vec<&dyn AsFd> = vec![&wake];
+        fds.extend(watched.iter().map(|(_, f)| f as &dyn AsFd));
+        let Ok(ready) = mp_pipe::wait(&fds, None) else {
+            return;
+        };
+        let mut ended = Vec::new();
+        for i in ready {
+            if i == 0 {
+                let _ = rustix::io::read(&wake, &mut [0; 64]);
+                while let Ok(fd) = rx.try_recv() {
+                    watched.push(fd);
+                }
+            } else {
+                ended.push(i - 1);
+            }
+        }
+        for i in ended.into_iter().rev() {
+            let (pid, fd) = watched.swap_remove(i);
+            forget(pid);
+            let _ = waitid(WaitId::PidFd(fd.as_fd()), WaitIdOptions::EXITED);
+        }
+    }
+}
+
+/// Running children, reaping (forgetting) the ones that have ended.
+pub(crate) fn active() -> Vec<ChildInfo> {
+    let mut reg = registry();
+    reg.entries.retain(|e| {
+        let ended = mp_pipe::wait(&[&e.pidfd], Some(Duration::ZERO)).is_ok_and(|r| !r.is_empty());
+        if ended && e.own {
+            let _ = waitid(
+                WaitId::PidFd(e.pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            );
+        }
+        !ended
+    });
+    reg.entries
+        .iter()
+        .map(|e| ChildInfo {
+            pid: e.pid,
+            name: e.name.clone(),
+            daemon: e.daemon,
+        })
+        .collect()
+}
+
+/// What Python does at exit: kill daemonic children, join the others, reap them all.
+pub(crate) fn finish_children() {
+    let entries = std::mem::take(&mut registry().entries);
+    for e in entries.iter().filter(|e| e.daemon) {
+        let _ = pidfd_send_signal(&e.pidfd, Signal::KILL);
+    }
+    for e in &entries {
+        let _ = mp_pipe::wait(&[&e.pidfd], None);
+        if e.own {
+            let _ = waitid(WaitId::PidFd(e.pidfd.as_fd()), WaitIdOptions::EXITED);
+        }
+    }
+}
+
+extern "C" fn at_exit() {
+    let owner = REGISTRY.lock().map_or(0, |r| r.owner);
+    if owner == std::process::id() {
+        finish_children();
+    }
+}

@@ -1,0 +1,235 @@
+//! Every system call of this crate that needs `unsafe`, and the two places where an address
+//! becomes a function again.
+//!
+//! # Safety
+//! - `fork`: the child of a multi-threaded parent has one thread; until it exits it runs only
+//!   the target the caller chose (documented on the fork APIs).
+//! - `posix_spawn`: all strings and arrays outlive the call; the child is a new image.
+//! - signal handlers call only async-signal-safe functions (`getppid`, `kill`, `getpid`).
+//! - function addresses are rebuilt only from offsets made by this same executable image,
+//!   which the bootstrap's fingerprint checks before anything is called.
+#![allow(unsafe_code)]
+
+use std::{
+    ffi::{CStr, CString, c_char, c_int},
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+    ptr,
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+/// The process id of a child we started.
+pub(crate) type RawPid = i32;
+
+/// `fork(2)`: `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+/// See [fork(2)](https://man7.org/linux/man-pages/man2/fork.2.html).
+pub(crate) fn fork() -> io::Result<Option<RawPid>> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the child only runs the
+    // code its caller chose and then `exit_now`s (see the module's `# Safety`).
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// `_exit(2)`: ends the process now, running no destructors and no `atexit` handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Starts `/proc/self/exe` again with `env` (each `KEY=VALUE`) and `argv0`, with `keep`
+/// duplicated onto descriptor `as_fd` in the child (clearing its close-on-exec flag), every
+/// descriptor above it closed, and an empty signal mask: the child gets exactly stdio and
+/// this one. Uses `posix_spawn`, which glibc implements with a
+/// `CLONE_VFORK` clone: no copy of the parent's page tables.
+/// See [posix_spawn(3)](https://man7.org/linux/man-pages/man3/posix_spawn.3.html).
+pub(crate) fn spawn_self(
+    argv0: &CStr,
+    env: &[CString],
+    keep: BorrowedFd<'_>,
+    as_fd: c_int,
+) -> io::Result<RawPid> {
+    const EXE: &CStr = c"/proc/self/exe";
+    let argv: [*mut c_char; 2] = [argv0.as_ptr().cast_mut(), ptr::null_mut()];
+    let mut envp: Vec<*mut c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    envp.push(ptr::null_mut());
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer handed to libc points into `argv`, `envp`, `env`, `argv0` or the
+    // local attribute objects, all alive until after `posix_spawn` returns; the attribute
+    // objects are initialized before use and destroyed exactly once.
+    unsafe {
+        let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(attr.as_mut_ptr())) {
+            libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
+            return Err(e);
+        }
+        let result = (|| {
+            check(libc::posix_spawn_file_actions_adddup2(
+                actions.as_mut_ptr(),
+                keep.as_raw_fd(),
+                as_fd,
+            ))?;
+            // Descriptors this process inherited without close-on-exec (a jobserver's, a
+            // shell's) must not reach the child either.
+            check(libc::posix_spawn_file_actions_addclosefrom_np(
+                actions.as_mut_ptr(),
+                as_fd + 1,
+            ))?;
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            check(libc::posix_spawnattr_setsigmask(
+                attr.as_mut_ptr(),
+                empty.as_ptr(),
+            ))?;
+            check(libc::posix_spawnattr_setflags(
+                attr.as_mut_ptr(),
+                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+            ))?;
+            check(libc::posix_spawn(
+                &mut pid,
+                EXE.as_ptr(),
+                actions.as_ptr(),
+                attr.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))
+        })();
+        libc::posix_spawnattr_destroy(attr.as_mut_ptr());
+        libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
+        result?;
+    }
+    Ok(pid)
+}
+
+fn check(rc: c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// The parent this process must not outlive; 0 before [`die_with_parent`].
+static EXPECTED_PARENT: AtomicI32 = AtomicI32::new(0);
+
+/// The signal the kernel sends when our parent thread dies (`PR_SET_PDEATHSIG`). Not
+/// `SIGKILL` itself: the kernel also sends it when only the *thread* that started us exits,
+/// so the handler checks that the parent *process* is gone before killing us.
+fn parent_death_signal() -> c_int {
+    libc::SIGRTMAX() - 2
+}
+
+extern "C" fn on_parent_death(_: c_int) {
+    // SAFETY: getppid, getpid and kill are async-signal-safe and have no preconditions.
+    unsafe {
+        if libc::getppid() != EXPECTED_PARENT.load(Ordering::Relaxed) {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Arranges for this process to be killed when its parent process dies, even by `SIGKILL`:
+/// `PR_SET_PDEATHSIG` with a handler that tells a dead parent thread from a dead parent
+/// process. Kills us now if the parent is already gone.
+/// See [PR_SET_PDEATHSIG](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html).
+pub(crate) fn die_with_parent(parent: RawPid) -> io::Result<()> {
+    EXPECTED_PARENT.store(parent, Ordering::Relaxed);
+    // SAFETY: the handler is an `extern "C" fn(c_int)` that only calls async-signal-safe
+    // functions; `action` is fully initialized (zeroed, then its fields set).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_parent_death as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(parent_death_signal(), &action, ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            parent_death_signal() as libc::c_ulong,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    on_parent_death(0);
+    Ok(())
+}
+
+/// Ignores `SIGPIPE`, as Rust's runtime does before `main` (a child entered from the
+/// constructor never reaches that code).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Registers `handler` to run at normal process exit.
+/// See [atexit(3)](https://man7.org/linux/man-pages/man3/atexit.3.html).
+pub(crate) fn at_exit(handler: extern "C" fn()) {
+    // SAFETY: `handler` is a plain function valid for the whole life of the process.
+    unsafe {
+        libc::atexit(handler);
+    }
+}
+
+/// Removes `key` from the environment. Called only from the constructor (`entry::on_load`),
+/// before `main` has started any thread.
+pub(crate) fn remove_env_before_main(key: &str) {
+    // SAFETY: no other thread exists yet to read or write the environment concurrently.
+    unsafe { std::env::remove_var(key) }
+}
+
+/// Proof that a bootstrap message was made by this same executable image for a function of
+/// the type being rebuilt. Only `entry::verify` makes one, after checking the fingerprint
+/// and the checksum of the offsets.
+pub(crate) struct SameImage(pub(crate) ());
+
+/// The function at `anchor + offset`, as a value of the function-pointer type `F`.
+///
+/// `F` must be the type of the function the offset was made from with [`offset_of`]; the
+/// callers pair each offset with its type by construction (`entry::trampoline::<A, R>` for
+/// the target of a `fn(A) -> R`), and `SameImage` vouches for the image.
+pub(crate) fn function_at<F: Copy>(_: &SameImage, anchor: usize, offset: u64) -> F {
+    const { assert!(size_of::<F>() == size_of::<usize>()) };
+    let address = anchor.wrapping_add(offset as usize);
+    // SAFETY: `SameImage` shows the offset was made in this executable image from a function
+    // of type `F` (see above), so `address` is that function's address; `F` is a
+    // function-pointer type of the size of an address.
+    unsafe { std::mem::transmute_copy::<usize, F>(&address) }
+}
+
+/// Takes ownership of the bootstrap descriptor our parent placed at `entry::BOOT_FD`.
+/// Called only from the constructor (`entry::on_load`), once, after finding the private
+/// variable that says the descriptor is there; `None` if it is not open.
+pub(crate) fn take_inherited_fd(fd: c_int) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD on any number is harmless; it tells whether `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: `fd` is open, and nothing in this process owns it: the parent placed it there
+    // for this process alone and no code before the constructor knows of it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The distance from `anchor` to `function` (a function pointer), for [`function_at`].
+pub(crate) fn offset_of(anchor: usize, function: usize) -> u64 {
+    function.wrapping_sub(anchor) as u64
+}
+
+/// Runs before `main` in every process of this executable (an `.init_array` entry), so an
+/// exec'd child or forkserver becomes one before the program's own code starts.
+#[used]
+#[unsafe(link_section = ".init_array")]
+pub(crate) static CONSTRUCTOR: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
+    constructor;
+
+extern "C" fn constructor(_: c_int, _: *const *const c_char, _: *const *const c_char) {
+    crate::entry::on_load();
+}

@@ -1,0 +1,412 @@
+//! `Process` through the public API, under every start method: values and exit codes, joins
+//! with timeouts, signals, daemons and parent death, zombies, descriptor hygiene, nesting and
+//! large messages. Every wait on another process has a deadline.
+
+use std::{
+    collections::BTreeSet,
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
+
+use mp_codec::Bytes;
+use mp_pipe::{Connection, pipe};
+use mp_spawn::{Error, Process, StartMethod, active_children, current_process, parent_process};
+use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open};
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Fork,
+    StartMethod::Spawn,
+    StartMethod::Forkserver,
+];
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn join_in_time<R: mp_codec::Message + 'static>(p: &mut Process<R>) -> Result<R, Error> {
+    match p.join_timeout(DEADLINE) {
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => panic!("{} still running after {DEADLINE:?}", p.name()),
+        Err(e) => Err(e),
+    }
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn panics(message: String) -> u8 {
+    panic!("{message}")
+}
+
+fn exits(code: i32) -> u8 {
+    std::process::exit(code)
+}
+
+fn segfaults(_: ()) -> u8 {
+    // Rust's runtime handler (inherited under fork) swallows the first SIGSEGV that is not a
+    // stack overflow and restores the default action; the second is fatal.
+    let me = rustix::process::getpid();
+    kill_process(me, Signal::SEGV).unwrap();
+    kill_process(me, Signal::SEGV).unwrap();
+    unreachable!("SIGSEGV is fatal")
+}
+
+#[test]
+fn the_exit_code_table_holds_under_every_method() {
+    for method in METHODS {
+        let mut ok = Process::new(square, 9).method(method).start().unwrap();
+        assert_eq!(join_in_time(&mut ok).unwrap(), 81, "{method:?}");
+        assert_eq!(ok.exitcode(), Some(0));
+
+        let mut p = Process::new(panics, "boom".to_string())
+            .method(method)
+            .start()
+            .unwrap();
+        match join_in_time(&mut p) {
+            Err(Error::Panicked { message, .. }) => assert_eq!(message, "boom"),
+            other => panic!("{method:?}: {other:?}"),
+        }
+        assert_eq!(p.exitcode(), Some(1));
+
+        let mut e = Process::new(exits, 7).method(method).start().unwrap();
+        assert!(matches!(
+            join_in_time(&mut e),
+            Err(Error::Exited { code: 7, .. })
+        ));
+        assert_eq!(e.exitcode(), Some(7));
+
+        let mut s = Process::new(segfaults, ()).method(method).start().unwrap();
+        assert!(matches!(
+            join_in_time(&mut s),
+            Err(Error::Killed { signal: 11, .. })
+        ));
+        assert_eq!(s.exitcode(), Some(-11), "{method:?}");
+    }
+}
+
+/// Waits for one message on `conn`, then returns it.
+fn wait_for_word(conn: Connection) -> String {
+    conn.recv::<String>().unwrap_or_default()
+}
+
+#[test]
+fn join_timeout_leaves_a_running_child_running() {
+    for method in METHODS {
+        let (ours, theirs) = pipe(true).unwrap();
+        let mut p = Process::new(wait_for_word, theirs)
+            .method(method)
+            .start()
+            .unwrap();
+        assert_eq!(p.join_timeout(Duration::from_millis(20)).unwrap(), None);
+        assert!(p.is_alive());
+        assert_eq!(p.exitcode(), None);
+        ours.send("go").unwrap();
+        assert_eq!(join_in_time(&mut p).unwrap(), "go");
+        assert!(!p.is_alive());
+    }
+}
+
+#[test]
+fn terminate_and_kill_end_a_child_with_minus_the_signal() {
+    for method in METHODS {
+        let (_ours, theirs) = pipe(true).unwrap();
+        let mut p = Process::new(wait_for_word, theirs)
+            .method(method)
+            .start()
+            .unwrap();
+        p.terminate().unwrap();
+        assert!(matches!(
+            join_in_time(&mut p),
+            Err(Error::Killed { signal: 15, .. })
+        ));
+        assert_eq!(p.exitcode(), Some(-15));
+        p.kill().unwrap(); // already gone: nothing happens
+
+        let (_ours, theirs) = pipe(true).unwrap();
+        let mut p = Process::new(wait_for_word, theirs)
+            .method(method)
+            .start()
+            .unwrap();
+        p.kill().unwrap();
+        assert!(matches!(
+            join_in_time(&mut p),
+            Err(Error::Killed { signal: 9, .. })
+        ));
+        assert_eq!(p.exitcode(), Some(-9));
+    }
+}
+
+/// Descriptors open in this process, with what they point at.
+fn open_fds(_: ()) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?.display().to_string();
+            Some((fd, target))
+        })
+        .collect()
+}
+
+#[test]
+fn an_exec_child_sees_only_stdio_and_its_own_descriptors() {
+    // Plenty of descriptors open here; none of them may reach the child.
+    let _noise: Vec<_> = (0..20).map(|_| pipe(true).unwrap()).collect();
+    for method in [StartMethod::Spawn, StartMethod::Forkserver] {
+        let mut p = Process::new(open_fds, ()).method(method).start().unwrap();
+        let fds = join_in_time(&mut p).unwrap();
+        let extra: Vec<_> = fds.iter().filter(|(fd, _)| *fd > 2).collect();
+        // Its result socket, the pidfd of its parent, and the one read_dir itself opened.
+        assert!(extra.len() <= 3, "{method:?}: {fds:?}");
+        assert!(
+            fds.iter().filter(|(fd, _)| *fd <= 2).count() == 3,
+            "{fds:?}"
+        );
+        for (_, target) in &extra {
+            assert!(
+                target.starts_with("socket:")
+                    || target.contains("pidfd")
+                    || target.starts_with("/proc/"),
+                "{method:?}: unexpected {target} in {fds:?}"
+            );
+        }
+        assert_eq!(
+            extra
+                .iter()
+                .filter(|(_, t)| t.starts_with("socket:"))
+                .count(),
+            1
+        );
+    }
+}
+
+fn names(_: ()) -> (String, String, Vec<u32>, u32) {
+    let me = current_process();
+    let parent = parent_process().expect("a child has a parent").pid();
+    let mut grandchild = Process::new(|_: ()| current_process().name, ())
+        .method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    (
+        me.name,
+        join_in_time(&mut grandchild).unwrap(),
+        me.identity,
+        parent,
+    )
+}
+
+#[test]
+fn children_start_children_named_as_in_python() {
+    for method in METHODS {
+        let mut p = Process::new(names, ()).method(method).start().unwrap();
+        let (name, grandchild, identity, parent) = join_in_time(&mut p).unwrap();
+        assert_eq!(name, format!("Process-{}", identity[0]), "{method:?}");
+        assert_eq!(grandchild, format!("{name}:1"));
+        assert_eq!(parent, std::process::id());
+    }
+    assert_eq!(current_process().name, "MainProcess");
+    assert!(parent_process().is_none());
+}
+
+fn echo_size(data: Bytes) -> Bytes {
+    let sum = data.0.iter().map(|&b| u64::from(b)).sum::<u64>();
+    let mut back = data.0;
+    back.extend_from_slice(&sum.to_le_bytes());
+    Bytes(back)
+}
+
+#[test]
+fn sixty_four_mib_each_way_under_every_method() {
+    let data: Vec<u8> = (0..64usize << 20).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    for method in METHODS {
+        let mut p = Process::new(echo_size, Bytes(data.clone()))
+            .method(method)
+            .start()
+            .unwrap();
+        let back = join_in_time(&mut p).unwrap().0;
+        assert_eq!(back.len(), data.len() + 8, "{method:?}");
+        assert_eq!(back[..data.len()], data[..]);
+        assert_eq!(back[data.len()..], sum.to_le_bytes());
+    }
+}
+
+#[test]
+fn a_closure_can_capture_under_fork_only() {
+    let words = vec!["x".to_string(); 3];
+    let mut p = Process::fork(move || words.concat()).start().unwrap();
+    assert_eq!(join_in_time(&mut p).unwrap(), "xxx");
+    let other = Process::fork(|| 1u8).method(StartMethod::Spawn).start();
+    assert!(matches!(other, Err(Error::ForkOnly)));
+}
+
+/// Zombie children of this process right now.
+fn zombies() -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesized command name.
+            if stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            {
+                out.insert(pid.parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Waits, with a deadline, until `pid` is no zombie of ours.
+fn reaped_in_time(pid: u32) -> bool {
+    let until = Instant::now() + DEADLINE;
+    while Instant::now() < until {
+        if !zombies().contains(&pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+#[test]
+fn no_zombie_after_join_drop_or_a_panic_in_the_parent() {
+    for method in METHODS {
+        // joined
+        let mut p = Process::new(square, 2).method(method).start().unwrap();
+        let pid = p.pid();
+        join_in_time(&mut p).unwrap();
+        assert!(!zombies().contains(&pid));
+
+        // dropped while running, then it ends
+        let (ours, theirs) = pipe(true).unwrap();
+        let p = Process::new(wait_for_word, theirs)
+            .method(method)
+            .start()
+            .unwrap();
+        let pid = p.pid();
+        let pidfd = pidfd_open(Pid::from_raw(pid as i32).unwrap(), PidfdFlags::empty()).unwrap();
+        drop(p);
+        ours.send("bye").unwrap();
+        assert_eq!(
+            mp_pipe::wait(&[pidfd.as_fd()], Some(DEADLINE)).unwrap(),
+            [0]
+        );
+        assert!(reaped_in_time(pid), "{method:?}: {pid} left a zombie");
+
+        // a panic in the parent while it holds an un-joined process that has ended
+        let (ours, theirs) = pipe(true).unwrap();
+        let started = std::panic::catch_unwind(move || {
+            let p = Process::new(wait_for_word, theirs)
+                .method(method)
+                .start()
+                .unwrap();
+            let pid = p.pid();
+            ours.send("end").unwrap();
+            let fd = pidfd_open(Pid::from_raw(pid as i32).unwrap(), PidfdFlags::empty()).unwrap();
+            mp_pipe::wait(&[fd.as_fd()], Some(DEADLINE)).unwrap();
+            std::panic::panic_any(pid);
+        });
+        let pid = *started.unwrap_err().downcast::<u32>().unwrap();
+        assert!(
+            reaped_in_time(pid),
+            "{method:?}: {pid} left a zombie after a panic"
+        );
+    }
+}
+
+fn child_pid_of_grandchild(daemon: bool) -> u32 {
+    let (ours, theirs) = pipe(true).unwrap();
+    let g = Process::new(wait_for_word, theirs)
+        .daemon(daemon)
+        .method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    let pid = g.pid();
+    std::mem::forget(ours); // keep the grandchild waiting
+    std::mem::forget(g); // its fate is decided by our exit, not by a drop
+    pid
+}
+
+fn start_grandchild_and_hang(conn: Connection) -> u8 {
+    let pid = child_pid_of_grandchild(false);
+    conn.send(&pid).unwrap();
+    let _ = conn.recv::<u8>(); // until killed
+    0
+}
+
+fn start_daemon_and_return(daemon: bool) -> u32 {
+    child_pid_of_grandchild(daemon)
+}
+
+fn gone_in_time(pid: u32, within: Duration) -> bool {
+    match pidfd_open(Pid::from_raw(pid as i32).unwrap(), PidfdFlags::empty()) {
+        Ok(fd) => !mp_pipe::wait(&[fd.as_fd()], Some(within))
+            .unwrap()
+            .is_empty(),
+        Err(_) => true, // already gone and reaped
+    }
+}
+
+#[test]
+fn killing_a_parent_with_sigkill_takes_its_children_with_it() {
+    for method in METHODS {
+        let (ours, theirs) = pipe(true).unwrap();
+        let mut p = Process::new(start_grandchild_and_hang, theirs)
+            .method(method)
+            .start()
+            .unwrap();
+        let grandchild: u32 = ours.recv().unwrap();
+        assert!(!gone_in_time(grandchild, Duration::ZERO));
+        p.kill().unwrap();
+        assert!(matches!(
+            join_in_time(&mut p),
+            Err(Error::Killed { signal: 9, .. })
+        ));
+        assert!(
+            gone_in_time(grandchild, Duration::from_secs(1)),
+            "{method:?}: orphan left"
+        );
+    }
+}
+
+#[test]
+fn daemons_die_with_a_normal_exit_and_the_others_are_joined() {
+    for method in METHODS {
+        let mut p = Process::new(start_daemon_and_return, true)
+            .method(method)
+            .start()
+            .unwrap();
+        let daemon = join_in_time(&mut p).unwrap();
+        assert!(
+            gone_in_time(daemon, Duration::from_secs(1)),
+            "{method:?}: daemon survived"
+        );
+    }
+    // A non-daemonic grandchild keeps its parent from finishing until it ends.
+    let mut p = Process::new(start_daemon_and_return, false)
+        .start()
+        .unwrap();
+    assert_eq!(p.join_timeout(Duration::from_millis(200)).unwrap(), None);
+    assert!(p.is_alive());
+    p.kill().unwrap(); // and the grandchild goes with it
+    let _ = join_in_time(&mut p);
+}
+
+#[test]
+fn active_children_lists_the_running_ones() {
+    let (ours, theirs) = pipe(true).unwrap();
+    let mut p = Process::new(wait_for_word, theirs)
+        .name("lister")
+        .start()
+        .unwrap();
+    assert!(
+        active_children()
+            .iter()
+            .any(|c| c.pid == p.pid() && c.name == "lister")
+    );
+    ours.send("x").unwrap();
+    join_in_time(&mut p).unwrap();
+    assert!(!active_children().iter().any(|c| c.pid == p.pid()));
+}
