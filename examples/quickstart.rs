@@ -1,75 +1,87 @@
 //! A short tour of `multiprocessing`, grown by each crate as it lands.
 //!
-//! Run it with `cargo run --release --example quickstart`.
+//! `cargo run --release --example quickstart`
 
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    os::fd::OwnedFd,
+use std::time::Instant;
+
+use multiprocessing::{
+    Connection, Process, StartMethod,
+    codec::{Frame, Pod},
+    cpu_count, pipe,
+    process::Builder,
 };
-
-use multiprocessing::codec::{Bytes, Fd, Frame, Pod, wire};
-use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 use serde::{Deserialize, Serialize};
 
-/// An ordinary serde type that also owns a file descriptor.
 #[derive(Serialize, Deserialize, Debug)]
-struct Job {
-    name: String,
-    inputs: BTreeMap<String, Vec<u32>>,
-    reply_to: Fd,
+struct Stats {
+    count: usize,
+    sum: u64,
+    max: u64,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // 1. Any serde value encodes into a frame, and back.
-    let frame = Frame::encode(&("squares", vec![1u32, 4, 9, 16, 25]))?;
-    println!(
-        "encoded ('squares', [1, 4, 9, 16, 25]) in {} bytes",
-        frame.bytes.len()
-    );
-    let (name, xs): (String, Vec<u32>) = frame.decode()?;
-    println!("decoded {name}: {xs:?}");
+/// Runs in a child process: any serde value in, any serde value out.
+fn summarize(xs: Vec<u64>) -> Stats {
+    Stats {
+        count: xs.len(),
+        sum: xs.iter().sum(),
+        max: xs.iter().copied().max().unwrap_or(0),
+    }
+}
 
-    // 2. Plain-old-data crosses with no encoding at all; raw bytes as they are.
-    let pod = Frame::encode(&Pod([0.5f64, 1.5, 2.5]))?;
-    println!("a [f64; 3] is {} bytes on the wire", pod.bytes.len());
-    let raw = Frame::encode(&Bytes(b"\x00raw\xff".to_vec()))?;
-    println!("raw bytes: {:?}", raw.bytes);
+fn divide(pair: (i64, i64)) -> i64 {
+    pair.0 / pair.1 // panics on division by zero, in the child
+}
 
-    // 3. A value holding a descriptor crosses a unix socket in CPython's framing; the receiver
-    //    gets its own descriptor for the same pipe and writes the answer through it.
-    let (left, right) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let (mut answers, writer) = std::io::pipe()?;
-    let job = Job {
-        name: "sum".into(),
-        inputs: BTreeMap::from([("xs".into(), vec![1, 2, 3, 4])]),
-        reply_to: Fd::from(OwnedFd::from(writer)),
-    };
-    wire::send_frame(&left, &Frame::encode(&job)?)?;
-    drop(job);
+fn echo_upper(conn: Connection) {
+    while let Ok(text) = conn.recv::<String>() {
+        let _ = conn.send(&text.to_uppercase());
+    }
+}
 
-    let mut frame = Frame::new();
-    wire::recv_frame(&right, wire::DEFAULT_MAX_LEN, &mut frame)?;
-    println!(
-        "received a frame of {} bytes and {} fd",
-        frame.bytes.len(),
-        frame.fds.len()
-    );
-    let job: Job = frame.decode()?;
-    let total: u32 = job.inputs.values().flatten().sum();
-    writeln!(
-        std::fs::File::from(job.reply_to.into_inner()),
-        "{} = {total}",
-        job.name
-    )?;
+fn timed<R: multiprocessing::Message + 'static>(
+    builder: Builder<R>,
+) -> Result<(R, f64), multiprocessing::Error> {
+    let start = Instant::now();
+    let value = builder.start()?.join()?;
+    Ok((value, start.elapsed().as_secs_f64() * 1e3))
+}
 
-    let mut reply = String::new();
-    answers.read_to_string(&mut reply)?;
-    print!("the reply came back through the sent pipe: {reply}");
+fn main() -> Result<(), multiprocessing::Error> {
+    println!("cpu_count() = {}", cpu_count());
+
+    // 1. A child runs a function and join() returns its value, under each start method.
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Forkserver,
+        StartMethod::Spawn,
+    ] {
+        let data: Vec<u64> = (1..=1000).collect();
+        let (stats, ms) = timed(Process::new(summarize, data).method(method))?;
+        println!("{method:?}: {stats:?} in {ms:.2} ms");
+    }
+
+    // 2. A panic in the child is caught there and reported here; the parent carries on.
+    let mut child = Process::new(divide, (1, 0)).name("divider").start()?;
+    match child.join() {
+        Err(err) => println!(
+            "joined with an error: {err} (exitcode {:?})",
+            child.exitcode()
+        ),
+        Ok(v) => println!("unexpectedly got {v}"),
+    }
+
+    // 3. A pipe between parent and child: whole typed messages, CPython's wire format.
+    let (ours, theirs) = pipe(true)?;
+    let mut child = Process::new(echo_upper, theirs).start()?;
+    for word in ["ping", "pong"] {
+        ours.send(word)?;
+        println!("sent {word:?}, got back {:?}", ours.recv::<String>()?);
+    }
+    drop(ours);
+    child.join()?;
+
+    // 4. Plain-old-data crosses with no encoding at all.
+    let frame = Frame::encode(&Pod([0.5f64, 1.5, 2.5]))?;
+    println!("a [f64; 3] is {} bytes on the wire", frame.bytes.len());
     Ok(())
 }

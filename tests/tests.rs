@@ -7,3 +7,5 @@ mod support;
 mod codec;
 // Interop with CPython's multiprocessing.connection, both directions, both handshakes.
 mod connection;
+// Processes with pipes, and the documentation's example programs.
+mod process;

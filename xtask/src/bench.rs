@@ -7,6 +7,7 @@
 
 mod codec;
 mod pipe;
+mod spawn;
 
 pub use pipe::peer;
 
@@ -111,6 +112,7 @@ pub fn run(options: Options) -> Result<(), String> {
     let workloads: Vec<Workload> = codec::workloads()
         .into_iter()
         .chain(pipe::workloads())
+        .chain(spawn::workloads())
         .filter(|w| options.filter.as_deref().is_none_or(|f| w.name.contains(f)))
         .collect();
     if workloads.is_empty() {

@@ -13,12 +13,16 @@ const USAGE: &str = "usage: cargo xtask ci
        cargo xtask bench [FILTER] [--json] [--runs N]";
 
 fn main() -> ExitCode {
+    // procspawn's children re-enter here and are dispatched by this call.
+    procspawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
         Some("bench") => bench::Options::parse(&args[1..]).and_then(bench::run),
         // The other process of a two-process workload (started by `bench`, not by hand).
         Some("__peer") if args.len() == 2 => bench::peer(&args[1]),
+        // The raw re-exec baseline of spawn_join_spawn: start and exit at once.
+        Some("__noop") => Ok(()),
         _ => Err(USAGE.to_string()),
     };
     match result {

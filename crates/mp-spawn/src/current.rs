@@ -44,10 +44,25 @@ impl ParentProcess {
 
     /// Waits up to `timeout` (`None`: forever) for the parent to end; true if it has.
     pub fn join(&self, timeout: Option<Duration>) -> bool {
-        match &self.pidfd {
-            Some(fd) => mp_pipe::wait(&[&**fd], timeout).is_ok_and(|ready| !ready.is_empty()),
-            None => true, // it was already gone when we looked
-        }
+        let opened;
+        let fd = match &self.pidfd {
+            Some(fd) => &**fd,
+            None => {
+                // Our own parent: while it lives it is our parent, so its pid is its own.
+                let ours = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+                if ours != Some(self.pid) {
+                    return true;
+                }
+                match Pid::from_raw(self.pid as i32).map(|p| pidfd_open(p, PidfdFlags::empty())) {
+                    Some(Ok(fd)) => {
+                        opened = fd;
+                        &opened
+                    }
+                    _ => return true,
+                }
+            }
+        };
+        mp_pipe::wait(&[fd], timeout).is_ok_and(|ready| !ready.is_empty())
     }
 }
 
@@ -96,22 +111,51 @@ pub(crate) fn me() -> MutexGuard<'static, Option<Me>> {
     me
 }
 
-/// Records who this process is, in a child just started.
-pub(crate) fn become_child(name: String, identity: Vec<u32>, daemon: bool, parent_pid: u32) {
-    let pidfd = Pid::from_raw(parent_pid as i32)
-        .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
-        .map(Arc::new);
-    *ME.lock().unwrap_or_else(|e| e.into_inner()) = Some(Me {
-        pid: std::process::id(),
+/// Records who this process is, in a child just started. `watch_parent`: open a pidfd for
+/// the parent now (a forkserver's child, whose kernel parent is the server); our own
+/// parent's is opened when first needed.
+pub(crate) fn become_child(
+    name: String,
+    identity: Vec<u32>,
+    daemon: bool,
+    parent_pid: u32,
+    watch_parent: bool,
+) {
+    let mut me = prepare_child(name, identity, daemon, parent_pid);
+    me.pid = std::process::id();
+    if watch_parent {
+        me.parent = Some(ParentProcess {
+            pid: parent_pid,
+            pidfd: Pid::from_raw(parent_pid as i32)
+                .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
+                .map(Arc::new),
+        });
+    }
+    install(me);
+}
+
+/// A forked child's identity, built in the parent before the fork: the child then only has
+/// to [`install`] it, without allocating (every page a child writes costs a copy).
+pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, parent_pid: u32) -> Me {
+    Me {
+        pid: 0,
         name,
         identity,
         daemon,
         children_started: 0,
         parent: Some(ParentProcess {
             pid: parent_pid,
-            pidfd,
+            pidfd: None,
         }),
-    });
+    }
+}
+
+/// Makes `me` this process's identity. The parent's, copied by fork, is not freed here:
+/// freeing would write to the allocator's pages, and the child is short of nothing.
+pub(crate) fn install(mut me: Me) {
+    me.pid = std::process::id();
+    let old = ME.lock().unwrap_or_else(|e| e.into_inner()).replace(me);
+    std::mem::forget(old);
 }
 
 /// The name and identity of the next child this process starts.

@@ -211,13 +211,17 @@ fn split(mut frame: Frame) -> Result<(Header, Frame), String> {
 /// `exec_child`: we are the parent's own child (spawn), so arrange to die with it; a
 /// forkserver's child has done so with the server already.
 pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
-    let frame = match conn.recv_frame() {
-        Ok(frame) => frame,
+    match conn.recv_frame() {
+        Ok(frame) => run_frame(frame, conn, exec_child),
         Err(err) => {
             eprintln!("mp-spawn child: no bootstrap message: {err}");
-            return START_FAILED;
+            START_FAILED
         }
-    };
+    }
+}
+
+/// Runs a bootstrap frame already received (a forkserver's child finds it in memory).
+pub(crate) fn run_frame(frame: Frame, conn: Connection, exec_child: bool) -> i32 {
     let (header, args) = match split(frame) {
         Ok(parts) => parts,
         Err(why) => return fail(&conn, &why),
@@ -234,6 +238,7 @@ pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
         header.identity.clone(),
         header.daemon,
         header.parent_pid,
+        !exec_child, // a forkserver's child: its parent process is not its parent
     );
     let trampoline: Trampoline = sys::function_at(&image, anchor(), header.trampoline);
     trampoline(&image, header.target, args, &conn)
@@ -243,6 +248,51 @@ pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
 pub(crate) const RETURNED: u8 = 0;
 pub(crate) const PANICKED: u8 = 1;
 pub(crate) const FAILED: u8 = 2;
+/// The result frame's bytes are in the memfd that comes first among its descriptors.
+pub(crate) const IN_MEMFD: u8 = 3;
+
+/// Results up to this size go straight into the socket, whose buffer (over 200 KiB by
+/// default) takes them without blocking; larger ones go through a memfd. Either way the child
+/// never waits for its parent to read, so the parent need only wait for the child to exit:
+/// one wake-up per join.
+const INLINE_RESULT: usize = 64 << 10;
+
+/// Sends a result frame without ever blocking on the parent.
+fn send_outcome(conn: &Connection, frame: Frame) {
+    let _ = conn.set_nonblocking(true);
+    if frame.bytes.len() <= INLINE_RESULT && conn.send_frame(&frame).is_ok() {
+        return;
+    }
+    let Ok(memfd) = rustix::fs::memfd_create(c"mp-spawn-result", rustix::fs::MemfdFlags::CLOEXEC)
+    else {
+        return;
+    };
+    let mut file = std::fs::File::from(memfd);
+    if std::io::Write::write_all(&mut file, &frame.bytes).is_err() {
+        return;
+    }
+    let mut fds = vec![std::os::fd::OwnedFd::from(file)];
+    fds.extend(frame.fds);
+    let _ = conn.send_frame(&Frame {
+        bytes: vec![IN_MEMFD],
+        fds,
+    });
+}
+
+/// The inverse of [`send_outcome`]'s memfd path: the frame as the child built it.
+pub(crate) fn unpack_outcome(mut frame: Frame) -> std::io::Result<Frame> {
+    if frame.bytes != [IN_MEMFD] || frame.fds.is_empty() {
+        return Ok(frame);
+    }
+    let mut file = std::fs::File::from(frame.fds.remove(0));
+    let mut bytes = Vec::new();
+    std::io::Seek::rewind(&mut file)?;
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok(Frame {
+        bytes,
+        fds: frame.fds,
+    })
+}
 
 /// Tells the parent the target never ran, and why; the child's exit code.
 fn fail(conn: &Connection, why: &str) -> i32 {
@@ -251,15 +301,33 @@ fn fail(conn: &Connection, why: &str) -> i32 {
     let mut frame = Frame::new();
     frame.bytes.extend_from_slice(why.as_bytes());
     frame.bytes.push(FAILED);
-    let _ = conn.send_frame(&frame);
+    send_outcome(conn, frame);
     START_FAILED
 }
 
-/// Runs `body` under `catch_unwind` and sends its outcome; returns the exit code: 0 after a
-/// return, 1 after a panic (whose message the hook printed after `Process <name>:`).
+/// Runs `body` under `catch_unwind`, does the child's exit work, and only then sends the
+/// outcome, so the parent, woken by it, finds the child already gone. Returns the exit
+/// code: 0 after a return, 1 after a panic (whose message the hook printed after
+/// `Process <name>:`).
 pub(crate) fn run_target<R: Encode>(conn: &Connection, body: impl FnOnce() -> R) -> i32 {
+    run_target_into(outcome_buffer(), conn, body)
+}
+
+/// A frame with room for a small result, allocated before a fork.
+pub(crate) fn outcome_buffer() -> Frame {
+    Frame {
+        bytes: Vec::with_capacity(256),
+        fds: Vec::new(),
+    }
+}
+
+/// [`run_target`] with the result frame allocated by the caller.
+pub(crate) fn run_target_into<R: Encode>(
+    mut frame: Frame,
+    conn: &Connection,
+    body: impl FnOnce() -> R,
+) -> i32 {
     install_panic_hook();
-    let mut frame = Frame::new();
     let code = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => match value.encode(&mut frame) {
             Ok(()) => {
@@ -286,8 +354,9 @@ pub(crate) fn run_target<R: Encode>(conn: &Connection, body: impl FnOnce() -> R)
             1
         }
     };
+    prepare_exit();
     // The parent may have gone, or dropped its Process: nobody to tell then.
-    let _ = conn.send_frame(&frame);
+    send_outcome(conn, frame);
     code
 }
 
@@ -311,9 +380,14 @@ pub(crate) fn install_panic_hook() {
 /// Ends a child: its own children dealt with as at exit, stdio flushed, then `_exit`, so
 /// nothing of the parent's (destructors, `atexit` work) runs here.
 pub(crate) fn finish(code: i32) -> ! {
+    prepare_exit();
+    sys::exit_now(code)
+}
+
+/// A child's exit work: its own children dealt with as at exit, stdout flushed (stderr has
+/// no buffer).
+fn prepare_exit() {
     registry::finish_children();
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    sys::exit_now(code)
 }

@@ -289,45 +289,26 @@ impl<R> Process<R> {
         }
     }
 
-    /// Waits until the process ends or `deadline` passes, meanwhile receiving its result (so
-    /// a child sending a large result never blocks on a parent waiting for it to exit).
-    /// Returns whether it has ended (and been reaped).
+    /// Waits until the process ends or `deadline` passes; returns whether it has ended (and
+    /// been reaped). A child never blocks on sending its result (see `entry::send_outcome`),
+    /// so waiting for the exit alone is enough: one wake-up.
     fn wait_until(&mut self, deadline: Option<Instant>) -> Result<bool> {
         while self.exitcode.is_none() {
             let end: &OwnedFd = self.status.as_ref().unwrap_or(&self.pidfd);
-            let mut fds: Vec<&dyn AsFd> = vec![end];
-            let listening = self.outcome.is_none() && self.conn.is_some();
-            if let (true, Some(conn)) = (listening, &self.conn) {
-                fds.push(conn);
-            }
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let ready = mp_pipe::wait(&fds, timeout)?;
-            if ready.is_empty() {
+            if !readable(end, timeout) {
                 return Ok(false);
             }
-            if ready.contains(&1) {
-                self.receive_outcome();
-            }
-            if ready.contains(&0) {
-                self.reap()?;
-            }
+            self.reap()?;
         }
-        if self.outcome.is_none()
-            && let Some(conn) = &self.conn
-        {
+        if let Some(conn) = self.conn.take() {
             // It has exited: whatever it sent is all there; never block on a half frame.
             let _ = conn.set_nonblocking(true);
-            self.receive_outcome();
+            if let Ok(frame) = conn.recv_frame() {
+                self.outcome = entry::unpack_outcome(frame).ok();
+            }
         }
-        self.conn = None;
         Ok(true)
-    }
-
-    fn receive_outcome(&mut self) {
-        match self.conn.as_ref().map(Connection::recv_frame) {
-            Some(Ok(frame)) => self.outcome = Some(frame),
-            _ => self.conn = None, // closed without a result
-        }
     }
 
     /// The process has ended: collect its exit status.
@@ -431,8 +412,24 @@ impl<R> Drop for Process<R> {
     }
 }
 
+/// Whether `fd` becomes readable within `timeout` (`None`: forever). A single `poll` on the
+/// stack: this is every `join`'s hot path.
 fn readable(fd: &OwnedFd, timeout: Option<Duration>) -> bool {
-    mp_pipe::wait(&[fd], timeout).is_ok_and(|r| !r.is_empty())
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let left = match (timeout, deadline) {
+            (None, _) | (Some(_), None) => None,
+            (Some(_), Some(at)) => Some(at.saturating_duration_since(Instant::now())),
+        };
+        let spec = left.and_then(|d| Timespec::try_from(d).ok());
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        match poll(&mut fds, spec.as_ref()) {
+            Ok(n) => return n > 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Python's exit code for a `waitid` status: the code, or −signal.

@@ -4,7 +4,11 @@
 
 use std::{
     os::fd::{AsFd, OwnedFd},
-    sync::{Mutex, MutexGuard, mpsc},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -57,8 +61,13 @@ fn registry() -> MutexGuard<'static, Registry> {
     reg
 }
 
+/// The process that last registered a child: a process that never did (a fresh child) has
+/// nothing to finish at exit and need not touch the registry at all.
+static PARENT_OF_ANY: AtomicU32 = AtomicU32::new(0);
+
 /// Records a child just started.
 pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &OwnedFd) {
+    PARENT_OF_ANY.store(std::process::id(), Ordering::Relaxed);
     let Ok(pidfd) = pidfd.try_clone() else {
         return; // out of descriptors: the Process still reaps it on join or drop
     };
@@ -163,6 +172,9 @@ pub(crate) fn active() -> Vec<ChildInfo> {
 
 /// What Python does at exit: kill daemonic children, join the others, reap them all.
 pub(crate) fn finish_children() {
+    if PARENT_OF_ANY.load(Ordering::Relaxed) != std::process::id() {
+        return;
+    }
     let entries = std::mem::take(&mut registry().entries);
     for e in entries.iter().filter(|e| e.daemon) {
         let _ = pidfd_send_signal(&e.pidfd, Signal::KILL);

@@ -16,6 +16,9 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
     let (ours, theirs) = socketpair()?;
     let parent = std::process::id();
     entry::install_panic_hook();
+    // Everything the child needs is allocated here, before the fork.
+    let me = current::prepare_child(name, identity, daemon, parent);
+    let outcome = entry::outcome_buffer();
     // The child gets a copy of every lock as it is at this instant. Hold ours (and stdio's)
     // across the fork, so none of them is held by a thread that does not exist there.
     let forked = {
@@ -33,15 +36,15 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
             if sys::die_with_parent(parent as i32).is_err() {
                 entry::finish(entry::START_FAILED);
             }
-            current::become_child(name, identity, daemon, parent);
+            current::install(me);
             let conn = Connection::from_unix_socket(theirs);
-            let code = entry::run_target(&conn, move || job.run());
+            let code = entry::run_target_into(outcome, &conn, move || job.run());
             drop(conn);
             entry::finish(code)
         }
         Some(pid) => {
             debug_assert!(theirs.as_raw_fd() >= 0);
-            drop(theirs);
+            drop((theirs, me, outcome));
             let pid = pid as u32;
             Ok(Started {
                 pid,

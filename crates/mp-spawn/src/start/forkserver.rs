@@ -50,13 +50,21 @@ fn launch() -> Result<Server> {
     })
 }
 
-fn request(server: &Server, child_end: &OwnedFd, status_w: &OwnedFd) -> Result<(u32, OwnedFd)> {
+/// Asks the server for a child: the bootstrap travels with the request, so the child finds
+/// it in memory the moment it is forked; the child's socket end and the status pipe's write
+/// end ride last among the descriptors.
+fn request(
+    server: &Server,
+    bootstrap: &mut Frame,
+    child_end: &OwnedFd,
+    status_w: &OwnedFd,
+) -> Result<(u32, OwnedFd)> {
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::os("dup", e));
-    let frame = Frame {
-        bytes: b"fork".to_vec(),
-        fds: vec![dup(child_end)?, dup(status_w)?],
-    };
-    server.conn.send_frame(&frame)?;
+    bootstrap.fds.push(dup(child_end)?);
+    bootstrap.fds.push(dup(status_w)?);
+    let sent = server.conn.send_frame(bootstrap);
+    bootstrap.fds.truncate(bootstrap.fds.len() - 2);
+    sent?;
     let mut reply = server.conn.recv_frame()?;
     let pid = reply
         .bytes
@@ -73,7 +81,7 @@ fn request(server: &Server, child_end: &OwnedFd, status_w: &OwnedFd) -> Result<(
     Ok((pid, pidfd))
 }
 
-pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
+pub(crate) fn start(mut bootstrap: Frame) -> Result<Started> {
     let (ours, theirs) = socketpair()?;
     let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::os("pipe2", e))?;
@@ -88,7 +96,8 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
                 // None yet, or our parent's (inherited through fork): start our own.
                 *server = Some(launch()?);
             }
-            match request(server.as_ref().expect("just launched"), &theirs, &status_w) {
+            let server_now = server.as_ref().expect("just launched");
+            match request(server_now, &mut bootstrap, &theirs, &status_w) {
                 Ok(reply) => break reply,
                 Err(_) if attempt == 0 => {
                     attempt += 1;
@@ -100,7 +109,6 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
     };
     drop((theirs, status_w));
     let conn = Connection::from_unix_socket(ours);
-    let _ = conn.send_frame(&bootstrap);
     Ok(Started {
         pid,
         pidfd,
@@ -156,11 +164,13 @@ fn handle(
     conn: &mut Option<Connection>,
     children: &mut Vec<(OwnedFd, OwnedFd)>,
 ) {
-    if request.bytes != b"fork" || request.fds.len() != 2 {
+    let (Some(status_w), Some(child_end)) = (request.fds.pop(), request.fds.pop()) else {
+        // Not a request we understand: an empty reply, so the parent gets an error, not a hang.
+        if let Some(conn) = conn.as_ref() {
+            let _ = conn.send_frame(&Frame::new());
+        }
         return;
-    }
-    let status_w = request.fds.pop().expect("two fds");
-    let child_end = request.fds.pop().expect("two fds");
+    };
     let server = std::process::id();
     match sys::fork() {
         Ok(None) => {
@@ -171,7 +181,7 @@ fn handle(
             if sys::die_with_parent(server as i32).is_err() {
                 entry::finish(entry::START_FAILED);
             }
-            let code = entry::run_bootstrap(Connection::from_unix_socket(child_end), false);
+            let code = entry::run_frame(request, Connection::from_unix_socket(child_end), false);
             entry::finish(code)
         }
         Ok(Some(pid)) => {
@@ -196,6 +206,7 @@ fn handle(
         }
         Err(_) => {
             // Dropping the request's descriptors tells the parent: its child socket gets EOF.
+            drop((child_end, status_w, request));
             if let Some(conn) = conn.as_ref() {
                 let _ = conn.send_frame(&Frame::new());
             }
