@@ -294,31 +294,45 @@ impl<R> Process<R> {
     /// so waiting for the exit alone is enough: one wake-up.
     fn wait_until(&mut self, deadline: Option<Instant>) -> Result<bool> {
         while self.exitcode.is_none() {
-            let end: &OwnedFd = self.status.as_ref().unwrap_or(&self.pidfd);
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if !readable(end, timeout) {
+            if !readable(&self.pidfd, timeout) {
                 return Ok(false);
             }
             self.reap()?;
         }
+        self.take_outcome();
+        Ok(true)
+    }
+
+    /// Receives the result, once the child has exited: whatever it sent is all there, so
+    /// never block on a half frame.
+    fn take_outcome(&mut self) {
         if let Some(conn) = self.conn.take() {
-            // It has exited: whatever it sent is all there; never block on a half frame.
             let _ = conn.set_nonblocking(true);
             if let Ok(frame) = conn.recv_frame() {
                 self.outcome = entry::unpack_outcome(frame).ok();
             }
         }
-        Ok(true)
     }
 
-    /// The process has ended: collect its exit status.
+    /// The process has ended: collect its exit status. A forkserver's child is reaped by the
+    /// server; when the child reported how it ended, that gives its exit code without
+    /// waiting for the server's report (one wake-up fewer), else the report is read.
     fn reap(&mut self) -> Result<()> {
         let code = if let Some(status) = &self.status {
-            let mut word = [0u8; 4];
-            match rustix::io::read(status, &mut word) {
-                Ok(4) => i32::from_le_bytes(word),
-                // The forkserver died before reporting: its children die with it.
-                _ => -libc::SIGKILL,
+            let status = status.try_clone().map_err(|e| Error::os("dup", e))?;
+            self.take_outcome();
+            match self.outcome.as_ref().and_then(|f| f.bytes.last()) {
+                Some(&RETURNED) => 0,
+                Some(&PANICKED | &FAILED) => entry::START_FAILED,
+                _ => {
+                    let mut word = [0u8; 4];
+                    match rustix::io::read(&status, &mut word) {
+                        Ok(4) => i32::from_le_bytes(word),
+                        // The forkserver died before reporting: its children die with it.
+                        _ => -libc::SIGKILL,
+                    }
+                }
             }
         } else {
             match waitid(
