@@ -22,6 +22,9 @@ struct Entry {
     daemon: bool,
     /// Our own child (waitable); false for a forkserver's child, which the server reaps.
     own: bool,
+    /// Its `Process` was dropped: reaping it is the registry's job now. While a `Process`
+    /// lives, only it reaps (anyone else would steal its exit status).
+    dropped: bool,
     pidfd: OwnedFd,
 }
 
@@ -76,6 +79,7 @@ pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &Ow
         name: name.to_string(),
         daemon,
         own,
+        dropped: false,
         pidfd,
     });
 }
@@ -89,9 +93,10 @@ pub(crate) fn forget(pid: u32) {
 /// ends. Non-daemonic ones are still joined at exit.
 pub(crate) fn reap_later(pid: u32) {
     let mut reg = registry();
-    let Some(entry) = reg.entries.iter().find(|e| e.pid == pid) else {
+    let Some(entry) = reg.entries.iter_mut().find(|e| e.pid == pid) else {
         return;
     };
+    entry.dropped = true;
     let (Ok(fd), own) = (entry.pidfd.try_clone(), entry.own) else {
         return;
     };
@@ -147,21 +152,26 @@ fn reaper(rx: mpsc::Receiver<(u32, OwnedFd)>, wake: OwnedFd) {
     }
 }
 
-/// Running children, reaping (forgetting) the ones that have ended.
+/// Running children; ended ones whose `Process` was dropped are reaped on the way.
 pub(crate) fn active() -> Vec<ChildInfo> {
     let mut reg = registry();
+    let ended =
+        |e: &Entry| mp_pipe::wait(&[&e.pidfd], Some(Duration::ZERO)).is_ok_and(|r| !r.is_empty());
     reg.entries.retain(|e| {
-        let ended = mp_pipe::wait(&[&e.pidfd], Some(Duration::ZERO)).is_ok_and(|r| !r.is_empty());
-        if ended && e.own {
-            let _ = waitid(
-                WaitId::PidFd(e.pidfd.as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            );
+        if e.dropped && ended(e) {
+            if e.own {
+                let _ = waitid(
+                    WaitId::PidFd(e.pidfd.as_fd()),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+                );
+            }
+            return false;
         }
-        !ended
+        true
     });
     reg.entries
         .iter()
+        .filter(|e| !ended(e))
         .map(|e| ChildInfo {
             pid: e.pid,
             name: e.name.clone(),
