@@ -16,17 +16,21 @@ fn unique_path(tag: &str) -> String {
         .to_string()
 }
 
-fn our_server(address: &str, key: Option<&str>) -> (Guarded, String) {
-    let mut cmd = Command::new(example("echo_server"));
-    cmd.arg(address);
-    set_key(&mut cmd, key);
-    let mut server = Guarded::spawn(cmd);
+/// A server that has said `listening on ADDRESS`, and that address.
+fn listening(mut server: Guarded) -> (Guarded, String) {
     let line = server.first_line();
     let bound = line
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     (server, bound)
+}
+
+fn our_server(address: &str, key: Option<&str>) -> (Guarded, String) {
+    let mut cmd = Command::new(example("echo_server"));
+    cmd.arg(address);
+    set_key(&mut cmd, key);
+    listening(Guarded::spawn(cmd))
 }
 
 fn their_server(address: &str, key: &str, modern: bool) -> (Guarded, String) {
@@ -37,13 +41,7 @@ fn their_server(address: &str, key: &str, modern: bool) -> (Guarded, String) {
         cmd.arg("--modern");
     }
     set_key(&mut cmd, Some(key));
-    let mut server = Guarded::spawn(cmd);
-    let line = server.first_line();
-    let bound = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (server, bound)
+    listening(Guarded::spawn(cmd))
 }
 
 fn our_client(address: &str, key: Option<&str>) -> Guarded {
