@@ -178,6 +178,29 @@ pub(crate) fn at_exit(handler: extern "C" fn()) {
     }
 }
 
+unsafe extern "C" {
+    /// glibc's `on_exit(3)`: like `atexit`, but the handler receives the exit status.
+    fn on_exit(handler: extern "C" fn(c_int, *mut libc::c_void), arg: *mut libc::c_void) -> c_int;
+}
+
+extern "C" fn leave_without_inherited_handlers(status: c_int, _: *mut libc::c_void) {
+    crate::registry::finish_children();
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    exit_now(status)
+}
+
+/// In a forked child: if the target calls `exit`, end there, before any exit handler
+/// inherited from the parent runs (handlers run newest first, and this one is the newest):
+/// the child's own children are dealt with, stdout is flushed, then `_exit`.
+/// See [on_exit(3)](https://man7.org/linux/man-pages/man3/on_exit.3.html).
+pub(crate) fn skip_inherited_exit_handlers() {
+    // SAFETY: the handler is a plain function valid for the life of the process; the
+    // argument is unused.
+    unsafe {
+        on_exit(leave_without_inherited_handlers, ptr::null_mut());
+    }
+}
+
 /// Removes `key` from the environment. Called only from the constructor (`entry::on_load`),
 /// before `main` has started any thread.
 pub(crate) fn remove_env_before_main(key: &str) {

@@ -410,3 +410,48 @@ fn active_children_lists_the_running_ones() {
     join_in_time(&mut p).unwrap();
     assert!(!active_children().iter().any(|c| c.pid == p.pid()));
 }
+
+/// The write end of a pipe that the test process's own `atexit` handler writes to.
+static PARENT_EXIT_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn parents_exit_handler() {
+    let fd = PARENT_EXIT_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: `fd` is the write end of a pipe this process keeps open for its lifetime
+        // (leaked by the test below); `write` has no other precondition.
+        unsafe {
+            libc::write(fd, b"!".as_ptr().cast(), 1);
+        }
+    }
+}
+
+fn exits_three(_: ()) -> u8 {
+    std::process::exit(3)
+}
+
+#[test]
+fn exit_in_a_forked_child_runs_none_of_the_parents_exit_handlers() {
+    use std::os::fd::IntoRawFd;
+    let (reader, writer) = std::io::pipe().unwrap();
+    PARENT_EXIT_PIPE.store(
+        std::os::fd::OwnedFd::from(writer).into_raw_fd(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    // SAFETY: the handler is a plain function valid for the life of the process.
+    unsafe {
+        libc::atexit(parents_exit_handler);
+    }
+    let mut p = Process::new(exits_three, ())
+        .method(StartMethod::Fork)
+        .start()
+        .unwrap();
+    assert!(matches!(
+        join_in_time(&mut p),
+        Err(Error::Exited { code: 3, .. })
+    ));
+    let ran = mp_pipe::wait(&[reader.as_fd()], Some(Duration::ZERO)).unwrap();
+    assert!(
+        ran.is_empty(),
+        "the parent's atexit handler ran in the child"
+    );
+}

@@ -36,6 +36,7 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
             if sys::die_with_parent(parent as i32).is_err() {
                 entry::finish(entry::START_FAILED);
             }
+            sys::skip_inherited_exit_handlers();
             current::install(me);
             let conn = Connection::from_unix_socket(theirs);
             let code = entry::run_target_into(outcome, &conn, move || job.run());
