@@ -455,3 +455,21 @@ fn exit_in_a_forked_child_runs_none_of_the_parents_exit_handlers() {
         "the parent's atexit handler ran in the child"
     );
 }
+
+#[test]
+fn a_child_outlives_the_thread_that_started_it() {
+    // PR_SET_PDEATHSIG fires when the parent *thread* exits; the child must tell that apart
+    // from its parent process dying, and carry on.
+    for method in METHODS {
+        let (ours, theirs) = pipe(true).unwrap();
+        let starter = std::thread::spawn(move || {
+            Process::new(wait_for_word, theirs)
+                .method(method)
+                .start()
+                .unwrap()
+        });
+        let mut p = starter.join().unwrap(); // the starting thread is gone now
+        ours.send("still here").unwrap();
+        assert_eq!(join_in_time(&mut p).unwrap(), "still here", "{method:?}");
+    }
+}
