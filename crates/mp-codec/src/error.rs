@@ -44,6 +44,9 @@ pub enum Error {
     /// The kernel dropped some of the descriptors sent with a frame (`MSG_CTRUNC`).
     #[error("file descriptors sent with the message were truncated by the kernel")]
     FdsTruncated,
+    /// The descriptor is non-blocking and no message has begun to arrive; nothing was read.
+    #[error("no message is ready")]
+    WouldBlock,
     /// The peer closed its end before a new message began (Python raises `EOFError`).
     #[error("connection closed by peer")]
     Closed,

@@ -218,7 +218,7 @@ impl Source<'_> {
     /// Reads the length header; `Closed` if the stream ends before its first byte.
     fn read_header(&mut self, max_len: usize) -> Result<usize> {
         let mut short = [0; 4];
-        let got = self.read_exact(&mut short)?;
+        let got = self.read_exact(&mut short, true)?;
         if got == 0 {
             return Err(Error::Closed);
         }
@@ -228,7 +228,7 @@ impl Source<'_> {
         let len = match i32::from_be_bytes(short) {
             -1 => {
                 let mut long = [0; 8];
-                let got = self.read_exact(&mut long)?;
+                let got = self.read_exact(&mut long, false)?;
                 if got < 8 {
                     return Err(truncated(12, 4 + got));
                 }
@@ -249,13 +249,25 @@ impl Source<'_> {
     }
 
     /// Fills `buf` from the stream; returns how many bytes arrived before end of file.
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<usize> {
+    /// `at_start`: nothing of this frame has been read yet, so a non-blocking descriptor with
+    /// nothing to read is [`Error::WouldBlock`] (the stream is still in step).
+    fn read_exact(&mut self, buf: &mut [u8], at_start: bool) -> Result<usize> {
         let mut got = 0;
         while got < buf.len() {
             let n = match self.fds.as_deref_mut() {
-                Some(fds) => recv_with_fds(self.fd, &mut buf[got..], fds)?,
+                Some(fds) => recv_with_fds(self.fd, &mut buf[got..], fds),
                 None => retry(|| rustix::io::read(self.fd, &mut buf[got..]))
-                    .map_err(|e| Error::os("read", e))?,
+                    .map_err(|e| Error::os("read", e)),
+            };
+            let n = match n {
+                Err(e)
+                    if at_start
+                        && got == 0
+                        && e.raw_os_error() == Some(Errno::AGAIN.raw_os_error()) =>
+                {
+                    return Err(Error::WouldBlock);
+                }
+                other => other?,
             };
             if n == 0 {
                 break;

@@ -6,6 +6,8 @@
 //! form (3.11 and older) challenges with 20 random bytes and is answered with a bare 16-byte
 //! HMAC-MD5. Like CPython we tell them apart by length, so either side can be either version.
 
+use std::time::Instant;
+
 use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sha2::{Sha256, Sha384};
@@ -142,17 +144,36 @@ fn verify(key: &[u8], challenge: &[u8], answer: &[u8]) -> Result<()> {
     }
 }
 
-/// Reads one handshake message; its failures are authentication failures.
-fn recv(conn: &Connection) -> Result<Vec<u8>> {
-    conn.recv_bytes_max(MAX_HANDSHAKE_MESSAGE)
-        .map_err(|err| match err {
-            e if is_timeout(&e) => Error::HandshakeTimeout,
-            Error::BadMessageLength { len, .. } => {
-                refused(format!("handshake message of {len} bytes is too long"))
-            }
-            Error::Eof => refused("peer closed the connection during the handshake"),
-            other => other,
-        })
+/// Reads one handshake message by `deadline`, which bounds the whole message (a peer that
+/// drips a byte at a time cannot stretch it); its failures are authentication failures.
+fn recv(conn: &Connection, deadline: Instant) -> Result<Vec<u8>> {
+    let mut head = [0u8; 4];
+    read_by(conn, &mut head, deadline)?;
+    let len = i32::from_be_bytes(head);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&n| n <= MAX_HANDSHAKE_MESSAGE)
+        .ok_or_else(|| refused(format!("handshake message length {len} is out of range")))?;
+    let mut message = vec![0; len];
+    read_by(conn, &mut message, deadline)?;
+    Ok(message)
+}
+
+fn read_by(conn: &Connection, buf: &mut [u8], deadline: Instant) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || crate::wait(&[conn], Some(left))?.is_empty() {
+            return Err(Error::HandshakeTimeout);
+        }
+        match rustix::io::read(conn, &mut buf[got..]) {
+            Ok(0) => return Err(refused("peer closed the connection during the handshake")),
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(e) => return Err(Error::os("read", e)),
+        }
+    }
+    Ok(())
 }
 
 fn send(conn: &Connection, bytes: &[u8]) -> Result<()> {
@@ -172,13 +193,13 @@ fn is_timeout(err: &Error) -> bool {
 }
 
 /// Challenges the peer to prove it knows `key` (CPython's `deliver_challenge`).
-pub(crate) fn deliver_challenge(conn: &Connection, key: &[u8]) -> Result<()> {
+pub(crate) fn deliver_challenge(conn: &Connection, key: &[u8], deadline: Instant) -> Result<()> {
     let mut challenge = b"{sha256}".to_vec();
     let mut random = [0; MESSAGE_LENGTH];
     crate::sys::random(&mut random)?;
     challenge.extend_from_slice(&random);
     send(conn, &[CHALLENGE, &challenge].concat())?;
-    let answer = recv(conn)?;
+    let answer = recv(conn, deadline)?;
     match verify(key, &challenge, &answer) {
         Ok(()) => send(conn, WELCOME),
         Err(err) => {
@@ -189,8 +210,8 @@ pub(crate) fn deliver_challenge(conn: &Connection, key: &[u8]) -> Result<()> {
 }
 
 /// Answers the peer's challenge (CPython's `answer_challenge`).
-pub(crate) fn answer_challenge(conn: &Connection, key: &[u8]) -> Result<()> {
-    let message = recv(conn)?;
+pub(crate) fn answer_challenge(conn: &Connection, key: &[u8], deadline: Instant) -> Result<()> {
+    let message = recv(conn, deadline)?;
     let Some(challenge) = message.strip_prefix(CHALLENGE) else {
         return Err(refused("protocol error: expected a challenge"));
     };
@@ -201,7 +222,7 @@ pub(crate) fn answer_challenge(conn: &Connection, key: &[u8]) -> Result<()> {
         )));
     }
     send(conn, &response(key, challenge)?)?;
-    if recv(conn)? == WELCOME {
+    if recv(conn, deadline)? == WELCOME {
         Ok(())
     } else {
         Err(refused("digest sent was rejected"))
@@ -212,17 +233,20 @@ pub(crate) fn answer_challenge(conn: &Connection, key: &[u8]) -> Result<()> {
 mod tests {
     use std::thread;
 
+    use std::time::Duration;
+
     use super::*;
     use crate::pipe;
 
     fn handshake(server_key: &'static [u8], client_key: &'static [u8]) -> (Result<()>, Result<()>) {
         let (s, c) = pipe(true).unwrap();
+        let soon = || Instant::now() + Duration::from_secs(30);
         let server = thread::spawn(move || {
-            deliver_challenge(&s, server_key)?;
-            answer_challenge(&s, server_key)
+            deliver_challenge(&s, server_key, soon())?;
+            answer_challenge(&s, server_key, soon())
         });
-        let client =
-            answer_challenge(&c, client_key).and_then(|()| deliver_challenge(&c, client_key));
+        let client = answer_challenge(&c, client_key, soon())
+            .and_then(|()| deliver_challenge(&c, client_key, soon()));
         (server.join().unwrap(), client)
     }
 
@@ -278,9 +302,23 @@ mod tests {
     fn an_oversized_handshake_message_is_refused() {
         let (s, c) = pipe(true).unwrap();
         s.send_bytes(&[b'#'; 300]).unwrap();
+        let soon = Instant::now() + Duration::from_secs(30);
         assert!(matches!(
-            answer_challenge(&c, b"k"),
+            answer_challenge(&c, b"k", soon),
             Err(Error::Authentication(_))
         ));
+    }
+
+    #[test]
+    fn a_peer_dripping_bytes_cannot_stretch_the_deadline() {
+        let (s, c) = pipe(true).unwrap();
+        // A header promising 10 bytes, then only 3 of them: the deadline, not each read,
+        // ends the wait.
+        s.send_bytes(b"").unwrap();
+        rustix::io::write(&s, &[0, 0, 0, 10, 1, 2, 3]).unwrap();
+        let _ = recv(&c, Instant::now() + Duration::from_secs(30)).unwrap();
+        let started = Instant::now();
+        let result = recv(&c, started + Duration::from_millis(50));
+        assert!(matches!(result, Err(Error::HandshakeTimeout)), "{result:?}");
     }
 }

@@ -155,8 +155,11 @@ impl Connection {
         self.check_writable()?;
         let mut frame = lock(&self.send);
         frame.clear();
-        value.encode(&mut frame)?;
-        let result = self.send_parts(&frame.bytes, &frame.fds);
+        let result = value
+            .encode(&mut frame)
+            .map_err(Error::from)
+            .and_then(|()| self.send_parts(&frame.bytes, &frame.fds));
+        // Close the duplicated descriptors now, sent or not.
         frame.fds.clear();
         result
     }
@@ -302,6 +305,8 @@ impl Connection {
         match result {
             Ok(()) => Ok(incoming),
             Err(mp_codec::Error::Closed) => Err(Error::Eof),
+            // Nothing was read: the stream is still in step.
+            Err(err @ mp_codec::Error::WouldBlock) => Err(Error::Codec(err)),
             Err(err) => {
                 // Anything else leaves the stream mid-frame: refuse to read garbage later.
                 *broken = true;
@@ -518,6 +523,18 @@ mod tests {
         for s in senders {
             s.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_nonblocking_read_with_nothing_there_leaves_the_connection_usable() {
+        let (a, b) = pipe(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        assert!(matches!(
+            b.recv_bytes(),
+            Err(Error::Codec(mp_codec::Error::WouldBlock))
+        ));
+        a.send_bytes(b"later").unwrap();
+        assert_eq!(b.recv_bytes().unwrap(), b"later");
     }
 
     #[test]

@@ -142,9 +142,9 @@ impl Listener {
         self.last_accepted = peer;
         let conn = Connection::new(fd, transport, true, true);
         if let Some(key) = &self.authkey {
-            handshake(&conn, self.handshake_timeout, |conn| {
-                deliver_challenge(conn, key)?;
-                answer_challenge(conn, key)
+            handshake(&conn, self.handshake_timeout, |conn, deadline| {
+                deliver_challenge(conn, key, deadline)?;
+                answer_challenge(conn, key, deadline)
             })?;
         }
         Ok(conn)
@@ -168,15 +168,20 @@ impl Drop for Listener {
     }
 }
 
-/// Runs `steps` with the connection's reads and writes bounded by `timeout`.
+/// Runs `steps` within `timeout` as a whole: reads wait on a deadline, and writes (a few
+/// hundred bytes, which a live socket takes at once) are bounded by a send timeout.
 fn handshake(
     conn: &Connection,
     timeout: Duration,
-    steps: impl FnOnce(&Connection) -> Result<()>,
+    steps: impl FnOnce(&Connection, std::time::Instant) -> Result<()>,
 ) -> Result<()> {
     let fd = conn.socket_fd();
-    sys::set_io_timeout(fd, Some(timeout.max(Duration::from_micros(1))))?;
-    steps(conn)?;
+    let timeout = timeout.max(Duration::from_micros(1));
+    sys::set_io_timeout(fd, Some(timeout))?;
+    let deadline = std::time::Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400 * 365));
+    steps(conn, deadline)?;
     sys::set_io_timeout(fd, None)
 }
 
@@ -225,9 +230,9 @@ impl Client {
             }
         };
         if let Some(key) = authkey {
-            handshake(&conn, handshake_timeout, |conn| {
-                answer_challenge(conn, key)?;
-                deliver_challenge(conn, key)
+            handshake(&conn, handshake_timeout, |conn, deadline| {
+                answer_challenge(conn, key, deadline)?;
+                deliver_challenge(conn, key, deadline)
             })?;
         }
         Ok(conn)

@@ -150,10 +150,14 @@ pub(crate) fn bootstrap_frame<A: Decode + Encode, R: Decode + Encode>(
     name: &str,
     identity: &[u32],
     daemon: bool,
-) -> mp_codec::Result<Frame> {
+) -> crate::Result<Frame> {
     let fingerprint = fingerprint().clone();
-    let trampoline = sys::offset_of(anchor(), trampoline::<A, R> as Trampoline as usize);
-    let target = sys::offset_of(anchor(), target as usize);
+    let (trampoline, target) = (trampoline::<A, R> as Trampoline as usize, target as usize);
+    if !sys::same_object(anchor(), trampoline) || !sys::same_object(anchor(), target) {
+        return Err(crate::Error::NotInExecutable);
+    }
+    let trampoline = sys::offset_of(anchor(), trampoline);
+    let target = sys::offset_of(anchor(), target);
     let header = Header {
         check: checksum(&fingerprint, trampoline, target),
         fingerprint,
@@ -260,7 +264,10 @@ const INLINE_RESULT: usize = 64 << 10;
 /// Sends a result frame without ever blocking on the parent.
 fn send_outcome(conn: &Connection, frame: Frame) {
     let _ = conn.set_nonblocking(true);
-    if frame.bytes.len() <= INLINE_RESULT && conn.send_frame(&frame).is_ok() {
+    // Inline only what surely fits the socket's buffer whole: a partial send could not be
+    // taken back.
+    let room = rustix::net::sockopt::socket_send_buffer_size(conn).unwrap_or(0) / 4;
+    if frame.bytes.len() <= INLINE_RESULT.min(room) && conn.send_frame(&frame).is_ok() {
         return;
     }
     let Ok(memfd) = rustix::fs::memfd_create(c"mp-spawn-result", rustix::fs::MemfdFlags::CLOEXEC)

@@ -46,6 +46,10 @@ pub enum Error {
     /// `set_start_method` was already called (pass `force` to change it).
     #[error("the start method has already been set")]
     StartMethodAlreadySet,
+    /// The target (or this crate) lives in a shared library, not in the executable: an exec'd
+    /// child could not find it by offset. Use the fork start method.
+    #[error("the target is not in the executable (a shared library?): use the fork start method")]
+    NotInExecutable,
     /// This process was started as a child but its entry point did not run (the constructor
     /// was not linked); refusing to start more processes rather than recursing.
     #[error("child entry did not run in this process; refusing to spawn recursively")]

@@ -18,12 +18,7 @@ use crate::{
 /// What a child runs: a `fn(A) -> R` with its argument, or (fork only) a closure.
 pub(crate) trait Job<R>: 'static {
     /// The bootstrap message that lets an exec'd child run this; `None` if it cannot.
-    fn bootstrap(
-        &self,
-        name: &str,
-        identity: &[u32],
-        daemon: bool,
-    ) -> Option<mp_codec::Result<Frame>>;
+    fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>>;
     /// Runs the job (in a forked child).
     fn run(self: Box<Self>) -> R;
 }
@@ -34,12 +29,7 @@ struct FnJob<A, R> {
 }
 
 impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
-    fn bootstrap(
-        &self,
-        name: &str,
-        identity: &[u32],
-        daemon: bool,
-    ) -> Option<mp_codec::Result<Frame>> {
+    fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>> {
         Some(entry::bootstrap_frame(
             self.target,
             &self.args,
@@ -57,7 +47,7 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
 struct ClosureJob<F>(F);
 
 impl<R, F: FnOnce() -> R + 'static> Job<R> for ClosureJob<F> {
-    fn bootstrap(&self, _: &str, _: &[u32], _: bool) -> Option<mp_codec::Result<Frame>> {
+    fn bootstrap(&self, _: &str, _: &[u32], _: bool) -> Option<Result<Frame>> {
         None
     }
 
@@ -418,9 +408,13 @@ impl<R> Drop for Process<R> {
         if self.exitcode.is_some() {
             return;
         }
-        if readable(&self.pidfd, Some(Duration::ZERO)) && self.own {
-            let _ = self.reap();
-        } else if self.own {
+        if readable(&self.pidfd, Some(Duration::ZERO)) {
+            if self.own {
+                let _ = self.reap();
+            } else {
+                registry::forget(self.pid); // the forkserver reaped it
+            }
+        } else {
             registry::reap_later(self.pid);
         }
     }

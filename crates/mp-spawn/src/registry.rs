@@ -97,12 +97,10 @@ pub(crate) fn reap_later(pid: u32) {
         return;
     };
     entry.dropped = true;
-    let (Ok(fd), own) = (entry.pidfd.try_clone(), entry.own) else {
+    // A forkserver's child is reaped by the server: the reaper only forgets it when it ends.
+    let Ok(fd) = entry.pidfd.try_clone() else {
         return;
     };
-    if !own {
-        return; // the forkserver reaps it; the entry goes when `active()` sees it ended
-    }
     if reg.reaper.is_none() {
         let (tx, rx) = mpsc::channel();
         let Ok((wake_r, wake_w)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
@@ -147,6 +145,7 @@ fn reaper(rx: mpsc::Receiver<(u32, OwnedFd)>, wake: OwnedFd) {
         for i in ended.into_iter().rev() {
             let (pid, fd) = watched.swap_remove(i);
             forget(pid);
+            // ECHILD for a forkserver's child, which is not ours to reap: harmless.
             let _ = waitid(WaitId::PidFd(fd.as_fd()), WaitIdOptions::EXITED);
         }
     }

@@ -148,6 +148,12 @@ pub(crate) fn die_with_parent(parent: RawPid) -> io::Result<()> {
         if libc::sigaction(parent_death_signal(), &action, ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }
+        // A forked child inherits its thread's signal mask: a blocked death signal would stay
+        // pending and the child would outlive its parent.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, parent_death_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, ptr::null_mut());
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             parent_death_signal() as libc::c_ulong,
@@ -239,6 +245,44 @@ pub(crate) fn take_inherited_fd(fd: c_int) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: `fd` is open, and nothing in this process owns it: the parent placed it there
     // for this process alone and no code before the constructor knows of it.
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether two code addresses lie in the same loaded object (the executable, or one shared
+/// library): offsets between them only mean something in another process if they do.
+/// See [dladdr(3)](https://man7.org/linux/man-pages/man3/dladdr.3.html).
+pub(crate) fn same_object(a: usize, b: usize) -> bool {
+    let base = |address: usize| {
+        // SAFETY: dladdr only reads the loader's tables; `info` is a plain out-parameter.
+        unsafe {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            (libc::dladdr(address as *const libc::c_void, &mut info) != 0).then_some(info.dli_fbase)
+        }
+    };
+    matches!((base(a), base(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (the forkserver holds two per
+/// live child).
+pub(crate) fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit take a plain struct by pointer.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Kills and reaps a child we could not keep track of (no pidfd could be opened for it).
+pub(crate) fn kill_and_reap(pid: RawPid) {
+    // SAFETY: `pid` is our own unreaped child, so the number cannot have been reused.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
 }
 
 /// The distance from `anchor` to `function` (a function pointer), for [`function_at`].

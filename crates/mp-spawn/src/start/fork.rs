@@ -46,10 +46,17 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
         Some(pid) => {
             debug_assert!(theirs.as_raw_fd() >= 0);
             drop((theirs, me, outcome));
+            let pidfd = match open_pidfd(pid as u32) {
+                Ok(fd) => fd,
+                Err(err) => {
+                    sys::kill_and_reap(pid);
+                    return Err(err);
+                }
+            };
             let pid = pid as u32;
             Ok(Started {
                 pid,
-                pidfd: open_pidfd(pid)?,
+                pidfd,
                 own: true,
                 status: None,
                 conn: Connection::from_unix_socket(ours),

@@ -45,9 +45,16 @@ fn launch() -> Result<Server> {
     let pid = exec_self(entry::SERVER_ENV, theirs)?;
     Ok(Server {
         owner: std::process::id(),
-        pidfd: open_pidfd(pid)?,
+        pidfd: open_pidfd(pid).inspect_err(|_| sys::kill_and_reap(pid as i32))?,
         conn: Connection::from_unix_socket(ours),
     })
+}
+
+impl Server {
+    /// Whether the server has exited (so a failed request means: start a new one).
+    fn is_dead(&self) -> bool {
+        mp_pipe::wait(&[&self.pidfd], Some(std::time::Duration::ZERO)).is_ok_and(|r| !r.is_empty())
+    }
 }
 
 /// Asks the server for a child: the bootstrap travels with the request, so the child finds
@@ -60,8 +67,9 @@ fn request(
     status_w: &OwnedFd,
 ) -> Result<(u32, OwnedFd)> {
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::os("dup", e));
-    bootstrap.fds.push(dup(child_end)?);
-    bootstrap.fds.push(dup(status_w)?);
+    let (child_end, status_w) = (dup(child_end)?, dup(status_w)?);
+    bootstrap.fds.push(child_end);
+    bootstrap.fds.push(status_w);
     let sent = server.conn.send_frame(bootstrap);
     bootstrap.fds.truncate(bootstrap.fds.len() - 2);
     sent?;
@@ -70,10 +78,12 @@ fn request(
         .bytes
         .first_chunk::<4>()
         .map(|b| u32::from_le_bytes(*b))
-        .ok_or(Error::Codec(mp_codec::Error::WrongSize {
-            expected: 4,
-            found: reply.bytes.len(),
-        }))?;
+        .ok_or_else(|| {
+            Error::os(
+                "fork (in the forkserver)",
+                std::io::Error::other("the forkserver could not start the child"),
+            )
+        })?;
     let pidfd = match reply.fds.pop() {
         Some(fd) => fd,
         None => open_pidfd(pid)?,
@@ -82,31 +92,34 @@ fn request(
 }
 
 pub(crate) fn start(mut bootstrap: Frame) -> Result<Started> {
+    let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    // Made under the lock, which a fork also holds: no forked child can inherit a copy of
+    // the status pipe's write end and keep it open after the server is gone.
     let (ours, theirs) = socketpair()?;
     let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::os("pipe2", e))?;
-    let (pid, pidfd) = {
-        let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-        let mut attempt = 0;
-        loop {
-            if server
-                .as_ref()
-                .is_none_or(|s| s.owner != std::process::id())
-            {
-                // None yet, or our parent's (inherited through fork): start our own.
-                *server = Some(launch()?);
+    let mut attempt = 0;
+    let (pid, pidfd) = loop {
+        if server
+            .as_ref()
+            .is_none_or(|s| s.owner != std::process::id())
+        {
+            // None yet, or our parent's (inherited through fork): start our own.
+            *server = Some(launch()?);
+        }
+        let current = server.as_ref().expect("just launched");
+        match request(current, &mut bootstrap, &theirs, &status_w) {
+            Ok(reply) => break reply,
+            // Start a new server only if this one is gone; a failed request to a live server
+            // (it could not fork, say) must not take its running children with it.
+            Err(_) if attempt == 0 && current.is_dead() => {
+                attempt += 1;
+                *server = None;
             }
-            let server_now = server.as_ref().expect("just launched");
-            match request(server_now, &mut bootstrap, &theirs, &status_w) {
-                Ok(reply) => break reply,
-                Err(_) if attempt == 0 => {
-                    attempt += 1;
-                    *server = None; // it died: start a new one
-                }
-                Err(err) => return Err(err),
-            }
+            Err(err) => return Err(err),
         }
     };
+    drop(server);
     drop((theirs, status_w));
     let conn = Connection::from_unix_socket(ours);
     Ok(Started {
@@ -124,6 +137,7 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     if sys::die_with_parent(parent).is_err() {
         sys::exit_now(entry::START_FAILED);
     }
+    sys::raise_fd_limit();
     let mut conn = Some(Connection::from_unix_socket(socket));
     let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::new();
     while let Some(requests) = conn.as_ref() {
@@ -195,10 +209,12 @@ fn handle(
                         fds: dup.into_iter().collect(),
                     }
                 }
-                Err(_) => Frame {
-                    bytes: (pid as u32).to_le_bytes().to_vec(),
-                    fds: Vec::new(),
-                },
+                Err(_) => {
+                    // Untrackable: end it now rather than leave it unreaped; the parent gets
+                    // an error.
+                    sys::kill_and_reap(pid);
+                    Frame::new()
+                }
             };
             if let Some(conn) = conn.as_ref() {
                 let _ = conn.send_frame(&reply);

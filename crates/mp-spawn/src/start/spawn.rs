@@ -32,7 +32,7 @@ pub(crate) fn exec_self(key: &str, socket: OwnedFd) -> Result<u32> {
 pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
     let (ours, theirs) = socketpair()?;
     let pid = exec_self(entry::CHILD_ENV, theirs)?;
-    let pidfd = open_pidfd(pid)?;
+    let pidfd = open_pidfd(pid).inspect_err(|_| sys::kill_and_reap(pid as i32))?;
     let conn = Connection::from_unix_socket(ours);
     // If the child died before reading this, `join` reports how it ended.
     let _ = conn.send_frame(&bootstrap);
