@@ -51,6 +51,11 @@ pub use mp_spawn::{
     get_start_method, parent_process, set_start_method,
 };
 
+/// The README's example runs as a doctest, so it cannot fall out of date.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Everything that can fail in `multiprocessing`: one variant per crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
