@@ -96,12 +96,14 @@ pub fn send_parts(socket: impl AsFd, payload: &[u8], fds: &[impl AsFd]) -> Resul
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         control.push(SendAncillaryMessage::ScmRights(&fds));
-        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))?;
+        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))
+            .map_err(|e| Error::os("sendmsg", e))?;
         out.advance(sent);
     }
     let mut control = SendAncillaryBuffer::default();
     while !out.done() {
-        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))?;
+        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))
+            .map_err(|e| Error::os("sendmsg", e))?;
         out.advance(sent);
     }
     Ok(())
@@ -172,12 +174,6 @@ fn retry<T>(mut op: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
             Err(Errno::INTR) => continue,
             other => return other,
         }
-    }
-}
-
-impl From<Errno> for Error {
-    fn from(errno: Errno) -> Self {
-        Error::os("sendmsg", errno)
     }
 }
 

@@ -72,7 +72,7 @@ static PARENT_OF_ANY: AtomicU32 = AtomicU32::new(0);
 pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &OwnedFd) {
     PARENT_OF_ANY.store(std::process::id(), Ordering::Relaxed);
     let Ok(pidfd) = pidfd.try_clone() else {
-        return; // out of descriptors: the Process still reaps it on join or drop
+        return; // out of descriptors: unlisted, and only a join (not a drop) reaps it
     };
     registry().entries.push(Entry {
         pid,
