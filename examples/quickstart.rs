@@ -61,6 +61,7 @@ fn main() -> Result<(), multiprocessing::Error> {
     }
 
     // 2. A panic in the child is caught there and reported here; the parent carries on.
+    println!("dividing by zero in a child (its panic report goes to stderr, as in Python):");
     let mut child = Process::new(divide, (1, 0)).name("divider").start()?;
     match child.join() {
         Err(err) => println!(
