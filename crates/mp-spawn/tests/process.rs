@@ -473,3 +473,39 @@ fn a_child_outlives_the_thread_that_started_it() {
         assert_eq!(join_in_time(&mut p).unwrap(), "still here", "{method:?}");
     }
 }
+
+fn hand_back_a_connection(greeting: String) -> Connection {
+    let (ours, theirs) = pipe(true).unwrap();
+    ours.send(&greeting).unwrap();
+    theirs
+}
+
+fn big_result_with_a_connection(size: usize) -> (Vec<u8>, Connection) {
+    let (ours, theirs) = pipe(true).unwrap();
+    ours.send(&size).unwrap();
+    (vec![9; size], theirs)
+}
+
+#[test]
+fn a_result_may_carry_descriptors() {
+    // Past the inline limit the result travels in a memfd; its descriptors still follow it.
+    for method in METHODS {
+        let mut p = Process::new(big_result_with_a_connection, 200_000)
+            .method(method)
+            .start()
+            .unwrap();
+        let (bytes, conn) = join_in_time(&mut p).unwrap();
+        assert_eq!(bytes, vec![9; 200_000]);
+        assert_eq!(conn.recv::<usize>().unwrap(), 200_000, "{method:?}");
+    }
+    for method in METHODS {
+        let mut p = Process::new(hand_back_a_connection, "inside".to_string())
+            .method(method)
+            .start()
+            .unwrap();
+        let conn = join_in_time(&mut p).unwrap();
+        assert_eq!(conn.recv::<String>().unwrap(), "inside", "{method:?}");
+        // The child has exited: its end is closed, so the stream ends here.
+        assert!(matches!(conn.recv::<String>(), Err(mp_pipe::Error::Eof)));
+    }
+}
