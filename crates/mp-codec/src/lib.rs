@@ -21,6 +21,11 @@
 //! A value that owns a file descriptor — shared memory, a connection, a queue — holds it in an
 //! [`Fd`], which serializes into the frame's fd list; [`wire::send_frame`] sends that list with
 //! `SCM_RIGHTS` and [`wire::recv_frame`] installs the descriptors in the receiving process.
+//!
+//! # Byte buffers
+//! serde encodes a `Vec<u8>` one element at a time: 64 KiB take ~85 µs each way, where a
+//! [`Bytes`] message takes ~1.4 µs. Send large buffers as [`Bytes`] (or through a connection's
+//! `send_bytes`), or mark a field inside a struct `#[serde(with = "serde_bytes")]`.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
