@@ -75,6 +75,7 @@ impl Error {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             Error::Os(_, e) => e.raw_os_error(),
+            Error::WouldBlock => Some(rustix::io::Errno::AGAIN.raw_os_error()),
             _ => None,
         }
     }

@@ -312,13 +312,20 @@ mod tests {
     #[test]
     fn a_peer_dripping_bytes_cannot_stretch_the_deadline() {
         let (s, c) = pipe(true).unwrap();
-        // A header promising 10 bytes, then only 3 of them: the deadline, not each read,
-        // ends the wait.
-        s.send_bytes(b"").unwrap();
-        rustix::io::write(&s, &[0, 0, 0, 10, 1, 2, 3]).unwrap();
-        let _ = recv(&c, Instant::now() + Duration::from_secs(30)).unwrap();
-        let started = Instant::now();
-        let result = recv(&c, started + Duration::from_millis(50));
+        // A header promising 10 bytes, then one byte every 20 ms: each read alone would be
+        // quick, but the message as a whole misses its 100 ms deadline.
+        let dripper = thread::spawn(move || {
+            rustix::io::write(&s, &[0, 0, 0, 10]).unwrap();
+            for b in 0..10u8 {
+                std::thread::sleep(Duration::from_millis(20));
+                if rustix::io::write(&s, &[b]).is_err() {
+                    return;
+                }
+            }
+        });
+        let result = recv(&c, Instant::now() + Duration::from_millis(100));
         assert!(matches!(result, Err(Error::HandshakeTimeout)), "{result:?}");
+        drop(c);
+        dripper.join().unwrap();
     }
 }

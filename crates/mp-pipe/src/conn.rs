@@ -219,9 +219,11 @@ impl Connection {
         Ok(std::mem::take(&mut incoming.frame))
     }
 
-    /// Makes reads and writes fail with `EAGAIN` instead of blocking (or block again). A
-    /// read that fails half-way leaves the connection unreadable, so use this only where that
-    /// is the wanted outcome, e.g. draining a peer that has exited.
+    /// Makes reads and writes fail instead of blocking (or block again): a receive with no
+    /// message begun is `Codec(WouldBlock)` (its `raw_os_error` is `EAGAIN`) and leaves the
+    /// connection as it was; a read that stops half-way through a message leaves the
+    /// connection unreadable, so use this where that is acceptable, e.g. draining a peer
+    /// that has exited.
     ///
     /// # Errors
     /// [`Error::Os`] from `fcntl`.

@@ -258,18 +258,46 @@ pub(crate) fn same_object(a: usize, b: usize) -> bool {
             (libc::dladdr(address as *const libc::c_void, &mut info) != 0).then_some(info.dli_fbase)
         }
     };
-    matches!((base(a), base(b)), (Some(x), Some(y)) if x == y)
+    // Where the loader cannot tell (a static binary), everything is one object.
+    match (base(a), base(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
 }
 
-/// Raises the soft limit on open descriptors to the hard limit (the forkserver holds two per
-/// live child).
+/// The soft descriptor limit before [`raise_fd_limit`], for [`restore_fd_limit`].
+static ORIGINAL_FD_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Raises the soft limit on open descriptors (the forkserver holds two per live child) to
+/// the hard limit, at most 1 << 20.
 pub(crate) fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit take a plain struct by pointer.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        ORIGINAL_FD_LIMIT.store(limit.rlim_cur, Ordering::Relaxed);
+        let raised = limit.rlim_max.min(1 << 20);
+        if limit.rlim_cur < raised {
+            limit.rlim_cur = raised;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Puts back the soft descriptor limit [`raise_fd_limit`] found (in a forkserver's child,
+/// which should see the limits of the program that asked for it).
+pub(crate) fn restore_fd_limit() {
+    let original = ORIGINAL_FD_LIMIT.load(Ordering::Relaxed);
+    if original == 0 {
+        return;
+    }
+    // SAFETY: getrlimit/setrlimit take a plain struct by pointer.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur != original {
+            limit.rlim_cur = original;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }

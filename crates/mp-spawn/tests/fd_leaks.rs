@@ -30,12 +30,14 @@ fn dropped_processes_leave_no_descriptors_behind() {
         }
         // Every dropped child ends at once; the registry lets go of each as it does.
         let until = Instant::now() + Duration::from_secs(30);
-        while open_fd_count() > before && Instant::now() < until {
+        while open_fd_count() > before + 2 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
+        // The reaper thread's wake pipe may appear during the loop: 2 descriptors. A leak
+        // is one or more per dropped process.
         let after = open_fd_count();
         assert!(
-            after <= before,
+            after <= before + 2,
             "{method:?}: {before} fds before, {after} after"
         );
     }

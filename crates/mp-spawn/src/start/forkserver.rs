@@ -50,43 +50,57 @@ fn launch() -> Result<Server> {
     })
 }
 
-impl Server {
-    /// Whether the server has exited (so a failed request means: start a new one).
-    fn is_dead(&self) -> bool {
-        mp_pipe::wait(&[&self.pidfd], Some(std::time::Duration::ZERO)).is_ok_and(|r| !r.is_empty())
-    }
-}
-
 /// Asks the server for a child: the bootstrap travels with the request, so the child finds
 /// it in memory the moment it is forked; the child's socket end and the status pipe's write
 /// end ride last among the descriptors.
+/// How a request failed: refused by a server still in step with us, or with the connection
+/// to the server broken (it died, or the stream is out of step) and a new server needed.
+enum Failed {
+    Refused(Error),
+    Broken(Error),
+}
+
 fn request(
     server: &Server,
     bootstrap: &mut Frame,
     child_end: &OwnedFd,
     status_w: &OwnedFd,
-) -> Result<(u32, OwnedFd)> {
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Error::os("dup", e));
+) -> Result<(u32, OwnedFd), Failed> {
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| Failed::Refused(Error::os("dup", e)))
+    };
     let (child_end, status_w) = (dup(child_end)?, dup(status_w)?);
     bootstrap.fds.push(child_end);
     bootstrap.fds.push(status_w);
     let sent = server.conn.send_frame(bootstrap);
     bootstrap.fds.truncate(bootstrap.fds.len() - 2);
-    sent?;
-    let mut reply = server.conn.recv_frame()?;
+    match sent {
+        Ok(()) => {}
+        // Too many descriptors in the arguments: nothing was sent, the server is fine.
+        Err(err @ mp_pipe::Error::Codec(mp_codec::Error::TooManyFds { .. })) => {
+            return Err(Failed::Refused(err.into()));
+        }
+        Err(err) => return Err(Failed::Broken(err.into())),
+    }
+    let mut reply = server
+        .conn
+        .recv_frame()
+        .map_err(|e| Failed::Broken(e.into()))?;
+    // An empty reply: the server could not fork (or track) the child, and says so.
     let pid = reply
         .bytes
         .first_chunk::<4>()
         .map(|b| u32::from_le_bytes(*b))
         .ok_or_else(|| {
-            Error::os(
+            Failed::Refused(Error::os(
                 "fork (in the forkserver)",
                 std::io::Error::other("the forkserver could not start the child"),
-            )
+            ))
         })?;
     let pidfd = match reply.fds.pop() {
         Some(fd) => fd,
-        None => open_pidfd(pid)?,
+        None => open_pidfd(pid).map_err(Failed::Refused)?,
     };
     Ok((pid, pidfd))
 }
@@ -110,17 +124,20 @@ pub(crate) fn start(mut bootstrap: Frame) -> Result<Started> {
         let current = server.as_ref().expect("just launched");
         match request(current, &mut bootstrap, &theirs, &status_w) {
             Ok(reply) => break reply,
-            // Start a new server only if this one is gone; a failed request to a live server
-            // (it could not fork, say) must not take its running children with it.
-            Err(_) if attempt == 0 && current.is_dead() => {
+            // A server that refused (it could not fork, say) is still good: its running
+            // children must not be taken down with it.
+            Err(Failed::Refused(err)) => return Err(err),
+            // Dead, or out of step: start a new one, once.
+            Err(Failed::Broken(_)) if attempt == 0 => {
                 attempt += 1;
                 *server = None;
             }
-            Err(err) => return Err(err),
+            Err(Failed::Broken(err)) => return Err(err),
         }
     };
-    drop(server);
+    // Close our copies of the child's ends before a fork elsewhere can copy them.
     drop((theirs, status_w));
+    drop(server);
     let conn = Connection::from_unix_socket(ours);
     Ok(Started {
         pid,
@@ -188,7 +205,8 @@ fn handle(
     let server = std::process::id();
     match sys::fork() {
         Ok(None) => {
-            // The new child: keep only its own socket.
+            // The new child: keep only its own socket, and the limits its parent had.
+            sys::restore_fd_limit();
             drop(conn.take());
             children.clear();
             drop(status_w);
