@@ -115,7 +115,7 @@ impl<R: Message + 'static> Builder<R> {
             status,
             conn,
         } = started;
-        registry::register(pid, &name, self.daemon, own, &pidfd);
+        let serial = registry::register(pid, &name, self.daemon, own, &pidfd);
         Ok(Process {
             name,
             pid,
@@ -128,6 +128,7 @@ impl<R: Message + 'static> Builder<R> {
             outcome: None,
             exitcode: None,
             joined: false,
+            serial,
             _result: PhantomData,
         })
     }
@@ -172,6 +173,8 @@ pub struct Process<R> {
     outcome: Option<Frame>,
     exitcode: Option<i32>,
     joined: bool,
+    /// Its entry in the registry.
+    serial: u64,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -335,7 +338,7 @@ impl<R> Process<R> {
             }
         };
         self.exitcode = Some(code);
-        registry::forget(self.pid);
+        registry::forget(self.serial);
         Ok(())
     }
 }
@@ -412,10 +415,10 @@ impl<R> Drop for Process<R> {
             if self.own {
                 let _ = self.reap();
             } else {
-                registry::forget(self.pid); // the forkserver reaped it
+                registry::forget(self.serial); // the forkserver reaped it
             }
         } else {
-            registry::reap_later(self.pid);
+            registry::reap_later(self.serial);
         }
     }
 }
@@ -477,6 +480,7 @@ mod tests {
             outcome: None,
             exitcode: None,
             joined: false,
+            serial: 0,
             _result: PhantomData,
         }
     }

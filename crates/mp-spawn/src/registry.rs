@@ -6,7 +6,7 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
         Mutex, MutexGuard,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         mpsc,
     },
     time::Duration,
@@ -17,6 +17,8 @@ use rustix::process::{Signal, WaitId, WaitIdOptions, pidfd_send_signal, waitid};
 use crate::{ChildInfo, sys};
 
 struct Entry {
+    /// Unique for the life of the process, unlike a pid, which the kernel reuses.
+    serial: u64,
     pid: u32,
     name: String,
     daemon: bool,
@@ -31,7 +33,7 @@ struct Entry {
 struct Registry {
     owner: u32,
     entries: Vec<Entry>,
-    reaper: Option<mpsc::Sender<(u32, OwnedFd)>>,
+    reaper: Option<mpsc::Sender<(u64, OwnedFd)>>,
     wake: Option<OwnedFd>,
 }
 
@@ -68,13 +70,18 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// nothing to finish at exit and need not touch the registry at all.
 static PARENT_OF_ANY: AtomicU32 = AtomicU32::new(0);
 
-/// Records a child just started.
-pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &OwnedFd) {
+/// Hands out entry serials.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// Records a child just started; returns its entry's serial (0 if it could not be recorded).
+pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &OwnedFd) -> u64 {
     PARENT_OF_ANY.store(std::process::id(), Ordering::Relaxed);
     let Ok(pidfd) = pidfd.try_clone() else {
-        return; // out of descriptors: unlisted, and only a join (not a drop) reaps it
+        return 0; // out of descriptors: unlisted, and only a join (not a drop) reaps it
     };
+    let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
     registry().entries.push(Entry {
+        serial,
         pid,
         name: name.to_string(),
         daemon,
@@ -82,18 +89,19 @@ pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &Ow
         dropped: false,
         pidfd,
     });
+    serial
 }
 
-/// The child has been reaped by its `Process`.
-pub(crate) fn forget(pid: u32) {
-    registry().entries.retain(|e| e.pid != pid);
+/// The child has been reaped (or is being reaped by the forkserver).
+pub(crate) fn forget(serial: u64) {
+    registry().entries.retain(|e| e.serial != serial);
 }
 
 /// The `Process` of a still-running child was dropped: reap it in the background when it
 /// ends. Non-daemonic ones are still joined at exit.
-pub(crate) fn reap_later(pid: u32) {
+pub(crate) fn reap_later(serial: u64) {
     let mut reg = registry();
-    let Some(entry) = reg.entries.iter_mut().find(|e| e.pid == pid) else {
+    let Some(entry) = reg.entries.iter_mut().find(|e| e.serial == serial) else {
         return;
     };
     entry.dropped = true;
@@ -116,15 +124,15 @@ pub(crate) fn reap_later(pid: u32) {
         reg.wake = Some(wake_w);
     }
     if let (Some(tx), Some(wake)) = (&reg.reaper, &reg.wake)
-        && tx.send((pid, fd)).is_ok()
+        && tx.send((serial, fd)).is_ok()
     {
         let _ = rustix::io::write(wake, &[1]);
     }
 }
 
 /// Waits on the pidfds of dropped children and reaps each as it ends.
-fn reaper(rx: mpsc::Receiver<(u32, OwnedFd)>, wake: OwnedFd) {
-    let mut watched: Vec<(u32, OwnedFd)> = Vec::new();
+fn reaper(rx: mpsc::Receiver<(u64, OwnedFd)>, wake: OwnedFd) {
+    let mut watched: Vec<(u64, OwnedFd)> = Vec::new();
     loop {
         let mut fds: Vec<&dyn AsFd> = vec![&wake];
         fds.extend(watched.iter().map(|(_, f)| f as &dyn AsFd));
@@ -143,8 +151,8 @@ fn reaper(rx: mpsc::Receiver<(u32, OwnedFd)>, wake: OwnedFd) {
             }
         }
         for i in ended.into_iter().rev() {
-            let (pid, fd) = watched.swap_remove(i);
-            forget(pid);
+            let (serial, fd) = watched.swap_remove(i);
+            forget(serial);
             // ECHILD for a forkserver's child, which is not ours to reap: harmless.
             let _ = waitid(WaitId::PidFd(fd.as_fd()), WaitIdOptions::EXITED);
         }
