@@ -181,7 +181,13 @@ fn an_exec_child_sees_only_stdio_and_its_own_descriptors() {
 
 fn names(_: ()) -> (String, String, Vec<u32>, u32) {
     let me = current_process();
-    let parent = parent_process().expect("a child has a parent").pid();
+    let parent = parent_process().expect("a child has a parent");
+    assert!(parent.is_alive());
+    assert!(
+        !parent.join(Some(Duration::from_millis(10))),
+        "the parent is still running"
+    );
+    let parent = parent.pid();
     let mut grandchild = Process::new(|_: ()| current_process().name, ())
         .method(StartMethod::Spawn)
         .start()
