@@ -423,24 +423,9 @@ impl<R> Drop for Process<R> {
     }
 }
 
-/// Whether `fd` becomes readable within `timeout` (`None`: forever). A single `poll` on the
-/// stack: this is every `join`'s hot path.
+/// Whether `fd` becomes readable within `timeout` (`None`: forever).
 fn readable(fd: &OwnedFd, timeout: Option<Duration>) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    loop {
-        let left = match (timeout, deadline) {
-            (None, _) | (Some(_), None) => None,
-            (Some(_), Some(at)) => Some(at.saturating_duration_since(Instant::now())),
-        };
-        let spec = left.and_then(|d| Timespec::try_from(d).ok());
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        match poll(&mut fds, spec.as_ref()) {
-            Ok(n) => return n > 0,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return false,
-        }
-    }
+    mp_pipe::wait(&[fd], timeout).is_ok_and(|ready| !ready.is_empty())
 }
 
 /// Python's exit code for a `waitid` status: the code, or −signal.
