@@ -1,0 +1,297 @@
+//! The handles Python programs use: each primitive in its own shared region, a `Message`
+//! that a fork inherits and a pipe or queue carries to any process.
+
+use std::{fmt, ops::Deref, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{
+    Error, RawBarrier, RawCondition, RawEvent, RawLock, RawRLock, RawSemaphore, Result, Shared,
+};
+
+macro_rules! handle {
+    ($(#[$doc:meta])* $name:ident($raw:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Shared<$raw>);
+
+        impl Deref for $name {
+            type Target = $raw;
+
+            fn deref(&self) -> &$raw {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl $name {
+            /// The shared region behind this handle.
+            pub fn shared(&self) -> &Shared<$raw> {
+                &self.0
+            }
+        }
+    };
+}
+
+handle! {
+    /// Python's `multiprocessing.Lock`: a [`RawLock`] in its own shared region.
+    ///
+    /// Clone it for threads; pass it to a child process as an argument or over a pipe (it is
+    /// a `Message`), or let a fork inherit it. See [`RawLock`] for the methods.
+    ///
+    /// ```
+    /// let lock = mp_sync::Lock::new()?;
+    /// let copy: mp_sync::Lock = mp_codec::Frame::encode(&lock)?.decode()?; // as a child gets it
+    /// let guard = lock.lock().expect("nobody died");
+    /// assert!(!copy.try_acquire().is_held());
+    /// drop(guard);
+    /// assert!(copy.try_acquire().is_held());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    Lock(RawLock)
+}
+
+impl Lock {
+    /// A new unlocked lock in its own shared region.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the region cannot be created.
+    pub fn new() -> Result<Self> {
+        Ok(Lock(Shared::new()?))
+    }
+}
+
+handle! {
+    /// Python's `multiprocessing.RLock`: a [`RawRLock`] in its own shared region.
+    ///
+    /// ```
+    /// let rlock = mp_sync::RLock::new()?;
+    /// assert!(rlock.acquire().is_held() && rlock.acquire().is_held());
+    /// rlock.release()?;
+    /// rlock.release()?;
+    /// # Ok::<(), mp_sync::Error>(())
+    /// ```
+    RLock(RawRLock)
+}
+
+impl RLock {
+    /// A new unlocked recursive lock.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the region cannot be created.
+    pub fn new() -> Result<Self> {
+        Ok(RLock(Shared::new()?))
+    }
+}
+
+handle! {
+    /// Python's `multiprocessing.Semaphore`: a [`RawSemaphore`] in its own shared region.
+    ///
+    /// ```
+    /// let sem = mp_sync::Semaphore::new(1)?;
+    /// sem.acquire();
+    /// assert!(!sem.acquire_timeout(std::time::Duration::from_millis(1)));
+    /// sem.release()?;
+    /// # Ok::<(), mp_sync::Error>(())
+    /// ```
+    Semaphore(RawSemaphore)
+}
+
+impl Semaphore {
+    /// A semaphore starting at `value`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] above [`MAX_SEMAPHORE_VALUE`](crate::MAX_SEMAPHORE_VALUE);
+    /// [`Error::Os`].
+    pub fn new(value: u32) -> Result<Self> {
+        let shared = Shared::<RawSemaphore>::new()?;
+        shared.init(value, false)?;
+        Ok(Semaphore(shared))
+    }
+}
+
+handle! {
+    /// Python's `multiprocessing.BoundedSemaphore`: releasing above the initial value is
+    /// [`Error::TooManyReleases`].
+    ///
+    /// ```
+    /// let sem = mp_sync::BoundedSemaphore::new(1)?;
+    /// assert!(sem.release().is_err());
+    /// assert!(sem.try_acquire());
+    /// sem.release()?;
+    /// # Ok::<(), mp_sync::Error>(())
+    /// ```
+    BoundedSemaphore(RawSemaphore)
+}
+
+impl BoundedSemaphore {
+    /// A bounded semaphore starting at (and bounded by) `value`.
+    ///
+    /// # Errors
+    /// As [`Semaphore::new`].
+    pub fn new(value: u32) -> Result<Self> {
+        let shared = Shared::<RawSemaphore>::new()?;
+        shared.init(value, true)?;
+        Ok(BoundedSemaphore(shared))
+    }
+}
+
+handle! {
+    /// Python's `multiprocessing.Condition` (with its own `RLock`): a [`RawCondition`] in its
+    /// own shared region.
+    ///
+    /// ```
+    /// let cond = mp_sync::Condition::new()?;
+    /// let _held = cond.lock().expect("nobody died");
+    /// assert!(cond.wait_for(|| true, None)?);
+    /// # Ok::<(), mp_sync::Error>(())
+    /// ```
+    Condition(RawCondition)
+}
+
+impl Condition {
+    /// A new condition.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the region cannot be created.
+    pub fn new() -> Result<Self> {
+        Ok(Condition(Shared::new()?))
+    }
+}
+
+handle! {
+    /// Python's `multiprocessing.Event`: a [`RawEvent`] in its own shared region.
+    ///
+    /// ```
+    /// let event = mp_sync::Event::new()?;
+    /// event.set();
+    /// event.wait();
+    /// # Ok::<(), mp_sync::Error>(())
+    /// ```
+    Event(RawEvent)
+}
+
+impl Event {
+    /// A new, clear event.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the region cannot be created.
+    pub fn new() -> Result<Self> {
+        Ok(Event(Shared::new()?))
+    }
+}
+
+/// Python's `multiprocessing.Barrier`: a [`RawBarrier`] in its own shared region, plus the
+/// action this process runs when it is the last to arrive.
+///
+/// The action is a closure of this process, so a barrier with an action crosses process
+/// boundaries only by fork; sending one over a pipe is [`Error::NotSendable`] (a receiver
+/// can attach its own with [`with_action`](Self::with_action)).
+///
+/// ```
+/// let barrier = mp_sync::Barrier::new(1)?.with_action(|| println!("all here"));
+/// assert_eq!(barrier.wait()?, 0);
+/// # Ok::<(), mp_sync::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Barrier {
+    shared: Shared<RawBarrier>,
+    action: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Barrier {
+    /// A barrier for `parties` callers, no default timeout.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for zero parties; [`Error::Os`].
+    pub fn new(parties: u32) -> Result<Self> {
+        Barrier::with_timeout(parties, None)
+    }
+
+    /// A barrier whose `wait` gives up after `timeout` unless told otherwise.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_timeout(parties: u32, timeout: Option<Duration>) -> Result<Self> {
+        let shared = Shared::<RawBarrier>::new()?;
+        shared.init(parties, timeout)?;
+        Ok(Barrier {
+            shared,
+            action: None,
+        })
+    }
+
+    /// Runs `action` in whichever process (holding this handle) arrives last, once per pass,
+    /// before the others are released.
+    pub fn with_action(mut self, action: impl Fn() + Send + Sync + 'static) -> Self {
+        self.action = Some(Arc::new(action));
+        self
+    }
+
+    /// Waits for all parties (with the default timeout); a unique index in `0..parties`.
+    ///
+    /// # Errors
+    /// [`Error::BrokenBarrier`], or [`Error::BarrierTimeout`] for the caller whose wait timed
+    /// out (which breaks the barrier).
+    ///
+    /// # Panics
+    /// If the action panics (the barrier is broken first).
+    pub fn wait(&self) -> Result<u32> {
+        self.shared
+            .wait_with(None, self.action.as_deref().map(|a| a as &dyn Fn()))
+    }
+
+    /// Like [`wait`](Self::wait) with this call's own timeout.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Panics
+    /// As [`wait`](Self::wait).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
+        self.shared.wait_with(
+            Some(timeout),
+            self.action.as_deref().map(|a| a as &dyn Fn()),
+        )
+    }
+}
+
+impl Deref for Barrier {
+    type Target = RawBarrier;
+
+    fn deref(&self) -> &RawBarrier {
+        &self.shared
+    }
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.shared, f)
+    }
+}
+
+impl Serialize for Barrier {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.action.is_some() {
+            return Err(serde::ser::Error::custom(Error::NotSendable(
+                "a barrier's action is a closure of this process; fork to share it",
+            )));
+        }
+        self.shared.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Barrier {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        Ok(Barrier {
+            shared: Shared::deserialize(deserializer)?,
+            action: None,
+        })
+    }
+}

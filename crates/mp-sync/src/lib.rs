@@ -1,0 +1,50 @@
+//! Process-shared synchronization: Python's `Lock`, `RLock`, `Semaphore`,
+//! `BoundedSemaphore`, `Condition`, `Event` and `Barrier`, on futex words in shared memory.
+//!
+//! Each primitive is a placeable `#[repr(C)]` type ([`RawLock`], [`RawCondition`], …) whose
+//! all-zero bytes are its initial state, so it can sit inside any shared struct; the handles
+//! ([`Lock`], [`Condition`], …) put one in its own anonymous shared [`Region`] and are
+//! `Message`s, so a fork inherits them and a pipe carries them to any process.
+//!
+//! - No system call when uncontended; a busy lock is spun on briefly (adaptively) before
+//!   sleeping, because waking an idle CPU costs tens of microseconds.
+//! - Deadlines are absolute `CLOCK_MONOTONIC`.
+//! - A lock records its owner's pid: if the owner dies holding it, a waiter takes it over
+//!   within about 100 ms and is told so ([`Acquire::OwnerDied`], [`OwnerDied`]), like
+//!   `EOWNERDEAD`, never a deadlock. Waits on conditions, events and barriers honour their
+//!   timeouts whoever died.
+//!
+//! ```
+//! let lock = mp_sync::Lock::new()?;
+//! let event = mp_sync::Event::new()?;
+//! {
+//!     let _held = lock.lock().expect("no owner died");
+//!     event.set();
+//! }
+//! assert!(event.is_set() && !lock.is_locked());
+//! # Ok::<(), mp_sync::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod barrier;
+mod condition;
+mod error;
+mod event;
+mod handles;
+mod lock;
+mod region;
+mod rlock;
+mod semaphore;
+mod sys;
+
+pub use crate::{
+    barrier::RawBarrier,
+    condition::RawCondition,
+    error::{Error, Result},
+    event::RawEvent,
+    handles::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore},
+    lock::{Acquire, LockGuard, LockResult, OwnerDied, RawLock, TryLockError, TryLockResult},
+    region::{Placeable, Region, Shared, Spec},
+    rlock::{RLockGuard, RawRLock},
+    semaphore::{MAX_SEMAPHORE_VALUE, RawSemaphore},
+};
