@@ -48,7 +48,8 @@ pub struct OwnerDied<G> {
 }
 
 impl<G> OwnerDied<G> {
-    pub(crate) fn new(guard: G) -> Self {
+    /// Wraps a guard taken from a dead owner (for guards of types built on these locks).
+    pub fn new(guard: G) -> Self {
         OwnerDied { guard }
     }
 

@@ -1,0 +1,46 @@
+use std::io;
+
+/// Everything that can fail in `mp-shm`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An element index past the end (Python's `IndexError`).
+    #[error("index {index} out of range for length {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The array's length.
+        len: usize,
+    },
+    /// A slice `start..start + count` past the end.
+    #[error("range {start}..{start}+{count} out of range for length {len}")]
+    RangeOutOfRange {
+        /// First element.
+        start: usize,
+        /// Number of elements.
+        count: usize,
+        /// The array's length.
+        len: usize,
+    },
+    /// A shared memory name Python would not accept, or one with a NUL.
+    #[error("bad shared memory name {0:?}: {1}")]
+    BadName(String, &'static str),
+    /// A size of zero, or one too large to map.
+    #[error("bad size {0}: {1}")]
+    BadSize(usize, &'static str),
+    /// `SharedMemory::create` of a name that exists (Python's `FileExistsError`).
+    #[error("shared memory {0:?} already exists")]
+    AlreadyExists(String),
+    /// `SharedMemory::open` of a name that does not exist (Python's `FileNotFoundError`).
+    #[error("shared memory {0:?} not found")]
+    NotFound(String),
+    /// Creating, attaching or locking the region failed (see `mp_sync::Error`).
+    #[error(transparent)]
+    Sync(#[from] mp_sync::Error),
+    /// A system call failed: which one, and what the kernel said.
+    #[error("{0} failed")]
+    Os(&'static str, #[source] io::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,86 @@
+//! The system calls of `mp-shm`: POSIX shared memory by name (anonymous regions come from
+//! `mp_sync::Region`).
+
+use std::{
+    io,
+    os::fd::{AsFd, OwnedFd},
+    ptr::NonNull,
+};
+
+use rustix::{
+    fs::Mode,
+    mm::{MapFlags, ProtFlags},
+    shm::OFlags,
+};
+
+fn path(name: &str) -> String {
+    format!("/{name}")
+}
+
+/// `shm_open(O_CREAT | O_EXCL | O_RDWR, 0600)`.
+/// See [shm_open(3)](https://man7.org/linux/man-pages/man3/shm_open.3.html).
+pub(crate) fn shm_create(name: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::shm::open(
+        path(name),
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
+        Mode::from_raw_mode(0o600),
+    )?)
+}
+
+/// `shm_open(O_RDWR)`.
+pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::shm::open(path(name), OFlags::RDWR, Mode::empty())?)
+}
+
+/// `shm_unlink`.
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    Ok(rustix::shm::unlink(path(name))?)
+}
+
+pub(crate) fn resize(fd: impl AsFd, len: usize) -> io::Result<()> {
+    Ok(rustix::fs::ftruncate(fd, len as u64)?)
+}
+
+pub(crate) fn len(fd: impl AsFd) -> io::Result<usize> {
+    let len = rustix::fs::fstat(fd)?.st_size;
+    usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// Maps `len` bytes shared; an empty block maps nothing.
+pub(crate) fn map(fd: impl AsFd, len: usize) -> io::Result<Option<NonNull<u8>>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: a fresh mapping at a kernel-chosen address overlaps no Rust object; the
+    // caller unmaps it once with `unmap(ptr, len)`.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    Ok(NonNull::new(ptr.cast()))
+}
+
+/// # Safety
+/// `ptr`/`len` come from one [`map`] call and the mapping is no longer used.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: as the caller promises.
+    let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
+}
+
+/// `psm_` and 8 random hex digits, as Python's `_make_filename`.
+pub(crate) fn random_name() -> String {
+    let mut bytes = [0u8; 4];
+    let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+    format!("psm_{:08x}", u32::from_le_bytes(bytes))
+}
+
+/// This process's pid (only drops ask, so no cache is needed).
+pub(crate) fn pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
