@@ -5,10 +5,11 @@
 use std::time::Instant;
 
 use multiprocessing::{
-    Connection, Process, StartMethod,
+    Connection, Lock, Process, StartMethod, Value,
     codec::{Frame, Pod},
     cpu_count, pipe,
     process::Builder,
+    synchronize::Acquire,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,12 @@ fn divide(pair: (i64, i64)) -> i64 {
 fn echo_upper(conn: Connection) {
     while let Ok(text) = conn.recv::<String>() {
         let _ = conn.send(&text.to_uppercase());
+    }
+}
+
+fn add_many((counter, n): (Value<u64>, u64)) {
+    for _ in 0..n {
+        counter.fetch_add(1);
     }
 }
 
@@ -84,5 +91,36 @@ fn main() -> Result<(), multiprocessing::Error> {
     // 4. Plain-old-data crosses with no encoding at all.
     let frame = Frame::encode(&Pod([0.5f64, 1.5, 2.5]))?;
     println!("a [f64; 3] is {} bytes on the wire", frame.bytes.len());
+
+    // 5. Shared memory and locks: four processes add to one Value under its lock.
+    let counter = Value::new(0u64)?;
+    let start = Instant::now();
+    let children = (0..4)
+        .map(|_| Process::new(add_many, (counter.clone(), 25_000)).start())
+        .collect::<Result<Vec<_>, _>>()?;
+    for mut child in children {
+        child.join()?;
+    }
+    println!(
+        "4 processes x 25000 locked increments = {} in {:.1} ms",
+        counter.get(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+
+    // 6. A lock whose holder dies is handed on, with word that what it guards may need repair.
+    let lock = Lock::new()?;
+    let held = lock.clone();
+    let mut holder = Process::fork(move || {
+        std::mem::forget(held.lock()); // the child ends without releasing it
+    })
+    .start()?;
+    holder.join()?;
+    let start = Instant::now();
+    let how = lock.acquire();
+    println!(
+        "a lock whose holder exited: {how:?} after {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(how, Acquire::OwnerDied);
     Ok(())
 }

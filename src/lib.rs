@@ -44,12 +44,35 @@ pub mod process {
     };
 }
 
+/// Python's `multiprocessing.synchronize`: process-shared locks and friends (`mp-sync`).
+pub mod synchronize {
+    pub use mp_sync::{
+        Acquire, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, LockResult,
+        MAX_SEMAPHORE_VALUE, OwnerDied, Placeable, RLock, RLockGuard, RawBarrier, RawCondition,
+        RawEvent, RawLock, RawRLock, RawSemaphore, Region, Semaphore, Shared, Spec, TryLockError,
+        TryLockResult,
+    };
+}
+
+/// Python's `multiprocessing.sharedctypes`: typed values and arrays in shared memory
+/// (`mp-shm`).
+pub mod sharedctypes {
+    pub use mp_shm::{Array, ArrayGuard, Integer, Plain, RawArray, RawValue, Value, ValueGuard};
+}
+
+/// Python's `multiprocessing.shared_memory`: named blocks Python can open too (`mp-shm`).
+pub mod shared_memory {
+    pub use mp_shm::SharedMemory;
+}
+
 pub use mp_codec::{Decode, Encode, Message};
 pub use mp_pipe::{Connection, pipe};
+pub use mp_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use mp_spawn::{
     Context, Process, StartMethod, active_children, cpu_count, current_process, get_context,
     get_start_method, parent_process, set_start_method,
 };
+pub use mp_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// The README's example runs as a doctest, so it cannot fall out of date.
 #[cfg(doctest)]
@@ -69,6 +92,13 @@ pub enum Error {
     /// Starting or joining a process failed, or its target panicked.
     #[error(transparent)]
     Process(#[from] mp_spawn::Error),
+    /// A lock, semaphore, condition, event or barrier failed (e.g. `OwnerDied`,
+    /// `BrokenBarrier`).
+    #[error(transparent)]
+    Sync(#[from] mp_sync::Error),
+    /// A shared value, array or named block failed.
+    #[error(transparent)]
+    Shm(#[from] mp_shm::Error),
 }
 
 /// `Result` with the facade's [`Error`].

@@ -69,6 +69,26 @@ impl Guarded {
         }
     }
 
+    /// Like [`spawn`](Self::spawn), with a pipe to the child's stdin.
+    pub fn spawn_with_stdin(mut command: Command) -> Self {
+        let what = format!("{command:?}");
+        let child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Guarded {
+            child: Some(child),
+            what,
+        }
+    }
+
+    /// Closes the child's stdin (it sees EOF).
+    pub fn close_stdin(&mut self) {
+        drop(self.child.as_mut().unwrap().stdin.take());
+    }
+
     /// Reads stdout up to the first newline, failing the test at the deadline.
     pub fn first_line(&mut self) -> String {
         let deadline = Instant::now() + DEADLINE;

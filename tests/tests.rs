@@ -9,3 +9,7 @@ mod codec;
 mod connection;
 // Processes with pipes, and the documentation's example programs.
 mod process;
+// Shared values, arrays and named blocks across processes; nothing survives SIGKILL.
+mod shm;
+// Locks, conditions, events and barriers across processes; owner death.
+mod sync;

@@ -311,6 +311,13 @@ impl<T: Plain> Array<T> {
     }
 }
 
+impl<T: Plain> std::os::fd::AsFd for Array<T> {
+    /// The region's memfd (e.g. to `fstat` it).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.elements.region.as_fd()
+    }
+}
+
 impl<T: Plain> Clone for Array<T> {
     fn clone(&self) -> Self {
         Array {
@@ -490,6 +497,13 @@ impl<T: Plain> RawArray<T> {
     pub unsafe fn as_mut_slice(&self) -> &mut [T] {
         // SAFETY: mapped and aligned; the caller guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len()) }
+    }
+}
+
+impl<T: Plain> std::os::fd::AsFd for RawArray<T> {
+    /// The region's memfd (e.g. to `fstat` it).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.elements.region.as_fd()
     }
 }
 

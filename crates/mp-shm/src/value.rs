@@ -236,6 +236,13 @@ impl<T: Integer> Value<T> {
     }
 }
 
+impl<T: Plain> std::os::fd::AsFd for Value<T> {
+    /// The region's memfd (e.g. to `fstat` it).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.region.as_fd()
+    }
+}
+
 impl<T: Plain> Clone for Value<T> {
     fn clone(&self) -> Self {
         Value {
@@ -368,6 +375,13 @@ impl<T: Plain> RawValue<T> {
     pub fn set(&self, value: T) {
         // SAFETY: the region holds an aligned, writable `T`.
         unsafe { mem::write(self.region.payload().cast(), value) }
+    }
+}
+
+impl<T: Plain> std::os::fd::AsFd for RawValue<T> {
+    /// The region's memfd (e.g. to `fstat` it).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.region.as_fd()
     }
 }
 

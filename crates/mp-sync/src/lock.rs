@@ -17,8 +17,11 @@ const WAITERS: u32 = 1 << 31;
 const OWNER: u32 = (1 << 30) - 1;
 /// The longest a spin may run before sleeping, in `spin_loop` iterations.
 const MAX_SPINS: u32 = 2000;
-/// A sleeping waiter looks at the owner's liveness this often.
-pub(crate) const OWNER_CHECK: Duration = Duration::from_millis(100);
+/// A sleeping waiter first looks at the owner's liveness after this long (an owner that is
+/// already dead is noticed quickly, a busy lock's short sleeps never pay for the check)…
+const FIRST_OWNER_CHECK: Duration = Duration::from_millis(10);
+/// …and then this often.
+const OWNER_CHECK: Duration = Duration::from_millis(100);
 
 /// How an explicit acquisition went. `#[must_use]`: a lock taken from a dead owner guards
 /// state that may need repair.
@@ -266,6 +269,7 @@ impl RawLock {
             return Acquire::Acquired;
         }
         let mut state = self.state.load(Ordering::Relaxed);
+        let mut check = FIRST_OWNER_CHECK;
         loop {
             if state & OWNER == 0 {
                 // Free: take it, keeping WAITERS set since others may still sleep.
@@ -298,11 +302,11 @@ impl RawLock {
                 }
                 state |= WAITERS;
             }
-            if sys::futex_wait(&self.state, state, deadline.or_within(OWNER_CHECK))
-                == Woke::TimedOut
-                && let Some(taken) = self.take_from_dead(state, me)
-            {
-                return taken;
+            if sys::futex_wait(&self.state, state, deadline.or_within(check)) == Woke::TimedOut {
+                if let Some(taken) = self.take_from_dead(state, me) {
+                    return taken;
+                }
+                check = OWNER_CHECK;
             }
             state = self.state.load(Ordering::Relaxed);
         }
