@@ -7,6 +7,7 @@
 
 mod codec;
 mod pipe;
+mod shm;
 mod spawn;
 
 pub use pipe::peer;
@@ -59,6 +60,8 @@ pub enum Unit {
     NsPerOp,
     /// Megabytes (10^6 bytes) per second: higher is better, and so is a ratio above 1.
     MegabytesPerSec,
+    /// Operations per second: higher is better, and so is a ratio above 1.
+    OpsPerSec,
 }
 
 impl Unit {
@@ -66,6 +69,7 @@ impl Unit {
         match self {
             Unit::NsPerOp => "ns/op",
             Unit::MegabytesPerSec => "MB/s",
+            Unit::OpsPerSec => "ops/s",
         }
     }
 }
@@ -108,12 +112,24 @@ struct Row {
     ratio: f64,
 }
 
+/// Makes a group's workloads.
+type Group = fn() -> Vec<Workload>;
+
 pub fn run(options: Options) -> Result<(), String> {
-    let workloads: Vec<Workload> = codec::workloads()
+    // A filter matches a workload's name or its group (the module's name).
+    let groups: [(&str, Group); 4] = [
+        ("codec", codec::workloads),
+        ("pipe", pipe::workloads),
+        ("spawn", spawn::workloads),
+        ("shm", shm::workloads),
+    ];
+    let filter = options.filter.as_deref();
+    let whole_group = filter.is_some_and(|f| groups.iter().any(|(g, _)| *g == f));
+    let workloads: Vec<Workload> = groups
         .into_iter()
-        .chain(pipe::workloads())
-        .chain(spawn::workloads())
-        .filter(|w| options.filter.as_deref().is_none_or(|f| w.name.contains(f)))
+        .filter(|(group, _)| !whole_group || filter == Some(*group))
+        .flat_map(|(_, make)| make())
+        .filter(|w| whole_group || filter.is_none_or(|f| w.name.contains(f)))
         .collect();
     if workloads.is_empty() {
         return Err(format!(

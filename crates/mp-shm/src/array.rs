@@ -212,10 +212,11 @@ impl<T: Plain> Array<T> {
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
         let died = self.enter();
         let head = self.elements.head();
-        if head.lent.swap(1, Ordering::Relaxed) != 0 {
+        if head.lent.load(Ordering::Relaxed) != 0 {
             let _ = head.lock.release();
             panic!("Array::lock: this thread already holds a guard on this array");
         }
+        head.lent.store(1, Ordering::Relaxed);
         let guard = ArrayGuard { array: self };
         if died {
             Err(OwnerDied::new(guard))

@@ -92,10 +92,11 @@ impl<T: Plain> Value<T> {
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         let died = self.enter();
         let cell = self.cell();
-        if cell.lent.swap(1, Ordering::Relaxed) != 0 {
+        if cell.lent.load(Ordering::Relaxed) != 0 {
             let _ = cell.lock.release();
             panic!("Value::lock: this thread already holds a guard on this value");
         }
+        cell.lent.store(1, Ordering::Relaxed);
         let guard = ValueGuard { value: self };
         if died {
             Err(OwnerDied::new(guard))

@@ -15,8 +15,12 @@ use crate::{
 const WAITERS: u32 = 1 << 31;
 /// The owner's pid (`pid_max` is at most 2²²).
 const OWNER: u32 = (1 << 30) - 1;
-/// The longest a spin may run before sleeping, in `spin_loop` iterations.
+/// The longest a spin may run before sleeping, in `spin_loop` iterations…
 const MAX_SPINS: u32 = 2000;
+/// …and the shortest, however badly spinning has paid off lately.
+const MIN_SPINS: u32 = 64;
+/// The most `spin_loop`s between two looks at the lock word.
+const MAX_BACKOFF: u32 = 128;
 /// A sleeping waiter first looks at the owner's liveness after this long (an owner that is
 /// already dead is noticed quickly, a busy lock's short sleeps never pay for the check)…
 const FIRST_OWNER_CHECK: Duration = Duration::from_millis(10);
@@ -206,18 +210,9 @@ impl RawLock {
     /// # Errors
     /// [`Error::NotHeld`] if the lock is not held.
     pub fn release(&self) -> Result<()> {
-        let mut state = self.state.load(Ordering::Relaxed);
-        loop {
-            if state & OWNER == 0 {
-                return Err(Error::NotHeld);
-            }
-            match self
-                .state
-                .compare_exchange_weak(state, 0, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => state = now,
-            }
+        let state = self.state.swap(0, Ordering::Release);
+        if state & OWNER == 0 {
+            return Err(Error::NotHeld);
         }
         if state & WAITERS != 0 {
             sys::futex_wake(&self.state, 1);
@@ -252,15 +247,18 @@ impl RawLock {
 
     #[inline]
     pub(crate) fn acquire_until(&self, deadline: Deadline) -> Acquire {
-        let me = sys::pid();
-        if self
-            .state
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
+        if self.try_fast() {
             return Acquire::Acquired;
         }
-        self.acquire_slow(me, deadline)
+        self.acquire_slow(sys::pid(), deadline)
+    }
+
+    /// Takes the lock if it is free, with one compare-and-swap.
+    #[inline]
+    pub(crate) fn try_fast(&self) -> bool {
+        self.state
+            .compare_exchange(0, sys::pid(), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     #[cold]
@@ -328,14 +326,20 @@ impl RawLock {
     /// [`MAX_SPINS`]); takes it if it comes free.
     fn spin(&self, me: u32) -> bool {
         let estimate = self.spins.load(Ordering::Relaxed);
-        let limit = (estimate.saturating_mul(2) + 16).min(MAX_SPINS);
+        let limit = (estimate.saturating_mul(2) + MIN_SPINS).min(MAX_SPINS);
         let mut spun = 0;
+        let mut backoff = 1;
         let taken = loop {
             if spun >= limit {
                 break false;
             }
-            spun += 1;
-            std::hint::spin_loop();
+            // Look at the word ever more rarely: each look pulls its cache line away from
+            // an owner that is busy re-acquiring it.
+            for _ in 0..backoff {
+                std::hint::spin_loop();
+            }
+            spun += backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
             let state = self.state.load(Ordering::Relaxed);
             if state & OWNER == 0
                 && self
@@ -351,7 +355,8 @@ impl RawLock {
                 break true;
             }
         };
-        // Move the estimate an eighth of the way toward what this spin took.
+        // Move the estimate an eighth of the way toward what this spin took (all of its
+        // budget if it failed, so a hand-off that just missed gets a longer spin next time).
         let next = (estimate as i64 + (spun as i64 - estimate as i64) / 8) as u32;
         self.spins.store(next, Ordering::Relaxed);
         taken

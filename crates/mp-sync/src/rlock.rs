@@ -103,9 +103,10 @@ impl RawRLock {
     }
 
     /// Whether the calling thread holds the lock.
+    #[inline]
     pub fn is_owned(&self) -> bool {
-        self.lock.owner_pid() == Some(sys::pid())
-            && self.owner.load(Ordering::Relaxed) == sys::thread_token()
+        self.owner.load(Ordering::Relaxed) == sys::thread_token()
+            && self.lock.owner_pid() == Some(sys::pid())
     }
 
     /// The pid of the process that holds the lock, if any (a snapshot).
@@ -128,7 +129,13 @@ impl RawRLock {
         }
     }
 
+    #[inline]
     pub(crate) fn acquire_until(&self, deadline: Deadline) -> Acquire {
+        if self.lock.try_fast() {
+            self.owner.store(sys::thread_token(), Ordering::Relaxed);
+            self.count.store(1, Ordering::Relaxed);
+            return Acquire::Acquired;
+        }
         if self.is_owned() {
             let count = self.count.load(Ordering::Relaxed);
             self.count.store(count + 1, Ordering::Relaxed);

@@ -146,8 +146,15 @@ fn refresh_pid() -> u32 {
 #[inline]
 pub(crate) fn thread_token() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
-    TOKEN.with(|t| *t)
+    thread_local!(static TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    TOKEN.with(|t| match t.get() {
+        0 => {
+            let token = NEXT.fetch_add(1, Ordering::Relaxed);
+            t.set(token);
+            token
+        }
+        token => token,
+    })
 }
 
 /// Whether process `pid` has exited (a zombie counts as exited). Unknown answers count as
