@@ -37,6 +37,17 @@ mod rlock;
 mod semaphore;
 mod sys;
 
+// The layouts other processes see: pinned, so a change is a deliberate format change.
+const _: () = {
+    use std::mem::{align_of, size_of};
+    assert!(size_of::<RawLock>() == 8 && align_of::<RawLock>() == 4);
+    assert!(size_of::<RawRLock>() == 24 && align_of::<RawRLock>() == 8);
+    assert!(size_of::<RawSemaphore>() == 12);
+    assert!(size_of::<RawCondition>() == 32);
+    assert!(size_of::<RawEvent>() == 8);
+    assert!(size_of::<RawBarrier>() == 40);
+};
+
 pub use crate::{
     barrier::RawBarrier,
     condition::RawCondition,

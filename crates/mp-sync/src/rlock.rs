@@ -208,4 +208,32 @@ mod tests {
             .join()
             .unwrap();
     }
+
+    #[test]
+    fn an_rlock_left_held_by_a_dead_process_is_taken_over_with_a_fresh_count() {
+        let rlock = crate::Shared::<RawRLock>::new().unwrap();
+        // SAFETY: the child only takes the lock twice and `_exit`s.
+        match unsafe { libc::fork() } {
+            0 => {
+                let ok = rlock.acquire().is_held() && rlock.acquire().is_held();
+                // SAFETY: ends the child at once, still holding the lock.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            -1 => panic!("fork failed"),
+            pid => {
+                let mut status = 0;
+                // SAFETY: our child; a valid out-pointer.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            }
+        }
+        assert!(rlock.owner_pid().is_some(), "the dead child still owns it");
+        assert_eq!(
+            rlock.acquire_timeout(Duration::from_secs(20)),
+            Acquire::OwnerDied
+        );
+        assert_eq!(rlock.count(), 1);
+        rlock.release().unwrap();
+        assert!(matches!(rlock.release(), Err(Error::NotHeld)));
+    }
 }
