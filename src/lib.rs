@@ -18,6 +18,13 @@
 //! assert_eq!((name.as_str(), xs.len()), ("squares", 3));
 //! let Pod(block) = Frame::encode(&Pod([7u64; 4]))?.decode::<Pod<[u64; 4]>>()?;
 //! assert_eq!(block, [7; 4]);
+//!
+//! // Python's Value, Array and Lock: shared memory any process can be handed.
+//! let counter = multiprocessing::Value::new(0i32)?;
+//! *counter.lock().expect("no holder died") += 1;
+//! assert_eq!(counter.fetch_add(1), 1);
+//! let lock = multiprocessing::Lock::new()?;
+//! assert!(lock.acquire().is_held() && !lock.try_acquire().is_held());
 //! # Ok::<(), multiprocessing::Error>(())
 //! ```
 #![forbid(unsafe_code)]

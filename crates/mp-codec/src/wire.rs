@@ -322,6 +322,219 @@ fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> 
     Ok(msg.bytes)
 }
 
+/// How many bytes a [`Reader`] asks for at once: a small frame and its header in one read.
+const READ_AHEAD: usize = 16 << 10;
+
+/// Receives frames from a stream with read-ahead: a frame whose header and payload have
+/// both arrived is received with one system call, not two. Bytes read past the frame wait
+/// in the reader for the next call.
+///
+/// On a unix socket, descriptors arrive with the first bytes of the `sendmsg` that carried
+/// them, and Linux never continues a read past the message that carried descriptors; since
+/// every frame is sent with one `sendmsg` ([`send_parts`]), the descriptors of a read belong
+/// to the last frame that starts in it.
+///
+/// ```
+/// use mp_codec::{wire, Frame};
+/// use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+///
+/// let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+/// wire::send_frame(&a, &Frame::encode(&1u8)?)?;
+/// wire::send_frame(&a, &Frame::encode(&2u8)?)?;
+/// let mut reader = wire::Reader::new();
+/// let mut frame = Frame::new();
+/// reader.recv_frame(&b, true, wire::DEFAULT_MAX_LEN, &mut frame)?;
+/// assert_eq!(frame.bytes, [1]);
+/// assert!(reader.has_buffered()); // the second frame came with the first read
+/// reader.recv_frame(&b, true, wire::DEFAULT_MAX_LEN, &mut frame)?;
+/// assert_eq!(frame.bytes, [2]);
+/// assert!(!reader.has_buffered());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Reader {
+    /// Read-ahead bytes are `buf[start..end]`; the rest of `buf` is room.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The stream offset of `buf[0]`.
+    base: u64,
+    /// Descriptors received but not yet handed out, by the stream offset of their frame.
+    fds: std::collections::VecDeque<(u64, Vec<OwnedFd>)>,
+}
+
+impl Reader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Reader::default()
+    }
+
+    /// A reader that starts with `bytes` (and their descriptors, by offset into `bytes`)
+    /// already read, e.g. what another process's reader held.
+    pub fn with_buffered(bytes: Vec<u8>, fds: Vec<(u64, Vec<OwnedFd>)>) -> Self {
+        Reader {
+            end: bytes.len(),
+            buf: bytes,
+            start: 0,
+            base: 0,
+            fds: fds.into(),
+        }
+    }
+
+    /// Whether bytes (of a next frame) have been read ahead.
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// The bytes read ahead, and their descriptors by offset into those bytes.
+    pub fn buffered(&self) -> (&[u8], impl Iterator<Item = (u64, &[OwnedFd])>) {
+        let at = self.base + self.start as u64;
+        let fds = self
+            .fds
+            .iter()
+            .map(move |(offset, fds)| (offset.saturating_sub(at), fds.as_slice()));
+        (&self.buf[self.start..self.end], fds)
+    }
+
+    /// Receives one frame into `frame` (cleared first); with `with_fds`, the stream is a
+    /// unix socket and descriptors are received too.
+    ///
+    /// # Errors
+    /// As [`recv_frame`]. [`Error::WouldBlock`] on a non-blocking stream leaves what was read
+    /// buffered and the stream in step; after any other error the stream is out of step.
+    pub fn recv_frame(
+        &mut self,
+        fd: impl AsFd,
+        with_fds: bool,
+        max_len: usize,
+        frame: &mut Frame,
+    ) -> Result<()> {
+        let fd = fd.as_fd();
+        frame.clear();
+        let (head, len) = loop {
+            if let Some(header) = parse_header(&self.buf[self.start..self.end])? {
+                break header;
+            }
+            let had = self.end - self.start;
+            if self.fill(fd, with_fds)? == 0 {
+                return Err(if had == 0 {
+                    Error::Closed
+                } else {
+                    truncated(if had >= 4 { 12 } else { 4 }, had)
+                });
+            }
+        };
+        if len > max_len as u64 {
+            return Err(Error::TooLarge {
+                len,
+                max: max_len as u64,
+            });
+        }
+        let len = len as usize;
+        let offset = self.base + self.start as u64;
+        self.start += head;
+        let here = len.min(self.end - self.start);
+        frame
+            .bytes
+            .extend_from_slice(&self.buf[self.start..self.start + here]);
+        self.start += here;
+        while let Some((at, _)) = self.fds.front() {
+            if *at > offset {
+                break;
+            }
+            let (at, fds) = self.fds.pop_front().expect("just looked");
+            if at == offset {
+                frame.fds.extend(fds);
+            }
+        }
+        if here < len {
+            let mut source = Source { fd, fds: None };
+            source
+                .read_payload(len, &mut frame.bytes)
+                .map_err(|e| match e {
+                    Error::Truncated { .. } => truncated(head + len, head + frame.bytes.len()),
+                    other => other,
+                })?;
+        }
+        if self.start == self.end {
+            self.base += self.end as u64;
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(())
+    }
+
+    /// One read of up to [`READ_AHEAD`] more bytes; returns how many arrived (0: end of
+    /// file). Descriptors that came with them are filed under their frame.
+    fn fill(&mut self, fd: BorrowedFd<'_>, with_fds: bool) -> Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.base += self.start as u64;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < self.end + READ_AHEAD {
+            self.buf.resize(self.end + READ_AHEAD, 0);
+        }
+        let room = &mut self.buf[self.end..];
+        let mut fds = Vec::new();
+        let read = if with_fds {
+            recv_with_fds(fd, room, &mut fds)
+        } else {
+            retry(|| rustix::io::read(fd, &mut *room)).map_err(|e| Error::os("read", e))
+        };
+        let n = match read {
+            Err(e) if e.raw_os_error() == Some(Errno::AGAIN.raw_os_error()) => {
+                return Err(Error::WouldBlock);
+            }
+            other => other?,
+        };
+        let chunk = (
+            self.base + self.end as u64,
+            self.base + (self.end + n) as u64,
+        );
+        self.end += n;
+        if !fds.is_empty() {
+            let owner = self.last_frame_start_in(chunk);
+            self.fds.push_back((owner, fds));
+        }
+        Ok(n)
+    }
+
+    /// The stream offset of the last frame whose header starts in `[begin, end)`, walking
+    /// the buffered headers from the frame being read (or that frame, if none starts there).
+    fn last_frame_start_in(&self, (begin, end): (u64, u64)) -> u64 {
+        let mut at = self.base + self.start as u64;
+        let mut owner = at;
+        while at < end {
+            if at >= begin {
+                owner = at;
+            }
+            let index = (at - self.base) as usize;
+            match parse_header(&self.buf[index.min(self.end)..self.end]) {
+                Ok(Some((head, len))) => at = at.saturating_add(head as u64 + len),
+                _ => break,
+            }
+        }
+        owner
+    }
+}
+
+/// The header at the start of `bytes`: its size and the payload length, or `None` if not
+/// all of it is there yet.
+fn parse_header(bytes: &[u8]) -> Result<Option<(usize, u64)>> {
+    let Some(short) = bytes.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    match i32::from_be_bytes(*short) {
+        -1 => Ok(bytes[4..]
+            .first_chunk::<8>()
+            .map(|long| (12, u64::from_be_bytes(*long)))),
+        len if len < 0 => Err(Error::Malformed(format!("bad message length {len}").into())),
+        len => Ok(Some((4, len as u64))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{

@@ -17,6 +17,7 @@
 #![deny(missing_docs, unsafe_code)]
 
 mod address;
+mod ahead;
 mod auth;
 mod conn;
 mod error;
