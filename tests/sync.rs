@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use multiprocessing::{
-    Barrier, Condition, Connection, Event, Lock, Process, StartMethod, Value, pipe,
-    synchronize::Acquire,
+    Barrier, BoundedSemaphore, Condition, Connection, Event, Lock, Process, StartMethod, Value,
+    pipe, synchronize::Acquire,
 };
 
 use crate::support::DEADLINE;
@@ -113,9 +113,24 @@ fn wait_at_barrier(barrier: Barrier) -> String {
     }
 }
 
+fn arrive_and_block(barrier: Barrier) {
+    // Arrives (the barrier counts it) and waits for a pass that never comes.
+    let _ = barrier.wait();
+}
+
 fn die_before_arriving(_: ()) {
     // SAFETY: raising a signal at ourselves has no memory-safety preconditions.
     unsafe { libc::raise(libc::SIGKILL) };
+}
+
+fn wait_on_condition((cond, registered): (Condition, Event)) -> bool {
+    let _held = cond.lock().expect("nobody died");
+    registered.set(); // set under the lock: wait registers before releasing it
+    cond.wait_timeout(DEADLINE).unwrap()
+}
+
+fn join<R: multiprocessing::Decode>(p: &mut Process<R>) -> multiprocessing::Result<R> {
+    Ok(p.join_timeout(DEADLINE)?.expect("the child hung"))
 }
 
 #[test]
@@ -126,19 +141,51 @@ fn waits_honour_their_timeouts_when_the_peer_died() {
     let mut waiter = Process::new(wait_for_event, (event.clone(), 200))
         .start()
         .unwrap();
-    assert!(setter.join().is_err());
-    assert_eq!(waiter.join_timeout(DEADLINE).unwrap(), Some(false));
+    assert!(join(&mut setter).is_err());
+    assert!(!join(&mut waiter).unwrap());
 
-    // One of two parties dies before arriving: the other times out, the barrier breaks.
-    let barrier = Barrier::new(2).unwrap();
+    // One of three parties arrives and is killed there: the next waits out its timeout,
+    // and the barrier breaks.
+    let barrier = Barrier::new(3).unwrap();
+    let dead = Process::new(arrive_and_block, barrier.clone())
+        .daemon(true)
+        .start()
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while barrier.n_waiting() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the party never arrived"
+        );
+        std::thread::yield_now();
+    }
+    dead.kill().unwrap();
     let mut party = Process::new(wait_at_barrier, barrier.clone())
         .start()
         .unwrap();
-    let mut dead = Process::new(die_before_arriving, ()).start().unwrap();
-    assert!(dead.join().is_err());
-    let said = party.join_timeout(DEADLINE).unwrap().expect("party hung");
+    let said = join(&mut party).unwrap();
     assert!(said.contains("timed out"), "{said}");
     assert!(barrier.broken());
+
+    // A process killed while waiting on a condition: notifying it costs a bounded pause,
+    // and the condition goes on working.
+    let cond = Condition::new().unwrap();
+    let registered = Event::new().unwrap();
+    let victim = Process::new(wait_on_condition, (cond.clone(), registered.clone()))
+        .daemon(true)
+        .start()
+        .unwrap();
+    assert!(registered.wait_timeout(DEADLINE));
+    let held = cond.lock().expect("the victim released it to wait");
+    victim.kill().unwrap();
+    let start = std::time::Instant::now();
+    cond.notify(1).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "notify hung on a dead waiter"
+    );
+    drop(held);
+    let _ = cond.lock().expect("nobody holds it");
 }
 
 fn notify_once(cond: Condition) {
@@ -169,7 +216,7 @@ fn conditions_and_barriers_work_across_processes() {
     }
     drop(held);
     assert!(notified);
-    child.unwrap().join().unwrap();
+    join(&mut child.unwrap()).unwrap();
 
     let barrier = Barrier::new(4).unwrap();
     let parties: Vec<_> = METHODS
@@ -183,8 +230,50 @@ fn conditions_and_barriers_work_across_processes() {
         .collect();
     let mut indices = vec![barrier.wait_timeout(DEADLINE).unwrap()];
     for mut p in parties {
-        indices.push(p.join().unwrap());
+        indices.push(join(&mut p).unwrap());
     }
     indices.sort();
     assert_eq!(indices, [0, 1, 2, 3]);
+}
+
+type Limited = (BoundedSemaphore, Value<u32>, Value<u32>, Event);
+
+fn limited((sem, inside, most, go): Limited) {
+    assert!(go.wait_timeout(DEADLINE));
+    for _ in 0..2_000 {
+        sem.acquire();
+        let now = inside.fetch_add(1) + 1;
+        most.fetch_max(now);
+        for _ in 0..200 {
+            std::hint::spin_loop();
+        }
+        inside.fetch_sub(1);
+        sem.release().expect("acquired first");
+    }
+}
+
+#[test]
+fn a_bounded_semaphore_admits_at_most_its_value_across_processes() {
+    let sem = BoundedSemaphore::new(2).unwrap();
+    let (inside, most) = (Value::new(0u32).unwrap(), Value::new(0u32).unwrap());
+    let go = Event::new().unwrap();
+    let mut children: Vec<_> = METHODS
+        .iter()
+        .chain(&[StartMethod::Fork])
+        .map(|&m| {
+            let args = (sem.clone(), inside.clone(), most.clone(), go.clone());
+            Process::new(limited, args).method(m).start().unwrap()
+        })
+        .collect();
+    go.set(); // all four start together
+    for child in &mut children {
+        join(child).unwrap();
+    }
+    assert!(
+        (1..=2).contains(&most.get()),
+        "{} inside at once",
+        most.get()
+    );
+    assert_eq!(sem.get_value(), 2);
+    assert!(sem.release().is_err(), "bounded");
 }

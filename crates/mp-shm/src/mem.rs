@@ -1,10 +1,14 @@
 //! Raw copies in and out of shared memory: this crate's pointer work, in one place.
 //!
-//! Memory another process may write at the same time is outside what Rust's aliasing rules
-//! can describe; these helpers copy bytes (never hand out references), and every `T` here is
-//! `FromBytes`, so a copy torn by a concurrent writer is still a valid `T`.
+//! Two kinds of copies: plain ones for memory the caller's lock protects (`Value`, `Array`),
+//! and racy ones, atomic byte by byte, for memory anyone may write at any time (`RawValue`,
+//! `RawArray`, `SharedMemory`). Every `T` here is `FromBytes`, so a torn copy is still a
+//! valid `T`.
 
-use std::ptr::NonNull;
+use std::{
+    ptr::NonNull,
+    sync::atomic::{AtomicU8, Ordering},
+};
 
 use crate::Plain;
 
@@ -60,4 +64,30 @@ pub(crate) unsafe fn to_vec<T: Plain>(src: NonNull<T>, len: usize) -> Vec<T> {
         out.set_len(len);
     }
     out
+}
+
+/// Copies `out.len()` bytes from shared memory that other threads or processes may write at
+/// the same time: byte by byte with relaxed atomic loads, so a race tears the copy but is
+/// never undefined behaviour.
+///
+/// # Safety
+/// `src` points to `out.len()` mapped bytes.
+pub(crate) unsafe fn racy_copy_out(src: *const u8, out: &mut [u8]) {
+    for (i, byte) in out.iter_mut().enumerate() {
+        // SAFETY: in range of the mapping (the caller's promise); `AtomicU8` has the size and
+        // alignment of `u8`, and every access to racy memory goes through atomics like this.
+        *byte = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
+    }
+}
+
+/// Copies `src` into shared memory that others may read or write at the same time, with
+/// relaxed atomic byte stores.
+///
+/// # Safety
+/// `dst` points to `src.len()` mapped, writable bytes.
+pub(crate) unsafe fn racy_copy_in(dst: *mut u8, src: &[u8]) {
+    for (i, &byte) in src.iter().enumerate() {
+        // SAFETY: as in `racy_copy_out`.
+        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(byte, Ordering::Relaxed);
+    }
 }

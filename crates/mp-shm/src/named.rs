@@ -93,9 +93,10 @@ impl SharedMemory {
     /// # Errors
     /// As [`create`](Self::create).
     pub fn new(size: usize) -> Result<Self> {
+        let mut tries = 0;
         loop {
             match SharedMemory::create(&sys::random_name(), size) {
-                Err(Error::AlreadyExists(_)) => continue,
+                Err(Error::AlreadyExists(_)) if tries < 100 => tries += 1,
                 other => return other,
             }
         }
@@ -139,7 +140,8 @@ impl SharedMemory {
         self.ptr.map_or(NonNull::dangling(), |p| p).as_ptr()
     }
 
-    /// Copies bytes from `offset` into `out`.
+    /// Copies bytes from `offset` into `out`, atomically byte by byte (a concurrent writer may
+    /// tear the copy, never more).
     ///
     /// # Errors
     /// [`Error::RangeOutOfRange`] past the end.

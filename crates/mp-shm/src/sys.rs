@@ -73,11 +73,20 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
 }
 
-/// `psm_` and 8 random hex digits, as Python's `_make_filename`.
+/// `psm_` and 8 random hex digits, as Python's `_make_filename`. Without the OS's randomness
+/// (never seen on Linux), the digits mix the clock, the pid and a counter instead.
 pub(crate) fn random_name() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let mut bytes = [0u8; 4];
-    let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
-    format!("psm_{:08x}", u32::from_le_bytes(bytes))
+    let random = match rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()) {
+        Ok(4) => u32::from_le_bytes(bytes),
+        _ => {
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (now.tv_nsec as u32) ^ pid().rotate_left(16) ^ count.wrapping_mul(0x9e37_79b9)
+        }
+    };
+    format!("psm_{random:08x}")
 }
 
 /// This process's pid (only drops ask, so no cache is needed).

@@ -97,7 +97,10 @@ impl<T: Plain> Value<T> {
             panic!("Value::lock: this thread already holds a guard on this value");
         }
         cell.lent.store(1, Ordering::Relaxed);
-        let guard = ValueGuard { value: self };
+        let guard = ValueGuard {
+            value: self,
+            _not_send: PhantomData,
+        };
         if died {
             Err(OwnerDied::new(guard))
         } else {
@@ -290,10 +293,19 @@ impl<'de, T: Plain> Deserialize<'de> for Value<T> {
     }
 }
 
-/// Holds a [`Value`]'s lock and lends its `T`; releases on drop.
+/// Holds a [`Value`]'s lock and lends its `T`; releases on drop. It stays on the thread
+/// that took it (the lock is an `RLock`):
+///
+/// ```compile_fail
+/// fn elsewhere<G: Send>(_: G) {}
+/// let v = mp_shm::Value::new(0u8).unwrap();
+/// elsewhere(v.lock().unwrap());
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Plain> {
     value: &'a Value<T>,
+    /// The lock is an `RLock`, released only by the thread that holds it: the guard stays.
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T: Plain> Deref for ValueGuard<'_, T> {
@@ -366,16 +378,18 @@ impl<T: Plain> RawValue<T> {
         self.region.payload().cast::<T>().as_ptr()
     }
 
-    /// A copy of the value.
+    /// A copy of the value (a concurrent writer may tear it).
     pub fn get(&self) -> T {
-        // SAFETY: the region holds an aligned `T`; a concurrent writer can only tear the copy.
-        unsafe { mem::read(self.region.payload().cast()) }
+        let mut value = T::new_zeroed();
+        // SAFETY: the region holds `size_of::<T>()` mapped bytes.
+        unsafe { mem::racy_copy_out(self.region.payload().as_ptr(), value.as_mut_bytes()) };
+        value
     }
 
-    /// Overwrites the value.
+    /// Overwrites the value (a concurrent reader may see it half-written).
     pub fn set(&self, value: T) {
-        // SAFETY: the region holds an aligned, writable `T`.
-        unsafe { mem::write(self.region.payload().cast(), value) }
+        // SAFETY: the region holds `size_of::<T>()` mapped, writable bytes.
+        unsafe { mem::racy_copy_in(self.region.payload().as_ptr(), value.as_bytes()) }
     }
 }
 

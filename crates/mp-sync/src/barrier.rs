@@ -37,8 +37,9 @@ pub struct RawBarrier {
     lock: RawLock,
     /// Bumped when a pass completes, breaks or is reset: the futex word waiters sleep on.
     generation: AtomicU32,
-    /// One more than the generation that completed most recently.
-    completed: AtomicU32,
+    /// One more than the generation that broke or was reset most recently (breaking is rare,
+    /// so a slow waiter of a completed pass is not mistaken for one of a broken pass).
+    failed: AtomicU32,
     parties: AtomicU32,
     arrived: AtomicU32,
     broken: AtomicU32,
@@ -57,7 +58,8 @@ impl fmt::Debug for RawBarrier {
 }
 
 impl RawBarrier {
-    /// Sets the number of parties and the default timeout in place (for a zeroed region).
+    /// Sets the number of parties and the default timeout in place, for a zeroed region,
+    /// before any process waits on it.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for zero parties.
@@ -115,7 +117,7 @@ impl RawBarrier {
         }
         let generation = self.generation.load(Ordering::Relaxed);
         let index = self.arrived.load(Ordering::Relaxed);
-        if index + 1 == parties {
+        if index + 1 >= parties {
             if let Some(action) = action
                 && let Err(panic) = catch_unwind(AssertUnwindSafe(action))
             {
@@ -124,8 +126,6 @@ impl RawBarrier {
                 resume_unwind(panic);
             }
             self.arrived.store(0, Ordering::Relaxed);
-            self.completed
-                .store(generation.wrapping_add(1), Ordering::Relaxed);
             self.generation
                 .store(generation.wrapping_add(1), Ordering::Release);
             self.leave();
@@ -153,9 +153,7 @@ impl RawBarrier {
                 break;
             }
         }
-        // Completing records the generation (plus one, so all-zero means "none yet");
-        // breaking and resetting bump the generation without recording it.
-        if self.completed.load(Ordering::Relaxed) == generation.wrapping_add(1) {
+        if self.failed.load(Ordering::Acquire) != generation.wrapping_add(1) {
             Ok(index)
         } else {
             Err(Error::BrokenBarrier)
@@ -176,6 +174,8 @@ impl RawBarrier {
         self.enter();
         let generation = self.generation.load(Ordering::Relaxed);
         if self.arrived.load(Ordering::Relaxed) != 0 {
+            self.failed
+                .store(generation.wrapping_add(1), Ordering::Release);
             self.generation
                 .store(generation.wrapping_add(1), Ordering::Release);
             sys::futex_wake(&self.generation, u32::MAX);
@@ -189,6 +189,8 @@ impl RawBarrier {
         self.broken.store(1, Ordering::Release);
         self.arrived.store(0, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Relaxed);
+        self.failed
+            .store(generation.wrapping_add(1), Ordering::Release);
         self.generation
             .store(generation.wrapping_add(1), Ordering::Release);
         sys::futex_wake(&self.generation, u32::MAX);
@@ -291,5 +293,20 @@ mod tests {
         assert!(panicked.is_err());
         assert!(b.broken());
         assert!(RawBarrier::default().wait_with(None, None).is_err());
+    }
+
+    #[test]
+    fn more_callers_than_parties_pass_in_groups() {
+        let b = barrier(2, None);
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || b.wait_with(Some(Duration::from_secs(20)), None))
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap().is_ok());
+        }
+        assert!(!b.broken());
     }
 }

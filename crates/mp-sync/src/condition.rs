@@ -23,7 +23,9 @@ const HALF: u32 = 0xffff;
 /// that allocates one.
 ///
 /// `notify(n)` wakes at most `n` of the processes waiting at that moment: it turns waiters
-/// into wake-up tokens, and each returning waiter takes one.
+/// into wake-up tokens, each returning waiter takes one, and (as CPython's does) the
+/// notifier keeps the lock until its tokens are taken, so a waiter that registers later
+/// cannot take a wake-up meant for an earlier one.
 ///
 /// ```
 /// let cond = mp_sync::Condition::new()?;
@@ -37,7 +39,14 @@ const HALF: u32 = 0xffff;
 pub struct RawCondition {
     lock: RawRLock,
     word: AtomicU32,
+    /// Counts wake-up tokens taken; a notifier sleeps on it until its tokens are gone.
+    taken: AtomicU32,
 }
+
+/// How long `notify` waits for the waiters it woke to take their tokens: long enough for any
+/// live process, short enough that a waiter that died while registered costs one pause, not
+/// a hang.
+const NOTIFY_BOUND: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for RawCondition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +64,7 @@ impl RawCondition {
         RawCondition {
             lock: RawRLock::new(),
             word: AtomicU32::new(0),
+            taken: AtomicU32::new(0),
         }
     }
 
@@ -140,6 +150,7 @@ impl RawCondition {
         if !self.lock.is_owned() {
             return Err(self.not_owned());
         }
+        let taken_before = self.taken.load(Ordering::Acquire);
         let mut word = self.word.load(Ordering::Relaxed);
         let woken = loop {
             let k = n.min(word & HALF).min(HALF - (word >> 16));
@@ -157,7 +168,17 @@ impl RawCondition {
             }
         };
         sys::futex_wake(&self.word, woken);
-        Ok(())
+        // Hold the lock until the woken have taken their tokens (later waiters need the lock
+        // to register, so they cannot take them instead).
+        let deadline = Deadline::after(Some(NOTIFY_BOUND));
+        loop {
+            let taken = self.taken.load(Ordering::Acquire);
+            if taken.wrapping_sub(taken_before) >= woken
+                || sys::futex_wait(&self.taken, taken, deadline) == Woke::TimedOut
+            {
+                return Ok(());
+            }
+        }
     }
 
     /// Wakes every waiter. The lock must be held.
@@ -206,7 +227,11 @@ impl RawCondition {
                     Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return true,
+                    Ok(_) => {
+                        self.taken.fetch_add(1, Ordering::Release);
+                        sys::futex_wake(&self.taken, 1);
+                        return true;
+                    }
                     Err(now) => word = now,
                 }
                 continue;
@@ -307,6 +332,53 @@ mod tests {
             !cond
                 .wait_for(|| false, Some(Duration::from_millis(5)))
                 .unwrap()
+        );
+    }
+
+    #[test]
+    fn a_notifier_that_waits_at_once_cannot_take_the_wake_up_it_gave() {
+        let cond = Arc::new(RawCondition::new());
+        let turn = Arc::new(AtomicUsize::new(0));
+        let other = {
+            let (cond, turn) = (cond.clone(), turn.clone());
+            std::thread::spawn(move || {
+                let _g = cond.lock().unwrap();
+                turn.store(1, Ordering::SeqCst);
+                // Wait for the main thread's notify (it is the only one), then answer it.
+                let woke = cond.wait_timeout(Duration::from_secs(10)).unwrap();
+                turn.store(3, Ordering::SeqCst);
+                cond.notify(1).unwrap();
+                woke
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let _g = cond.lock().unwrap();
+            if turn.load(Ordering::SeqCst) == 1 && cond.word.load(Ordering::SeqCst) & HALF == 1 {
+                break;
+            }
+            drop(_g);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other thread never waited"
+            );
+            std::thread::yield_now();
+        }
+        let _g = cond.lock().unwrap();
+        turn.store(2, Ordering::SeqCst);
+        cond.notify(1).unwrap();
+        // Wait at once: the token is the other thread's, not ours.
+        let answered = cond
+            .wait_for(
+                || turn.load(Ordering::SeqCst) == 3,
+                Some(Duration::from_secs(20)),
+            )
+            .unwrap();
+        drop(_g);
+        assert!(answered);
+        assert!(
+            other.join().unwrap(),
+            "the notify went to the notifier's own wait"
         );
     }
 }

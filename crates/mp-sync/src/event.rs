@@ -21,9 +21,14 @@ use crate::sys::{self, Deadline, Woke};
 #[repr(C)]
 #[derive(Default)]
 pub struct RawEvent {
-    flag: AtomicU32,
+    /// Bit 0: the flag. The rest counts `set`s, so a set quickly undone by a clear still
+    /// changes the word and wakes every waiter.
+    word: AtomicU32,
     sleepers: AtomicU32,
 }
+
+const FLAG: u32 = 1;
+const SET: u32 = 2;
 
 impl fmt::Debug for RawEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,26 +42,41 @@ impl RawEvent {
     /// A clear event.
     pub const fn new() -> Self {
         RawEvent {
-            flag: AtomicU32::new(0),
+            word: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
         }
     }
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire) != 0
+        self.word.load(Ordering::Acquire) & FLAG != 0
     }
 
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
-        if self.flag.swap(1, Ordering::SeqCst) == 0 && self.sleepers.load(Ordering::SeqCst) != 0 {
-            sys::futex_wake(&self.flag, u32::MAX);
+        let mut word = self.word.load(Ordering::Relaxed);
+        loop {
+            if word & FLAG != 0 {
+                return;
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word.wrapping_add(SET) | FLAG,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
+        }
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake(&self.word, u32::MAX);
         }
     }
 
     /// Clears the flag.
     pub fn clear(&self) {
-        self.flag.store(0, Ordering::Release);
+        self.word.fetch_and(!FLAG, Ordering::Release);
     }
 
     /// Blocks until the flag is set.
@@ -64,28 +84,35 @@ impl RawEvent {
         self.wait_until(Deadline::NEVER);
     }
 
-    /// Blocks until the flag is set or `timeout` passes; whether it is set (Python's
-    /// `wait(timeout)`).
+    /// Blocks until the flag is set or `timeout` passes; whether it was set — also when a
+    /// `set` happened during the wait and a `clear` came before this waiter ran (as Python's
+    /// `threading.Event`; `multiprocessing`'s would say `false` then).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(Deadline::after(Some(timeout)))
     }
 
     fn wait_until(&self, deadline: Deadline) -> bool {
+        let start = self.word.load(Ordering::Acquire);
+        if start & FLAG != 0 {
+            return true;
+        }
+        let was_set = |word: u32| word & FLAG != 0 || (word ^ start) & !FLAG != 0;
         for _ in 0..100 {
-            if self.is_set() {
+            std::hint::spin_loop();
+            if was_set(self.word.load(Ordering::Acquire)) {
                 return true;
             }
-            std::hint::spin_loop();
         }
         loop {
             self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let woke = if self.flag.load(Ordering::SeqCst) == 0 {
-                sys::futex_wait(&self.flag, 0, deadline)
-            } else {
+            let word = self.word.load(Ordering::SeqCst);
+            let woke = if was_set(word) {
                 Woke::Maybe
+            } else {
+                sys::futex_wait(&self.word, word, deadline)
             };
             self.sleepers.fetch_sub(1, Ordering::Relaxed);
-            if self.is_set() {
+            if was_set(self.word.load(Ordering::Acquire)) {
                 return true;
             }
             if woke == Woke::TimedOut || deadline.expired() {
@@ -117,5 +144,23 @@ mod tests {
         event.clear();
         assert!(!event.is_set());
         assert!(!event.wait_timeout(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_set_undone_at_once_still_wakes_the_waiters() {
+        let event = Arc::new(RawEvent::new());
+        let waiter = {
+            let e = event.clone();
+            std::thread::spawn(move || e.wait_timeout(Duration::from_secs(20)))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while event.sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "never slept");
+            std::thread::yield_now();
+        }
+        event.set();
+        event.clear();
+        assert!(waiter.join().unwrap(), "the pulse was missed");
+        assert!(!event.is_set());
     }
 }

@@ -17,6 +17,8 @@ const WAITERS: u32 = 1 << 31;
 const OWNER: u32 = (1 << 30) - 1;
 /// The longest a spin may run before sleeping, in `spin_loop` iterations…
 const MAX_SPINS: u32 = 2000;
+/// …and at most this long (a spin iteration's length varies tenfold between CPUs)…
+const MAX_SPIN_NS: i128 = 20_000;
 /// …and the shortest, however badly spinning has paid off lately.
 const MIN_SPINS: u32 = 64;
 /// The most `spin_loop`s between two looks at the lock word.
@@ -150,7 +152,9 @@ pub(crate) fn blocking_result<G>(how: Acquire, guard: impl FnOnce() -> G) -> Loc
 ///
 /// Any thread of any process may release it (as in Python). It records the pid of the
 /// process that acquired it; if that process dies holding it, a waiter takes it over within
-/// about 100 ms and is told so with [`Acquire::OwnerDied`] / [`OwnerDied`]. Uncontended
+/// about 100 ms and is told so with [`Acquire::OwnerDied`] / [`OwnerDied`]. (All processes
+/// sharing a lock must see each other's pids, i.e. share a pid namespace: a process in
+/// another namespace looks dead.) Uncontended
 /// acquire and release are one atomic instruction each; a busy lock is spun on briefly
 /// (adaptively) before sleeping on the futex.
 ///
@@ -195,7 +199,8 @@ impl RawLock {
         self.acquire_until(Deadline::NEVER)
     }
 
-    /// Takes the lock only if it is free now.
+    /// Takes the lock only if it is free now. It does not check whether a busy lock's owner
+    /// is alive (that takes system calls); any blocking or timed acquisition does.
     pub fn try_acquire(&self) -> Acquire {
         self.acquire_until(Deadline::now())
     }
@@ -263,11 +268,17 @@ impl RawLock {
 
     #[cold]
     fn acquire_slow(&self, me: u32, deadline: Deadline) -> Acquire {
-        if !deadline.expired() && self.spin(me) {
+        // A "try" neither spins nor checks the owner's liveness (system calls): only callers
+        // willing to wait pay for those.
+        if deadline.expired() {
+            return Acquire::TimedOut;
+        }
+        if self.spin(me) {
             return Acquire::Acquired;
         }
         let mut state = self.state.load(Ordering::Relaxed);
         let mut check = FIRST_OWNER_CHECK;
+        let mut slept = false;
         loop {
             if state & OWNER == 0 {
                 // Free: take it, keeping WAITERS set since others may still sleep.
@@ -285,8 +296,15 @@ impl RawLock {
                 }
             }
             if deadline.expired() {
-                // A dead owner is still worth noticing for a timed or non-blocking caller.
-                return self.take_from_dead(state, me).unwrap_or(Acquire::TimedOut);
+                if let Some(taken) = self.take_from_dead(state, me) {
+                    return taken;
+                }
+                if slept {
+                    // A release may have woken us (clearing WAITERS) just as we gave up:
+                    // pass that wake-up on to any other sleeper.
+                    sys::futex_wake(&self.state, 1);
+                }
+                return Acquire::TimedOut;
             }
             if state & WAITERS == 0 {
                 if let Err(now) = self.state.compare_exchange(
@@ -300,6 +318,7 @@ impl RawLock {
                 }
                 state |= WAITERS;
             }
+            slept = true;
             if sys::futex_wait(&self.state, state, deadline.or_within(check)) == Woke::TimedOut {
                 if let Some(taken) = self.take_from_dead(state, me) {
                     return taken;
@@ -329,8 +348,9 @@ impl RawLock {
         let limit = (estimate.saturating_mul(2) + MIN_SPINS).min(MAX_SPINS);
         let mut spun = 0;
         let mut backoff = 1;
+        let started = sys::now_ns();
         let taken = loop {
-            if spun >= limit {
+            if spun >= limit || (backoff == MAX_BACKOFF && sys::now_ns() - started > MAX_SPIN_NS) {
                 break false;
             }
             // Look at the word ever more rarely: each look pulls its cache line away from
@@ -454,8 +474,12 @@ mod tests {
         assert_eq!(lock.owner_pid(), Some(std::process::id()));
         drop(guard.into_guard());
         assert!(!lock.is_locked());
-        // try_acquire notices too.
+        // A try does not look (no system calls); a short timed wait does.
         lock.state.store(dead, Ordering::Relaxed);
-        assert_eq!(lock.try_acquire(), Acquire::OwnerDied);
+        assert_eq!(lock.try_acquire(), Acquire::TimedOut);
+        assert_eq!(
+            lock.acquire_timeout(Duration::from_millis(1)),
+            Acquire::OwnerDied
+        );
     }
 }

@@ -160,6 +160,13 @@ impl Region {
     /// # Errors
     /// [`Error::BadRegion`] if `fd` is not a region or is inconsistent; [`Error::Os`].
     pub fn attach(fd: OwnedFd) -> Result<Region> {
+        // Only a file nobody can resize is safe to hand out references into: a shrink under
+        // our mapping would turn reads into SIGBUS.
+        if !sys::is_sealed(&fd) {
+            return Err(Error::BadRegion(
+                "not sealed against resizing (not made by Region::create)".into(),
+            ));
+        }
         let len = sys::file_len(&fd).map_err(|e| Error::os("fstat", e))?;
         let len = usize::try_from(len)
             .ok()
@@ -177,9 +184,9 @@ impl Region {
                 len: 0,
             },
         };
-        // SAFETY: the mapping holds at least `HEADER_LEN` bytes, page-aligned. The creator
-        // wrote the header before the descriptor could reach us and nobody writes it again.
-        let header = unsafe { region.ptr.cast::<Header>().read() };
+        // SAFETY: the mapping holds at least `HEADER_LEN` bytes, page-aligned. Volatile: a
+        // hostile sender could still be writing it; any bytes are a valid `Header`.
+        let header = unsafe { region.ptr.cast::<Header>().read_volatile() };
         if header.magic != MAGIC || header.version != VERSION {
             return Err(Error::BadRegion(format!(
                 "not an mp-shm region of version {VERSION} (magic {:#x}, version {})",
@@ -273,7 +280,8 @@ impl<'de> Deserialize<'de> for Region {
 /// A type that may live in a shared region and be used from several processes at once.
 ///
 /// # Safety
-/// Implementors promise that all-zero bytes are a valid value; that the type holds no
+/// Implementors promise that every bit pattern is a valid value (any process mapping the
+/// region can write any bytes) and all-zero bytes its initial state; that the type holds no
 /// pointers, references or process-local handles; that every mutation through `&Self` is
 /// synchronized across processes (atomics, or data guarded by such a type); and that nothing
 /// depends on its `Drop` running (a region never drops its payload).
@@ -410,6 +418,15 @@ mod tests {
         assert!(matches!(Region::attach(fd), Err(Error::BadRegion(_))));
         let fd = sys::memfd(8).unwrap();
         assert!(matches!(Region::attach(fd), Err(Error::BadRegion(_))));
+        // A region's bytes in a file that could shrink under the mapping.
+        let region = Region::create(Spec::of::<u64>()).unwrap();
+        let unsealed = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        // SAFETY: reading the header bytes of our own fresh region.
+        let header = unsafe { std::slice::from_raw_parts(region.ptr.as_ptr(), HEADER_LEN) };
+        rustix::io::pwrite(&unsealed, header, 0).unwrap();
+        let err = Region::attach(unsealed).unwrap_err();
+        assert!(err.to_string().contains("sealed"), "{err}");
     }
 
     #[test]

@@ -33,7 +33,15 @@ use crate::{
 pub struct RawRLock {
     lock: RawLock,
     count: AtomicU32,
+    /// The owning thread: its pid in the high half, its thread token in the low half, so one
+    /// load tells "mine" from anything else (another thread, another process, a dead owner).
     owner: AtomicU64,
+}
+
+/// The calling thread's identity as an `RLock` owner.
+#[inline]
+fn me() -> u64 {
+    (u64::from(sys::pid()) << 32) | (sys::thread_token() & 0xffff_ffff)
 }
 
 impl fmt::Debug for RawRLock {
@@ -89,24 +97,32 @@ impl RawRLock {
 
     /// Blocks until held; the guard releases one level on drop.
     pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
-        blocking_result(self.acquire(), || RLockGuard { lock: self })
+        blocking_result(self.acquire(), || RLockGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// The guard if that needs no waiting.
     pub fn try_lock(&self) -> TryLockResult<RLockGuard<'_>> {
-        guard_result(self.try_acquire(), || RLockGuard { lock: self })
+        guard_result(self.try_acquire(), || RLockGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// The guard once held, or `WouldBlock` after `timeout`.
     pub fn lock_timeout(&self, timeout: Duration) -> TryLockResult<RLockGuard<'_>> {
-        guard_result(self.acquire_timeout(timeout), || RLockGuard { lock: self })
+        guard_result(self.acquire_timeout(timeout), || RLockGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// Whether the calling thread holds the lock.
     #[inline]
     pub fn is_owned(&self) -> bool {
-        self.owner.load(Ordering::Relaxed) == sys::thread_token()
-            && self.lock.owner_pid() == Some(sys::pid())
+        self.owner.load(Ordering::Relaxed) == me()
     }
 
     /// The pid of the process that holds the lock, if any (a snapshot).
@@ -132,7 +148,7 @@ impl RawRLock {
     #[inline]
     pub(crate) fn acquire_until(&self, deadline: Deadline) -> Acquire {
         if self.lock.try_fast() {
-            self.owner.store(sys::thread_token(), Ordering::Relaxed);
+            self.owner.store(me(), Ordering::Relaxed);
             self.count.store(1, Ordering::Relaxed);
             return Acquire::Acquired;
         }
@@ -143,7 +159,7 @@ impl RawRLock {
         }
         let how = self.lock.acquire_until(deadline);
         if how.is_held() {
-            self.owner.store(sys::thread_token(), Ordering::Relaxed);
+            self.owner.store(me(), Ordering::Relaxed);
             self.count.store(1, Ordering::Relaxed);
         }
         how
@@ -161,7 +177,7 @@ impl RawRLock {
     /// Re-takes the lock after [`release_all`](Self::release_all) with the saved count.
     pub(crate) fn reacquire(&self, count: u32) -> Acquire {
         let how = self.lock.acquire();
-        self.owner.store(sys::thread_token(), Ordering::Relaxed);
+        self.owner.store(me(), Ordering::Relaxed);
         self.count.store(count.max(1), Ordering::Relaxed);
         how
     }
@@ -172,6 +188,8 @@ impl RawRLock {
 #[derive(Debug)]
 pub struct RLockGuard<'a> {
     lock: &'a RawRLock,
+    /// Only the owning thread can release an `RLock`: the guard stays on it.
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for RLockGuard<'_> {
@@ -221,9 +239,29 @@ mod tests {
             }
             -1 => panic!("fork failed"),
             pid => {
+                // Wait with a deadline: a child stuck in the fork would otherwise hang the test.
+                let pidfd = rustix::process::pidfd_open(
+                    rustix::process::Pid::from_raw(pid).unwrap(),
+                    rustix::process::PidfdFlags::empty(),
+                )
+                .unwrap();
+                let mut fds = [rustix::event::PollFd::new(
+                    &pidfd,
+                    rustix::event::PollFlags::IN,
+                )];
+                let timeout = rustix::time::Timespec {
+                    tv_sec: 20,
+                    tv_nsec: 0,
+                };
+                let exited = rustix::event::poll(&mut fds, Some(&timeout)) == Ok(1);
+                if !exited {
+                    // SAFETY: killing our own child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
                 let mut status = 0;
                 // SAFETY: our child; a valid out-pointer.
                 assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(exited, "the forked child hung");
                 assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
             }
         }

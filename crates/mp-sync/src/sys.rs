@@ -7,10 +7,7 @@ use std::{
     num::NonZeroU32,
     os::fd::{AsFd, OwnedFd},
     ptr::NonNull,
-    sync::{
-        Once,
-        atomic::{AtomicU32, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -45,15 +42,22 @@ fn now() -> i128 {
     to_nanos(rustix::time::clock_gettime(ClockId::Monotonic))
 }
 
+/// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
+pub(crate) fn now_ns() -> i128 {
+    now()
+}
+
 impl Deadline {
     /// Never give up.
     pub(crate) const NEVER: Deadline = Deadline(None);
 
-    /// `timeout` from now; `None` is never. Absurdly long timeouts saturate.
+    /// `timeout` from now; `None` is never, and so is anything past a century.
     pub(crate) fn after(timeout: Option<Duration>) -> Deadline {
-        Deadline(
-            timeout.map(|d| from_nanos(now().saturating_add(d.as_nanos().min(1 << 100) as i128))),
-        )
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        match timeout {
+            Some(d) if d <= CENTURY => Deadline(Some(from_nanos(now() + d.as_nanos() as i128))),
+            _ => Deadline::NEVER,
+        }
     }
 
     /// Already expired: a "try" that never waits.
@@ -125,17 +129,34 @@ pub(crate) fn pid() -> u32 {
     }
 }
 
-#[cold]
-fn refresh_pid() -> u32 {
-    static AT_FORK: Once = Once::new();
-    AT_FORK.call_once(|| {
-        extern "C" fn forget_pid() {
-            PID.store(0, Ordering::Relaxed);
-        }
+/// Forgets the cached pid in a fork child (a `pthread_atfork` child handler).
+extern "C" fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
+}
+
+static AT_FORK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Registers [`forget_pid`] once, without ever blocking (a fork while another thread held a
+/// `Once` would leave the child waiting forever).
+extern "C" fn register_at_fork() {
+    if !AT_FORK_REGISTERED.swap(true, Ordering::AcqRel) {
         // SAFETY: `forget_pid` is async-signal-safe (one relaxed store) and lives as long as
         // the program; registering a child handler has no other precondition.
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
-    });
+    }
+}
+
+/// Registers the fork handler before `main`, before any thread can fork.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static REGISTER_AT_FORK: extern "C" fn() = register_at_fork;
+
+#[cold]
+fn refresh_pid() -> u32 {
+    // Referencing the constructor keeps its object file linked; calling the registration
+    // again is a no-op once it ran.
+    std::hint::black_box(&REGISTER_AT_FORK);
+    register_at_fork();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     PID.store(pid, Ordering::Relaxed);
     pid
@@ -190,6 +211,13 @@ pub(crate) fn memfd(len: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether `fd` is sealed against shrinking, growing and further sealing, as [`memfd`]
+/// leaves it.
+pub(crate) fn is_sealed(fd: impl AsFd) -> bool {
+    let wanted = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    rustix::fs::fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(wanted))
+}
+
 /// The size of the file behind `fd`.
 pub(crate) fn file_len(fd: impl AsFd) -> io::Result<u64> {
     Ok(rustix::fs::fstat(fd)?.st_size as u64)
@@ -239,6 +267,18 @@ mod tests {
         let id = child.id();
         child.wait().unwrap();
         assert!(is_dead(id));
+    }
+
+    #[test]
+    fn the_fork_handler_was_registered_before_main() {
+        assert!(AT_FORK_REGISTERED.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn absurd_timeouts_mean_never() {
+        assert!(!Deadline::after(Some(Duration::MAX)).expired());
+        assert!(Deadline::after(Some(Duration::MAX)).0.is_none());
+        assert!(!Deadline::after(Some(Duration::from_secs(u64::MAX))).expired());
     }
 
     #[test]

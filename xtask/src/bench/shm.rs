@@ -317,6 +317,12 @@ fn ours_handoff() -> Impl {
     let stop = mp_sync::Shared::<AtomicU64>::new().unwrap();
     let mut iters = 0;
     Impl::new("ours/Lock pair", move || {
+        // The last partner exited holding `b` (it took the stop signal): take it back, so a
+        // new partner does not find it held by a dead process.
+        if b.owner_pid() != Some(std::process::id()) {
+            let _ = b.release();
+            assert!(b.acquire().is_held());
+        }
         let (a, b) = (&a, &b);
         handoff(
             &mut iters,
