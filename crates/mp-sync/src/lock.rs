@@ -21,7 +21,11 @@ const MAX_SPINS: u32 = 2000;
 const MAX_SPIN_NS: i128 = 20_000;
 /// …and the shortest, however badly spinning has paid off lately.
 const MIN_SPINS: u32 = 64;
-/// The most `spin_loop`s between two looks at the lock word.
+/// `spin_loop`s before the first look at the lock word: looking at once takes the word's
+/// cache line from an owner that is about to release and re-acquire (this alone moved the
+/// two-process increment bench from 0.98x to 1.7x a pthread mutex)…
+const FIRST_BACKOFF: u32 = 16;
+/// …doubling up to this many between looks.
 const MAX_BACKOFF: u32 = 128;
 /// A sleeping waiter first looks at the owner's liveness after this long (an owner that is
 /// already dead is noticed quickly, a busy lock's short sleeps never pay for the check)…
@@ -347,7 +351,7 @@ impl RawLock {
         let estimate = self.spins.load(Ordering::Relaxed);
         let limit = (estimate.saturating_mul(2) + MIN_SPINS).min(MAX_SPINS);
         let mut spun = 0;
-        let mut backoff = 1;
+        let mut backoff = FIRST_BACKOFF;
         let started = sys::now_ns();
         let taken = loop {
             if spun >= limit || (backoff == MAX_BACKOFF && sys::now_ns() - started > MAX_SPIN_NS) {
