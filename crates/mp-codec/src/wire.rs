@@ -323,7 +323,9 @@ fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> 
 }
 
 /// How many bytes a [`Reader`] asks for at once: a small frame and its header in one read.
-const READ_AHEAD: usize = 16 << 10;
+/// Larger payloads go straight into the frame, so more would only cost memory (and, in a
+/// process that forks, copy-on-write faults).
+const READ_AHEAD: usize = 1 << 10;
 
 /// Receives frames from a stream with read-ahead: a frame whose header and payload have
 /// both arrived is received with one system call, not two. Bytes read past the frame wait

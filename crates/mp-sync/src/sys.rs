@@ -129,9 +129,12 @@ pub(crate) fn pid() -> u32 {
     }
 }
 
-/// Forgets the cached pid in a fork child (a `pthread_atfork` child handler).
+/// Forgets the cached pid in a fork child (a `pthread_atfork` child handler). It writes only
+/// when there is something to forget: a write costs the child a copy-on-write page fault.
 extern "C" fn forget_pid() {
-    PID.store(0, Ordering::Relaxed);
+    if PID.load(Ordering::Relaxed) != 0 {
+        PID.store(0, Ordering::Relaxed);
+    }
 }
 
 static AT_FORK_REGISTERED: AtomicBool = AtomicBool::new(false);
