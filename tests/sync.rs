@@ -277,3 +277,43 @@ fn a_bounded_semaphore_admits_at_most_its_value_across_processes() {
     assert_eq!(sem.get_value(), 2);
     assert!(sem.release().is_err(), "bounded");
 }
+
+#[test]
+fn two_processes_sharing_one_reader_under_a_lock_each_get_whole_messages() {
+    // CPython's SimpleQueue pattern: one pipe, readers serialized by a lock. A reader must
+    // never take more than the message it asked for (no read-ahead), or the other would
+    // wait forever for messages held in the first one's memory.
+    let (reader, writer) = pipe(false).unwrap();
+    // Everything is in the pipe before either reader starts: a reader that read ahead would
+    // end up holding both stop messages.
+    for i in 0..500u32 {
+        writer.send(&i).unwrap();
+    }
+    writer.send(&u32::MAX).unwrap();
+    writer.send(&u32::MAX).unwrap();
+    let reader = std::sync::Arc::new(reader);
+    let lock = Lock::new().unwrap();
+    let mut children: Vec<_> = (0..2)
+        .map(|_| {
+            let (reader, lock) = (reader.clone(), lock.clone());
+            Process::fork(move || {
+                let mut got = 0u32;
+                loop {
+                    let message = {
+                        let _turn = lock.lock().expect("nobody died");
+                        reader.recv::<u32>().expect("a whole message")
+                    };
+                    if message == u32::MAX {
+                        return got;
+                    }
+                    got += 1;
+                }
+            })
+            .daemon(true) // killed at exit if a failure left one blocked
+            .start()
+            .unwrap()
+        })
+        .collect();
+    let total: u32 = children.iter_mut().map(|c| join(c).unwrap()).sum();
+    assert_eq!(total, 500);
+}

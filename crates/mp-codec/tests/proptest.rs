@@ -177,68 +177,6 @@ proptest! {
     }
 
     #[test]
-    fn a_reader_reassembles_frames_split_and_merged_anyhow(
-        payloads in collection::vec(collection::vec(any::<u8>(), 0..40_000), 1..6),
-        splits in collection::vec(any::<prop::sample::Index>(), 0..8),
-    ) {
-        let stream: Vec<u8> = payloads.iter().flat_map(|p| wire_bytes(p)).collect();
-        let mut cuts: Vec<usize> = splits.iter().map(|i| i.index(stream.len() + 1)).collect();
-        cuts.push(0);
-        cuts.push(stream.len());
-        cuts.sort_unstable();
-        let (a, b) = pair();
-        let writer = std::thread::spawn(move || {
-            for w in cuts.windows(2) {
-                if w[0] < w[1] {
-                    let mut sent = w[0];
-                    while sent < w[1] {
-                        sent += rustix::io::write(&a, &stream[sent..w[1]]).unwrap();
-                    }
-                }
-            }
-        });
-        let mut reader = wire::Reader::new();
-        let mut frame = Frame::new();
-        for p in &payloads {
-            reader.recv_frame(&b, true, wire::DEFAULT_MAX_LEN, &mut frame).unwrap();
-            prop_assert_eq!(&frame.bytes, p);
-            prop_assert!(frame.fds.is_empty());
-        }
-        writer.join().unwrap();
-        prop_assert!(matches!(
-            reader.recv_frame(&b, true, wire::DEFAULT_MAX_LEN, &mut frame),
-            Err(Error::Closed)
-        ));
-    }
-
-    #[test]
-    fn a_reader_gives_each_frame_its_own_descriptors(
-        frames in collection::vec((collection::vec(any::<u8>(), 0..20_000), 0..3usize), 1..8),
-    ) {
-        let (a, b) = pair();
-        // Every frame is sent before any is read, so reads merge frames where they can.
-        let sender = std::thread::spawn({
-            let frames = frames.clone();
-            move || {
-                for (payload, nfds) in &frames {
-                    let fds: Vec<OwnedFd> = (0..*nfds)
-                        .map(|_| rustix::io::dup(std::io::stderr()).unwrap())
-                        .collect();
-                    wire::send_parts(&a, payload, &fds).unwrap();
-                }
-            }
-        });
-        let mut reader = wire::Reader::new();
-        let mut frame = Frame::new();
-        for (payload, nfds) in &frames {
-            reader.recv_frame(&b, true, wire::DEFAULT_MAX_LEN, &mut frame).unwrap();
-            prop_assert_eq!(&frame.bytes, payload);
-            prop_assert_eq!(frame.fds.len(), *nfds);
-        }
-        sender.join().unwrap();
-    }
-
-    #[test]
     fn raw_bytes_survive_the_wire(payload in collection::vec(any::<u8>(), 0..4096)) {
         let (a, b) = pair();
         let mut frame = Frame::new();

@@ -1,16 +1,13 @@
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
-    sync::{
-        Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use mp_codec::{Decode, Encode, Fd, Frame, wire};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use mp_codec::{Decode, Encode, Frame, wire};
+use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, ahead, sys};
+use crate::{Error, Result, sys};
 
 /// What carries a connection's bytes; decides whether descriptors can travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,104 +79,25 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
 /// assert!(matches!(b.recv_bytes(), Err(mp_pipe::Error::Eof)));
 /// # Ok::<(), mp_pipe::Error>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Connection {
-    fd: OwnedFd,
-    transport: Transport,
-    readable: bool,
-    writable: bool,
-    max_len: usize,
-    send: Mutex<Frame>,
-    recv: Mutex<Incoming>,
-    /// Bytes of a next message were read ahead (mirrors the reader, for `poll` and `wait`,
-    /// which must not wait for a receiving thread's lock).
-    buffered: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct Incoming {
-    frame: Frame,
-    reader: wire::Reader,
-    /// A failure left a frame half-read: the stream is out of step.
-    broken: bool,
-}
-
-/// What crosses a process boundary for a `Connection`: the descriptor, its settings, and
-/// whatever was read ahead of the next message, so nothing is lost on the way.
-#[derive(Serialize)]
-struct WireRef<'a> {
-    #[serde(serialize_with = "mp_codec::fd::serialize")]
-    fd: &'a OwnedFd,
-    transport: Transport,
-    readable: bool,
-    writable: bool,
-    max_len: usize,
-    ahead: &'a [u8],
-    ahead_fds: Vec<(u64, Vec<Fd>)>,
-}
-
-#[derive(Deserialize)]
-struct WireOwned {
     #[serde(with = "mp_codec::fd")]
     fd: OwnedFd,
     transport: Transport,
     readable: bool,
     writable: bool,
     max_len: usize,
-    ahead: Vec<u8>,
-    ahead_fds: Vec<(u64, Vec<Fd>)>,
+    #[serde(skip)]
+    send: Mutex<Frame>,
+    #[serde(skip)]
+    recv: Mutex<Incoming>,
 }
 
-impl Serialize for Connection {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let incoming = lock(&self.recv);
-        let (ahead, fds) = incoming.reader.buffered();
-        let ahead_fds = fds
-            .map(|(at, fds)| {
-                let fds = fds
-                    .iter()
-                    .map(|fd| fd.try_clone().map(Fd::from))
-                    .collect::<std::io::Result<Vec<_>>>()?;
-                Ok((at, fds))
-            })
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(serde::ser::Error::custom)?;
-        WireRef {
-            fd: &self.fd,
-            transport: self.transport,
-            readable: self.readable,
-            writable: self.writable,
-            max_len: self.max_len,
-            ahead,
-            ahead_fds,
-        }
-        .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Connection {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let wire = WireOwned::deserialize(deserializer)?;
-        let mut conn = Connection::new(wire.fd, wire.transport, wire.readable, wire.writable);
-        conn.max_len = wire.max_len;
-        if !wire.ahead.is_empty() {
-            let fds = wire
-                .ahead_fds
-                .into_iter()
-                .map(|(at, fds)| (at, fds.into_iter().map(OwnedFd::from).collect()))
-                .collect();
-            let incoming = conn.recv.get_mut().unwrap_or_else(PoisonError::into_inner);
-            incoming.reader = wire::Reader::with_buffered(wire.ahead, fds);
-            conn.set_buffered(true);
-        }
-        Ok(conn)
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.set_buffered(false);
-    }
+#[derive(Debug, Default)]
+struct Incoming {
+    frame: Frame,
+    /// A failure left a frame half-read: the stream is out of step.
+    broken: bool,
 }
 
 impl Connection {
@@ -192,14 +110,6 @@ impl Connection {
             max_len: wire::DEFAULT_MAX_LEN,
             send: Mutex::default(),
             recv: Mutex::default(),
-            buffered: AtomicBool::new(false),
-        }
-    }
-
-    /// Records whether bytes of a next message wait in the reader, for `poll` and `wait`.
-    fn set_buffered(&self, now: bool) {
-        if self.buffered.swap(now, Ordering::Relaxed) != now {
-            ahead::mark(self.fd.as_raw_fd(), now);
         }
     }
 
@@ -386,14 +296,14 @@ impl Connection {
         if incoming.broken {
             return Err(Error::Unreadable);
         }
-        let Incoming {
-            frame,
-            reader,
-            broken,
-        } = &mut *incoming;
-        let with_fds = self.transport == Transport::Unix;
-        let result = reader.recv_frame(&self.fd, with_fds, max_len, frame);
-        self.set_buffered(reader.has_buffered());
+        let Incoming { frame, broken } = &mut *incoming;
+        let result = match self.transport {
+            Transport::Unix => wire::recv_frame(&self.fd, max_len, frame),
+            Transport::Tcp | Transport::Pipe => {
+                frame.fds.clear();
+                wire::read_frame(&self.fd, max_len, &mut frame.bytes)
+            }
+        };
         match result {
             Ok(()) => Ok(incoming),
             Err(mp_codec::Error::Closed) => Err(Error::Eof),
@@ -415,9 +325,6 @@ impl Connection {
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         if !self.readable {
             return Err(Error::WrongDirection("write"));
-        }
-        if self.buffered.load(Ordering::Relaxed) {
-            return Ok(true);
         }
         Ok(!crate::wait::wait(&[&self.fd], timeout)?.is_empty())
     }
@@ -643,44 +550,5 @@ mod tests {
         );
         assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 3);
         assert_eq!(&buf[..3], b"123");
-    }
-
-    #[test]
-    fn a_message_read_ahead_is_seen_by_poll_and_wait() {
-        let (a, b) = pipe(true).unwrap();
-        let (_c, d) = pipe(true).unwrap();
-        a.send_bytes(b"one").unwrap();
-        a.send_bytes(b"two").unwrap();
-        // Both frames are in the socket: the first receive reads them both.
-        assert_eq!(b.recv_bytes().unwrap(), b"one");
-        assert!(b.buffered.load(Ordering::Relaxed), "read ahead");
-        assert!(b.poll(Some(Duration::ZERO)).unwrap());
-        let ready = crate::wait(&[&d, &b], Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(ready, [1]);
-        assert_eq!(b.recv_bytes().unwrap(), b"two");
-        assert!(!b.poll(Some(Duration::ZERO)).unwrap());
-        assert!(
-            crate::wait(&[&d, &b], Some(Duration::ZERO))
-                .unwrap()
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn a_connection_sent_elsewhere_keeps_what_it_read_ahead() {
-        let (a, b) = pipe(true).unwrap();
-        a.send_bytes(b"first").unwrap();
-        let (x, _y) = pipe(true).unwrap();
-        a.send(&Fd::from(x.socket_fd().try_clone().unwrap()))
-            .unwrap();
-        a.send_bytes(b"third").unwrap();
-        assert_eq!(b.recv_bytes().unwrap(), b"first");
-        let frame = Frame::encode(&b).unwrap();
-        drop(b);
-        let moved: Connection = frame.decode().unwrap();
-        assert!(moved.poll(Some(Duration::ZERO)).unwrap());
-        let fd: Fd = moved.recv().unwrap();
-        assert!(fd.as_raw_fd() >= 0);
-        assert_eq!(moved.recv_bytes().unwrap(), b"third");
     }
 }

@@ -17,7 +17,6 @@
 #![deny(missing_docs, unsafe_code)]
 
 mod address;
-mod ahead;
 mod auth;
 mod conn;
 mod error;

@@ -1,5 +1,5 @@
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     time::{Duration, Instant},
 };
 
@@ -33,14 +33,6 @@ use crate::{Error, Result};
 /// # Errors
 /// [`Error::Os`] if `poll` fails (e.g. a closed descriptor number).
 pub fn wait<T: AsFd>(objects: &[T], timeout: Option<Duration>) -> Result<Vec<usize>> {
-    // Connections with a message already read ahead are ready now; then only look at the
-    // others, without waiting.
-    let ahead = crate::ahead::listed(objects.iter().map(|o| o.as_fd().as_raw_fd()));
-    let timeout = if ahead.is_some() {
-        Some(Duration::ZERO)
-    } else {
-        timeout
-    };
     let deadline = timeout.map(|t| Instant::now().checked_add(t));
     let mut fds: Vec<PollFd<'_>> = objects
         .iter()
@@ -60,8 +52,7 @@ pub fn wait<T: AsFd>(objects: &[T], timeout: Option<Duration>) -> Result<Vec<usi
             })
         });
         match poll(&mut fds, spec.as_ref()) {
-            Ok(0) if ahead.is_none() => return Ok(Vec::new()),
-            Ok(0) => break,
+            Ok(0) => return Ok(Vec::new()),
             Ok(_) => break,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(Error::os("poll", e)),
@@ -74,7 +65,7 @@ pub fn wait<T: AsFd>(objects: &[T], timeout: Option<Duration>) -> Result<Vec<usi
     Ok(fds
         .iter()
         .enumerate()
-        .filter(|(i, f)| !f.revents().is_empty() || ahead.as_ref().is_some_and(|a| a[*i]))
+        .filter(|(_, f)| !f.revents().is_empty())
         .map(|(i, _)| i)
         .collect())
 }
