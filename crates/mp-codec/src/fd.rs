@@ -66,7 +66,7 @@ impl AsRawFd for Fd {
 #[cfg(feature = "serde")]
 pub(crate) use with_serde::{decode_serde, encode_serde};
 #[cfg(feature = "serde")]
-pub use with_serde::{deserialize, serialize};
+pub use with_serde::{deserialize, refused, rejected, serialize};
 
 #[cfg(feature = "serde")]
 mod with_serde {
@@ -96,10 +96,11 @@ mod with_serde {
         static FAULT: Cell<Option<Fault>> = const { Cell::new(None) };
     }
 
-    #[derive(Clone, Copy)]
     enum Fault {
         Missing(u32),
         Dup(i32),
+        Rejected(String),
+        Refused(String),
     }
 
     impl Fault {
@@ -107,8 +108,61 @@ mod with_serde {
             match self {
                 Fault::Missing(index) => Error::MissingFd(index),
                 Fault::Dup(errno) => Error::os("dup", std::io::Error::from_raw_os_error(errno)),
+                Fault::Rejected(why) => Error::Malformed(why.into()),
+                Fault::Refused(why) => Error::Encode(why.into()),
             }
         }
+    }
+
+    /// A deserialization error whose text reaches the caller of `Frame::decode` (as
+    /// [`Error::Malformed`]); postcard itself keeps no text for custom errors. For
+    /// `Deserialize` impls that check what they receive, e.g. a shared region's header.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Deserializer};
+    ///
+    /// struct Even(u8);
+    /// impl<'de> Deserialize<'de> for Even {
+    ///     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    ///         match u8::deserialize(d)? {
+    ///             n if n % 2 == 0 => Ok(Even(n)),
+    ///             n => Err(mp_codec::fd::rejected(format!("{n} is odd"))),
+    ///         }
+    ///     }
+    /// }
+    /// let err = mp_codec::Frame::encode(&3u8)?.decode::<Even>().err().unwrap();
+    /// assert_eq!(err.to_string(), "malformed message: 3 is odd");
+    /// # Ok::<(), mp_codec::Error>(())
+    /// ```
+    pub fn rejected<E: serde::de::Error>(why: impl std::fmt::Display) -> E {
+        fault(Fault::Rejected(why.to_string()), |why| E::custom(why))
+    }
+
+    /// A serialization error whose text reaches the caller of `Frame::encode` (as
+    /// [`Error::Encode`]), for `Serialize` impls of values that must not be sent.
+    ///
+    /// ```
+    /// struct Secret;
+    /// impl serde::Serialize for Secret {
+    ///     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+    ///         Err(mp_codec::fd::refused("secrets stay here"))
+    ///     }
+    /// }
+    /// let err = mp_codec::Frame::encode(&Secret).err().unwrap();
+    /// assert_eq!(err.to_string(), "cannot encode message: secrets stay here");
+    /// ```
+    pub fn refused<E: serde::ser::Error>(why: impl std::fmt::Display) -> E {
+        fault(Fault::Refused(why.to_string()), |why| E::custom(why))
+    }
+
+    /// Records why, for `decode_error`/`encode_error`, and makes serde's error for it.
+    fn fault<E>(fault: Fault, custom: fn(&str) -> E) -> E {
+        let error = match &fault {
+            Fault::Rejected(why) | Fault::Refused(why) => custom(why),
+            _ => custom(""),
+        };
+        FAULT.set(Some(fault));
+        error
     }
 
     /// Appends to a `Vec` in bulk (postcard's `to_extend` pushes byte by byte).

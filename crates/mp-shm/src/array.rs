@@ -352,7 +352,7 @@ impl<'de, T: Plain> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let region = Region::deserialize(deserializer)?;
         Ok(Array {
-            elements: Elements::attach(region, true).map_err(serde::de::Error::custom)?,
+            elements: Elements::attach(region, true).map_err(mp_codec::fd::rejected)?,
         })
     }
 }
@@ -560,7 +560,7 @@ impl<'de, T: Plain> Deserialize<'de> for RawArray<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let region = Region::deserialize(deserializer)?;
         Ok(RawArray {
-            elements: Elements::attach(region, false).map_err(serde::de::Error::custom)?,
+            elements: Elements::attach(region, false).map_err(mp_codec::fd::rejected)?,
         })
     }
 }

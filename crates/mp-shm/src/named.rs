@@ -268,7 +268,7 @@ impl Serialize for SharedMemory {
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
-        SharedMemory::open(&name).map_err(serde::de::Error::custom)
+        SharedMemory::open(&name).map_err(mp_codec::fd::rejected)
     }
 }
 

@@ -285,7 +285,7 @@ impl<'de, T: Plain> Deserialize<'de> for Value<T> {
         let region = Region::deserialize(deserializer)?;
         region
             .expect(Spec::of::<ValueCell<T>>())
-            .map_err(serde::de::Error::custom)?;
+            .map_err(mp_codec::fd::rejected)?;
         Ok(Value {
             region: Arc::new(region),
             _type: PhantomData,
@@ -426,7 +426,7 @@ impl<'de, T: Plain> Deserialize<'de> for RawValue<T> {
         let region = Region::deserialize(deserializer)?;
         region
             .expect(Spec::of::<RawCell<T>>())
-            .map_err(serde::de::Error::custom)?;
+            .map_err(mp_codec::fd::rejected)?;
         Ok(RawValue {
             region: Arc::new(region),
             _type: PhantomData,

@@ -279,7 +279,7 @@ impl fmt::Debug for Barrier {
 impl Serialize for Barrier {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         if self.action.is_some() {
-            return Err(serde::ser::Error::custom(Error::NotSendable(
+            return Err(mp_codec::fd::refused(Error::NotSendable(
                 "a barrier's action is a closure of this process; fork to share it",
             )));
         }
@@ -293,5 +293,20 @@ impl<'de> Deserialize<'de> for Barrier {
             shared: Shared::deserialize(deserializer)?,
             action: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_with_an_action_says_why_it_cannot_be_sent() {
+        let barrier = Barrier::new(2).unwrap().with_action(|| {});
+        let err = mp_codec::Frame::encode(&barrier).unwrap_err();
+        assert!(err.to_string().contains("action"), "{err}");
+        let plain = Barrier::new(2).unwrap();
+        let copy: Barrier = mp_codec::Frame::encode(&plain).unwrap().decode().unwrap();
+        assert_eq!(copy.parties(), 2);
     }
 }
