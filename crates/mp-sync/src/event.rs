@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::sys::{self, Deadline, Woke};
+use crate::sys::{self, Deadline};
 
 /// Python's `multiprocessing.Event`, placeable in shared memory (`#[repr(C)]`; all-zero is
 /// clear); [`crate::Event`] is the handle that allocates one.
@@ -103,22 +103,9 @@ impl RawEvent {
                 return true;
             }
         }
-        loop {
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let word = self.word.load(Ordering::SeqCst);
-            let woke = if was_set(word) {
-                Woke::Maybe
-            } else {
-                sys::futex_wait(&self.word, word, deadline)
-            };
-            self.sleepers.fetch_sub(1, Ordering::Relaxed);
-            if was_set(self.word.load(Ordering::Acquire)) {
-                return true;
-            }
-            if woke == Woke::TimedOut || deadline.expired() {
-                return false;
-            }
-        }
+        sys::sleep_until(&self.word, &self.sleepers, deadline, was_set, || {
+            was_set(self.word.load(Ordering::Acquire))
+        })
     }
 }
 

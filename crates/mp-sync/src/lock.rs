@@ -352,9 +352,9 @@ impl RawLock {
         let limit = (estimate.saturating_mul(2) + MIN_SPINS).min(MAX_SPINS);
         let mut spun = 0;
         let mut backoff = FIRST_BACKOFF;
-        let started = sys::now_ns();
+        let started = sys::now();
         let taken = loop {
-            if spun >= limit || (backoff == MAX_BACKOFF && sys::now_ns() - started > MAX_SPIN_NS) {
+            if spun >= limit || (backoff == MAX_BACKOFF && sys::now() - started > MAX_SPIN_NS) {
                 break false;
             }
             // Look at the word ever more rarely: each look pulls its cache line away from

@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     Error, Result,
-    sys::{self, Deadline, Woke},
+    sys::{self, Deadline},
 };
 
 /// The largest value a semaphore can hold (Linux's `SEM_VALUE_MAX`).
@@ -165,21 +165,13 @@ impl RawSemaphore {
                 return true;
             }
         }
-        loop {
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let woke = if self.value.load(Ordering::SeqCst) == 0 {
-                sys::futex_wait(&self.value, 0, deadline)
-            } else {
-                Woke::Maybe
-            };
-            self.sleepers.fetch_sub(1, Ordering::Relaxed);
-            if self.try_take() {
-                return true;
-            }
-            if woke == Woke::TimedOut || deadline.expired() {
-                return false;
-            }
-        }
+        sys::sleep_until(
+            &self.value,
+            &self.sleepers,
+            deadline,
+            |value| value != 0,
+            || self.try_take(),
+        )
     }
 }
 

@@ -38,13 +38,9 @@ fn from_nanos(n: i128) -> Timespec {
     }
 }
 
-fn now() -> i128 {
-    to_nanos(rustix::time::clock_gettime(ClockId::Monotonic))
-}
-
 /// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
-pub(crate) fn now_ns() -> i128 {
-    now()
+pub(crate) fn now() -> i128 {
+    to_nanos(rustix::time::clock_gettime(ClockId::Monotonic))
 }
 
 impl Deadline {
@@ -108,6 +104,34 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Deadline) ->
         Err(_) => {
             std::thread::sleep(Duration::from_micros(100));
             Woke::Maybe
+        }
+    }
+}
+
+/// Sleeps on `word` while `ready(word)` is false, until `take()` succeeds (true) or the
+/// deadline passes (false). The sleeper counts itself in `sleepers` first, so a waker that
+/// changes the word and then finds no sleepers may skip the wake-up system call.
+pub(crate) fn sleep_until(
+    word: &AtomicU32,
+    sleepers: &AtomicU32,
+    deadline: Deadline,
+    ready: impl Fn(u32) -> bool,
+    mut take: impl FnMut() -> bool,
+) -> bool {
+    loop {
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        let now = word.load(Ordering::SeqCst);
+        let woke = if ready(now) {
+            Woke::Maybe
+        } else {
+            futex_wait(word, now, deadline)
+        };
+        sleepers.fetch_sub(1, Ordering::Relaxed);
+        if take() {
+            return true;
+        }
+        if woke == Woke::TimedOut || deadline.expired() {
+            return false;
         }
     }
 }
