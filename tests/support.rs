@@ -55,25 +55,19 @@ pub struct Guarded {
 
 impl Guarded {
     /// Starts `command` with stdout and stderr piped.
-    pub fn spawn(mut command: Command) -> Self {
-        let what = format!("{command:?}");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Guarded {
-            child: Some(child),
-            what,
-        }
+    pub fn spawn(command: Command) -> Self {
+        Guarded::start(command, Stdio::null())
     }
 
     /// Like [`spawn`](Self::spawn), with a pipe to the child's stdin.
-    pub fn spawn_with_stdin(mut command: Command) -> Self {
+    pub fn spawn_with_stdin(command: Command) -> Self {
+        Guarded::start(command, Stdio::piped())
+    }
+
+    fn start(mut command: Command, stdin: Stdio) -> Self {
         let what = format!("{command:?}");
         let child = command
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

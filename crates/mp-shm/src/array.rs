@@ -316,47 +316,6 @@ impl<T: Plain> Array<T> {
     }
 }
 
-impl<T: Plain> std::os::fd::AsFd for Array<T> {
-    /// The region's memfd (e.g. to `fstat` it).
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.elements.region.as_fd()
-    }
-}
-
-impl<T: Plain> Clone for Array<T> {
-    fn clone(&self) -> Self {
-        Array {
-            elements: self.elements.clone(),
-        }
-    }
-}
-
-impl<T: Plain> fmt::Debug for Array<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Array<{}>(len {})",
-            std::any::type_name::<T>(),
-            self.len()
-        )
-    }
-}
-
-impl<T: Plain> Serialize for Array<T> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.elements.region.serialize(serializer)
-    }
-}
-
-impl<'de, T: Plain> Deserialize<'de> for Array<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let region = Region::deserialize(deserializer)?;
-        Ok(Array {
-            elements: Elements::attach(region, true).map_err(mp_codec::fd::rejected)?,
-        })
-    }
-}
-
 /// Holds an [`Array`]'s lock and lends its elements; releases on drop.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T: Plain> {
@@ -524,46 +483,62 @@ impl<T: Plain> RawArray<T> {
     }
 }
 
-impl<T: Plain> std::os::fd::AsFd for RawArray<T> {
-    /// The region's memfd (e.g. to `fstat` it).
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.elements.region.as_fd()
-    }
-}
-
-impl<T: Plain> Clone for RawArray<T> {
-    fn clone(&self) -> Self {
-        RawArray {
-            elements: self.elements.clone(),
+/// What `Array` and `RawArray` share beyond their elements: the region's memfd, cheap
+/// clones of the handle, a short `Debug`, and crossing processes as the region (checked
+/// against the element type and whether a lock comes first).
+macro_rules! region_handle {
+    ($name:ident, locked: $locked:expr) => {
+        impl<T: Plain> std::os::fd::AsFd for $name<T> {
+            /// The region's memfd (e.g. to `fstat` it).
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.elements.region.as_fd()
+            }
         }
-    }
+
+        impl<T: Plain> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                $name {
+                    elements: self.elements.clone(),
+                }
+            }
+        }
+
+        impl<T: Plain> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let name = stringify!($name);
+                write!(
+                    f,
+                    "{name}<{}>(len {})",
+                    std::any::type_name::<T>(),
+                    self.len()
+                )
+            }
+        }
+
+        impl<T: Plain> Serialize for $name<T> {
+            fn serialize<S: Serializer>(
+                &self,
+                serializer: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                self.elements.region.serialize(serializer)
+            }
+        }
+
+        impl<'de, T: Plain> Deserialize<'de> for $name<T> {
+            fn deserialize<D: Deserializer<'de>>(
+                deserializer: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let region = Region::deserialize(deserializer)?;
+                Ok($name {
+                    elements: Elements::attach(region, $locked).map_err(mp_codec::fd::rejected)?,
+                })
+            }
+        }
+    };
 }
 
-impl<T: Plain> fmt::Debug for RawArray<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "RawArray<{}>(len {})",
-            std::any::type_name::<T>(),
-            self.len()
-        )
-    }
-}
-
-impl<T: Plain> Serialize for RawArray<T> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.elements.region.serialize(serializer)
-    }
-}
-
-impl<'de, T: Plain> Deserialize<'de> for RawArray<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let region = Region::deserialize(deserializer)?;
-        Ok(RawArray {
-            elements: Elements::attach(region, false).map_err(mp_codec::fd::rejected)?,
-        })
-    }
-}
+region_handle!(Array, locked: true);
+region_handle!(RawArray, locked: false);
 
 #[cfg(test)]
 mod tests {
