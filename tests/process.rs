@@ -25,13 +25,32 @@ fn wait_sees_a_message_and_then_the_sentinel() {
             .start()
             .unwrap();
         let deadline = Some(Duration::from_secs(30));
-        let ready = wait(&[&ours as &dyn AsFd, &child.sentinel()], deadline).unwrap();
+        let sentinel = child.sentinel().unwrap();
+        let ready = wait(&[&ours as &dyn AsFd, &sentinel], deadline).unwrap();
         assert_eq!(ready, [0], "{method:?}: the message comes first");
         assert_eq!(ours.recv::<String>().unwrap(), "ready");
         ours.send(&7u8).unwrap();
-        let ready = wait(&[&child.sentinel()], deadline).unwrap();
+        let ready = wait(&[&sentinel], deadline).unwrap();
         assert_eq!(ready, [0], "{method:?}: then the child ends");
         assert_eq!(child.join().unwrap(), 7);
+    }
+}
+
+#[test]
+fn a_sentinel_asked_for_after_the_join_reads_as_ended() {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ] {
+        let mut child = Process::new(|x: u8| x + 1, 1)
+            .method(method)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), 2);
+        let sentinel = child.sentinel().unwrap();
+        let ready = wait(&[&sentinel], Some(Duration::ZERO)).unwrap();
+        assert_eq!(ready, [0], "{method:?}");
     }
 }
 

@@ -55,6 +55,7 @@ const SHORT_MAX: usize = 0x7fff_ffff;
 /// assert_eq!(mp_codec::wire::header(5, &mut buf), [0, 0, 0, 5]);
 /// assert_eq!(mp_codec::wire::header(1 << 31, &mut buf).len(), 12);
 /// ```
+#[inline]
 pub fn header(len: usize, buf: &mut [u8; 12]) -> &[u8] {
     if len <= SHORT_MAX {
         buf[..4].copy_from_slice(&(len as u32).to_be_bytes());

@@ -2,7 +2,7 @@
 
 use std::{
     os::fd::OwnedFd,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, MutexGuard},
     time::Duration,
 };
 
@@ -87,15 +87,19 @@ pub(crate) struct Me {
     pub(crate) parent: Option<ParentProcess>,
 }
 
-static ME: Mutex<Option<Me>> = Mutex::new(None);
-
 /// Held across `fork` (see `start::fork`).
 pub(crate) fn lock() -> MutexGuard<'static, impl Sized> {
-    ME.lock().unwrap_or_else(|e| e.into_inner())
+    crate::held::HELD
+        .me
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn me() -> MutexGuard<'static, Option<Me>> {
-    let mut me = ME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut me = crate::held::HELD
+        .me
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     if me.as_ref().is_none_or(|m| m.pid != pid) {
         // First use, or a fork we did not make ourselves: this is a main process.
@@ -152,10 +156,22 @@ pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, pare
 
 /// Makes `me` this process's identity. The parent's, copied by fork, is not freed here:
 /// freeing would write to the allocator's pages, and the child is short of nothing.
+#[inline]
 pub(crate) fn install(mut me: Me) {
-    me.pid = std::process::id();
-    let old = ME.lock().unwrap_or_else(|e| e.into_inner()).replace(me);
+    me.pid = pid();
+    let old = crate::held::HELD
+        .me
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(me);
     std::mem::forget(old);
+}
+
+/// This process's id, by an inline system call (libc's `getpid` would be one more page of
+/// code for a forked child to fault in).
+#[inline]
+pub(crate) fn pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
 }
 
 /// The name and identity of the next child this process starts.

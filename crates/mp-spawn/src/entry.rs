@@ -2,6 +2,7 @@
 //! bootstrap message that says what to run, and running it.
 
 use std::{
+    os::fd::{AsFd, BorrowedFd},
     panic::{AssertUnwindSafe, catch_unwind},
     sync::OnceLock,
 };
@@ -128,18 +129,18 @@ fn checksum(f: &Fingerprint, trampoline: u64, target: u64) -> u64 {
 }
 
 /// How a child runs a `fn(A) -> R` given by offset: decode `A` from the frame, run, send `R`.
-pub(crate) type Trampoline = fn(&sys::SameImage, u64, Frame, &Connection) -> i32;
+pub(crate) type Trampoline = fn(&sys::SameImage, u64, Frame, Outlet<'_>) -> i32;
 
 fn trampoline<A: Decode, R: Encode>(
     image: &sys::SameImage,
     target: u64,
     mut args: Frame,
-    conn: &Connection,
+    outlet: Outlet<'_>,
 ) -> i32 {
     let target: fn(A) -> R = sys::function_at(image, anchor(), target);
     match A::decode(&mut args) {
-        Ok(args) => run_target(conn, move || target(args)),
-        Err(err) => fail(conn, &format!("cannot decode the arguments: {err}")),
+        Ok(args) => run_target(outlet, move || target(args)),
+        Err(err) => fail(outlet, &format!("cannot decode the arguments: {err}")),
     }
 }
 
@@ -216,7 +217,7 @@ fn split(mut frame: Frame) -> Result<(Header, Frame), String> {
 /// forkserver's child has done so with the server already.
 pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
     match conn.recv_frame() {
-        Ok(frame) => run_frame(frame, conn, exec_child),
+        Ok(frame) => run_frame(frame, &conn, exec_child),
         Err(err) => {
             eprintln!("mp-spawn child: no bootstrap message: {err}");
             START_FAILED
@@ -225,17 +226,19 @@ pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
 }
 
 /// Runs a bootstrap frame already received (a forkserver's child finds it in memory).
-pub(crate) fn run_frame(frame: Frame, conn: Connection, exec_child: bool) -> i32 {
+pub(crate) fn run_frame(frame: Frame, conn: &Connection, exec_child: bool) -> i32 {
+    install_panic_hook();
+    let outlet = Outlet::new(conn);
     let (header, args) = match split(frame) {
         Ok(parts) => parts,
-        Err(why) => return fail(&conn, &why),
+        Err(why) => return fail(outlet, &why),
     };
     if exec_child && sys::die_with_parent(header.parent_pid as i32).is_err() {
-        return fail(&conn, "cannot arrange to die with the parent");
+        return fail(outlet, "cannot arrange to die with the parent");
     }
     let image = match verify(&header) {
         Ok(image) => image,
-        Err(why) => return fail(&conn, &why),
+        Err(why) => return fail(outlet, &why),
     };
     current::become_child(
         header.name.clone(),
@@ -245,10 +248,10 @@ pub(crate) fn run_frame(frame: Frame, conn: Connection, exec_child: bool) -> i32
         !exec_child, // a forkserver's child: its parent process is not its parent
     );
     let trampoline: Trampoline = sys::function_at(&image, anchor(), header.trampoline);
-    trampoline(&image, header.target, args, &conn)
+    trampoline(&image, header.target, args, outlet)
 }
 
-/// The three ways a child's run ends, as the last byte of the result frame.
+/// The three ways a child's run ends, as the first byte of the result frame.
 pub(crate) const RETURNED: u8 = 0;
 pub(crate) const PANICKED: u8 = 1;
 pub(crate) const FAILED: u8 = 2;
@@ -261,15 +264,58 @@ pub(crate) const IN_MEMFD: u8 = 3;
 /// one wake-up per join.
 const INLINE_RESULT: usize = 64 << 10;
 
-/// Sends a result frame without ever blocking on the parent.
-fn send_outcome(conn: &Connection, frame: Frame) {
-    let _ = conn.set_nonblocking(true);
-    // Inline only what surely fits the socket's buffer whole: a partial send could not be
-    // taken back.
-    let room = rustix::net::sockopt::socket_send_buffer_size(conn).unwrap_or(0) / 4;
-    if frame.bytes.len() <= INLINE_RESULT.min(room) && conn.send_frame(&frame).is_ok() {
+/// How many bytes of result may go inline on a socket whose send buffer is `buffer` bytes:
+/// only what surely fits whole (a partial send could not be taken back), at most
+/// [`INLINE_RESULT`].
+pub(crate) fn inline_room(buffer: usize) -> usize {
+    INLINE_RESULT.min(buffer / 4)
+}
+
+/// Where a child sends its outcome: its result socket, and how much may go inline.
+#[derive(Clone, Copy)]
+pub(crate) struct Outlet<'a> {
+    socket: BorrowedFd<'a>,
+    /// Known for a socket made non-blocking by the parent (a forked child's, see
+    /// `start::channel`); otherwise found out when sending.
+    room: Option<usize>,
+}
+
+impl<'a> Outlet<'a> {
+    /// An exec'd child's bootstrap connection.
+    pub(crate) fn new(conn: &'a Connection) -> Self {
+        Outlet {
+            socket: conn.as_fd(),
+            room: None,
+        }
+    }
+
+    /// A socket already non-blocking, with `room` bytes for an inline result.
+    pub(crate) fn ready(socket: BorrowedFd<'a>, room: usize) -> Self {
+        Outlet {
+            socket,
+            room: Some(room),
+        }
+    }
+}
+
+/// Sends a result frame without ever blocking on the parent. Inlined with the rest of a
+/// forked child's path (see `start::fork`): fewer pages of code for it to fault in.
+#[inline]
+fn send_outcome(outlet: Outlet<'_>, frame: &Frame) {
+    let room = outlet.room.unwrap_or_else(|| {
+        let _ = rustix::io::ioctl_fionbio(outlet.socket, true);
+        inline_room(rustix::net::sockopt::socket_send_buffer_size(outlet.socket).unwrap_or(0))
+    });
+    if frame.bytes.len() <= room && mp_codec::wire::send_frame(outlet.socket, frame).is_ok() {
         return;
     }
+    send_outcome_in_memfd(outlet, frame);
+}
+
+/// [`send_outcome`] for a result too big to go inline.
+#[cold]
+#[inline(never)]
+fn send_outcome_in_memfd(outlet: Outlet<'_>, frame: &Frame) {
     let Ok(memfd) = rustix::fs::memfd_create(c"mp-spawn-result", rustix::fs::MemfdFlags::CLOEXEC)
     else {
         return;
@@ -278,12 +324,9 @@ fn send_outcome(conn: &Connection, frame: Frame) {
     if std::io::Write::write_all(&mut file, &frame.bytes).is_err() {
         return;
     }
-    let mut fds = vec![std::os::fd::OwnedFd::from(file)];
-    fds.extend(frame.fds);
-    let _ = conn.send_frame(&Frame {
-        bytes: vec![IN_MEMFD],
-        fds,
-    });
+    let mut fds = vec![file.as_fd()];
+    fds.extend(frame.fds.iter().map(AsFd::as_fd));
+    let _ = mp_codec::wire::send_parts(outlet.socket, &[IN_MEMFD], &fds);
 }
 
 /// The inverse of [`send_outcome`]'s memfd path: the frame as the child built it.
@@ -302,13 +345,12 @@ pub(crate) fn unpack_outcome(mut frame: Frame) -> std::io::Result<Frame> {
 }
 
 /// Tells the parent the target never ran, and why; the child's exit code.
-fn fail(conn: &Connection, why: &str) -> i32 {
+fn fail(outlet: Outlet<'_>, why: &str) -> i32 {
     let name = current::current_process().name;
     eprintln!("Process {name}: could not start: {why}");
     let mut frame = Frame::new();
-    frame.bytes.extend_from_slice(why.as_bytes());
-    frame.bytes.push(FAILED);
-    send_outcome(conn, frame);
+    set_outcome(&mut frame, FAILED, why);
+    send_outcome(outlet, &frame);
     START_FAILED
 }
 
@@ -316,37 +358,22 @@ fn fail(conn: &Connection, why: &str) -> i32 {
 /// outcome, so the parent, woken by it, finds the child already gone. Returns the exit
 /// code: 0 after a return, 1 after a panic (whose message the hook printed after
 /// `Process <name>:`).
-pub(crate) fn run_target<R: Encode>(conn: &Connection, body: impl FnOnce() -> R) -> i32 {
-    run_target_into(outcome_buffer(), conn, body)
-}
-
-/// A frame with room for a small result, allocated before a fork.
-pub(crate) fn outcome_buffer() -> Frame {
-    Frame {
-        bytes: Vec::with_capacity(256),
-        fds: Vec::new(),
-    }
-}
-
-/// [`run_target`] with the result frame allocated by the caller.
-pub(crate) fn run_target_into<R: Encode>(
-    mut frame: Frame,
-    conn: &Connection,
-    body: impl FnOnce() -> R,
-) -> i32 {
-    install_panic_hook();
+///
+/// A result that encodes to nothing (`()`) is sent as the tag alone, from a constant: a
+/// forked child then writes nothing to the heap, whose every touched page would cost it a
+/// copy.
+#[inline]
+pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R) -> i32 {
+    let mut frame = Frame::new();
     let code = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => match value.encode(&mut frame) {
-            Ok(()) => {
-                frame.bytes.push(RETURNED);
-                0
-            }
+            Ok(()) => 0,
             Err(err) => {
-                frame.clear();
-                frame
-                    .bytes
-                    .extend_from_slice(format!("cannot encode the result: {err}").as_bytes());
-                frame.bytes.push(PANICKED);
+                set_outcome(
+                    &mut frame,
+                    PANICKED,
+                    &format!("cannot encode the result: {err}"),
+                );
                 1
             }
         },
@@ -356,20 +383,38 @@ pub(crate) fn run_target_into<R: Encode>(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "Box<dyn Any>".into());
-            frame.bytes.extend_from_slice(message.as_bytes());
-            frame.bytes.push(PANICKED);
+            set_outcome(&mut frame, PANICKED, &message);
             1
         }
     };
     prepare_exit();
     // The parent may have gone, or dropped its Process: nobody to tell then.
-    send_outcome(conn, frame);
+    if code == 0 && frame.bytes.is_empty() && frame.fds.is_empty() {
+        // On the stack, not a constant: a constant's page would be one more to fault in.
+        let tag = [std::hint::black_box(RETURNED)];
+        let _ = mp_codec::wire::send_parts(outlet.socket, &tag, &[] as &[BorrowedFd<'_>]);
+    } else {
+        if code == 0 {
+            frame.bytes.insert(0, RETURNED);
+        }
+        send_outcome(outlet, &frame);
+    }
+    // Not dropped: the process is about to end, and freeing would write to the allocator's
+    // pages (a copy each, in a forked child).
+    std::mem::forget(frame);
     code
+}
+
+/// Makes `frame` say that the run ended with `tag` (not [`RETURNED`]), and why.
+fn set_outcome(frame: &mut Frame, tag: u8, why: &str) {
+    frame.clear();
+    frame.bytes.push(tag);
+    frame.bytes.extend_from_slice(why.as_bytes());
 }
 
 /// Prefixes a child's panic report with `Process <name>:`, as Python does a traceback.
 /// Installed in the parent before a fork (so the child needs no lock for it) and in exec'd
-/// children; in a main process it adds nothing.
+/// and forkserver children before they run; in a main process it adds nothing.
 pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -386,6 +431,7 @@ pub(crate) fn install_panic_hook() {
 
 /// Ends a child: its own children dealt with as at exit, stdio flushed, then `_exit`, so
 /// nothing of the parent's (destructors, `atexit` work) runs here.
+#[inline]
 pub(crate) fn finish(code: i32) -> ! {
     prepare_exit();
     sys::exit_now(code)
@@ -393,6 +439,7 @@ pub(crate) fn finish(code: i32) -> ! {
 
 /// A child's exit work: its own children dealt with as at exit, stdout flushed (stderr has
 /// no buffer).
+#[inline]
 fn prepare_exit() {
     registry::finish_children();
     use std::io::Write;

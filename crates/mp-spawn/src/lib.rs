@@ -31,6 +31,7 @@ mod context;
 mod current;
 mod entry;
 mod error;
+mod held;
 mod process;
 mod registry;
 mod start;

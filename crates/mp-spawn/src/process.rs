@@ -1,25 +1,27 @@
 use std::{
     marker::PhantomData,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use mp_codec::{Decode, Frame, Message};
-use mp_pipe::Connection;
 use rustix::process::{Signal, WaitId, WaitIdOptions, WaitIdStatus, pidfd_send_signal, waitid};
 
 use crate::{
     Error, Result, StartMethod, current,
     entry::{self, FAILED, PANICKED, RETURNED},
     get_start_method, registry,
-    start::{self, Started},
+    start::{self, Results, Started, channel},
+    sys,
 };
 
 /// What a child runs: a `fn(A) -> R` with its argument, or (fork only) a closure.
 pub(crate) trait Job<R>: 'static {
     /// The bootstrap message that lets an exec'd child run this; `None` if it cannot.
     fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>>;
-    /// Runs the job (in a forked child).
+    /// Runs the job, in a forked child, leaving the box's memory allocated: the child is
+    /// about to `_exit`, and freeing would only write to (and so copy) the allocator's pages.
     fn run(self: Box<Self>) -> R;
 }
 
@@ -40,7 +42,8 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
     }
 
     fn run(self: Box<Self>) -> R {
-        (self.target)(self.args)
+        let job = sys::unbox_leaking(self);
+        (job.target)(job.args)
     }
 }
 
@@ -52,7 +55,7 @@ impl<R, F: FnOnce() -> R + 'static> Job<R> for ClosureJob<F> {
     }
 
     fn run(self: Box<Self>) -> R {
-        (self.0)()
+        (sys::unbox_leaking(self).0)()
     }
 }
 
@@ -113,18 +116,19 @@ impl<R: Message + 'static> Builder<R> {
             pidfd,
             own,
             status,
-            conn,
+            results,
         } = started;
-        let serial = registry::register(pid, &name, self.daemon, own, &pidfd);
+        let pidfd = pidfd.map(Arc::new);
+        let serial = registry::register(pid, &name, self.daemon, own, pidfd.clone());
         Ok(Process {
             name,
             pid,
             daemon: self.daemon,
             method,
-            pidfd,
+            sentinel: pidfd.map_or_else(OnceLock::new, OnceLock::from),
             own,
             status,
-            conn: Some(conn),
+            results: Some(results),
             outcome: None,
             exitcode: None,
             joined: false,
@@ -166,10 +170,12 @@ pub struct Process<R> {
     pid: u32,
     daemon: bool,
     method: StartMethod,
-    pidfd: OwnedFd,
+    /// A pidfd (a forkserver's child has one from the start; ours get one when first
+    /// needed), or after the end a descriptor that is always readable.
+    sentinel: OnceLock<Arc<OwnedFd>>,
     own: bool,
     status: Option<OwnedFd>,
-    conn: Option<Connection>,
+    results: Option<Results>,
     outcome: Option<Frame>,
     exitcode: Option<i32>,
     joined: bool,
@@ -238,14 +244,51 @@ impl<R> Process<R> {
     }
 
     /// A descriptor that becomes readable when the process ends (a pidfd), for
-    /// `mp_pipe::wait` alongside connections.
-    pub fn sentinel(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+    /// `mp_pipe::wait` alongside connections. Opened on first use.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if no descriptor can be opened (the process limit on descriptors).
+    pub fn sentinel(&self) -> Result<BorrowedFd<'_>> {
+        if let Some(fd) = self.sentinel.get() {
+            return Ok(fd.as_fd());
+        }
+        let fd = if self.exitcode.is_some() {
+            // Reaped: its pid may belong to another process now. An empty pipe whose
+            // writer is closed reads as at its end forever: "ended".
+            let (reader, _) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| Error::os("pipe2", e))?;
+            reader
+        } else {
+            // Our own child, not reaped yet (only we reap it): its pid is still its own.
+            start::open_pidfd(self.pid)?
+        };
+        Ok(self.sentinel.get_or_init(|| Arc::new(fd)).as_fd())
     }
 
     /// Whether the process is still running.
     pub fn is_alive(&self) -> bool {
-        self.exitcode.is_none() && !readable(&self.pidfd, Some(Duration::ZERO))
+        if self.exitcode.is_some() {
+            return false;
+        }
+        if self.own {
+            // Look without reaping: `is_alive` takes `&self` and keeps no exit status.
+            return matches!(
+                waitid(
+                    self.wait_id(),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+                ),
+                Ok(None)
+            );
+        }
+        self.sentinel()
+            .is_ok_and(|fd| !readable(fd, Some(Duration::ZERO)))
+    }
+
+    /// How `waitid` names our own child.
+    fn wait_id(&self) -> WaitId<'static> {
+        WaitId::Pid(
+            rustix::process::Pid::from_raw(self.pid as i32).expect("a child's pid is positive"),
+        )
     }
 
     /// The exit code once the process has ended (reaping it), `None` while it runs.
@@ -276,9 +319,18 @@ impl<R> Process<R> {
         if self.exitcode.is_some() {
             return Ok(());
         }
-        match pidfd_send_signal(&self.pidfd, signal) {
+        let sent = if self.own {
+            // Our own unreaped child: its pid is still its own.
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(self.pid as i32).expect("a child's pid is positive"),
+                signal,
+            )
+        } else {
+            pidfd_send_signal(self.sentinel()?, signal)
+        };
+        match sent {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-            Err(e) => Err(Error::os("pidfd_send_signal", e)),
+            Err(e) => Err(Error::os("kill", e)),
         }
     }
 
@@ -287,11 +339,29 @@ impl<R> Process<R> {
     /// so waiting for the exit alone is enough: one wake-up.
     fn wait_until(&mut self, deadline: Option<Instant>) -> Result<bool> {
         while self.exitcode.is_none() {
+            if self.own {
+                // Our own child needs no pidfd to wait without a timeout (sleep in `waitid`
+                // itself) or to look.
+                match deadline {
+                    None => {
+                        self.reap(WaitIdOptions::EXITED)?;
+                        continue;
+                    }
+                    Some(d) if d <= Instant::now() => {
+                        self.reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG)?;
+                        if self.exitcode.is_none() {
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if !readable(&self.pidfd, timeout) {
+            if !readable(self.sentinel()?, timeout) {
                 return Ok(false);
             }
-            self.reap()?;
+            self.reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG)?;
         }
         self.take_outcome();
         Ok(true)
@@ -300,22 +370,42 @@ impl<R> Process<R> {
     /// Receives the result, once the child has exited: whatever it sent is all there, so
     /// never block on a half frame.
     fn take_outcome(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.set_nonblocking(true);
-            if let Ok(frame) = conn.recv_frame() {
-                self.outcome = entry::unpack_outcome(frame).ok();
+        match self.results.take() {
+            Some(Results::Conn(conn)) => {
+                let _ = conn.set_nonblocking(true);
+                if let Ok(frame) = conn.recv_frame() {
+                    self.outcome = entry::unpack_outcome(frame).ok();
+                }
             }
+            Some(Results::Pooled(channel)) => {
+                let mut frame = Frame::new();
+                match mp_codec::wire::recv_frame(
+                    &channel.ours,
+                    mp_codec::wire::DEFAULT_MAX_LEN,
+                    &mut frame,
+                ) {
+                    Ok(()) => {
+                        self.outcome = entry::unpack_outcome(frame).ok();
+                        channel::give_back(channel);
+                    }
+                    // Nothing sent at all (the child was killed, say): still clean.
+                    Err(mp_codec::Error::WouldBlock) => channel::give_back(channel),
+                    // A frame cut short: the pair is out of step, so it is closed.
+                    Err(_) => {}
+                }
+            }
+            None => {}
         }
     }
 
     /// The process has ended: collect its exit status. A forkserver's child is reaped by the
     /// server; when the child reported how it ended, that gives its exit code without
     /// waiting for the server's report (one wake-up fewer), else the report is read.
-    fn reap(&mut self) -> Result<()> {
+    fn reap(&mut self, how: WaitIdOptions) -> Result<()> {
         let code = if let Some(status) = &self.status {
             let status = status.try_clone().map_err(|e| Error::os("dup", e))?;
             self.take_outcome();
-            match self.outcome.as_ref().and_then(|f| f.bytes.last()) {
+            match self.outcome.as_ref().and_then(|f| f.bytes.first()) {
                 Some(&RETURNED) => 0,
                 Some(&PANICKED | &FAILED) => entry::START_FAILED,
                 _ => {
@@ -328,12 +418,9 @@ impl<R> Process<R> {
                 }
             }
         } else {
-            match waitid(
-                WaitId::PidFd(self.pidfd.as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            ) {
+            match waitid(self.wait_id(), how) {
                 Ok(Some(status)) => exit_code(&status),
-                Ok(None) => return Ok(()), // spurious: not yet
+                Ok(None) | Err(rustix::io::Errno::INTR) => return Ok(()), // not yet
                 Err(e) => return Err(Error::os("waitid", e)),
             }
         };
@@ -372,19 +459,16 @@ impl<R: Decode> Process<R> {
         let name = self.name.clone();
         let code = self.exitcode.expect("called after the process ended");
         match self.outcome.take() {
-            Some(mut frame) => match frame.bytes.pop() {
+            Some(mut frame) => match frame.bytes.first().copied() {
                 Some(RETURNED) => {
                     self.joined = true;
+                    frame.bytes.remove(0);
                     Ok(R::decode(&mut frame)?)
                 }
                 Some(tag @ (PANICKED | FAILED)) => {
-                    let message = String::from_utf8_lossy(&frame.bytes).into_owned();
+                    let message = String::from_utf8_lossy(&frame.bytes[1..]).into_owned();
+                    // Kept: a second join says the same.
                     self.outcome = Some(frame);
-                    self.outcome
-                        .as_mut()
-                        .expect("just put back")
-                        .bytes
-                        .push(tag);
                     Err(if tag == PANICKED {
                         Error::Panicked { name, message }
                     } else {
@@ -411,12 +495,16 @@ impl<R> Drop for Process<R> {
         if self.exitcode.is_some() {
             return;
         }
-        if readable(&self.pidfd, Some(Duration::ZERO)) {
-            if self.own {
-                let _ = self.reap();
-            } else {
-                registry::forget(self.serial); // the forkserver reaped it
+        if self.own {
+            let _ = self.reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+            if self.exitcode.is_none() {
+                registry::reap_later(self.serial);
             }
+        } else if self
+            .sentinel()
+            .is_ok_and(|fd| readable(fd, Some(Duration::ZERO)))
+        {
+            registry::forget(self.serial); // the forkserver reaped it
         } else {
             registry::reap_later(self.serial);
         }
@@ -424,7 +512,7 @@ impl<R> Drop for Process<R> {
 }
 
 /// Whether `fd` becomes readable within `timeout` (`None`: forever).
-fn readable(fd: &OwnedFd, timeout: Option<Duration>) -> bool {
+fn readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> bool {
     mp_pipe::wait(&[fd], timeout).is_ok_and(|ready| !ready.is_empty())
 }
 
@@ -458,10 +546,12 @@ mod tests {
             pid: started.pid,
             daemon: false,
             method,
-            pidfd: started.pidfd,
+            sentinel: started
+                .pidfd
+                .map_or_else(OnceLock::new, |fd| OnceLock::from(Arc::new(fd))),
             own: started.own,
             status: started.status,
-            conn: Some(started.conn),
+            results: Some(started.results),
             outcome: None,
             exitcode: None,
             joined: false,

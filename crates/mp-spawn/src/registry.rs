@@ -5,14 +5,14 @@
 use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
-        Mutex, MutexGuard,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
         mpsc,
     },
     time::Duration,
 };
 
-use rustix::process::{Signal, WaitId, WaitIdOptions, pidfd_send_signal, waitid};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, pidfd_send_signal, waitid};
 
 use crate::{ChildInfo, sys};
 
@@ -27,22 +27,56 @@ struct Entry {
     /// Its `Process` was dropped: reaping it is the registry's job now. While a `Process`
     /// lives, only it reaps (anyone else would steal its exit status).
     dropped: bool,
-    pidfd: OwnedFd,
+    /// A forkserver's child's pidfd (shared with its `Process`). Our own children need
+    /// none: their pids stay theirs until we reap them.
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
-struct Registry {
+impl Entry {
+    fn wait_id(&self) -> WaitId<'_> {
+        match &self.pidfd {
+            Some(fd) => WaitId::PidFd(fd.as_fd()),
+            None => WaitId::Pid(Pid::from_raw(self.pid as i32).expect("a child's pid is positive")),
+        }
+    }
+
+    /// Whether it has ended (without reaping it).
+    fn ended(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => mp_pipe::wait(&[fd], Some(Duration::ZERO)).is_ok_and(|r| !r.is_empty()),
+            None => !matches!(
+                waitid(
+                    self.wait_id(),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+                ),
+                Ok(None)
+            ),
+        }
+    }
+}
+
+pub(crate) struct Registry {
     owner: u32,
+    /// Hands out entry serials.
+    next_serial: u64,
     entries: Vec<Entry>,
     reaper: Option<mpsc::Sender<(u64, OwnedFd)>>,
     wake: Option<OwnedFd>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    owner: 0,
-    entries: Vec::new(),
-    reaper: None,
-    wake: None,
-});
+impl Registry {
+    pub(crate) const fn new() -> Self {
+        Registry {
+            owner: 0,
+            next_serial: 1,
+            entries: Vec::new(),
+            reaper: None,
+            wake: None,
+        }
+    }
+}
+
+static REGISTRY: &Mutex<Registry> = &crate::held::HELD.registry;
 
 /// Held across `fork` (see `start::fork`).
 pub(crate) fn lock() -> MutexGuard<'static, impl Sized> {
@@ -68,19 +102,24 @@ fn registry() -> MutexGuard<'static, Registry> {
 
 /// The process that last registered a child: a process that never did (a fresh child) has
 /// nothing to finish at exit and need not touch the registry at all.
-static PARENT_OF_ANY: AtomicU32 = AtomicU32::new(0);
+static PARENT_OF_ANY: &AtomicU32 = &crate::held::HELD.parent_of_any;
 
-/// Hands out entry serials.
-static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
-
-/// Records a child just started; returns its entry's serial (0 if it could not be recorded).
-pub(crate) fn register(pid: u32, name: &str, daemon: bool, own: bool, pidfd: &OwnedFd) -> u64 {
-    PARENT_OF_ANY.store(std::process::id(), Ordering::Relaxed);
-    let Ok(pidfd) = pidfd.try_clone() else {
-        return 0; // out of descriptors: unlisted, and only a join (not a drop) reaps it
-    };
-    let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
-    registry().entries.push(Entry {
+/// Records a child just started; returns its entry's serial.
+pub(crate) fn register(
+    pid: u32,
+    name: &str,
+    daemon: bool,
+    own: bool,
+    pidfd: Option<Arc<OwnedFd>>,
+) -> u64 {
+    let me = crate::current::pid();
+    if PARENT_OF_ANY.load(Ordering::Relaxed) != me {
+        PARENT_OF_ANY.store(me, Ordering::Relaxed);
+    }
+    let mut reg = registry();
+    let serial = reg.next_serial;
+    reg.next_serial += 1;
+    reg.entries.push(Entry {
         serial,
         pid,
         name: name.to_string(),
@@ -106,8 +145,17 @@ pub(crate) fn reap_later(serial: u64) {
     };
     entry.dropped = true;
     // A forkserver's child is reaped by the server: the reaper only forgets it when it ends.
-    let Ok(fd) = entry.pidfd.try_clone() else {
-        return;
+    // Our own child's pid is still its own (nobody else reaps it), so a pidfd opened now is
+    // for that child.
+    let fd = match &entry.pidfd {
+        Some(fd) => fd.try_clone(),
+        None => Pid::from_raw(entry.pid as i32)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()))
+            .map_err(std::io::Error::from),
+    };
+    let Ok(fd) = fd else {
+        return; // out of descriptors: it is reaped at exit, or by `active_children`
     };
     if reg.reaper.is_none() {
         let (tx, rx) = mpsc::channel();
@@ -162,15 +210,10 @@ fn reaper(rx: mpsc::Receiver<(u64, OwnedFd)>, wake: OwnedFd) {
 /// Running children; ended ones whose `Process` was dropped are reaped on the way.
 pub(crate) fn active() -> Vec<ChildInfo> {
     let mut reg = registry();
-    let ended =
-        |e: &Entry| mp_pipe::wait(&[&e.pidfd], Some(Duration::ZERO)).is_ok_and(|r| !r.is_empty());
     reg.entries.retain(|e| {
-        if e.dropped && ended(e) {
+        if e.dropped && e.ended() {
             if e.own {
-                let _ = waitid(
-                    WaitId::PidFd(e.pidfd.as_fd()),
-                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-                );
+                let _ = waitid(e.wait_id(), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
             }
             return false;
         }
@@ -178,7 +221,7 @@ pub(crate) fn active() -> Vec<ChildInfo> {
     });
     reg.entries
         .iter()
-        .filter(|e| !ended(e))
+        .filter(|e| !e.ended())
         .map(|e| ChildInfo {
             pid: e.pid,
             name: e.name.clone(),
@@ -188,18 +231,36 @@ pub(crate) fn active() -> Vec<ChildInfo> {
 }
 
 /// What Python does at exit: kill daemonic children, join the others, reap them all.
+#[inline]
 pub(crate) fn finish_children() {
-    if PARENT_OF_ANY.load(Ordering::Relaxed) != std::process::id() {
-        return;
+    if PARENT_OF_ANY.load(Ordering::Relaxed) == crate::current::pid() {
+        finish_started_children();
     }
+}
+
+#[cold]
+#[inline(never)]
+fn finish_started_children() {
     let entries = std::mem::take(&mut registry().entries);
     for e in entries.iter().filter(|e| e.daemon) {
-        let _ = pidfd_send_signal(&e.pidfd, Signal::KILL);
+        let _ = match &e.pidfd {
+            Some(fd) => pidfd_send_signal(fd, Signal::KILL),
+            None => rustix::process::kill_process(
+                Pid::from_raw(e.pid as i32).expect("a child's pid is positive"),
+                Signal::KILL,
+            ),
+        };
     }
     for e in &entries {
-        let _ = mp_pipe::wait(&[&e.pidfd], None);
-        if e.own {
-            let _ = waitid(WaitId::PidFd(e.pidfd.as_fd()), WaitIdOptions::EXITED);
+        match &e.pidfd {
+            Some(fd) => {
+                let _ = mp_pipe::wait(&[fd], None);
+            }
+            None => {
+                while let Err(rustix::io::Errno::INTR) = waitid(e.wait_id(), WaitIdOptions::EXITED)
+                {
+                }
+            }
         }
     }
 }

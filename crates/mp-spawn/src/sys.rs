@@ -23,6 +23,7 @@ pub(crate) type RawPid = i32;
 
 /// `fork(2)`: `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
 /// See [fork(2)](https://man7.org/linux/man-pages/man2/fork.2.html).
+#[inline]
 pub(crate) fn fork() -> io::Result<Option<RawPid>> {
     // SAFETY: fork has no memory-safety preconditions of its own; the child only runs the
     // code its caller chose and then `exit_now`s (see the module's `# Safety`).
@@ -34,6 +35,7 @@ pub(crate) fn fork() -> io::Result<Option<RawPid>> {
 }
 
 /// `_exit(2)`: ends the process now, running no destructors and no `atexit` handlers.
+#[inline]
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` is always safe to call; it does not return.
     unsafe { libc::_exit(code) }
@@ -166,6 +168,34 @@ pub(crate) fn die_with_parent(parent: RawPid) -> io::Result<()> {
     Ok(())
 }
 
+/// As [`die_with_parent`], for a child forked by its parent's *main* thread, which cannot
+/// end before its process does (returning from `main` exits): the kernel's `SIGKILL` needs
+/// no handler to check, and no signal mask can block it. Two system calls, made inline.
+#[inline]
+pub(crate) fn die_with_parent_main_thread(parent: RawPid) -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        // The parent died before the death signal was armed: die as if it had been.
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)?;
+    }
+    Ok(())
+}
+
+/// Whether the calling thread is its process's main thread.
+pub(crate) fn on_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}
+
+/// Moves the value out of `boxed` and leaks the allocation: for a forked child about to
+/// `_exit`, where freeing would only write to (and so copy) the allocator's pages.
+pub(crate) fn unbox_leaking<T>(boxed: Box<T>) -> T {
+    let raw = Box::into_raw(boxed);
+    // SAFETY: `raw` comes from `Box::into_raw`, so it is valid, aligned and initialized. The
+    // value is read out exactly once and the allocation is never touched again (never
+    // freed, never dropped), so nothing is dropped twice.
+    unsafe { raw.read() }
+}
+
 /// Ignores `SIGPIPE`, as Rust's runtime does before `main` (a child entered from the
 /// constructor never reaches that code).
 pub(crate) fn ignore_sigpipe() {
@@ -199,6 +229,7 @@ extern "C" fn leave_without_inherited_handlers(status: c_int, _: *mut libc::c_vo
 /// inherited from the parent runs (handlers run newest first, and this one is the newest):
 /// the child's own children are dealt with, stdout is flushed, then `_exit`.
 /// See [on_exit(3)](https://man7.org/linux/man-pages/man3/on_exit.3.html).
+#[inline]
 pub(crate) fn skip_inherited_exit_handlers() {
     // SAFETY: the handler is a plain function valid for the life of the process; the
     // argument is unused.

@@ -515,3 +515,154 @@ fn a_result_may_carry_descriptors() {
         assert!(matches!(conn.recv::<String>(), Err(mp_pipe::Error::Eof)));
     }
 }
+
+fn nothing(_: ()) {}
+
+/// Set in the environment of this test binary run again as a helper.
+const HELPER: &str = "MP_SPAWN_TEST_HELPER";
+
+#[test]
+fn helper_prints_a_partial_line_then_forks() {
+    if std::env::var_os(HELPER).is_none() {
+        return; // only as the helper of the test below
+    }
+    print!("<<unfinished line");
+    Process::new(nothing, ())
+        .method(StartMethod::Fork)
+        .start()
+        .unwrap()
+        .join()
+        .unwrap();
+    println!(">>");
+}
+
+#[test]
+fn a_forked_child_does_not_print_its_parents_unflushed_output_again() {
+    // Python flushes stdio before a fork, or the child writes out its copy of the parent's
+    // buffer as it exits, and the parent writes the same bytes again later.
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
+    helper
+        .args([
+            "--exact",
+            "helper_prints_a_partial_line_then_forks",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = helper.spawn().unwrap();
+    let ended = pidfd_open(
+        Pid::from_raw(child.id() as i32).unwrap(),
+        PidfdFlags::empty(),
+    )
+    .unwrap();
+    if mp_pipe::wait(&[ended.as_fd()], Some(DEADLINE))
+        .unwrap()
+        .is_empty()
+    {
+        let _ = kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::KILL);
+        panic!("the helper still runs after {DEADLINE:?}");
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("<<unfinished line").count(), 1, "{stdout}");
+    assert!(stdout.contains("<<unfinished line>>"), "{stdout}");
+}
+
+fn identity_or_die(x: u64) -> u64 {
+    match x % 5 {
+        // killed before it sends anything
+        1 => {
+            let _ = kill_process(rustix::process::getpid(), Signal::KILL);
+            unreachable!()
+        }
+        2 => panic!("odd one {x}"),
+        3 => std::process::exit(3),
+        _ => x,
+    }
+}
+
+fn big(x: u64) -> Vec<u64> {
+    vec![x; 100_000] // past the inline limit: through a memfd
+}
+
+#[test]
+fn forked_children_reuse_result_sockets_without_crossing_results() {
+    // Result sockets are pooled: whatever one child did (returned, panicked, exited, was
+    // killed, sent a big result), the next one's join sees only its own outcome.
+    for round in 0..3 {
+        let mut running: Vec<(u64, Process<u64>)> = (0..10)
+            .map(|x| {
+                let p = Process::new(identity_or_die, x)
+                    .method(StartMethod::Fork)
+                    .start()
+                    .unwrap();
+                (x, p)
+            })
+            .collect();
+        if round == 1 {
+            running.reverse(); // joined in another order than started
+        }
+        for (x, mut p) in running {
+            match (x % 5, join_in_time(&mut p)) {
+                (1, Err(Error::Killed { signal: 9, .. })) => {}
+                (2, Err(Error::Panicked { message, .. })) => {
+                    assert_eq!(message, format!("odd one {x}"))
+                }
+                (3, Err(Error::Exited { code: 3, .. })) => {}
+                (_, Ok(v)) => assert_eq!(v, x),
+                (_, other) => panic!("{x}: {other:?}"),
+            }
+        }
+        let mut p = Process::new(big, round)
+            .method(StartMethod::Fork)
+            .start()
+            .unwrap();
+        assert_eq!(join_in_time(&mut p).unwrap(), vec![round; 100_000]);
+    }
+}
+
+/// Waits for a word or EOF, for at most [`DEADLINE`]: an orphan left by a failing test ends
+/// on its own (it holds the test's output pipes).
+fn linger(conn: Connection) -> u8 {
+    let _ = conn.poll(Some(DEADLINE));
+    0
+}
+
+fn fork_grandchild_and_hang(conn: Connection) -> u8 {
+    // Forked from this child's main thread: the grandchild arms a plain SIGKILL as its
+    // parent-death signal.
+    let (ours, theirs) = pipe(true).unwrap();
+    let g = Process::new(linger, theirs)
+        .method(StartMethod::Fork)
+        .start()
+        .unwrap();
+    conn.send(&g.pid()).unwrap();
+    std::mem::forget((ours, g));
+    let _ = conn.recv::<u8>(); // until killed
+    0
+}
+
+#[test]
+fn a_grandchild_forked_by_a_main_thread_dies_with_its_killed_parent() {
+    for method in METHODS {
+        let (ours, theirs) = pipe(true).unwrap();
+        let mut p = Process::new(fork_grandchild_and_hang, theirs)
+            .method(method)
+            .start()
+            .unwrap();
+        let grandchild: u32 = ours.recv().unwrap();
+        assert!(!gone_in_time(grandchild, Duration::ZERO));
+        p.kill().unwrap();
+        assert!(matches!(
+            join_in_time(&mut p),
+            Err(Error::Killed { signal: 9, .. })
+        ));
+        assert!(
+            gone_in_time(grandchild, Duration::from_secs(1)),
+            "{method:?}: orphan left"
+        );
+    }
+}

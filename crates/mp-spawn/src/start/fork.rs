@@ -1,10 +1,12 @@
 //! `fork`: the child is a copy of the calling thread and runs the job straight from memory.
+//!
+//! Every page the child touches costs it a fault (a copy for data, a mapping for code), and
+//! every descriptor made and closed costs a system call, so the child's path is kept short:
+//! its result socket comes from a pool (`channel`), the parent opens no pidfd (it waits with
+//! `waitid` on the pid of its own unreaped child), and the child frees nothing before it
+//! `_exit`s.
 
-use std::os::fd::AsRawFd;
-
-use mp_pipe::Connection;
-
-use super::{Started, open_pidfd, socketpair};
+use super::{Results, Started, channel};
 use crate::{Error, Result, current, entry, process::Job, sys};
 
 pub(crate) fn start<R: mp_codec::Encode + 'static>(
@@ -13,53 +15,53 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
     identity: Vec<u32>,
     daemon: bool,
 ) -> Result<Started> {
-    let (ours, theirs) = socketpair()?;
+    let channel = channel::take()?;
     let parent = std::process::id();
     entry::install_panic_hook();
+    let main_thread = sys::on_main_thread();
     // Everything the child needs is allocated here, before the fork.
     let me = current::prepare_child(name, identity, daemon, parent);
-    let outcome = entry::outcome_buffer();
     // The child gets a copy of every lock as it is at this instant. Hold ours (and stdio's)
-    // across the fork, so none of them is held by a thread that does not exist there.
+    // across the fork, so none of them is held by a thread that does not exist there. And
+    // flush stdout first, as Python does: a child exiting with a copy of unwritten output
+    // would write it out a second time.
     let forked = {
-        let _stdout = std::io::stdout().lock();
+        let mut stdout = std::io::stdout().lock();
+        let _ = std::io::Write::flush(&mut stdout);
         let _stderr = std::io::stderr().lock();
         let _server = super::forkserver::lock();
+        let _channels = channel::lock();
         let _me = current::lock();
         let _children = crate::registry::lock();
         sys::fork()
     };
     match forked.map_err(|e| Error::os("fork", e))? {
         None => {
-            // The child. Only the job's own code runs from here, then `_exit`.
-            drop(ours);
-            if sys::die_with_parent(parent as i32).is_err() {
+            // The child. Only the job's own code runs from here, then `_exit`; nothing is
+            // dropped (freeing would write to the allocator's pages, each write a copy).
+            let armed = if main_thread {
+                sys::die_with_parent_main_thread(parent as i32)
+            } else {
+                sys::die_with_parent(parent as i32)
+            };
+            if armed.is_err() {
                 entry::finish(entry::START_FAILED);
             }
             sys::skip_inherited_exit_handlers();
             current::install(me);
-            let conn = Connection::from_unix_socket(theirs);
-            let code = entry::run_target_into(outcome, &conn, move || job.run());
-            drop(conn);
+            let outlet =
+                entry::Outlet::ready(std::os::fd::AsFd::as_fd(&channel.theirs), channel.room);
+            let code = entry::run_target(outlet, move || job.run());
             entry::finish(code)
         }
         Some(pid) => {
-            debug_assert!(theirs.as_raw_fd() >= 0);
-            drop((theirs, me, outcome));
-            let pidfd = match open_pidfd(pid as u32) {
-                Ok(fd) => fd,
-                Err(err) => {
-                    sys::kill_and_reap(pid);
-                    return Err(err);
-                }
-            };
-            let pid = pid as u32;
+            drop(me);
             Ok(Started {
-                pid,
-                pidfd,
+                pid: pid as u32,
+                pidfd: None,
                 own: true,
                 status: None,
-                conn: Connection::from_unix_socket(ours),
+                results: Results::Pooled(channel),
             })
         }
     }

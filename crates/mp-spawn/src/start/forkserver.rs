@@ -13,10 +13,10 @@ use mp_codec::Frame;
 use mp_pipe::Connection;
 use rustix::process::{WaitId, WaitIdOptions, waitid};
 
-use super::{Started, open_pidfd, socketpair, spawn::exec_self};
+use super::{Results, Started, open_pidfd, socketpair, spawn::exec_self};
 use crate::{Error, Result, entry, sys};
 
-struct Server {
+pub(crate) struct Server {
     owner: u32,
     pidfd: OwnedFd,
     conn: Connection,
@@ -33,7 +33,7 @@ impl Drop for Server {
     }
 }
 
-static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+static SERVER: &Mutex<Option<Server>> = &crate::held::HELD.server;
 
 /// Held across `fork` (see `start::fork`).
 pub(crate) fn lock() -> std::sync::MutexGuard<'static, impl Sized> {
@@ -141,10 +141,10 @@ pub(crate) fn start(mut bootstrap: Frame) -> Result<Started> {
     let conn = Connection::from_unix_socket(ours);
     Ok(Started {
         pid,
-        pidfd,
+        pidfd: Some(pidfd),
         own: false,
         status: Some(status_r),
-        conn,
+        results: Results::Conn(conn),
     })
 }
 
@@ -213,7 +213,7 @@ fn handle(
             if sys::die_with_parent(server as i32).is_err() {
                 entry::finish(entry::START_FAILED);
             }
-            let code = entry::run_frame(request, Connection::from_unix_socket(child_end), false);
+            let code = entry::run_frame(request, &Connection::from_unix_socket(child_end), false);
             entry::finish(code)
         }
         Ok(Some(pid)) => {

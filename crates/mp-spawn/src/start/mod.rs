@@ -2,6 +2,7 @@
 //! the parent's end of the child's result socket (over which exec'd children also receive
 //! their bootstrap).
 
+pub(crate) mod channel;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod spawn;
@@ -19,12 +20,23 @@ use crate::{Error, Result, entry};
 /// A child just started.
 pub(crate) struct Started {
     pub(crate) pid: u32,
-    pub(crate) pidfd: OwnedFd,
+    /// A forkserver's child comes with a pidfd; for our own children one is opened only if
+    /// needed (their pid cannot be reused before we reap them).
+    pub(crate) pidfd: Option<OwnedFd>,
     /// Whether we are its parent (fork, spawn) and reap it with `waitid`; a forkserver's
     /// child is reaped by the server, which reports the exit status on `status`.
     pub(crate) own: bool,
     pub(crate) status: Option<OwnedFd>,
-    pub(crate) conn: Connection,
+    pub(crate) results: Results,
+}
+
+/// Where a child's outcome arrives.
+#[derive(Debug)]
+pub(crate) enum Results {
+    /// The socket an exec'd child also got its bootstrap on.
+    Conn(Connection),
+    /// A forked child's pooled socket pair, given back once the outcome is read.
+    Pooled(channel::Channel),
 }
 
 pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {

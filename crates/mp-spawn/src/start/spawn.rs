@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use mp_codec::Frame;
 use mp_pipe::Connection;
 
-use super::{Started, argv0, child_env, open_pidfd, socketpair};
+use super::{Results, Started, argv0, child_env, socketpair};
 use crate::{Error, Result, entry, sys};
 
 /// Starts `/proc/self/exe` with `socket` at `BOOT_FD` and `key` set; returns its pid.
@@ -32,15 +32,14 @@ pub(crate) fn exec_self(key: &str, socket: OwnedFd) -> Result<u32> {
 pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
     let (ours, theirs) = socketpair()?;
     let pid = exec_self(entry::CHILD_ENV, theirs)?;
-    let pidfd = open_pidfd(pid).inspect_err(|_| sys::kill_and_reap(pid as i32))?;
     let conn = Connection::from_unix_socket(ours);
     // If the child died before reading this, `join` reports how it ended.
     let _ = conn.send_frame(&bootstrap);
     Ok(Started {
         pid,
-        pidfd,
+        pidfd: None,
         own: true,
         status: None,
-        conn,
+        results: Results::Conn(conn),
     })
 }
