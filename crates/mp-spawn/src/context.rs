@@ -16,6 +16,8 @@ pub enum StartMethod {
     Spawn,
     /// A single-threaded server, exec'd once per parent on first use, forks each child. Safe
     /// in multi-threaded parents and much faster than `Spawn`. The default, as in Python 3.14.
+    /// The server keeps two children forked ahead of need (standbys waiting for their
+    /// target), so a start sends one message and does not wait for a fork.
     Forkserver,
 }
 

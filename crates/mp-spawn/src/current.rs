@@ -1,10 +1,6 @@
 //! What a process knows about itself, its parent and its children.
 
-use std::{
-    os::fd::OwnedFd,
-    sync::{Arc, MutexGuard},
-    time::Duration,
-};
+use std::{sync::MutexGuard, time::Duration};
 
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
@@ -28,7 +24,9 @@ pub struct CurrentProcess {
 #[derive(Debug, Clone)]
 pub struct ParentProcess {
     pid: u32,
-    pidfd: Option<Arc<OwnedFd>>,
+    /// Whether it is also the kernel's parent (fork, spawn); a forkserver's child has the
+    /// server for that.
+    kernel_parent: bool,
 }
 
 impl ParentProcess {
@@ -44,25 +42,20 @@ impl ParentProcess {
 
     /// Waits up to `timeout` (`None`: forever) for the parent to end; true if it has.
     pub fn join(&self, timeout: Option<Duration>) -> bool {
-        let opened;
-        let fd = match &self.pidfd {
-            Some(fd) => &**fd,
-            None => {
-                // Our own parent: while it lives it is our parent, so its pid is its own.
-                let ours = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
-                if ours != Some(self.pid) {
-                    return true;
-                }
-                match Pid::from_raw(self.pid as i32).map(|p| pidfd_open(p, PidfdFlags::empty())) {
-                    Some(Ok(fd)) => {
-                        opened = fd;
-                        &opened
-                    }
-                    _ => return true,
-                }
+        if self.kernel_parent {
+            // While it lives it is our parent, so its pid is its own.
+            let ours = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+            if ours != Some(self.pid) {
+                return true;
             }
-        };
-        mp_pipe::wait(&[fd], timeout).is_ok_and(|ready| !ready.is_empty())
+        }
+        // A forkserver's child: its parent's death takes the server, and so this process,
+        // with it (death signals), so while this process can ask, the pid is still its
+        // parent's, or nobody's.
+        match Pid::from_raw(self.pid as i32).map(|p| pidfd_open(p, PidfdFlags::empty())) {
+            Some(Ok(fd)) => mp_pipe::wait(&[&fd], timeout).is_ok_and(|ready| !ready.is_empty()),
+            _ => true,
+        }
     }
 }
 
@@ -115,25 +108,19 @@ pub(crate) fn me() -> MutexGuard<'static, Option<Me>> {
     me
 }
 
-/// Records who this process is, in a child just started. `watch_parent`: open a pidfd for
-/// the parent now (a forkserver's child, whose kernel parent is the server); our own
-/// parent's is opened when first needed.
+/// Records who this process is, in a child just started. `kernel_parent`: the parent process
+/// is also the kernel's parent (fork, spawn), not a forkserver.
 pub(crate) fn become_child(
     name: String,
     identity: Vec<u32>,
     daemon: bool,
     parent_pid: u32,
-    watch_parent: bool,
+    kernel_parent: bool,
 ) {
     let mut me = prepare_child(name, identity, daemon, parent_pid);
     me.pid = std::process::id();
-    if watch_parent {
-        me.parent = Some(ParentProcess {
-            pid: parent_pid,
-            pidfd: Pid::from_raw(parent_pid as i32)
-                .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
-                .map(Arc::new),
-        });
+    if let Some(parent) = &mut me.parent {
+        parent.kernel_parent = kernel_parent;
     }
     install(me);
 }
@@ -149,7 +136,7 @@ pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, pare
         children_started: 0,
         parent: Some(ParentProcess {
             pid: parent_pid,
-            pidfd: None,
+            kernel_parent: true,
         }),
     }
 }

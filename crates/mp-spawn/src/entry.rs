@@ -225,7 +225,20 @@ pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
     }
 }
 
-/// Runs a bootstrap frame already received (a forkserver's child finds it in memory).
+/// A forkserver's standby child: wait for the bootstrap and run it. End of file means the
+/// parent let the standby go (or died): leave quietly.
+///
+/// It does nothing ahead of time: measured, work done here right after the fork (faulting in
+/// stack and heap, opening a pidfd) competes for the CPUs with the child that runs meanwhile
+/// and costs a start more than it saves.
+pub(crate) fn run_standby(conn: Connection) -> i32 {
+    match conn.recv_frame() {
+        Ok(frame) => run_frame(frame, &conn, false),
+        Err(_) => 0,
+    }
+}
+
+/// Runs a bootstrap frame already received.
 pub(crate) fn run_frame(frame: Frame, conn: &Connection, exec_child: bool) -> i32 {
     install_panic_hook();
     let outlet = Outlet::new(conn);
@@ -245,7 +258,7 @@ pub(crate) fn run_frame(frame: Frame, conn: &Connection, exec_child: bool) -> i3
         header.identity.clone(),
         header.daemon,
         header.parent_pid,
-        !exec_child, // a forkserver's child: its parent process is not its parent
+        exec_child, // a forkserver's child: its parent process is not its kernel's parent
     );
     let trampoline: Trampoline = sys::function_at(&image, anchor(), header.trampoline);
     trampoline(&image, header.target, args, outlet)

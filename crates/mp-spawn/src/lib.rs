@@ -3,7 +3,8 @@
 //! A target is a `fn(A) -> R` (closures that capture nothing coerce) whose argument and result
 //! are [`mp_codec::Message`]s. Three start methods, as in Python: `Fork` (libc's fork; the
 //! fastest), `Spawn` (a fresh exec of this executable) and `Forkserver` (the default: a
-//! single-threaded server, exec'd once, forks each child — safe in multi-threaded parents).
+//! single-threaded server, exec'd once, forks each child — safe in multi-threaded parents; it
+//! keeps two children forked ahead, so a start is one message to a process already waiting).
 //! An exec'd child becomes a worker before `main` runs, so no `init()` call is needed anywhere,
 //! and spawning works from `cargo test` binaries, examples and benches alike.
 //!

@@ -402,15 +402,15 @@ impl<R> Process<R> {
     /// server; when the child reported how it ended, that gives its exit code without
     /// waiting for the server's report (one wake-up fewer), else the report is read.
     fn reap(&mut self, how: WaitIdOptions) -> Result<()> {
-        let code = if let Some(status) = &self.status {
-            let status = status.try_clone().map_err(|e| Error::os("dup", e))?;
+        let code = if self.status.is_some() {
             self.take_outcome();
             match self.outcome.as_ref().and_then(|f| f.bytes.first()) {
                 Some(&RETURNED) => 0,
                 Some(&PANICKED | &FAILED) => entry::START_FAILED,
                 _ => {
                     let mut word = [0u8; 4];
-                    match rustix::io::read(&status, &mut word) {
+                    let status = self.status.as_ref().expect("checked above");
+                    match rustix::io::read(status, &mut word) {
                         Ok(4) => i32::from_le_bytes(word),
                         // The forkserver died before reporting: its children die with it.
                         _ => -libc::SIGKILL,

@@ -309,8 +309,9 @@ fn no_zombie_after_join_drop_or_a_panic_in_the_parent() {
                 .start()
                 .unwrap();
             let pid = p.pid();
-            ours.send("end").unwrap();
+            // Opened before it can end: a forkserver reaps its children at once.
             let fd = pidfd_open(Pid::from_raw(pid as i32).unwrap(), PidfdFlags::empty()).unwrap();
+            ours.send("end").unwrap();
             mp_pipe::wait(&[fd.as_fd()], Some(DEADLINE)).unwrap();
             std::panic::panic_any(pid);
         });

@@ -1,8 +1,11 @@
 //! `forkserver`: one exec'd, single-threaded server per parent, started on first use, forks
-//! each child on request. The request carries the child's end of its result socket and the
-//! write end of a status pipe (`SCM_RIGHTS`); the reply carries the child's pid and a pidfd.
-//! The server reaps its children and writes each exit status (4 bytes) to its status pipe.
-//! It dies with its parent (and its children with it), and is started again if it died.
+//! children on request. Each child is forked *ahead* of its start, as a standby that waits
+//! for its bootstrap on a socket of its own: the reply to a request carries the child's pid,
+//! the parent's end of that socket, the read end of a status pipe and a pidfd
+//! (`SCM_RIGHTS`). A start sends the bootstrap straight to the standby and asks for the next
+//! one. The server reaps its children and writes each exit status (4 bytes) to its status
+//! pipe. It dies with its parent (and its children, standby or not, with it), and is started
+//! again if it died.
 
 use std::{
     os::fd::{AsFd, OwnedFd},
@@ -20,7 +23,15 @@ pub(crate) struct Server {
     owner: u32,
     pidfd: OwnedFd,
     conn: Connection,
+    /// Standby children asked for whose replies are not read yet.
+    in_flight: usize,
 }
+
+/// How many standby children a parent keeps asked for: two, so that a start rarely waits
+/// for the server to fork, even when children are started one after another and each ends
+/// before the server has forked the next (measured: with one, half the starts of such a
+/// loop waited for a fork, ~40 µs).
+const STANDBYS: usize = 2;
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -47,105 +58,133 @@ fn launch() -> Result<Server> {
         owner: std::process::id(),
         pidfd: open_pidfd(pid).inspect_err(|_| sys::kill_and_reap(pid as i32))?,
         conn: Connection::from_unix_socket(ours),
+        in_flight: 0,
     })
 }
 
-/// Asks the server for a child: the bootstrap travels with the request, so the child finds
-/// it in memory the moment it is forked; the child's socket end and the status pipe's write
-/// end ride last among the descriptors.
-/// How a request failed: refused by a server still in step with us, or with the connection
-/// to the server broken (it died, or the stream is out of step) and a new server needed.
+/// How getting a standby failed: refused by a server still in step with us, or with the
+/// connection to the server broken (it died, or the stream is out of step) and a new server
+/// needed.
 enum Failed {
     Refused(Error),
     Broken(Error),
 }
 
-fn request(
-    server: &Server,
-    bootstrap: &mut Frame,
-    child_end: &OwnedFd,
-    status_w: &OwnedFd,
-) -> Result<(u32, OwnedFd), Failed> {
-    let dup = |fd: &OwnedFd| {
-        fd.try_clone()
-            .map_err(|e| Failed::Refused(Error::os("dup", e)))
-    };
-    let (child_end, status_w) = (dup(child_end)?, dup(status_w)?);
-    bootstrap.fds.push(child_end);
-    bootstrap.fds.push(status_w);
-    let sent = server.conn.send_frame(bootstrap);
-    bootstrap.fds.truncate(bootstrap.fds.len() - 2);
-    match sent {
-        Ok(()) => {}
-        // Too many descriptors in the arguments: nothing was sent, the server is fine.
-        Err(err @ mp_pipe::Error::Codec(mp_codec::Error::TooManyFds { .. })) => {
-            return Err(Failed::Refused(err.into()));
-        }
-        Err(err) => return Err(Failed::Broken(err.into())),
-    }
-    let mut reply = server
-        .conn
-        .recv_frame()
-        .map_err(|e| Failed::Broken(e.into()))?;
-    // An empty reply: the server could not fork (or track) the child, and says so.
-    let pid = reply
-        .bytes
-        .first_chunk::<4>()
-        .map(|b| u32::from_le_bytes(*b))
-        .ok_or_else(|| {
-            Failed::Refused(Error::os(
-                "fork (in the forkserver)",
-                std::io::Error::other("the forkserver could not start the child"),
-            ))
-        })?;
-    let pidfd = match reply.fds.pop() {
-        Some(fd) => fd,
-        None => open_pidfd(pid).map_err(Failed::Refused)?,
-    };
-    Ok((pid, pidfd))
+/// A child the server forked ahead of need, waiting for its bootstrap on `conn`.
+struct Standby {
+    pid: u32,
+    pidfd: OwnedFd,
+    status: OwnedFd,
+    conn: Connection,
 }
 
-pub(crate) fn start(mut bootstrap: Frame) -> Result<Started> {
-    let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
-    // Made under the lock, which a fork also holds: no forked child can inherit a copy of
-    // the status pipe's write end and keep it open after the server is gone.
-    let (ours, theirs) = socketpair()?;
-    let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| Error::os("pipe2", e))?;
-    let mut attempt = 0;
-    let (pid, pidfd) = loop {
-        if server
-            .as_ref()
-            .is_none_or(|s| s.owner != std::process::id())
+impl Server {
+    /// Asks for standby children until [`STANDBYS`] are, without waiting for replies.
+    fn request(&mut self) -> Result<(), Failed> {
+        while self.in_flight < STANDBYS {
+            self.conn
+                .send_bytes(&[])
+                .map_err(|e| Failed::Broken(e.into()))?;
+            self.in_flight += 1;
+        }
+        Ok(())
+    }
+
+    /// The oldest standby asked for (asking now if none is): usually forked long ago and its
+    /// reply waiting, since each start asks for the next ones.
+    fn standby(&mut self) -> Result<Standby, Failed> {
+        // A dead server's standby (its reply may still be waiting here) dies with it.
+        if !mp_pipe::wait(&[&self.pidfd], Some(std::time::Duration::ZERO))
+            .is_ok_and(|ready| ready.is_empty())
         {
-            // None yet, or our parent's (inherited through fork): start our own.
-            *server = Some(launch()?);
+            return Err(Failed::Broken(Error::os(
+                "forkserver",
+                std::io::Error::other("the forkserver has died"),
+            )));
         }
-        let current = server.as_ref().expect("just launched");
-        match request(current, &mut bootstrap, &theirs, &status_w) {
-            Ok(reply) => break reply,
-            // A server that refused (it could not fork, say) is still good: its running
-            // children must not be taken down with it.
-            Err(Failed::Refused(err)) => return Err(err),
-            // Dead, or out of step: start a new one, once.
-            Err(Failed::Broken(_)) if attempt == 0 => {
-                attempt += 1;
-                *server = None;
+        self.request()?;
+        let mut reply = self
+            .conn
+            .recv_frame()
+            .map_err(|e| Failed::Broken(e.into()))?;
+        self.in_flight -= 1;
+        // An empty reply: the server could not fork (or track) the child, and says so.
+        let pid = reply
+            .bytes
+            .first_chunk::<4>()
+            .map(|b| u32::from_le_bytes(*b));
+        match (pid, reply.fds.pop(), reply.fds.pop(), reply.fds.pop()) {
+            (Some(pid), Some(pidfd), Some(status), Some(conn)) => Ok(Standby {
+                pid,
+                pidfd,
+                status,
+                conn: Connection::from_unix_socket(conn),
+            }),
+            _ => Err(Failed::Refused(Error::os(
+                "fork (in the forkserver)",
+                std::io::Error::other("the forkserver could not start the child"),
+            ))),
+        }
+    }
+}
+
+/// Starts a child from the forkserver: takes the standby child the server forked ahead of
+/// time, asks for the next one, and sends the bootstrap straight to the standby. The server
+/// is off the path of a start (its fork happens while the previous child runs), as in
+/// Android's pool of unspecialized zygote children; the first start waits for one fork.
+pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let standby = {
+            let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+            if server
+                .as_ref()
+                .is_none_or(|s| s.owner != std::process::id())
+            {
+                // None yet, or our parent's (inherited through fork): start our own.
+                *server = Some(launch()?);
             }
-            Err(Failed::Broken(err)) => return Err(err),
+            let current = server.as_mut().expect("just launched");
+            match current.standby() {
+                Ok(standby) => {
+                    // The next one, forked while this one runs. A failure here shows again,
+                    // and is handled, at the next start.
+                    let _ = current.request();
+                    standby
+                }
+                // A server that refused (it could not fork, say) is still good: its running
+                // children must not be taken down with it.
+                Err(Failed::Refused(err)) => return Err(err),
+                // Dead, or out of step: start a new one, once.
+                Err(Failed::Broken(_)) if attempts == 1 => {
+                    *server = None;
+                    continue;
+                }
+                Err(Failed::Broken(err)) => return Err(err),
+            }
+        };
+        // Sent without the lock: the arguments may be large, and the standby reads them as
+        // they come.
+        match standby.conn.send_frame(&bootstrap) {
+            Ok(()) => {
+                return Ok(Started {
+                    pid: standby.pid,
+                    pidfd: Some(standby.pidfd),
+                    own: false,
+                    status: Some(standby.status),
+                    results: Results::Conn(standby.conn),
+                });
+            }
+            // Too many descriptors in the arguments: nothing was sent.
+            Err(err @ mp_pipe::Error::Codec(mp_codec::Error::TooManyFds { .. })) => {
+                return Err(err.into());
+            }
+            // The standby died before its start (killed from outside): take the next one.
+            Err(_) if attempts < 3 => continue,
+            Err(err) => return Err(err.into()),
         }
-    };
-    // Close our copies of the child's ends before a fork elsewhere can copy them.
-    drop((theirs, status_w));
-    drop(server);
-    let conn = Connection::from_unix_socket(ours);
-    Ok(Started {
-        pid,
-        pidfd: Some(pidfd),
-        own: false,
-        status: Some(status_r),
-        results: Results::Conn(conn),
-    })
+    }
 }
 
 /// The server's main loop; never returns.
@@ -155,6 +194,9 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
         sys::exit_now(entry::START_FAILED);
     }
     sys::raise_fd_limit();
+    // Worked out once here, so that no child works it out again.
+    let _ = entry::fingerprint();
+    entry::install_panic_hook();
     let mut conn = Some(Connection::from_unix_socket(socket));
     let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::new();
     while let Some(requests) = conn.as_ref() {
@@ -181,7 +223,7 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
             let _ = rustix::io::write(&status_w, &code.to_le_bytes());
         }
         match request {
-            Some(Ok(request)) => handle(request, &mut conn, &mut children),
+            Some(Ok(_)) => handle(&mut conn, &mut children),
             Some(Err(_)) => conn = None, // the parent has gone
             None => {}
         }
@@ -190,16 +232,20 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     sys::exit_now(0)
 }
 
-fn handle(
-    mut request: Frame,
-    conn: &mut Option<Connection>,
-    children: &mut Vec<(OwnedFd, OwnedFd)>,
-) {
-    let (Some(status_w), Some(child_end)) = (request.fds.pop(), request.fds.pop()) else {
-        // Not a request we understand: an empty reply, so the parent gets an error, not a hang.
+/// Forks a standby child, which waits for its bootstrap on a socket of its own, and replies
+/// with its pid, the parent's end of that socket, the read end of its status pipe and a
+/// pidfd; or with an empty reply if it cannot.
+fn handle(conn: &mut Option<Connection>, children: &mut Vec<(OwnedFd, OwnedFd)>) {
+    let reply = |frame: &Frame| {
         if let Some(conn) = conn.as_ref() {
-            let _ = conn.send_frame(&Frame::new());
+            let _ = conn.send_frame(frame);
         }
+    };
+    let (Ok((parent_end, child_end)), Ok((status_r, status_w))) = (
+        socketpair(),
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC),
+    ) else {
+        reply(&Frame::new());
         return;
     };
     let server = std::process::id();
@@ -209,41 +255,33 @@ fn handle(
             sys::restore_fd_limit();
             drop(conn.take());
             children.clear();
-            drop(status_w);
-            if sys::die_with_parent(server as i32).is_err() {
+            drop((parent_end, status_r, status_w));
+            if sys::die_with_parent_main_thread(server as i32).is_err() {
                 entry::finish(entry::START_FAILED);
             }
-            let code = entry::run_frame(request, &Connection::from_unix_socket(child_end), false);
+            let code = entry::run_standby(Connection::from_unix_socket(child_end));
             entry::finish(code)
         }
         Ok(Some(pid)) => {
             drop(child_end);
-            let reply = match open_pidfd(pid as u32) {
-                Ok(pidfd) => {
-                    let dup = pidfd.try_clone();
+            let tracked = open_pidfd(pid as u32)
+                .and_then(|pidfd| Ok((pidfd.try_clone().map_err(|e| Error::os("dup", e))?, pidfd)));
+            match tracked {
+                Ok((dup, pidfd)) => {
                     children.push((pidfd, status_w));
-                    Frame {
+                    reply(&Frame {
                         bytes: (pid as u32).to_le_bytes().to_vec(),
-                        fds: dup.into_iter().collect(),
-                    }
+                        fds: vec![parent_end, status_r, dup],
+                    });
                 }
                 Err(_) => {
                     // Untrackable: end it now rather than leave it unreaped; the parent gets
                     // an error.
                     sys::kill_and_reap(pid);
-                    Frame::new()
+                    reply(&Frame::new());
                 }
-            };
-            if let Some(conn) = conn.as_ref() {
-                let _ = conn.send_frame(&reply);
             }
         }
-        Err(_) => {
-            // Dropping the request's descriptors tells the parent: its child socket gets EOF.
-            drop((child_end, status_w, request));
-            if let Some(conn) = conn.as_ref() {
-                let _ = conn.send_frame(&Frame::new());
-            }
-        }
+        Err(_) => reply(&Frame::new()),
     }
 }
