@@ -194,7 +194,7 @@ impl Connection {
     /// [`Error::BadMessageLength`] over the limit, [`Error::Codec`] if the message is not a
     /// `T` (the connection stays usable), or [`Error::Os`].
     pub fn recv<T: Decode>(&self) -> Result<T> {
-        let mut incoming = self.receive(self.max_len)?;
+        let mut incoming = self.receive(self.max_len, true)?;
         Ok(T::decode(&mut incoming.frame)?)
     }
 
@@ -215,7 +215,7 @@ impl Connection {
     /// # Errors
     /// As [`recv_bytes`](Self::recv_bytes).
     pub fn recv_frame(&self) -> Result<Frame> {
-        let mut incoming = self.receive(self.max_len)?;
+        let mut incoming = self.receive(self.max_len, true)?;
         Ok(std::mem::take(&mut incoming.frame))
     }
 
@@ -254,7 +254,7 @@ impl Connection {
     /// # Errors
     /// As [`recv_bytes`](Self::recv_bytes).
     pub fn recv_bytes_max(&self, max_len: usize) -> Result<Vec<u8>> {
-        let mut incoming = self.receive(max_len.min(self.max_len))?;
+        let mut incoming = self.receive(max_len.min(self.max_len), false)?;
         Ok(std::mem::take(&mut incoming.frame.bytes))
     }
 
@@ -276,7 +276,7 @@ impl Connection {
     /// [`Error::BufferTooShort`] with the whole message when it does not fit; otherwise as
     /// [`recv_bytes`](Self::recv_bytes).
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize> {
-        let mut incoming = self.receive(self.max_len)?;
+        let mut incoming = self.receive(self.max_len, false)?;
         let bytes = &incoming.frame.bytes;
         if bytes.len() > buf.len() {
             return Err(Error::BufferTooShort(std::mem::take(
@@ -288,7 +288,10 @@ impl Connection {
     }
 
     /// Reads one whole frame into the receive state, which stays locked for the caller.
-    fn receive(&self, max_len: usize) -> Result<MutexGuard<'_, Incoming>> {
+    /// Receives one frame. `with_fds`: collect descriptors sent with it (`recvmsg`); the
+    /// bytes-only receives use plain `read`, cheaper, with which the kernel closes any
+    /// descriptors that came along (as CPython's `recv_bytes` drops them).
+    fn receive(&self, max_len: usize, with_fds: bool) -> Result<MutexGuard<'_, Incoming>> {
         if !self.readable {
             return Err(Error::WrongDirection("write"));
         }
@@ -298,8 +301,8 @@ impl Connection {
         }
         let Incoming { frame, broken } = &mut *incoming;
         let result = match self.transport {
-            Transport::Unix => wire::recv_frame(&self.fd, max_len, frame),
-            Transport::Tcp | Transport::Pipe => {
+            Transport::Unix if with_fds => wire::recv_frame(&self.fd, max_len, frame),
+            Transport::Unix | Transport::Tcp | Transport::Pipe => {
                 frame.fds.clear();
                 wire::read_frame(&self.fd, max_len, &mut frame.bytes)
             }
@@ -537,6 +540,21 @@ mod tests {
         ));
         a.send_bytes(b"later").unwrap();
         assert_eq!(b.recv_bytes().unwrap(), b"later");
+    }
+
+    #[test]
+    fn recv_bytes_closes_descriptors_that_came_with_the_message() {
+        let (a, b) = crate::pipe(true).unwrap();
+        let (x, y) = crate::pipe(true).unwrap();
+        a.send(&y).unwrap();
+        drop(y);
+        assert!(!b.recv_bytes().unwrap().is_empty());
+        // No copy of `y` is left anywhere, so `x` sees the end of the stream.
+        assert!(
+            x.poll(Some(Duration::from_secs(5))).unwrap(),
+            "a copy of y lingers"
+        );
+        assert!(matches!(x.recv_bytes(), Err(Error::Eof)));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (`xtask __peer KIND`) with its end of a unix socket as stdin. The parent runs on CPU 0 and
 //! every peer on CPU 1, CPython's too, so all implementations get the same placement.
 //!
-//! - `pipe_rtt_8b`: one round trip of an 8-byte message (ns/op).
+//! - `pipe_rtt_8b`: one round trip of an 8-byte message (ns/op). `raw/framed, 2 reads` does
+//!   on a raw socket the I/O CPython's framing needs: 12 bytes written at once, read as a
+//!   4-byte header then the payload; it shows what the second read costs here.
 //! - `pipe_1mib`: 1 MiB messages one way, acknowledged once per batch (MB/s).
 
 use std::{
@@ -31,6 +33,7 @@ pub fn workloads() -> Vec<Workload> {
             impls: vec![
                 peer_impl("raw/socketpair", "raw-echo", raw_rtt),
                 peer_impl("ours/mp-pipe", "ours-echo", ours_rtt),
+                peer_impl("raw/framed, 2 reads", "raw-framed-echo", raw_framed_rtt),
                 cpython("multiprocessing.Pipe", "pipe.py", "pipe_rtt_8b"),
             ],
         },
@@ -148,6 +151,27 @@ fn raw_rtt(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
     failed.map_or(Ok(ns), Err)
 }
 
+/// Reads one CPython-framed 8-byte message as CPython does: the header, then the payload.
+fn read_framed(fd: &impl AsFd, message: &mut [u8; 12]) -> std::io::Result<()> {
+    let (head, payload) = message.split_at_mut(4);
+    read_exact(fd, head)?;
+    read_exact(fd, payload)
+}
+
+fn raw_framed_rtt(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
+    let mut message = [0, 0, 0, 8, 7, 7, 7, 7, 7, 7, 7, 7];
+    let mut failed = None;
+    let ns = time_batched(iters, |n| {
+        for _ in 0..n {
+            if let Err(e) = write_all(fd, &message).and_then(|()| read_framed(fd, &mut message)) {
+                failed = Some(e.to_string());
+                return;
+            }
+        }
+    });
+    failed.map_or(Ok(ns), Err)
+}
+
 fn ours_rtt(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
     let conn = Connection::from_unix_socket(fd.try_clone().map_err(|e| e.to_string())?);
     let message = [7u8; 8];
@@ -257,6 +281,15 @@ pub fn peer(kind: &str) -> Result<(), String> {
                     return eof_is_fine(e);
                 }
                 write_all(&stdin, &buf).map_err(|e| e.to_string())?;
+            }
+        }
+        "raw-framed-echo" => {
+            let mut message = [0u8; 12];
+            loop {
+                if let Err(e) = read_framed(&stdin, &mut message) {
+                    return eof_is_fine(e);
+                }
+                write_all(&stdin, &message).map_err(|e| e.to_string())?;
             }
         }
         "raw-sink" => {
