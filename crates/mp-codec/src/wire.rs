@@ -82,7 +82,41 @@ pub fn send_frame(socket: impl AsFd, frame: &Frame) -> Result<()> {
 /// # Errors
 /// As [`send_frame`].
 pub fn send_parts(socket: impl AsFd, payload: &[u8], fds: &[impl AsFd]) -> Result<()> {
-    let socket = socket.as_fd();
+    send_parts_as(socket.as_fd(), payload, fds, false)
+}
+
+/// [`send_frame`] that also works on a non-blocking socket: where the socket's buffer is
+/// full it waits until there is room (`poll`), instead of failing with `EAGAIN` half-way
+/// through a frame.
+///
+/// # Errors
+/// As [`send_frame`].
+pub fn send_frame_waiting(socket: impl AsFd, frame: &Frame) -> Result<()> {
+    send_parts_as(socket.as_fd(), &frame.bytes, &frame.fds, true)
+}
+
+fn send_parts_as(
+    socket: BorrowedFd<'_>,
+    payload: &[u8],
+    fds: &[impl AsFd],
+    wait: bool,
+) -> Result<()> {
+    let retry = |op: &mut dyn FnMut() -> Result<usize, Errno>| loop {
+        match op() {
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) if wait => {
+                let mut pfd = [rustix::event::PollFd::new(
+                    &socket,
+                    rustix::event::PollFlags::OUT,
+                )];
+                match rustix::event::poll(&mut pfd, None) {
+                    Ok(_) | Err(Errno::INTR) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    };
     if fds.len() > MAX_FDS {
         return Err(Error::TooManyFds {
             count: fds.len(),
@@ -90,7 +124,16 @@ pub fn send_parts(socket: impl AsFd, payload: &[u8], fds: &[impl AsFd]) -> Resul
         });
     }
     if fds.is_empty() && payload.len() <= SMALL {
-        return send_small(socket, payload);
+        let mut buf = [0u8; 4 + SMALL];
+        buf[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        buf[4..4 + payload.len()].copy_from_slice(payload);
+        let mut out = &buf[..4 + payload.len()];
+        while !out.is_empty() {
+            let sent = retry(&mut || rustix::net::send(socket, out, SendFlags::NOSIGNAL))
+                .map_err(|e| Error::os("sendmsg", e))?;
+            out = &out[sent..];
+        }
+        return Ok(());
     }
     let mut head = [0; 12];
     let head = header(payload.len(), &mut head);
@@ -100,36 +143,22 @@ pub fn send_parts(socket: impl AsFd, payload: &[u8], fds: &[impl AsFd]) -> Resul
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         control.push(SendAncillaryMessage::ScmRights(&fds));
-        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))
+        let sent = retry(&mut || sendmsg(socket, &out.slices(), &mut control))
             .map_err(|e| Error::os("sendmsg", e))?;
         out.advance(sent);
     }
     let mut control = SendAncillaryBuffer::default();
     while !out.done() {
-        let sent = retry(|| sendmsg(socket, &out.slices(), &mut control))
+        let sent = retry(&mut || sendmsg(socket, &out.slices(), &mut control))
             .map_err(|e| Error::os("sendmsg", e))?;
         out.advance(sent);
     }
     Ok(())
 }
 
-/// Payloads up to this size are sent from one contiguous copy with `send`, cheaper than
-/// `sendmsg` with two slices.
+/// Payloads up to this size, without descriptors, are sent from one contiguous copy with
+/// `send`, cheaper than `sendmsg` with two slices.
 const SMALL: usize = 1024;
-
-/// [`send_parts`] of a small payload without descriptors.
-fn send_small(socket: BorrowedFd<'_>, payload: &[u8]) -> Result<()> {
-    let mut buf = [0u8; 4 + SMALL];
-    buf[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    buf[4..4 + payload.len()].copy_from_slice(payload);
-    let mut out = &buf[..4 + payload.len()];
-    while !out.is_empty() {
-        let sent = retry(|| rustix::net::send(socket, out, SendFlags::NOSIGNAL))
-            .map_err(|e| Error::os("sendmsg", e))?;
-        out = &out[sent..];
-    }
-    Ok(())
-}
 
 /// Writes a frame with no descriptors to any stream: a pipe, a socket, a file.
 ///
@@ -458,6 +487,38 @@ mod tests {
             read_frame(&b, DEFAULT_MAX_LEN, &mut buf),
             Err(Error::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_waiting_send_fills_a_non_blocking_socket_whole() {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let big = Frame {
+            bytes: (0..4 << 20).map(|i| i as u8).collect(),
+            fds: Vec::new(),
+        };
+        // Far past the socket's buffer: a plain send gives up with EAGAIN part-way...
+        assert!(
+            matches!(send_frame(&a, &big), Err(Error::Os(_, e)) if e.raw_os_error() == Some(Errno::AGAIN.raw_os_error()))
+        );
+        let mut stale = vec![0; 8 << 20];
+        while let Ok(n @ 1..) = rustix::io::read(&b, &mut stale) {
+            let _ = n;
+        }
+        // ...a waiting one sends it all while the reader takes it.
+        rustix::io::ioctl_fionbio(&b, false).unwrap();
+        let reader = thread::spawn(move || {
+            let mut frame = Frame::new();
+            recv_frame(&b, DEFAULT_MAX_LEN, &mut frame).unwrap();
+            frame.bytes
+        });
+        send_frame_waiting(&a, &big).unwrap();
+        assert_eq!(reader.join().unwrap(), big.bytes);
     }
 
     #[test]

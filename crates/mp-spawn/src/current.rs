@@ -118,7 +118,7 @@ pub(crate) fn become_child(
     kernel_parent: bool,
 ) {
     let mut me = prepare_child(name, identity, daemon, parent_pid);
-    me.pid = std::process::id();
+    me.pid = pid();
     if let Some(parent) = &mut me.parent {
         parent.kernel_parent = kernel_parent;
     }

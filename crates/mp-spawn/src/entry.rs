@@ -228,10 +228,15 @@ pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
 /// A forkserver's standby child: wait for the bootstrap and run it. End of file means the
 /// parent let the standby go (or died): leave quietly.
 ///
-/// It does nothing ahead of time: measured, work done here right after the fork (faulting in
-/// stack and heap, opening a pidfd) competes for the CPUs with the child that runs meanwhile
-/// and costs a start more than it saves.
+/// Beyond making its socket blocking it does nothing ahead of time: measured, work done here
+/// right after the fork (faulting in stack and heap, opening a pidfd) competes for the CPUs
+/// with the child that runs meanwhile and costs a start more than it saves.
 pub(crate) fn run_standby(conn: Connection) -> i32 {
+    // A pooled socket is non-blocking (see `start::channel`); the outcome is sent
+    // non-blocking again.
+    if conn.set_nonblocking(false).is_err() {
+        return START_FAILED;
+    }
     match conn.recv_frame() {
         Ok(frame) => run_frame(frame, &conn, false),
         Err(_) => 0,

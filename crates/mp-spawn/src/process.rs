@@ -377,7 +377,10 @@ impl<R> Process<R> {
                     self.outcome = entry::unpack_outcome(frame).ok();
                 }
             }
-            Some(Results::Pooled(channel)) => {
+            Some(Results::Pooled {
+                channel,
+                bootstrapped,
+            }) => {
                 let mut frame = Frame::new();
                 match mp_codec::wire::recv_frame(
                     &channel.ours,
@@ -388,8 +391,11 @@ impl<R> Process<R> {
                         self.outcome = entry::unpack_outcome(frame).ok();
                         channel::give_back(channel);
                     }
-                    // Nothing sent at all (the child was killed, say): still clean.
-                    Err(mp_codec::Error::WouldBlock) => channel::give_back(channel),
+                    // Nothing sent at all (the child was killed, say): still clean, unless
+                    // a bootstrap sent the other way may be left in it.
+                    Err(mp_codec::Error::WouldBlock) if !bootstrapped => {
+                        channel::give_back(channel)
+                    }
                     // A frame cut short: the pair is out of step, so it is closed.
                     Err(_) => {}
                 }

@@ -590,20 +590,27 @@ fn big(x: u64) -> Vec<u64> {
 }
 
 #[test]
-fn forked_children_reuse_result_sockets_without_crossing_results() {
-    // Result sockets are pooled: whatever one child did (returned, panicked, exited, was
-    // killed, sent a big result), the next one's join sees only its own outcome.
-    for round in 0..3 {
+fn children_reuse_result_sockets_without_crossing_results() {
+    // Result sockets are pooled (fork and forkserver): whatever one child did (returned,
+    // panicked, exited, was killed, sent a big result), the next one's join sees only its
+    // own outcome.
+    for (round, method) in [StartMethod::Fork, StartMethod::Forkserver]
+        .into_iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        let round = round as u64;
         let mut running: Vec<(u64, Process<u64>)> = (0..10)
             .map(|x| {
                 let p = Process::new(identity_or_die, x)
-                    .method(StartMethod::Fork)
+                    .method(method)
                     .start()
                     .unwrap();
                 (x, p)
             })
             .collect();
-        if round == 1 {
+        if round % 3 == 1 {
             running.reverse(); // joined in another order than started
         }
         for (x, mut p) in running {
@@ -617,10 +624,7 @@ fn forked_children_reuse_result_sockets_without_crossing_results() {
                 (_, other) => panic!("{x}: {other:?}"),
             }
         }
-        let mut p = Process::new(big, round)
-            .method(StartMethod::Fork)
-            .start()
-            .unwrap();
+        let mut p = Process::new(big, round).method(method).start().unwrap();
         assert_eq!(join_in_time(&mut p).unwrap(), vec![round; 100_000]);
     }
 }

@@ -61,7 +61,10 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
                 pidfd: None,
                 own: true,
                 status: None,
-                results: Results::Pooled(channel),
+                results: Results::Pooled {
+                    channel,
+                    bootstrapped: false,
+                },
             })
         }
     }

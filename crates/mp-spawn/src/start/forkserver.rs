@@ -1,13 +1,13 @@
 //! `forkserver`: one exec'd, single-threaded server per parent, started on first use, forks
 //! children on request. Each child is forked *ahead* of its start, as a standby that waits
-//! for its bootstrap on a socket of its own: the reply to a request carries the child's pid,
-//! the parent's end of that socket, the read end of a status pipe and a pidfd
-//! (`SCM_RIGHTS`). A start sends the bootstrap straight to the standby and asks for the next
-//! one. The server reaps its children and writes each exit status (4 bytes) to its status
+//! for its bootstrap on a socket of its own: the request carries the child's end of that
+//! socket and the write end of a status pipe (`SCM_RIGHTS`), the reply the child's pid. A
+//! start sends the bootstrap straight to the standby and asks for the next one. The server reaps its children and writes each exit status (4 bytes) to its status
 //! pipe. It dies with its parent (and its children, standby or not, with it), and is started
 //! again if it died.
 
 use std::{
+    collections::VecDeque,
     os::fd::{AsFd, OwnedFd},
     sync::Mutex,
 };
@@ -16,15 +16,30 @@ use mp_codec::Frame;
 use mp_pipe::Connection;
 use rustix::process::{WaitId, WaitIdOptions, waitid};
 
-use super::{Results, Started, open_pidfd, socketpair, spawn::exec_self};
+use super::{
+    Results, Started,
+    channel::{self, Channel},
+    open_pidfd, socketpair,
+    spawn::exec_self,
+};
 use crate::{Error, Result, entry, sys};
 
 pub(crate) struct Server {
     owner: u32,
     pidfd: OwnedFd,
     conn: Connection,
-    /// Standby children asked for whose replies are not read yet.
-    in_flight: usize,
+    /// Standby children asked for whose replies are not read yet, oldest first.
+    asked: VecDeque<Asked>,
+}
+
+/// What was made for a standby child asked for: its result socket pair (pooled, as for
+/// fork: the server and the child get copies of the child's end, so no unix socket is
+/// destroyed per child; destroying one while descriptors are in flight, as requests' are,
+/// makes the kernel queue its unix garbage collector, a worker thread's wake-up each time)
+/// and the read end of its status pipe.
+struct Asked {
+    channel: Channel,
+    status: OwnedFd,
 }
 
 /// How many standby children a parent keeps asked for: two, so that a start rarely waits
@@ -58,7 +73,7 @@ fn launch() -> Result<Server> {
         owner: std::process::id(),
         pidfd: open_pidfd(pid).inspect_err(|_| sys::kill_and_reap(pid as i32))?,
         conn: Connection::from_unix_socket(ours),
-        in_flight: 0,
+        asked: VecDeque::new(),
     })
 }
 
@@ -68,24 +83,34 @@ fn launch() -> Result<Server> {
 enum Failed {
     Refused(Error),
     Broken(Error),
+    /// The standby is gone (killed from outside): take the next.
+    Gone(Error),
 }
 
-/// A child the server forked ahead of need, waiting for its bootstrap on `conn`.
+/// A child the server forked ahead of need, waiting for its bootstrap on its end of
+/// `channel`.
 struct Standby {
     pid: u32,
     pidfd: OwnedFd,
     status: OwnedFd,
-    conn: Connection,
+    channel: Channel,
 }
 
 impl Server {
-    /// Asks for standby children until [`STANDBYS`] are, without waiting for replies.
+    /// Asks for standby children until [`STANDBYS`] are, without waiting for replies. Each
+    /// request carries the child's end of its socket and its status pipe's write end.
     fn request(&mut self) -> Result<(), Failed> {
-        while self.in_flight < STANDBYS {
-            self.conn
-                .send_bytes(&[])
-                .map_err(|e| Failed::Broken(e.into()))?;
-            self.in_flight += 1;
+        while self.asked.len() < STANDBYS {
+            let channel = channel::take().map_err(Failed::Refused)?;
+            let (status, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| Failed::Refused(Error::os("pipe2", e)))?;
+            mp_codec::wire::send_parts(
+                &self.conn,
+                &[],
+                &[channel.theirs.as_fd(), status_w.as_fd()],
+            )
+            .map_err(|e| Failed::Broken(mp_pipe::Error::from(e).into()))?;
+            self.asked.push_back(Asked { channel, status });
         }
         Ok(())
     }
@@ -103,28 +128,28 @@ impl Server {
             )));
         }
         self.request()?;
-        let mut reply = self
+        let reply = self
             .conn
-            .recv_frame()
+            .recv_bytes()
             .map_err(|e| Failed::Broken(e.into()))?;
-        self.in_flight -= 1;
+        let asked = self.asked.pop_front().expect("asked for above");
         // An empty reply: the server could not fork (or track) the child, and says so.
-        let pid = reply
-            .bytes
-            .first_chunk::<4>()
-            .map(|b| u32::from_le_bytes(*b));
-        match (pid, reply.fds.pop(), reply.fds.pop(), reply.fds.pop()) {
-            (Some(pid), Some(pidfd), Some(status), Some(conn)) => Ok(Standby {
-                pid,
-                pidfd,
-                status,
-                conn: Connection::from_unix_socket(conn),
-            }),
-            _ => Err(Failed::Refused(Error::os(
+        let Some(pid) = reply.first_chunk::<4>().map(|b| u32::from_le_bytes(*b)) else {
+            return Err(Failed::Refused(Error::os(
                 "fork (in the forkserver)",
                 std::io::Error::other("the forkserver could not start the child"),
-            ))),
-        }
+            )));
+        };
+        // The standby is waiting for us, so its pid is its own: it cannot end by itself,
+        // and one killed from outside is not reused this soon (checked again when the
+        // bootstrap is sent).
+        let pidfd = open_pidfd(pid).map_err(Failed::Gone)?;
+        Ok(Standby {
+            pid,
+            pidfd,
+            status: asked.status,
+            channel: asked.channel,
+        })
     }
 }
 
@@ -162,27 +187,32 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
                     continue;
                 }
                 Err(Failed::Broken(err)) => return Err(err),
+                Err(Failed::Gone(_)) if attempts < 3 => continue,
+                Err(Failed::Gone(err)) => return Err(err),
             }
         };
         // Sent without the lock: the arguments may be large, and the standby reads them as
-        // they come.
-        match standby.conn.send_frame(&bootstrap) {
+        // they come (our end is non-blocking: the send waits for room).
+        match mp_codec::wire::send_frame_waiting(&standby.channel.ours, &bootstrap) {
             Ok(()) => {
                 return Ok(Started {
                     pid: standby.pid,
                     pidfd: Some(standby.pidfd),
                     own: false,
                     status: Some(standby.status),
-                    results: Results::Conn(standby.conn),
+                    results: Results::Pooled {
+                        channel: standby.channel,
+                        bootstrapped: true,
+                    },
                 });
             }
             // Too many descriptors in the arguments: nothing was sent.
-            Err(err @ mp_pipe::Error::Codec(mp_codec::Error::TooManyFds { .. })) => {
-                return Err(err.into());
+            Err(err @ mp_codec::Error::TooManyFds { .. }) => {
+                return Err(mp_pipe::Error::from(err).into());
             }
             // The standby died before its start (killed from outside): take the next one.
             Err(_) if attempts < 3 => continue,
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(mp_pipe::Error::from(err).into()),
         }
     }
 }
@@ -223,7 +253,7 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
             let _ = rustix::io::write(&status_w, &code.to_le_bytes());
         }
         match request {
-            Some(Ok(_)) => handle(&mut conn, &mut children),
+            Some(Ok(request)) => handle(request, &mut conn, &mut children),
             Some(Err(_)) => conn = None, // the parent has gone
             None => {}
         }
@@ -232,20 +262,21 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     sys::exit_now(0)
 }
 
-/// Forks a standby child, which waits for its bootstrap on a socket of its own, and replies
-/// with its pid, the parent's end of that socket, the read end of its status pipe and a
-/// pidfd; or with an empty reply if it cannot.
-fn handle(conn: &mut Option<Connection>, children: &mut Vec<(OwnedFd, OwnedFd)>) {
-    let reply = |frame: &Frame| {
+/// Forks a standby child, which waits for its bootstrap on the socket end the request
+/// carried, and replies with its pid; or with an empty reply if it cannot.
+fn handle(
+    mut request: Frame,
+    conn: &mut Option<Connection>,
+    children: &mut Vec<(OwnedFd, OwnedFd)>,
+) {
+    let reply = |bytes: &[u8]| {
         if let Some(conn) = conn.as_ref() {
-            let _ = conn.send_frame(frame);
+            let _ = conn.send_bytes(bytes);
         }
     };
-    let (Ok((parent_end, child_end)), Ok((status_r, status_w))) = (
-        socketpair(),
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC),
-    ) else {
-        reply(&Frame::new());
+    let (Some(status_w), Some(child_end)) = (request.fds.pop(), request.fds.pop()) else {
+        // Not a request we understand: an empty reply, so the parent gets an error, not a hang.
+        reply(&[]);
         return;
     };
     let server = std::process::id();
@@ -255,7 +286,7 @@ fn handle(conn: &mut Option<Connection>, children: &mut Vec<(OwnedFd, OwnedFd)>)
             sys::restore_fd_limit();
             drop(conn.take());
             children.clear();
-            drop((parent_end, status_r, status_w));
+            drop(status_w);
             if sys::die_with_parent_main_thread(server as i32).is_err() {
                 entry::finish(entry::START_FAILED);
             }
@@ -264,24 +295,19 @@ fn handle(conn: &mut Option<Connection>, children: &mut Vec<(OwnedFd, OwnedFd)>)
         }
         Ok(Some(pid)) => {
             drop(child_end);
-            let tracked = open_pidfd(pid as u32)
-                .and_then(|pidfd| Ok((pidfd.try_clone().map_err(|e| Error::os("dup", e))?, pidfd)));
-            match tracked {
-                Ok((dup, pidfd)) => {
+            match open_pidfd(pid as u32) {
+                Ok(pidfd) => {
                     children.push((pidfd, status_w));
-                    reply(&Frame {
-                        bytes: (pid as u32).to_le_bytes().to_vec(),
-                        fds: vec![parent_end, status_r, dup],
-                    });
+                    reply(&(pid as u32).to_le_bytes());
                 }
                 Err(_) => {
                     // Untrackable: end it now rather than leave it unreaped; the parent gets
                     // an error.
                     sys::kill_and_reap(pid);
-                    reply(&Frame::new());
+                    reply(&[]);
                 }
             }
         }
-        Err(_) => reply(&Frame::new()),
+        Err(_) => reply(&[]),
     }
 }

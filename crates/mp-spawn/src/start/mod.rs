@@ -35,8 +35,13 @@ pub(crate) struct Started {
 pub(crate) enum Results {
     /// The socket an exec'd child also got its bootstrap on.
     Conn(Connection),
-    /// A forked child's pooled socket pair, given back once the outcome is read.
-    Pooled(channel::Channel),
+    /// A pooled socket pair (see `channel`), given back once the outcome is read.
+    /// `bootstrapped`: a bootstrap went to the child over it, so a child that sent nothing
+    /// may have left some of it unread, and the pair is not reused then.
+    Pooled {
+        channel: channel::Channel,
+        bootstrapped: bool,
+    },
 }
 
 pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
