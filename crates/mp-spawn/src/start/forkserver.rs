@@ -224,9 +224,12 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
         sys::exit_now(entry::START_FAILED);
     }
     sys::raise_fd_limit();
-    // Worked out once here, so that no child works it out again.
+    // Worked out once here, so that no child works it out again (each page a child writes
+    // costs it a copy): the fingerprint, the panic hook, this thread's id, stdout's buffer.
     let _ = entry::fingerprint();
     entry::install_panic_hook();
+    let _ = std::thread::current().id();
+    let _ = std::io::Write::flush(&mut std::io::stdout().lock());
     let mut conn = Some(Connection::from_unix_socket(socket));
     let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::new();
     while let Some(requests) = conn.as_ref() {
