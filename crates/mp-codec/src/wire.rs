@@ -82,39 +82,42 @@ pub fn send_frame(socket: impl AsFd, frame: &Frame) -> Result<()> {
 /// # Errors
 /// As [`send_frame`].
 pub fn send_parts(socket: impl AsFd, payload: &[u8], fds: &[impl AsFd]) -> Result<()> {
-    send_parts_as(socket.as_fd(), payload, fds, false)
+    send_parts_as(socket.as_fd(), payload, fds, None)
 }
 
 /// [`send_frame`] that also works on a non-blocking socket: where the socket's buffer is
 /// full it waits until there is room (`poll`), instead of failing with `EAGAIN` half-way
-/// through a frame.
+/// through a frame, unless `gone` becomes readable first (say, the pidfd of the process
+/// reading: a peer whose end has other holders never makes a send fail with `EPIPE`).
 ///
 /// # Errors
-/// As [`send_frame`].
-pub fn send_frame_waiting(socket: impl AsFd, frame: &Frame) -> Result<()> {
-    send_parts_as(socket.as_fd(), &frame.bytes, &frame.fds, true)
+/// As [`send_frame`]; `EPIPE` once `gone` is readable while waiting.
+pub fn send_frame_waiting(socket: impl AsFd, frame: &Frame, gone: BorrowedFd<'_>) -> Result<()> {
+    send_parts_as(socket.as_fd(), &frame.bytes, &frame.fds, Some(gone))
 }
 
 fn send_parts_as(
     socket: BorrowedFd<'_>,
     payload: &[u8],
     fds: &[impl AsFd],
-    wait: bool,
+    wait_unless: Option<BorrowedFd<'_>>,
 ) -> Result<()> {
+    use rustix::event::{PollFd, PollFlags};
     let retry = |op: &mut dyn FnMut() -> Result<usize, Errno>| loop {
-        match op() {
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) if wait => {
-                let mut pfd = [rustix::event::PollFd::new(
-                    &socket,
-                    rustix::event::PollFlags::OUT,
-                )];
-                match rustix::event::poll(&mut pfd, None) {
+        match (op(), wait_unless) {
+            (Err(Errno::INTR), _) => continue,
+            (Err(Errno::AGAIN), Some(gone)) => {
+                let mut pfds = [
+                    PollFd::new(&socket, PollFlags::OUT),
+                    PollFd::new(&gone, PollFlags::IN),
+                ];
+                match rustix::event::poll(&mut pfds, None) {
+                    Ok(_) if !pfds[1].revents().is_empty() => return Err(Errno::PIPE),
                     Ok(_) | Err(Errno::INTR) => continue,
                     Err(e) => return Err(e),
                 }
             }
-            other => return other,
+            (other, _) => return other,
         }
     };
     if fds.len() > MAX_FDS {
@@ -517,8 +520,17 @@ mod tests {
             recv_frame(&b, DEFAULT_MAX_LEN, &mut frame).unwrap();
             frame.bytes
         });
-        send_frame_waiting(&a, &big).unwrap();
+        let (never, _keep) = rustix::pipe::pipe().unwrap();
+        send_frame_waiting(&a, &big, never.as_fd()).unwrap();
         assert_eq!(reader.join().unwrap(), big.bytes);
+
+        // A reader that is gone (here: a pipe that turns readable) ends the wait.
+        let (gone, poke) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&poke, b"x").unwrap();
+        let err = send_frame_waiting(&a, &big, gone.as_fd()).unwrap_err();
+        assert!(
+            matches!(err, Error::Os(_, e) if e.raw_os_error() == Some(Errno::PIPE.raw_os_error()))
+        );
     }
 
     #[test]

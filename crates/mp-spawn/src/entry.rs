@@ -226,7 +226,7 @@ pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
 }
 
 /// A forkserver's standby child: wait for the bootstrap and run it. End of file means the
-/// parent let the standby go (or died): leave quietly.
+/// parent let the standby go (or died): leave quietly; any other failure says why.
 ///
 /// Beyond making its socket blocking it does nothing ahead of time: measured, work done here
 /// right after the fork (faulting in stack and heap, opening a pidfd) competes for the CPUs
@@ -238,8 +238,19 @@ pub(crate) fn run_standby(conn: Connection) -> i32 {
         return START_FAILED;
     }
     match conn.recv_frame() {
-        Ok(frame) => run_frame(frame, &conn, false),
-        Err(_) => 0,
+        Ok(frame) => {
+            // Non-blocking again, as the pool keeps its pairs (a `()` result is sent
+            // without looking).
+            if rustix::io::ioctl_fionbio(&conn, true).is_err() {
+                return START_FAILED;
+            }
+            run_frame(frame, &conn, false)
+        }
+        Err(mp_pipe::Error::Eof) => 0,
+        Err(err) => {
+            eprintln!("mp-spawn child: no bootstrap message: {err}");
+            START_FAILED
+        }
     }
 }
 
@@ -437,12 +448,32 @@ pub(crate) fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
+        // Read now, not while panicking: a forked child must not wait for a lock (here the
+        // environment's) that another thread of its parent held at the fork.
+        let backtraces = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
         std::panic::set_hook(Box::new(move |info| {
             let me = current::current_process();
-            if !me.identity.is_empty() {
+            if me.identity.is_empty() {
+                default(info);
+            } else if backtraces {
                 eprintln!("Process {}:", me.name);
+                default(info);
+            } else {
+                // The default hook holds a lock of std's while it prints, which a forked
+                // child finds held for ever if another thread of its parent was printing a
+                // panic at the fork: print the same lines without it.
+                let thread = std::thread::current();
+                let location = info
+                    .location()
+                    .map(|l| format!(" at {l}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "Process {}:\nthread '{}' panicked{location}:\n{}",
+                    me.name,
+                    thread.name().unwrap_or("<unnamed>"),
+                    info.payload_as_str().unwrap_or("Box<dyn Any>"),
+                );
             }
-            default(info);
         }));
     });
 }

@@ -358,7 +358,15 @@ impl<R> Process<R> {
                 }
             }
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if !readable(self.sentinel()?, timeout) {
+            let sentinel = self.sentinel()?;
+            let ended = match &self.status {
+                // A forkserver's child: its status pipe turns readable once the server has
+                // reaped it (or died), which no reuse of its pid can fake.
+                Some(status) => mp_pipe::wait(&[&sentinel, &status.as_fd()], timeout)
+                    .is_ok_and(|ready| !ready.is_empty()),
+                None => readable(sentinel, timeout),
+            };
+            if !ended {
                 return Ok(false);
             }
             self.reap(WaitIdOptions::EXITED | WaitIdOptions::NOHANG)?;

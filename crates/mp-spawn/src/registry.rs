@@ -27,8 +27,9 @@ struct Entry {
     /// Its `Process` was dropped: reaping it is the registry's job now. While a `Process`
     /// lives, only it reaps (anyone else would steal its exit status).
     dropped: bool,
-    /// A forkserver's child's pidfd (shared with its `Process`). Our own children need
-    /// none: their pids stay theirs until we reap them.
+    /// A forkserver's child's pidfd (shared with its `Process`), or one opened for our own
+    /// child once it is handed to the reaper thread (after that, its pid is no proof). Our
+    /// own children need none before: their pids stay theirs until we reap them.
     pidfd: Option<Arc<OwnedFd>>,
 }
 
@@ -60,7 +61,7 @@ pub(crate) struct Registry {
     /// Hands out entry serials.
     next_serial: u64,
     entries: Vec<Entry>,
-    reaper: Option<mpsc::Sender<(u64, OwnedFd)>>,
+    reaper: Option<mpsc::Sender<(u64, Arc<OwnedFd>)>>,
     wake: Option<OwnedFd>,
 }
 
@@ -148,14 +149,20 @@ pub(crate) fn reap_later(serial: u64) {
     // Our own child's pid is still its own (nobody else reaps it), so a pidfd opened now is
     // for that child.
     let fd = match &entry.pidfd {
-        Some(fd) => fd.try_clone(),
-        None => Pid::from_raw(entry.pid as i32)
-            .ok_or(rustix::io::Errno::SRCH)
-            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()))
-            .map_err(std::io::Error::from),
-    };
-    let Ok(fd) = fd else {
-        return; // out of descriptors: it is reaped at exit, or by `active_children`
+        Some(fd) => fd.clone(),
+        None => {
+            let opened = Pid::from_raw(entry.pid as i32)
+                .ok_or(rustix::io::Errno::SRCH)
+                .and_then(|pid| {
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                });
+            let Ok(fd) = opened else {
+                return; // out of descriptors: it is reaped at exit, or by `active_children`
+            };
+            let fd = Arc::new(fd);
+            entry.pidfd = Some(fd.clone());
+            fd
+        }
     };
     if reg.reaper.is_none() {
         let (tx, rx) = mpsc::channel();
@@ -179,11 +186,11 @@ pub(crate) fn reap_later(serial: u64) {
 }
 
 /// Waits on the pidfds of dropped children and reaps each as it ends.
-fn reaper(rx: mpsc::Receiver<(u64, OwnedFd)>, wake: OwnedFd) {
-    let mut watched: Vec<(u64, OwnedFd)> = Vec::new();
+fn reaper(rx: mpsc::Receiver<(u64, Arc<OwnedFd>)>, wake: OwnedFd) {
+    let mut watched: Vec<(u64, Arc<OwnedFd>)> = Vec::new();
     loop {
         let mut fds: Vec<&dyn AsFd> = vec![&wake];
-        fds.extend(watched.iter().map(|(_, f)| f as &dyn AsFd));
+        fds.extend(watched.iter().map(|(_, f)| &**f as &dyn AsFd));
         let Ok(ready) = mp_pipe::wait(&fds, None) else {
             return;
         };
@@ -252,15 +259,11 @@ fn finish_started_children() {
         };
     }
     for e in &entries {
-        match &e.pidfd {
-            Some(fd) => {
-                let _ = mp_pipe::wait(&[fd], None);
-            }
-            None => {
-                while let Err(rustix::io::Errno::INTR) = waitid(e.wait_id(), WaitIdOptions::EXITED)
-                {
-                }
-            }
+        if e.own {
+            // ECHILD if the reaper thread got it first: it has ended either way.
+            while let Err(rustix::io::Errno::INTR) = waitid(e.wait_id(), WaitIdOptions::EXITED) {}
+        } else if let Some(fd) = &e.pidfd {
+            let _ = mp_pipe::wait(&[fd], None);
         }
     }
 }

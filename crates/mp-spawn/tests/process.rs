@@ -671,3 +671,67 @@ fn a_grandchild_forked_by_a_main_thread_dies_with_its_killed_parent() {
         );
     }
 }
+
+#[test]
+fn helper_starts_children_that_panic() {
+    if std::env::var_os(HELPER).is_none() {
+        return; // only as the helper of the test below
+    }
+    for method in METHODS {
+        let name = format!("panicker-{method:?}");
+        let mut p = Process::new(panics, format!("{method:?} says no"))
+            .name(name)
+            .method(method)
+            .start()
+            .unwrap();
+        assert!(matches!(join_in_time(&mut p), Err(Error::Panicked { .. })));
+    }
+}
+
+#[test]
+fn a_panicking_child_reports_its_name_and_message_on_stderr() {
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
+    helper
+        .args([
+            "--exact",
+            "helper_starts_children_that_panic",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER, "1")
+        .env_remove("RUST_BACKTRACE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = helper.spawn().unwrap();
+    let ended = pidfd_open(
+        Pid::from_raw(child.id() as i32).unwrap(),
+        PidfdFlags::empty(),
+    )
+    .unwrap();
+    if mp_pipe::wait(&[ended.as_fd()], Some(DEADLINE))
+        .unwrap()
+        .is_empty()
+    {
+        let _ = kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::KILL);
+        panic!("the helper still runs after {DEADLINE:?}");
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for method in METHODS {
+        let report = format!("Process panicker-{method:?}:\n");
+        let at = stderr
+            .find(&report)
+            .unwrap_or_else(|| panic!("no {report:?} in {stderr}"));
+        let rest = &stderr[at + report.len()..];
+        let line = rest.lines().next().unwrap_or_default();
+        assert!(
+            line.contains("panicked at") && line.contains("process.rs"),
+            "{rest}"
+        );
+        assert!(
+            rest.lines().nth(1) == Some(&format!("{method:?} says no")),
+            "{rest}"
+        );
+    }
+}

@@ -118,16 +118,22 @@ impl Server {
     /// The oldest standby asked for (asking now if none is): usually forked long ago and its
     /// reply waiting, since each start asks for the next ones.
     fn standby(&mut self) -> Result<Standby, Failed> {
-        // A dead server's standby (its reply may still be waiting here) dies with it.
-        if !mp_pipe::wait(&[&self.pidfd], Some(std::time::Duration::ZERO))
-            .is_ok_and(|ready| ready.is_empty())
-        {
+        // A dead server's standby (its reply may still be waiting here) dies with it. Only a
+        // pidfd seen readable says so: a failed look is no reason to replace the server and
+        // take its running children down with it.
+        if readable_now(self.pidfd.as_fd()) {
             return Err(Failed::Broken(Error::os(
                 "forkserver",
                 std::io::Error::other("the forkserver has died"),
             )));
         }
-        self.request()?;
+        if self.asked.is_empty() {
+            self.request()?;
+        } else {
+            // Topping up can fail (out of descriptors, say) without spoiling the standby
+            // already asked for; the next start tries again.
+            let _ = self.request();
+        }
         let reply = self
             .conn
             .recv_bytes()
@@ -140,10 +146,17 @@ impl Server {
                 std::io::Error::other("the forkserver could not start the child"),
             )));
         };
-        // The standby is waiting for us, so its pid is its own: it cannot end by itself,
-        // and one killed from outside is not reused this soon (checked again when the
-        // bootstrap is sent).
+        // The standby waits for us and cannot end by itself, so its pid is its own unless it
+        // was killed from outside. Then the server reaps it and writes its status: a pidfd
+        // opened before that status is readable is the standby's (the pid could only have
+        // been reused after the reaping, in the instant before the status is written).
         let pidfd = open_pidfd(pid).map_err(Failed::Gone)?;
+        if readable_now(pidfd.as_fd()) || readable_now(asked.status.as_fd()) {
+            return Err(Failed::Gone(Error::os(
+                "forkserver",
+                std::io::Error::other("the standby child has died"),
+            )));
+        }
         Ok(Standby {
             pid,
             pidfd,
@@ -192,8 +205,13 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
             }
         };
         // Sent without the lock: the arguments may be large, and the standby reads them as
-        // they come (our end is non-blocking: the send waits for room).
-        match mp_codec::wire::send_frame_waiting(&standby.channel.ours, &bootstrap) {
+        // they come (our end is non-blocking: the send waits for room, and gives up if the
+        // standby dies meanwhile, as we hold its end too and would never see EPIPE).
+        match mp_codec::wire::send_frame_waiting(
+            &standby.channel.ours,
+            &bootstrap,
+            standby.pidfd.as_fd(),
+        ) {
             Ok(()) => {
                 return Ok(Started {
                     pid: standby.pid,
@@ -215,6 +233,11 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
             Err(err) => return Err(mp_pipe::Error::from(err).into()),
         }
     }
+}
+
+/// Whether `fd` is readable right now; a failed look says no.
+fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    mp_pipe::wait(&[&fd], Some(std::time::Duration::ZERO)).is_ok_and(|ready| !ready.is_empty())
 }
 
 /// The server's main loop; never returns.
