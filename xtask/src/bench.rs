@@ -91,6 +91,19 @@ impl Impl {
             measure: Box::new(measure),
         }
     }
+
+    /// This implementation measured with the bench process (and so every process it starts)
+    /// on CPU 0 alone.
+    pub fn on_one_cpu(self) -> Self {
+        let mut measure = self.measure;
+        Impl {
+            name: self.name,
+            measure: Box::new(move || {
+                pipe::pin(0);
+                measure()
+            }),
+        }
+    }
 }
 
 /// A workload and every implementation of it; the first is the reference for the ratios.
@@ -154,13 +167,20 @@ pub fn run(options: Options) -> Result<(), String> {
 fn measure(mut workload: Workload, runs: usize) -> Vec<Row> {
     let n = workload.impls.len();
     let mut samples: Vec<Result<Vec<f64>, String>> = vec![Ok(Vec::new()); n];
+    // Each implementation places itself (or not) on CPUs; none leaks its placement into the
+    // next measurement.
+    let placement = rustix::thread::sched_getaffinity(None).ok();
     for round in 0..=runs {
         for k in 0..n {
             let i = (k + round) % n;
             let Ok(values) = &mut samples[i] else {
                 continue;
             };
-            match (workload.impls[i].measure)() {
+            let measured = (workload.impls[i].measure)();
+            if let Some(all) = &placement {
+                let _ = rustix::thread::sched_setaffinity(None, all);
+            }
+            match measured {
                 Ok(value) if round > 0 => values.push(value),
                 Ok(_) => {} // warm-up
                 Err(why) => samples[i] = Err(why),

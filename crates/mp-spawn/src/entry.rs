@@ -217,13 +217,18 @@ fn split(mut frame: Frame) -> Result<(Header, Frame), String> {
 /// forkserver's child has done so with the server already.
 pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
     match conn.recv_frame() {
-        Ok(frame) => run_frame(frame, &conn, exec_child),
+        Ok(frame) => run_frame(frame, Outlet::new(&conn), exec_child),
         Err(err) => {
             eprintln!("mp-spawn child: no bootstrap message: {err}");
             START_FAILED
         }
     }
 }
+
+/// How many bytes of result a forkserver's child sends inline: the server works it out once
+/// (its sockets have the default buffer size, as the pooled pairs do).
+pub(crate) static STANDBY_ROOM: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// A forkserver's standby child: wait for the bootstrap and run it. End of file means the
 /// parent let the standby go (or died): leave quietly; any other failure says why.
@@ -239,12 +244,12 @@ pub(crate) fn run_standby(conn: Connection) -> i32 {
     }
     match conn.recv_frame() {
         Ok(frame) => {
-            // Non-blocking again, as the pool keeps its pairs (a `()` result is sent
-            // without looking).
+            // Non-blocking again, as the pool keeps its pairs, and as the outcome is sent.
             if rustix::io::ioctl_fionbio(&conn, true).is_err() {
                 return START_FAILED;
             }
-            run_frame(frame, &conn, false)
+            let room = STANDBY_ROOM.load(std::sync::atomic::Ordering::Relaxed);
+            run_frame(frame, Outlet::ready(conn.as_fd(), room), false)
         }
         Err(mp_pipe::Error::Eof) => 0,
         Err(err) => {
@@ -255,9 +260,8 @@ pub(crate) fn run_standby(conn: Connection) -> i32 {
 }
 
 /// Runs a bootstrap frame already received.
-pub(crate) fn run_frame(frame: Frame, conn: &Connection, exec_child: bool) -> i32 {
+pub(crate) fn run_frame(frame: Frame, outlet: Outlet<'_>, exec_child: bool) -> i32 {
     install_panic_hook();
-    let outlet = Outlet::new(conn);
     let (header, args) = match split(frame) {
         Ok(parts) => parts,
         Err(why) => return fail(outlet, &why),
@@ -269,14 +273,14 @@ pub(crate) fn run_frame(frame: Frame, conn: &Connection, exec_child: bool) -> i3
         Ok(image) => image,
         Err(why) => return fail(outlet, &why),
     };
+    let trampoline: Trampoline = sys::function_at(&image, anchor(), header.trampoline);
     current::become_child(
-        header.name.clone(),
-        header.identity.clone(),
+        header.name,
+        header.identity,
         header.daemon,
         header.parent_pid,
         exec_child, // a forkserver's child: its parent process is not its kernel's parent
     );
-    let trampoline: Trampoline = sys::function_at(&image, anchor(), header.trampoline);
     trampoline(&image, header.target, args, outlet)
 }
 

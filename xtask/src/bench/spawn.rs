@@ -4,6 +4,12 @@
 //! - `spawn_join_fork`: `raw/fork+waitpid` (a child that `_exit`s at once) is the reference.
 //! - `spawn_join_spawn`: `raw/Command re-exec` (this binary run again, exiting in `main`).
 //! - `spawn_join_forkserver`: warm (the server already running), against raw fork+waitpid.
+//!
+//! Every implementation runs with the bench process on CPU 0 alone, and so every process it
+//! starts (they inherit the placement): a start and join is measured as work on one CPU.
+//! Across CPUs this VM's wake-ups (20-45 µs each) dominate and fall differently for each
+//! implementation and run (the scheduler ran raw fork's child on its parent's CPU, ours on
+//! the other in some runs and not others), which made the ratios swing by half.
 
 use std::process::Command;
 
@@ -19,28 +25,28 @@ pub fn workloads() -> Vec<Workload> {
             name: "spawn_join_fork",
             unit: Unit::NsPerOp,
             impls: vec![
-                raw_fork(),
-                ours(StartMethod::Fork),
-                cpython("fork", "spawn.py", "fork"),
+                raw_fork().on_one_cpu(),
+                ours(StartMethod::Fork).on_one_cpu(),
+                cpython("fork", "spawn.py", "fork").on_one_cpu(),
             ],
         },
         Workload {
             name: "spawn_join_spawn",
             unit: Unit::NsPerOp,
             impls: vec![
-                raw_reexec(),
-                ours(StartMethod::Spawn),
-                procspawn_impl(),
-                cpython("spawn", "spawn.py", "spawn"),
+                raw_reexec().on_one_cpu(),
+                ours(StartMethod::Spawn).on_one_cpu(),
+                procspawn_impl().on_one_cpu(),
+                cpython("spawn", "spawn.py", "spawn").on_one_cpu(),
             ],
         },
         Workload {
             name: "spawn_join_forkserver",
             unit: Unit::NsPerOp,
             impls: vec![
-                raw_fork(),
-                ours(StartMethod::Forkserver),
-                cpython("forkserver", "spawn.py", "forkserver"),
+                raw_fork().on_one_cpu(),
+                ours(StartMethod::Forkserver).on_one_cpu(),
+                cpython("forkserver", "spawn.py", "forkserver").on_one_cpu(),
             ],
         },
     ]

@@ -118,15 +118,6 @@ impl Server {
     /// The oldest standby asked for (asking now if none is): usually forked long ago and its
     /// reply waiting, since each start asks for the next ones.
     fn standby(&mut self) -> Result<Standby, Failed> {
-        // A dead server's standby (its reply may still be waiting here) dies with it. Only a
-        // pidfd seen readable says so: a failed look is no reason to replace the server and
-        // take its running children down with it.
-        if readable_now(self.pidfd.as_fd()) {
-            return Err(Failed::Broken(Error::os(
-                "forkserver",
-                std::io::Error::other("the forkserver has died"),
-            )));
-        }
         if self.asked.is_empty() {
             self.request()?;
         } else {
@@ -150,8 +141,28 @@ impl Server {
         // was killed from outside. Then the server reaps it and writes its status: a pidfd
         // opened before that status is readable is the standby's (the pid could only have
         // been reused after the reaping, in the instant before the status is written).
-        let pidfd = open_pidfd(pid).map_err(Failed::Gone)?;
-        if readable_now(pidfd.as_fd()) || readable_now(asked.status.as_fd()) {
+        let pidfd = match open_pidfd(pid) {
+            Ok(pidfd) => pidfd,
+            // Gone already: with the server, or alone?
+            Err(err) if readable_now(self.pidfd.as_fd()) => return Err(Failed::Broken(err)),
+            Err(err) => return Err(Failed::Gone(err)),
+        };
+        // One look at the server (a dead server's standby, whose reply may have waited here,
+        // died with it), the standby and its status. Only descriptors seen readable count:
+        // a failed look is no reason to replace the server, which takes its running
+        // children down with it.
+        let ready = mp_pipe::wait(
+            &[&self.pidfd, &pidfd, &asked.status],
+            Some(std::time::Duration::ZERO),
+        )
+        .unwrap_or_default();
+        if ready.first() == Some(&0) {
+            return Err(Failed::Broken(Error::os(
+                "forkserver",
+                std::io::Error::other("the forkserver has died"),
+            )));
+        }
+        if !ready.is_empty() {
             return Err(Failed::Gone(Error::os(
                 "forkserver",
                 std::io::Error::other("the standby child has died"),
@@ -171,9 +182,10 @@ impl Server {
 /// is off the path of a start (its fork happens while the previous child runs), as in
 /// Android's pool of unspecialized zygote children; the first start waits for one fork.
 pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
-    let mut attempts = 0;
+    // A server is started again at most once per start; up to two dead standbys are passed
+    // over.
+    let (mut relaunched, mut passed_over) = (false, 0);
     loop {
-        attempts += 1;
         let standby = {
             let mut server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
             if server
@@ -195,12 +207,16 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
                 // children must not be taken down with it.
                 Err(Failed::Refused(err)) => return Err(err),
                 // Dead, or out of step: start a new one, once.
-                Err(Failed::Broken(_)) if attempts == 1 => {
+                Err(Failed::Broken(_)) if !relaunched => {
+                    relaunched = true;
                     *server = None;
                     continue;
                 }
                 Err(Failed::Broken(err)) => return Err(err),
-                Err(Failed::Gone(_)) if attempts < 3 => continue,
+                Err(Failed::Gone(_)) if passed_over < 2 => {
+                    passed_over += 1;
+                    continue;
+                }
                 Err(Failed::Gone(err)) => return Err(err),
             }
         };
@@ -229,7 +245,10 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
                 return Err(mp_pipe::Error::from(err).into());
             }
             // The standby died before its start (killed from outside): take the next one.
-            Err(_) if attempts < 3 => continue,
+            Err(_) if passed_over < 2 => {
+                passed_over += 1;
+                continue;
+            }
             Err(err) => return Err(mp_pipe::Error::from(err).into()),
         }
     }
@@ -252,6 +271,11 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     let _ = entry::fingerprint();
     entry::install_panic_hook();
     let _ = std::thread::current().id();
+    let buffer = rustix::net::sockopt::socket_send_buffer_size(&socket).unwrap_or(0);
+    entry::STANDBY_ROOM.store(
+        entry::inline_room(buffer),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let _ = std::io::Write::flush(&mut std::io::stdout().lock());
     let mut conn = Some(Connection::from_unix_socket(socket));
     let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::new();
