@@ -93,13 +93,22 @@ impl Impl {
     }
 
     /// This implementation measured with the bench process (and so every process it starts)
-    /// on CPU 0 alone.
+    /// on one CPU alone: the first this process may use. A measurement fails if it cannot
+    /// be placed so.
     pub fn on_one_cpu(self) -> Self {
         let mut measure = self.measure;
         Impl {
             name: self.name,
             measure: Box::new(move || {
-                pipe::pin(0);
+                let allowed = rustix::thread::sched_getaffinity(None)
+                    .map_err(|e| format!("sched_getaffinity: {e}"))?;
+                let cpu = (0..rustix::thread::CpuSet::MAX_CPU)
+                    .find(|&cpu| allowed.is_set(cpu))
+                    .ok_or("no CPU to run on")?;
+                let mut one = rustix::thread::CpuSet::new();
+                one.set(cpu);
+                rustix::thread::sched_setaffinity(None, &one)
+                    .map_err(|e| format!("sched_setaffinity: {e}"))?;
                 measure()
             }),
         }

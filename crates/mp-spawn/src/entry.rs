@@ -225,11 +225,6 @@ pub(crate) fn run_bootstrap(conn: Connection, exec_child: bool) -> i32 {
     }
 }
 
-/// How many bytes of result a forkserver's child sends inline: the server works it out once
-/// (its sockets have the default buffer size, as the pooled pairs do).
-pub(crate) static STANDBY_ROOM: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
-
 /// A forkserver's standby child: wait for the bootstrap and run it. End of file means the
 /// parent let the standby go (or died): leave quietly; any other failure says why.
 ///
@@ -248,8 +243,13 @@ pub(crate) fn run_standby(conn: Connection) -> i32 {
             if rustix::io::ioctl_fionbio(&conn, true).is_err() {
                 return START_FAILED;
             }
-            let room = STANDBY_ROOM.load(std::sync::atomic::Ordering::Relaxed);
-            run_frame(frame, Outlet::ready(conn.as_fd(), room), false)
+            // Its own socket's buffer: a room too large could cut a result in two.
+            let buffer = rustix::net::sockopt::socket_send_buffer_size(&conn).unwrap_or(0);
+            run_frame(
+                frame,
+                Outlet::ready(conn.as_fd(), inline_room(buffer)),
+                false,
+            )
         }
         Err(mp_pipe::Error::Eof) => 0,
         Err(err) => {
@@ -453,7 +453,9 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         // Read now, not while panicking: a forked child must not wait for a lock (here the
-        // environment's) that another thread of its parent held at the fork.
+        // environment's) that another thread of its parent held at the fork. A backtrace
+        // needs std's own hook, and so its print lock: asking for one (RUST_BACKTRACE set
+        // when the hook is installed) brings back that risk for forked children.
         let backtraces = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
         std::panic::set_hook(Box::new(move |info| {
             let me = current::current_process();
@@ -466,17 +468,25 @@ pub(crate) fn install_panic_hook() {
                 // The default hook holds a lock of std's while it prints, which a forked
                 // child finds held for ever if another thread of its parent was printing a
                 // panic at the fork: print the same lines without it.
+                // The lines std prints, in one write whose failure is ignored (a panic in
+                // here would abort the child before it reports its panic).
                 let thread = std::thread::current();
                 let location = info
                     .location()
                     .map(|l| format!(" at {l}"))
                     .unwrap_or_default();
-                eprintln!(
-                    "Process {}:\nthread '{}' panicked{location}:\n{}",
+                let report = format!(
+                    "Process {}:\nthread '{}' ({}) panicked{location}:\n{}\n",
                     me.name,
                     thread.name().unwrap_or("<unnamed>"),
+                    rustix::thread::gettid().as_raw_nonzero(),
                     info.payload_as_str().unwrap_or("Box<dyn Any>"),
                 );
+                let mut left = report.as_bytes();
+                let stderr = std::io::stderr();
+                while let Ok(n @ 1..) = rustix::io::write(&stderr, left) {
+                    left = &left[n..];
+                }
             }
         }));
     });

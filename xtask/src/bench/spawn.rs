@@ -5,11 +5,13 @@
 //! - `spawn_join_spawn`: `raw/Command re-exec` (this binary run again, exiting in `main`).
 //! - `spawn_join_forkserver`: warm (the server already running), against raw fork+waitpid.
 //!
-//! Every implementation runs with the bench process on CPU 0 alone, and so every process it
-//! starts (they inherit the placement): a start and join is measured as work on one CPU.
-//! Across CPUs this VM's wake-ups (20-45 µs each) dominate and fall differently for each
-//! implementation and run (the scheduler ran raw fork's child on its parent's CPU, ours on
-//! the other in some runs and not others), which made the ratios swing by half.
+//! Every implementation runs with the bench process on one CPU alone, and so every process
+//! it starts (they inherit the placement): a start and join is measured as the work it
+//! takes on one CPU, not as latency. Across CPUs this VM's wake-ups (20-45 µs each)
+//! dominate and fall differently for each implementation and run (the scheduler ran raw
+//! fork's child on its parent's CPU, ours on the other in some runs and not others), which
+//! made the ratios swing by half. One CPU also takes from the forkserver what it gains
+//! from a second (forking the next child while the current one runs).
 
 use std::process::Command;
 

@@ -145,6 +145,11 @@ impl Server {
             Ok(pidfd) => pidfd,
             // Gone already: with the server, or alone?
             Err(err) if readable_now(self.pidfd.as_fd()) => return Err(Failed::Broken(err)),
+            // Out of descriptors, say: the standby is fine, but this start cannot have it.
+            Err(err) if !matches!(&err, Error::Os(_, e) if e.raw_os_error() == Some(libc::ESRCH)) =>
+            {
+                return Err(Failed::Refused(err));
+            }
             Err(err) => return Err(Failed::Gone(err)),
         };
         // One look at the server (a dead server's standby, whose reply may have waited here,
@@ -271,11 +276,6 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     let _ = entry::fingerprint();
     entry::install_panic_hook();
     let _ = std::thread::current().id();
-    let buffer = rustix::net::sockopt::socket_send_buffer_size(&socket).unwrap_or(0);
-    entry::STANDBY_ROOM.store(
-        entry::inline_room(buffer),
-        std::sync::atomic::Ordering::Relaxed,
-    );
     let _ = std::io::Write::flush(&mut std::io::stdout().lock());
     let mut conn = Some(Connection::from_unix_socket(socket));
     let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::new();
