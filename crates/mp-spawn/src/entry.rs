@@ -311,6 +311,8 @@ pub(crate) struct Outlet<'a> {
     /// Known for a socket made non-blocking by the parent (a forked child's, see
     /// `start::channel`); otherwise found out when sending.
     room: Option<usize>,
+    /// The handle to stdout to flush before sending (see [`Outlet::flushing`]).
+    stdout: Option<&'a std::io::Stdout>,
 }
 
 impl<'a> Outlet<'a> {
@@ -319,6 +321,16 @@ impl<'a> Outlet<'a> {
         Outlet {
             socket: conn.as_fd(),
             room: None,
+            stdout: None,
+        }
+    }
+
+    /// Flushes stdout through `stdout`, a handle the parent got before the fork: the child
+    /// then never runs `std::io::stdout()` itself, one page of code fewer to fault in.
+    pub(crate) fn flushing(self, stdout: &'a std::io::Stdout) -> Self {
+        Outlet {
+            stdout: Some(stdout),
+            ..self
         }
     }
 
@@ -327,6 +339,7 @@ impl<'a> Outlet<'a> {
         Outlet {
             socket,
             room: Some(room),
+            stdout: None,
         }
     }
 }
@@ -420,12 +433,14 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
             1
         }
     };
-    prepare_exit();
+    prepare_exit(outlet.stdout);
     // The parent may have gone, or dropped its Process: nobody to tell then.
     if code == 0 && frame.bytes.is_empty() && frame.fds.is_empty() {
-        // On the stack, not a constant: a constant's page would be one more to fault in.
-        let tag = [std::hint::black_box(RETURNED)];
-        let _ = mp_codec::wire::send_parts(outlet.socket, &tag, &[] as &[BorrowedFd<'_>]);
+        // The whole frame (length 1, the tag) built on the stack and sent with one inline
+        // system call: a constant's page, or the codec's sending code, would each be one
+        // more page for a forked child to fault in. Five bytes go at once or not at all.
+        let frame = [0, 0, 0, 1, std::hint::black_box(RETURNED)];
+        let _ = rustix::net::send(outlet.socket, &frame, rustix::net::SendFlags::NOSIGNAL);
     } else {
         if code == 0 {
             frame.bytes.insert(0, RETURNED);
@@ -496,15 +511,26 @@ pub(crate) fn install_panic_hook() {
 /// nothing of the parent's (destructors, `atexit` work) runs here.
 #[inline]
 pub(crate) fn finish(code: i32) -> ! {
-    prepare_exit();
+    prepare_exit(None);
+    sys::exit_now(code)
+}
+
+/// [`finish`], flushing stdout through a handle got before the fork (see
+/// [`Outlet::flushing`]).
+#[inline]
+pub(crate) fn finish_flushing(code: i32, stdout: &std::io::Stdout) -> ! {
+    prepare_exit(Some(stdout));
     sys::exit_now(code)
 }
 
 /// A child's exit work: its own children dealt with as at exit, stdout flushed (stderr has
 /// no buffer).
 #[inline]
-fn prepare_exit() {
+fn prepare_exit(stdout: Option<&std::io::Stdout>) {
     registry::finish_children();
     use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let _ = match stdout {
+        Some(mut stdout) => stdout.flush(),
+        None => std::io::stdout().flush(),
+    };
 }

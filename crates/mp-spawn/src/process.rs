@@ -23,6 +23,10 @@ pub(crate) trait Job<R>: 'static {
     /// Runs the job, in a forked child, leaving the box's memory allocated: the child is
     /// about to `_exit`, and freeing would only write to (and so copy) the allocator's pages.
     fn run(self: Box<Self>) -> R;
+    /// Forks a child that runs this job: [`start::fork::start`] made for this job's own
+    /// type, so the child's call of `run` is direct and its code lies with the rest of the
+    /// child's path (one page fewer for the child to fault in).
+    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Started>;
 }
 
 struct FnJob<A, R> {
@@ -41,21 +45,31 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
         ))
     }
 
+    #[inline]
     fn run(self: Box<Self>) -> R {
         let job = sys::unbox_leaking(self);
         (job.target)(job.args)
+    }
+
+    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Started> {
+        start::fork::start(self, name, identity, daemon)
     }
 }
 
 struct ClosureJob<F>(F);
 
-impl<R, F: FnOnce() -> R + 'static> Job<R> for ClosureJob<F> {
+impl<R: mp_codec::Encode + 'static, F: FnOnce() -> R + 'static> Job<R> for ClosureJob<F> {
     fn bootstrap(&self, _: &str, _: &[u32], _: bool) -> Option<Result<Frame>> {
         None
     }
 
+    #[inline]
     fn run(self: Box<Self>) -> R {
         (sys::unbox_leaking(self).0)()
+    }
+
+    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Started> {
+        start::fork::start(self, name, identity, daemon)
     }
 }
 
@@ -98,7 +112,7 @@ impl<R: Message + 'static> Builder<R> {
         let (default_name, identity) = current::next_child();
         let name = self.name.unwrap_or(default_name);
         let started = match method {
-            StartMethod::Fork => start::fork::start(self.job, name.clone(), identity, self.daemon)?,
+            StartMethod::Fork => self.job.fork(name.clone(), identity, self.daemon)?,
             StartMethod::Spawn | StartMethod::Forkserver => {
                 let frame = self
                     .job

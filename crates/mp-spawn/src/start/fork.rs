@@ -9,8 +9,8 @@
 use super::{Results, Started, channel};
 use crate::{Error, Result, current, entry, process::Job, sys};
 
-pub(crate) fn start<R: mp_codec::Encode + 'static>(
-    job: Box<dyn Job<R>>,
+pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
+    job: Box<J>,
     name: String,
     identity: Vec<u32>,
     daemon: bool,
@@ -25,8 +25,9 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
     // across the fork, so none of them is held by a thread that does not exist there. And
     // flush stdout first, as Python does: a child exiting with a copy of unwritten output
     // would write it out a second time.
+    let stdout = std::io::stdout();
     let forked = {
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = stdout.lock();
         let _ = std::io::Write::flush(&mut stdout);
         let _stderr = std::io::stderr().lock();
         let _server = super::forkserver::lock();
@@ -50,9 +51,10 @@ pub(crate) fn start<R: mp_codec::Encode + 'static>(
             sys::skip_inherited_exit_handlers();
             current::install(me);
             let outlet =
-                entry::Outlet::ready(std::os::fd::AsFd::as_fd(&channel.theirs), channel.room);
+                entry::Outlet::ready(std::os::fd::AsFd::as_fd(&channel.theirs), channel.room)
+                    .flushing(&stdout);
             let code = entry::run_target(outlet, move || job.run());
-            entry::finish(code)
+            entry::finish_flushing(code, &stdout)
         }
         Some(pid) => {
             drop(me);
