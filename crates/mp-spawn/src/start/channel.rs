@@ -30,17 +30,38 @@ pub(crate) struct Channel {
     maker: u32,
 }
 
+/// The idle pairs, in place (no heap): the pool lives with the fork locks (see `held`), so
+/// taking and giving back a pair writes to no page a fork would not write to anyway.
 pub(crate) struct Pool {
     owner: u32,
-    idle: Vec<Channel>,
+    idle: [Option<Channel>; KEEP],
+    len: usize,
 }
 
 impl Pool {
     pub(crate) const fn new() -> Self {
         Pool {
             owner: 0,
-            idle: Vec::new(),
+            idle: [const { None }; KEEP],
+            len: 0,
         }
+    }
+
+    fn pop(&mut self) -> Option<Channel> {
+        self.len = self.len.checked_sub(1)?;
+        self.idle[self.len].take()
+    }
+
+    /// Keeps `channel` if there is room; otherwise it is closed.
+    fn push(&mut self, channel: Channel) {
+        if let Some(slot) = self.idle.get_mut(self.len) {
+            *slot = Some(channel);
+            self.len += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        while self.pop().is_some() {}
     }
 }
 
@@ -61,10 +82,10 @@ pub(crate) fn take() -> Result<Channel> {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         if pool.owner != me {
             // A forked child: the idle pairs are its parent's. Close its copies.
-            pool.idle.clear();
+            pool.clear();
             pool.owner = me;
         }
-        if let Some(channel) = pool.idle.pop() {
+        if let Some(channel) = pool.pop() {
             return Ok(channel);
         }
     }
@@ -91,7 +112,49 @@ pub(crate) fn give_back(channel: Channel) {
         return;
     }
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.owner == me && pool.idle.len() < KEEP {
-        pool.idle.push(channel);
+    if pool.owner == me {
+        pool.push(channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn made() -> Channel {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        Channel {
+            ours,
+            theirs,
+            room: 0,
+            maker: std::process::id(),
+        }
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_its_size_and_gives_back_the_newest_first() {
+        let mut pool = Pool::new();
+        let fds: Vec<i32> = (0..KEEP + 1)
+            .map(|_| {
+                let channel = made();
+                let fd = channel.ours.as_raw_fd();
+                pool.push(channel); // the last one finds no room and is closed
+                fd
+            })
+            .collect();
+        assert_eq!(pool.len, KEEP);
+        assert_eq!(pool.pop().unwrap().ours.as_raw_fd(), fds[KEEP - 1]);
+        assert_eq!(pool.pop().unwrap().ours.as_raw_fd(), fds[KEEP - 2]);
+        pool.clear();
+        assert!(pool.pop().is_none());
+        assert_eq!(pool.len, 0);
     }
 }
