@@ -168,8 +168,16 @@ pub(crate) fn next_child() -> (String, Vec<u32>) {
     me.children_started += 1;
     let mut identity = me.identity.clone();
     identity.push(me.children_started);
-    let digits: Vec<String> = identity.iter().map(u32::to_string).collect();
-    (format!("Process-{}", digits.join(":")), identity)
+    // One allocation for the name (a start makes as few as it can: see `start::fork`).
+    let mut name = String::with_capacity(8 + 11 * identity.len());
+    name.push_str("Process-");
+    for (i, n) in identity.iter().enumerate() {
+        if i > 0 {
+            name.push(':');
+        }
+        let _ = std::fmt::Write::write_fmt(&mut name, format_args!("{n}"));
+    }
+    (name, identity)
 }
 
 /// This process (Python's `current_process()`).

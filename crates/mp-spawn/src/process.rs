@@ -26,7 +26,13 @@ pub(crate) trait Job<R>: 'static {
     /// Forks a child that runs this job: [`start::fork::start`] made for this job's own
     /// type, so the child's call of `run` is direct and its code lies with the rest of the
     /// child's path (one page fewer for the child to fault in).
-    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Started>;
+    /// Returns the name back.
+    fn fork(
+        self: Box<Self>,
+        name: String,
+        identity: Vec<u32>,
+        daemon: bool,
+    ) -> Result<(Started, String)>;
 }
 
 struct FnJob<A, R> {
@@ -51,7 +57,12 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
         (job.target)(job.args)
     }
 
-    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Started> {
+    fn fork(
+        self: Box<Self>,
+        name: String,
+        identity: Vec<u32>,
+        daemon: bool,
+    ) -> Result<(Started, String)> {
         start::fork::start(self, name, identity, daemon)
     }
 }
@@ -68,7 +79,12 @@ impl<R: mp_codec::Encode + 'static, F: FnOnce() -> R + 'static> Job<R> for Closu
         (sys::unbox_leaking(self).0)()
     }
 
-    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Started> {
+    fn fork(
+        self: Box<Self>,
+        name: String,
+        identity: Vec<u32>,
+        daemon: bool,
+    ) -> Result<(Started, String)> {
         start::fork::start(self, name, identity, daemon)
     }
 }
@@ -111,18 +127,20 @@ impl<R: Message + 'static> Builder<R> {
         let method = self.method.unwrap_or_else(get_start_method);
         let (default_name, identity) = current::next_child();
         let name = self.name.unwrap_or(default_name);
-        let started = match method {
-            StartMethod::Fork => self.job.fork(name.clone(), identity, self.daemon)?,
+        let (started, name) = match method {
+            // The name goes to the child and comes back: no copy to make and free.
+            StartMethod::Fork => self.job.fork(name, identity, self.daemon)?,
             StartMethod::Spawn | StartMethod::Forkserver => {
                 let frame = self
                     .job
                     .bootstrap(&name, &identity, self.daemon)
                     .ok_or(Error::ForkOnly)??;
-                if method == StartMethod::Spawn {
+                let started = if method == StartMethod::Spawn {
                     start::spawn::start(frame)?
                 } else {
                     start::forkserver::start(frame)?
-                }
+                };
+                (started, name)
             }
         };
         let Started {

@@ -14,7 +14,7 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
     name: String,
     identity: Vec<u32>,
     daemon: bool,
-) -> Result<Started> {
+) -> Result<(Started, String)> {
     let channel = channel::take()?;
     let parent = std::process::id();
     entry::install_panic_hook();
@@ -56,9 +56,8 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
             let code = entry::run_target(outlet, move || job.run());
             entry::finish_flushing(code, &stdout)
         }
-        Some(pid) => {
-            drop(me);
-            Ok(Started {
+        Some(pid) => Ok((
+            Started {
                 pid: pid as u32,
                 pidfd: None,
                 own: true,
@@ -67,7 +66,8 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
                     channel,
                     bootstrapped: false,
                 },
-            })
-        }
+            },
+            me.name,
+        )),
     }
 }
