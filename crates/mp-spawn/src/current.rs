@@ -78,6 +78,9 @@ pub(crate) struct Me {
     pub(crate) daemon: bool,
     pub(crate) children_started: u32,
     pub(crate) parent: Option<ParentProcess>,
+    /// Started by `fork` (set by the parent before the fork): this process may have
+    /// inherited locks of std's held by threads that do not exist here.
+    pub(crate) forked: bool,
 }
 
 /// Held across `fork` (see `start::fork`).
@@ -103,6 +106,7 @@ pub(crate) fn me() -> MutexGuard<'static, Option<Me>> {
             daemon: false,
             children_started: 0,
             parent: None,
+            forked: false,
         });
     }
     me
@@ -138,7 +142,13 @@ pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, pare
             pid: parent_pid,
             kernel_parent: true,
         }),
+        forked: false,
     }
+}
+
+/// Whether this process was started by `fork` (see [`Me::forked`]).
+pub(crate) fn forked() -> bool {
+    me().as_ref().is_some_and(|m| m.forked)
 }
 
 /// Makes `me` this process's identity. The parent's, copied by fork, is not freed here:

@@ -468,15 +468,16 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         // Read now, not while panicking: a forked child must not wait for a lock (here the
-        // environment's) that another thread of its parent held at the fork. A backtrace
-        // needs std's own hook, and so its print lock: asking for one (RUST_BACKTRACE set
-        // when the hook is installed) brings back that risk for forked children.
+        // environment's) that another thread of its parent held at the fork.
         let backtraces = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
         std::panic::set_hook(Box::new(move |info| {
             let me = current::current_process();
+            let forked = current::forked();
             if me.identity.is_empty() {
                 default(info);
-            } else if backtraces {
+            } else if backtraces && !forked {
+                // An exec'd child, or a forkserver's (forked from a single thread): std's
+                // hook, with its backtrace, cannot find its lock held by a thread gone.
                 eprintln!("Process {}:", me.name);
                 default(info);
             } else {
@@ -490,8 +491,16 @@ pub(crate) fn install_panic_hook() {
                     .location()
                     .map(|l| format!(" at {l}"))
                     .unwrap_or_default();
+                // A backtrace needs std's lock too: a forked child goes without.
+                let note = if backtraces {
+                    "note: no backtrace in a child started by fork (std's backtrace lock may \
+                     be held by a thread of the parent that does not exist here); the spawn \
+                     and forkserver start methods print one\n"
+                } else {
+                    ""
+                };
                 let report = format!(
-                    "Process {}:\nthread '{}' ({}) panicked{location}:\n{}\n",
+                    "Process {}:\nthread '{}' ({}) panicked{location}:\n{}\n{note}",
                     me.name,
                     thread.name().unwrap_or("<unnamed>"),
                     rustix::thread::gettid().as_raw_nonzero(),

@@ -690,6 +690,12 @@ fn helper_starts_children_that_panic() {
 
 #[test]
 fn a_panicking_child_reports_its_name_and_message_on_stderr() {
+    for backtraces in [false, true] {
+        panic_reports(backtraces);
+    }
+}
+
+fn panic_reports(backtraces: bool) {
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
     helper
         .args([
@@ -699,9 +705,13 @@ fn a_panicking_child_reports_its_name_and_message_on_stderr() {
             "--test-threads=1",
         ])
         .env(HELPER, "1")
-        .env_remove("RUST_BACKTRACE")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    if backtraces {
+        helper.env("RUST_BACKTRACE", "1");
+    } else {
+        helper.env_remove("RUST_BACKTRACE");
+    }
     let child = helper.spawn().unwrap();
     let ended = pidfd_open(
         Pid::from_raw(child.id() as i32).unwrap(),
@@ -723,7 +733,8 @@ fn a_panicking_child_reports_its_name_and_message_on_stderr() {
         let at = stderr
             .find(&report)
             .unwrap_or_else(|| panic!("no {report:?} in {stderr}"));
-        let rest = &stderr[at + report.len()..];
+        // (std's own hook may start with an empty line)
+        let rest = stderr[at + report.len()..].trim_start_matches('\n');
         let line = rest.lines().next().unwrap_or_default();
         assert!(
             line.contains("panicked at") && line.contains("process.rs"),
@@ -733,5 +744,13 @@ fn a_panicking_child_reports_its_name_and_message_on_stderr() {
             rest.lines().nth(1) == Some(&format!("{method:?} says no")),
             "{rest}"
         );
+        // A forked child never takes std's backtrace lock (a thread of the parent that is
+        // not copied may hold it); an exec'd or forkserver child prints std's backtrace.
+        let third = rest.lines().nth(2).unwrap_or_default();
+        let noted = third.starts_with("note: no backtrace in a child started by fork");
+        assert_eq!(noted, backtraces && method == StartMethod::Fork, "{rest}");
+        if backtraces && method != StartMethod::Fork {
+            assert!(third.starts_with("stack backtrace:"), "{rest}");
+        }
     }
 }

@@ -20,7 +20,8 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
     entry::install_panic_hook();
     let main_thread = sys::on_main_thread();
     // Everything the child needs is allocated here, before the fork.
-    let me = current::prepare_child(name, identity, daemon, parent);
+    let mut me = current::prepare_child(name, identity, daemon, parent);
+    me.forked = true;
     // The child gets a copy of every lock as it is at this instant. Hold ours (and stdio's)
     // across the fork, so none of them is held by a thread that does not exist there. And
     // flush stdout first, as Python does: a child exiting with a copy of unwritten output
