@@ -356,14 +356,12 @@ fn gone_in_time(pid: u32, within: Duration) -> bool {
     }
 }
 
-#[test]
-fn killing_a_parent_with_sigkill_takes_its_children_with_it() {
+/// Under every start method: a child runs `target`, which starts a grandchild, sends its
+/// pid and hangs; SIGKILL the child, and the grandchild must be gone within a second.
+fn killing_the_child_takes_the_grandchild(target: fn(Connection) -> u8) {
     for method in METHODS {
         let (ours, theirs) = pipe(true).unwrap();
-        let mut p = Process::new(start_grandchild_and_hang, theirs)
-            .method(method)
-            .start()
-            .unwrap();
+        let mut p = Process::new(target, theirs).method(method).start().unwrap();
         let grandchild: u32 = ours.recv().unwrap();
         assert!(!gone_in_time(grandchild, Duration::ZERO));
         p.kill().unwrap();
@@ -376,6 +374,11 @@ fn killing_a_parent_with_sigkill_takes_its_children_with_it() {
             "{method:?}: orphan left"
         );
     }
+}
+
+#[test]
+fn killing_a_parent_with_sigkill_takes_its_children_with_it() {
+    killing_the_child_takes_the_grandchild(start_grandchild_and_hang);
 }
 
 #[test]
@@ -652,24 +655,7 @@ fn fork_grandchild_and_hang(conn: Connection) -> u8 {
 
 #[test]
 fn a_grandchild_forked_by_a_main_thread_dies_with_its_killed_parent() {
-    for method in METHODS {
-        let (ours, theirs) = pipe(true).unwrap();
-        let mut p = Process::new(fork_grandchild_and_hang, theirs)
-            .method(method)
-            .start()
-            .unwrap();
-        let grandchild: u32 = ours.recv().unwrap();
-        assert!(!gone_in_time(grandchild, Duration::ZERO));
-        p.kill().unwrap();
-        assert!(matches!(
-            join_in_time(&mut p),
-            Err(Error::Killed { signal: 9, .. })
-        ));
-        assert!(
-            gone_in_time(grandchild, Duration::from_secs(1)),
-            "{method:?}: orphan left"
-        );
-    }
+    killing_the_child_takes_the_grandchild(fork_grandchild_and_hang);
 }
 
 #[test]
