@@ -525,6 +525,29 @@ fn nothing(_: ()) {}
 /// Set in the environment of this test binary run again as a helper.
 const HELPER: &str = "MP_SPAWN_TEST_HELPER";
 
+/// Runs this test binary again for the one test `name` (a helper that acts only with
+/// [`HELPER`] set), its output captured, and waits for it (at most [`DEADLINE`]).
+fn run_helper(name: &str, setup: impl FnOnce(&mut std::process::Command)) -> std::process::Output {
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
+    helper
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(HELPER, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    setup(&mut helper);
+    let child = helper.spawn().unwrap();
+    let pid = Pid::from_raw(child.id() as i32).unwrap();
+    let ended = pidfd_open(pid, PidfdFlags::empty()).unwrap();
+    if mp_pipe::wait(&[ended.as_fd()], Some(DEADLINE))
+        .unwrap()
+        .is_empty()
+    {
+        let _ = kill_process(pid, Signal::KILL);
+        panic!("the helper still runs after {DEADLINE:?}");
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn helper_prints_a_partial_line_then_forks() {
     if std::env::var_os(HELPER).is_none() {
@@ -544,31 +567,7 @@ fn helper_prints_a_partial_line_then_forks() {
 fn a_forked_child_does_not_print_its_parents_unflushed_output_again() {
     // Python flushes stdio before a fork, or the child writes out its copy of the parent's
     // buffer as it exits, and the parent writes the same bytes again later.
-    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
-    helper
-        .args([
-            "--exact",
-            "helper_prints_a_partial_line_then_forks",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER, "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = helper.spawn().unwrap();
-    let ended = pidfd_open(
-        Pid::from_raw(child.id() as i32).unwrap(),
-        PidfdFlags::empty(),
-    )
-    .unwrap();
-    if mp_pipe::wait(&[ended.as_fd()], Some(DEADLINE))
-        .unwrap()
-        .is_empty()
-    {
-        let _ = kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::KILL);
-        panic!("the helper still runs after {DEADLINE:?}");
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_helper("helper_prints_a_partial_line_then_forks", |_| {});
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("<<unfinished line").count(), 1, "{stdout}");
@@ -682,36 +681,13 @@ fn a_panicking_child_reports_its_name_and_message_on_stderr() {
 }
 
 fn panic_reports(backtraces: bool) {
-    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
-    helper
-        .args([
-            "--exact",
-            "helper_starts_children_that_panic",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER, "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if backtraces {
-        helper.env("RUST_BACKTRACE", "1");
-    } else {
-        helper.env_remove("RUST_BACKTRACE");
-    }
-    let child = helper.spawn().unwrap();
-    let ended = pidfd_open(
-        Pid::from_raw(child.id() as i32).unwrap(),
-        PidfdFlags::empty(),
-    )
-    .unwrap();
-    if mp_pipe::wait(&[ended.as_fd()], Some(DEADLINE))
-        .unwrap()
-        .is_empty()
-    {
-        let _ = kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::KILL);
-        panic!("the helper still runs after {DEADLINE:?}");
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_helper("helper_starts_children_that_panic", |helper| {
+        if backtraces {
+            helper.env("RUST_BACKTRACE", "1");
+        } else {
+            helper.env_remove("RUST_BACKTRACE");
+        }
+    });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for method in METHODS {
