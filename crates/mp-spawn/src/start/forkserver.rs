@@ -2,9 +2,9 @@
 //! children on request. Each child is forked *ahead* of its start, as a standby that waits
 //! for its bootstrap on a socket of its own: the request carries the child's end of that
 //! socket and the write end of a status pipe (`SCM_RIGHTS`), the reply the child's pid. A
-//! start sends the bootstrap straight to the standby and asks for the next one. The server reaps its children and writes each exit status (4 bytes) to its status
-//! pipe. It dies with its parent (and its children, standby or not, with it), and is started
-//! again if it died.
+//! start sends the bootstrap straight to the standby and asks for the next one. The server
+//! reaps its children and writes each exit status (4 bytes) to its status pipe. It dies with
+//! its parent (and its children, standby or not, with it), and is started again if it died.
 
 use std::{
     collections::VecDeque,
