@@ -439,8 +439,15 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
         // The whole frame (length 1, the tag) built on the stack and sent with one inline
         // system call: a constant's page, or the codec's sending code, would each be one
         // more page for a forked child to fault in. Five bytes go at once or not at all.
-        let frame = [0, 0, 0, 1, std::hint::black_box(RETURNED)];
-        let _ = rustix::net::send(outlet.socket, &frame, rustix::net::SendFlags::NOSIGNAL);
+        let mut frame = [0u8; 12 + 1];
+        let head =
+            mp_codec::wire::header(1, (&mut frame[..12]).try_into().expect("12 bytes")).len();
+        frame[head] = std::hint::black_box(RETURNED);
+        let _ = rustix::net::send(
+            outlet.socket,
+            &frame[..head + 1],
+            rustix::net::SendFlags::NOSIGNAL,
+        );
     } else {
         if code == 0 {
             frame.bytes.insert(0, RETURNED);
