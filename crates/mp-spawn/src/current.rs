@@ -146,6 +146,15 @@ pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, pare
     }
 }
 
+/// Whether process `pid` (this one) was started by our fork: read without a lock, from the
+/// exit guard (`sys::exit_guard`).
+pub(crate) fn forked_by_us(pid: u32) -> bool {
+    crate::held::HELD
+        .forked_pid
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == pid
+}
+
 /// Whether this process was started by `fork` (see [`Me::forked`]).
 pub(crate) fn forked() -> bool {
     me().as_ref().is_some_and(|m| m.forked)
@@ -156,6 +165,11 @@ pub(crate) fn forked() -> bool {
 #[inline]
 pub(crate) fn install(mut me: Me) {
     me.pid = pid();
+    if me.forked {
+        crate::held::HELD
+            .forked_pid
+            .store(me.pid, std::sync::atomic::Ordering::Relaxed);
+    }
     let old = crate::held::HELD
         .me
         .lock()

@@ -21,6 +21,8 @@ pub(crate) struct Held {
     pub(crate) pool: Mutex<Pool>,
     /// See `registry`: read without a lock by every child as it exits.
     pub(crate) parent_of_any: AtomicU32,
+    /// The pid of this process if our fork started it (see `current::forked_by_us`).
+    pub(crate) forked_pid: AtomicU32,
 }
 
 // Within one 1 KiB-aligned block, so within one page.
@@ -32,4 +34,5 @@ pub(crate) static HELD: Held = Held {
     server: Mutex::new(None),
     pool: Mutex::new(Pool::new()),
     parent_of_any: AtomicU32::new(0),
+    forked_pid: AtomicU32::new(0),
 };

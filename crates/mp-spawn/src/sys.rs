@@ -215,26 +215,59 @@ pub(crate) fn at_exit(handler: extern "C" fn()) {
 }
 
 unsafe extern "C" {
-    /// glibc's `on_exit(3)`: like `atexit`, but the handler receives the exit status.
-    fn on_exit(handler: extern "C" fn(c_int, *mut libc::c_void), arg: *mut libc::c_void) -> c_int;
+    /// Registers `func(arg)` to run at exit, or when `__cxa_finalize(dso)` is called (the
+    /// Itanium C++ ABI's registration of destructors). glibc calls `func` with the exit
+    /// status as a second argument (0 from `__cxa_finalize`).
+    fn __cxa_atexit(
+        func: extern "C" fn(*mut libc::c_void, c_int),
+        arg: *mut libc::c_void,
+        dso: *mut libc::c_void,
+    ) -> c_int;
+    /// Runs and removes the exit handlers registered with `dso`.
+    fn __cxa_finalize(dso: *mut libc::c_void);
 }
 
-extern "C" fn leave_without_inherited_handlers(status: c_int, _: *mut libc::c_void) {
+/// The exit guard: armed by a process (its pid is `armed_by`) just before each fork, so it
+/// is the newest of that process's exit handlers in the child's copy of them. Handlers run
+/// newest first: a fork child of ours that calls `exit` runs the handlers it registered
+/// itself, then comes to the guard its parent armed, and ends there: its own children dealt
+/// with, stdout flushed, `_exit` with the status given to `exit`. The guard does nothing in
+/// the process that armed it, nor in a child forked by other means than ours.
+extern "C" fn exit_guard(armed_by: *mut libc::c_void, status: c_int) {
+    let me = crate::current::pid();
+    if armed_by as usize == me as usize || !crate::current::forked_by_us(me) {
+        return;
+    }
     crate::registry::finish_children();
     let _ = std::io::Write::flush(&mut std::io::stdout());
     exit_now(status)
 }
 
-/// In a forked child: if the target calls `exit`, end there, before any exit handler
-/// inherited from the parent runs (handlers run newest first, and this one is the newest):
-/// the child's own children are dealt with, stdout is flushed, then `_exit`.
-/// See [on_exit(3)](https://man7.org/linux/man-pages/man3/on_exit.3.html).
-#[inline]
-pub(crate) fn skip_inherited_exit_handlers() {
-    // SAFETY: the handler is a plain function valid for the life of the process; the
-    // argument is unused.
-    unsafe {
-        on_exit(leave_without_inherited_handlers, ptr::null_mut());
+/// Makes the exit guard the newest exit handler of this process, before a fork (see
+/// [`exit_guard`]). The one armed before by this process is taken out first (each
+/// process registers its guard under a handle of its own, which no library's can equal:
+/// theirs are addresses, ours odd), so re-arming does not grow the list of handlers; the
+/// guards inherited from our own parents stay, each where it was when we were forked.
+///
+/// The parent arms, not the child: a child that registered a handler would write (and so
+/// copy) two pages of the C library's, where the parent's writes, made while no child of
+/// the last fork is alive, cost no copy.
+pub(crate) fn arm_exit_guard() -> io::Result<()> {
+    let me = crate::current::pid() as usize;
+    let handle = ((me << 1) | 1) as *mut libc::c_void;
+    // SAFETY: `handle` is only a key that names this process's registrations; finalizing
+    // it runs just the guard registered under it, which returns at once here (see
+    // `exit_guard`). The guard is a plain function valid for the life of the process.
+    let registered = unsafe {
+        __cxa_finalize(handle);
+        __cxa_atexit(exit_guard, me as *mut libc::c_void, handle)
+    };
+    if registered == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "__cxa_atexit failed to register the exit guard",
+        ))
     }
 }
 

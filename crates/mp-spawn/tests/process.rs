@@ -574,6 +574,110 @@ fn a_forked_child_does_not_print_its_parents_unflushed_output_again() {
     assert!(stdout.contains("<<unfinished line>>"), "{stdout}");
 }
 
+/// Writes `<what> <pid>` as one line straight to stdout: exit handlers run after std's
+/// stdout may be gone, and one `write` of a short line is never interleaved.
+fn say_from_exit(what: &str) {
+    let line = format!("{what} {}\n", std::process::id());
+    // SAFETY: `line` is a live buffer of `line.len()` bytes; fd 1 is this process's stdout.
+    unsafe {
+        libc::write(1, line.as_ptr().cast(), line.len());
+    }
+}
+
+extern "C" fn helpers_exit_handler() {
+    say_from_exit("parent-handler");
+}
+
+extern "C" fn childs_own_exit_handler() {
+    say_from_exit("own-handler");
+}
+
+fn exits_six(_: ()) -> u8 {
+    std::process::exit(6)
+}
+
+/// Registers an exit handler of its own, starts a fork child that calls `exit`, then calls
+/// `exit(4)`: its own handler runs, its parent's do not.
+fn registers_forks_and_exits(_: ()) -> u8 {
+    // SAFETY: the handler is a plain function valid for the life of the process.
+    unsafe {
+        libc::atexit(childs_own_exit_handler);
+    }
+    let grandchild = Process::new(exits_six, ())
+        .method(StartMethod::Fork)
+        .start()
+        .map(|mut g| g.join_timeout(DEADLINE));
+    match grandchild {
+        Err(Error::Exited { code: 6, .. }) | Ok(Err(Error::Exited { code: 6, .. })) => {
+            std::process::exit(4)
+        }
+        _ => 9,
+    }
+}
+
+#[test]
+fn helper_registers_an_exit_handler_and_forks() {
+    if std::env::var_os(HELPER).is_none() {
+        return; // only as the helper of the test below
+    }
+    // SAFETY: the handler is a plain function valid for the life of the process.
+    unsafe {
+        libc::atexit(helpers_exit_handler);
+    }
+    println!("helper {}", std::process::id());
+    let mut child = Process::new(registers_forks_and_exits, ())
+        .method(StartMethod::Fork)
+        .start()
+        .unwrap();
+    println!("ours {} {:?}", child.pid(), join_in_time(&mut child));
+    // A child forked by other means is left alone: it runs its parent's handlers.
+    // SAFETY: the child only calls `exit`, which is what is under test; the helper runs
+    // on one test thread, and no other thread of it holds a lock the child needs.
+    let pid = unsafe {
+        match libc::fork() {
+            0 => libc::exit(5),
+            pid => pid,
+        }
+    };
+    let mut status = 0;
+    // SAFETY: `pid` is this process's own unreaped child; `status` is a live `c_int`.
+    unsafe {
+        libc::waitpid(pid, &mut status, 0);
+    }
+    println!("raw {pid} {}", libc::WEXITSTATUS(status));
+}
+
+#[test]
+fn exit_in_a_fork_child_runs_its_own_handlers_and_none_of_its_parents() {
+    let out = run_helper("helper_registers_an_exit_handler_and_forks", |_| {});
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // libtest may print its own words on the line before ours.
+    let pid_of = |prefix: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter_map(|l| l.split_once(prefix).map(|(_, rest)| rest))
+            .map(|rest| rest.split(' ').next().unwrap_or("").to_string())
+            .collect()
+    };
+    let ours = pid_of("ours ");
+    let raw = pid_of("raw ");
+    assert_eq!(ours.len(), 1, "{stdout}");
+    assert!(
+        stdout.contains("Err(Exited { name: \"Process-1\", code: 4 })"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("raw {} 5", raw[0])), "{stdout}");
+    // The child's own handler ran in the child alone; the helper's ran in the helper and
+    // in the child it forked by hand, never in ours nor in its child.
+    assert_eq!(pid_of("own-handler "), ours, "{stdout}");
+    let mut expected = vec![raw[0].clone(), pid_of("helper ")[0].clone()];
+    let mut ran = pid_of("parent-handler ");
+    expected.sort();
+    ran.sort();
+    assert_eq!(ran, expected, "{stdout}");
+}
+
 fn identity_or_die(x: u64) -> u64 {
     match x % 5 {
         // killed before it sends anything
