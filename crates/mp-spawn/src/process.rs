@@ -13,26 +13,25 @@ use crate::{
     entry::{self, FAILED, PANICKED, RETURNED},
     get_start_method, registry,
     start::{self, Results, Started, channel},
-    sys,
 };
 
 /// What a child runs: a `fn(A) -> R` with its argument, or (fork only) a closure.
 pub(crate) trait Job<R>: 'static {
     /// The bootstrap message that lets an exec'd child run this; `None` if it cannot.
     fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>>;
-    /// Runs the job, in a forked child, leaving the box's memory allocated: the child is
-    /// about to `_exit`, and freeing would only write to (and so copy) the allocator's pages.
-    fn run(self: Box<Self>) -> R;
+    /// Runs the job, in a forked child.
+    fn run(self) -> R
+    where
+        Self: Sized;
     /// Forks a child that runs this job: [`start::fork::start`] made for this job's own
     /// type, so the child's call of `run` is direct and its code lies with the rest of the
     /// child's path (one page fewer for the child to fault in).
-    /// Returns the name back.
     fn fork(
         self: Box<Self>,
         name: String,
         identity: Vec<u32>,
         daemon: bool,
-    ) -> Result<(Started, String)>;
+    ) -> Result<start::fork::Forked>;
 }
 
 struct FnJob<A, R> {
@@ -52,9 +51,8 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
     }
 
     #[inline]
-    fn run(self: Box<Self>) -> R {
-        let job = sys::unbox_leaking(self);
-        (job.target)(job.args)
+    fn run(self) -> R {
+        (self.target)(self.args)
     }
 
     fn fork(
@@ -62,7 +60,7 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
         name: String,
         identity: Vec<u32>,
         daemon: bool,
-    ) -> Result<(Started, String)> {
+    ) -> Result<start::fork::Forked> {
         start::fork::start(self, name, identity, daemon)
     }
 }
@@ -75,8 +73,8 @@ impl<R: mp_codec::Encode + 'static, F: FnOnce() -> R + 'static> Job<R> for Closu
     }
 
     #[inline]
-    fn run(self: Box<Self>) -> R {
-        (sys::unbox_leaking(self).0)()
+    fn run(self) -> R {
+        (self.0)()
     }
 
     fn fork(
@@ -84,7 +82,7 @@ impl<R: mp_codec::Encode + 'static, F: FnOnce() -> R + 'static> Job<R> for Closu
         name: String,
         identity: Vec<u32>,
         daemon: bool,
-    ) -> Result<(Started, String)> {
+    ) -> Result<start::fork::Forked> {
         start::fork::start(self, name, identity, daemon)
     }
 }
@@ -127,33 +125,40 @@ impl<R: Message + 'static> Builder<R> {
         let method = self.method.unwrap_or_else(get_start_method);
         let (default_name, identity) = current::next_child();
         let name = self.name.unwrap_or(default_name);
-        let (started, name) = match method {
-            // The name goes to the child and comes back: no copy to make and free.
-            StartMethod::Fork => self.job.fork(name, identity, self.daemon)?,
+        let (started, name, identity, pidfd, serial) = match method {
+            // The name goes to the child and comes back: no copy to make and free. The
+            // child's registry entry is made around the fork.
+            StartMethod::Fork => {
+                let forked = self.job.fork(name, identity, self.daemon)?;
+                let serial = forked.serial;
+                (forked.started, forked.name, forked.identity, None, serial)
+            }
             StartMethod::Spawn | StartMethod::Forkserver => {
                 let frame = self
                     .job
                     .bootstrap(&name, &identity, self.daemon)
                     .ok_or(Error::ForkOnly)??;
-                let started = if method == StartMethod::Spawn {
+                let mut started = if method == StartMethod::Spawn {
                     start::spawn::start(frame)?
                 } else {
                     start::forkserver::start(frame)?
                 };
-                (started, name)
+                let pidfd = started.pidfd.take().map(Arc::new);
+                let serial =
+                    registry::register(started.pid, &name, self.daemon, started.own, pidfd.clone());
+                (started, name, identity, pidfd, serial)
             }
         };
         let Started {
             pid,
-            pidfd,
             own,
             status,
             results,
+            ..
         } = started;
-        let pidfd = pidfd.map(Arc::new);
-        let serial = registry::register(pid, &name, self.daemon, own, pidfd.clone());
         Ok(Process {
             name,
+            identity,
             pid,
             daemon: self.daemon,
             method,
@@ -199,6 +204,10 @@ impl<R: Message + 'static> Builder<R> {
 #[derive(Debug)]
 pub struct Process<R> {
     name: String,
+    /// Python's `_identity`. Kept, not freed when the child starts: for a fork, every page
+    /// the parent writes while the child runs costs a copy (see `start::fork`).
+    #[expect(dead_code, reason = "held to be freed with the Process")]
+    identity: Vec<u32>,
     pid: u32,
     daemon: bool,
     method: StartMethod,
@@ -589,6 +598,7 @@ mod tests {
         .unwrap();
         Process {
             name: "corrupt".into(),
+            identity: vec![1],
             pid: started.pid,
             daemon: false,
             method,

@@ -61,6 +61,11 @@ pub(crate) struct Registry {
     /// Hands out entry serials.
     next_serial: u64,
     entries: Vec<Entry>,
+    /// A child just forked: its entry's serial and its pid, which is written into the entry
+    /// on the next use of the registry. The parent of a fork writes here (beside the lock,
+    /// a page it writes anyway), not into the entries, which would cost it one more page
+    /// copied while the child runs.
+    forked: Option<(u64, u32)>,
     reaper: Option<mpsc::Sender<(u64, Arc<OwnedFd>)>>,
     wake: Option<OwnedFd>,
 }
@@ -71,6 +76,7 @@ impl Registry {
             owner: 0,
             next_serial: 1,
             entries: Vec::new(),
+            forked: None,
             reaper: None,
             wake: None,
         }
@@ -78,11 +84,6 @@ impl Registry {
 }
 
 static REGISTRY: &Mutex<Registry> = &crate::held::HELD.registry;
-
-/// Held across `fork` (see `start::fork`).
-pub(crate) fn lock() -> MutexGuard<'static, impl Sized> {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn registry() -> MutexGuard<'static, Registry> {
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,8 +96,14 @@ fn registry() -> MutexGuard<'static, Registry> {
         }
         reg.owner = pid;
         reg.entries.clear();
+        reg.forked = None;
         reg.reaper = None;
         reg.wake = None;
+    }
+    if let Some((serial, pid)) = reg.forked.take()
+        && let Some(entry) = reg.entries.iter_mut().rev().find(|e| e.serial == serial)
+    {
+        entry.pid = pid;
     }
     reg
 }
@@ -113,11 +120,21 @@ pub(crate) fn register(
     own: bool,
     pidfd: Option<Arc<OwnedFd>>,
 ) -> u64 {
+    add(&mut registry(), pid, name, daemon, own, pidfd)
+}
+
+fn add(
+    reg: &mut Registry,
+    pid: u32,
+    name: &str,
+    daemon: bool,
+    own: bool,
+    pidfd: Option<Arc<OwnedFd>>,
+) -> u64 {
     let me = crate::current::pid();
     if PARENT_OF_ANY.load(Ordering::Relaxed) != me {
         PARENT_OF_ANY.store(me, Ordering::Relaxed);
     }
-    let mut reg = registry();
     let serial = reg.next_serial;
     reg.next_serial += 1;
     reg.entries.push(Entry {
@@ -130,6 +147,53 @@ pub(crate) fn register(
         pidfd,
     });
     serial
+}
+
+/// The registry, locked across a fork (see `start::fork`), with an entry made for the child
+/// about to be forked: the parent then only fills in its pid. An entry neither
+/// [`started`](Self::started) nor [`left`](Self::leave) is removed (the fork failed).
+pub(crate) struct Reservation {
+    reg: MutexGuard<'static, Registry>,
+    serial: u64,
+    settled: bool,
+}
+
+/// Makes an entry for a child about to be forked by this thread, and holds the registry
+/// until the fork is done.
+pub(crate) fn reserve(name: &str, daemon: bool) -> Reservation {
+    let mut reg = registry();
+    let serial = add(&mut reg, 0, name, daemon, true, None);
+    Reservation {
+        reg,
+        serial,
+        settled: false,
+    }
+}
+
+impl Reservation {
+    /// In the parent: the child is `pid`. Returns its entry's serial.
+    pub(crate) fn started(mut self, pid: u32) -> u64 {
+        self.reg.forked = Some((self.serial, pid));
+        self.settled = true;
+        self.serial
+    }
+
+    /// In the child: unlocks its copy of the registry and touches nothing else (the entries
+    /// are its parent's, forgotten when it first uses the registry).
+    #[inline]
+    pub(crate) fn leave(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.settled {
+            let serial = self.serial;
+            self.reg.entries.retain(|e| e.serial != serial);
+        }
+    }
 }
 
 /// The child has been reaped (or is being reaped by the forkserver).

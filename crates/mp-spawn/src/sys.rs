@@ -186,16 +186,6 @@ pub(crate) fn on_main_thread() -> bool {
     rustix::thread::gettid() == rustix::process::getpid()
 }
 
-/// Moves the value out of `boxed` and leaks the allocation: for a forked child about to
-/// `_exit`, where freeing would only write to (and so copy) the allocator's pages.
-pub(crate) fn unbox_leaking<T>(boxed: Box<T>) -> T {
-    let raw = Box::into_raw(boxed);
-    // SAFETY: `raw` comes from `Box::into_raw`, so it is valid, aligned and initialized. The
-    // value is read out exactly once and the allocation is never touched again (never
-    // freed, never dropped), so nothing is dropped twice.
-    unsafe { raw.read() }
-}
-
 /// Ignores `SIGPIPE`, as Rust's runtime does before `main` (a child entered from the
 /// constructor never reaches that code).
 pub(crate) fn ignore_sigpipe() {

@@ -406,19 +406,23 @@ fn daemons_die_with_a_normal_exit_and_the_others_are_joined() {
 
 #[test]
 fn active_children_lists_the_running_ones() {
-    let (ours, theirs) = pipe(true).unwrap();
-    let mut p = Process::new(wait_for_word, theirs)
-        .name("lister")
-        .start()
-        .unwrap();
-    assert!(
-        active_children()
-            .iter()
-            .any(|c| c.pid == p.pid() && c.name == "lister")
-    );
-    ours.send("x").unwrap();
-    join_in_time(&mut p).unwrap();
-    assert!(!active_children().iter().any(|c| c.pid == p.pid()));
+    for method in METHODS {
+        let (ours, theirs) = pipe(true).unwrap();
+        let mut p = Process::new(wait_for_word, theirs)
+            .name("lister")
+            .method(method)
+            .start()
+            .unwrap();
+        assert!(
+            active_children()
+                .iter()
+                .any(|c| c.pid == p.pid() && c.name == "lister"),
+            "{method:?}"
+        );
+        ours.send("x").unwrap();
+        join_in_time(&mut p).unwrap();
+        assert!(!active_children().iter().any(|c| c.pid == p.pid()));
+    }
 }
 
 /// The write end of a pipe that the test process's own `atexit` handler writes to.
