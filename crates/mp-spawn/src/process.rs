@@ -688,4 +688,25 @@ mod tests {
             assert_eq!(ok.join_timeout(Duration::from_secs(30)).unwrap(), Some(15));
         }
     }
+
+    fn single_threaded(_: ()) -> bool {
+        crate::sys::single_threaded()
+    }
+
+    #[test]
+    fn only_a_process_that_never_had_a_second_thread_is_single_threaded() {
+        // This test binary runs its tests on threads of their own.
+        std::thread::spawn(|| ()).join().unwrap();
+        assert!(!crate::sys::single_threaded());
+        // A spawned child is a fresh process that starts no thread before its target runs;
+        // a forked one is a copy of this process, which has had threads.
+        for (method, expected) in [(StartMethod::Spawn, true), (StartMethod::Fork, false)] {
+            let mut p = Process::new(single_threaded, ())
+                .method(method)
+                .start()
+                .unwrap();
+            let single = p.join_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(single, Some(expected), "{method:?}");
+        }
+    }
 }

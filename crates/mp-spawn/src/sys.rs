@@ -261,6 +261,28 @@ pub(crate) fn arm_exit_guard() -> io::Result<()> {
     }
 }
 
+/// Whether this process has only ever had one thread: glibc's `__libc_single_threaded`
+/// (2.32 and later), found once with `dlsym` so that older C libraries still load us;
+/// without it, the answer is no. Only a thread's creation clears the flag, and the thread
+/// that creates the second thread clears it first, so whichever thread reads it, a process
+/// with more than one thread reads "no".
+/// See [__libc_single_threaded(3)](https://man7.org/linux/man-pages/man3/__libc_single_threaded.3.html).
+pub(crate) fn single_threaded() -> bool {
+    static FLAG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let flag = *FLAG.get_or_init(|| {
+        // SAFETY: `dlsym` with `RTLD_DEFAULT` and a NUL-terminated name has no other
+        // precondition; it returns the symbol's address or null.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) as usize }
+    });
+    if flag == 0 {
+        return false;
+    }
+    // SAFETY: `flag` is the address of glibc's `char __libc_single_threaded`, which lives
+    // as long as the process; glibc writes it only as a thread is created (see above), and
+    // it is read here as an atomic byte.
+    unsafe { std::sync::atomic::AtomicU8::from_ptr(flag as *mut u8) }.load(Ordering::Relaxed) != 0
+}
+
 /// Removes `key` from the environment. Called only from the constructor (`entry::on_load`),
 /// before `main` has started any thread.
 pub(crate) fn remove_env_before_main(key: &str) {

@@ -565,6 +565,24 @@ fn helper_prints_a_partial_line_then_forks() {
         .join()
         .unwrap();
     println!(">>");
+    // The same from a process that has never had a second thread (which holds no stdio
+    // lock across the fork): a spawned child.
+    let mut p = Process::new(prints_a_partial_line_then_forks, ())
+        .method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    join_in_time(&mut p).unwrap();
+}
+
+fn prints_a_partial_line_then_forks(_: ()) {
+    print!("<<from one thread");
+    Process::new(nothing, ())
+        .method(StartMethod::Fork)
+        .start()
+        .unwrap()
+        .join()
+        .unwrap();
+    println!(">>");
 }
 
 #[test]
@@ -576,6 +594,8 @@ fn a_forked_child_does_not_print_its_parents_unflushed_output_again() {
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("<<unfinished line").count(), 1, "{stdout}");
     assert!(stdout.contains("<<unfinished line>>"), "{stdout}");
+    assert_eq!(stdout.matches("<<from one thread").count(), 1, "{stdout}");
+    assert!(stdout.contains("<<from one thread>>"), "{stdout}");
 }
 
 /// Writes `<what> <pid>` as one line straight to stdout: exit handlers run after std's

@@ -50,12 +50,17 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
     // The child gets a copy of every lock as it is at this instant. Hold ours (and stdio's)
     // across the fork, so none of them is held by a thread that does not exist there. And
     // flush stdout first, as Python does: a child exiting with a copy of unwritten output
-    // would write it out a second time.
+    // would write it out a second time. In a process that has only ever had one thread, no
+    // other thread can hold stdio's locks or write to stdout between the flush and the
+    // fork, so they are let go before it: the parent then leaves their pages alone while
+    // the child runs.
     let stdout = std::io::stdout();
+    let threads = !sys::single_threaded();
     let (forked, serial) = {
-        let mut stdout = stdout.lock();
-        let _ = std::io::Write::flush(&mut stdout);
-        let _stderr = std::io::stderr().lock();
+        let mut stdout_lock = stdout.lock();
+        let _ = std::io::Write::flush(&mut stdout_lock);
+        let _stdout = threads.then_some(stdout_lock);
+        let _stderr = threads.then(|| std::io::stderr().lock());
         let _server = super::forkserver::lock();
         let _channels = channel::lock();
         let _me = current::lock();
