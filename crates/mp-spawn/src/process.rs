@@ -26,12 +26,7 @@ pub(crate) trait Job<R>: 'static {
     /// Forks a child that runs this job: [`start::fork::start`] made for this job's own
     /// type, so the child's call of `run` is direct and its code lies with the rest of the
     /// child's path (one page fewer for the child to fault in).
-    fn fork(
-        self: Box<Self>,
-        name: String,
-        identity: Vec<u32>,
-        daemon: bool,
-    ) -> Result<start::fork::Forked>;
+    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Process<R>>;
 }
 
 struct FnJob<A, R> {
@@ -55,12 +50,7 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
         (self.target)(self.args)
     }
 
-    fn fork(
-        self: Box<Self>,
-        name: String,
-        identity: Vec<u32>,
-        daemon: bool,
-    ) -> Result<start::fork::Forked> {
+    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Process<R>> {
         start::fork::start(self, name, identity, daemon)
     }
 }
@@ -77,12 +67,7 @@ impl<R: mp_codec::Encode + 'static, F: FnOnce() -> R + 'static> Job<R> for Closu
         (self.0)()
     }
 
-    fn fork(
-        self: Box<Self>,
-        name: String,
-        identity: Vec<u32>,
-        daemon: bool,
-    ) -> Result<start::fork::Forked> {
+    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Process<R>> {
         start::fork::start(self, name, identity, daemon)
     }
 }
@@ -125,54 +110,41 @@ impl<R: Message + 'static> Builder<R> {
         let method = self.method.unwrap_or_else(get_start_method);
         let (default_name, identity) = current::next_child();
         let name = self.name.unwrap_or(default_name);
-        let (started, name, identity, pidfd, serial) = match method {
+        if method == StartMethod::Fork {
             // The name goes to the child and comes back: no copy to make and free. The
             // child's registry entry is made around the fork.
-            StartMethod::Fork => {
-                let forked = self.job.fork(name, identity, self.daemon)?;
-                let serial = forked.serial;
-                (forked.started, forked.name, forked.identity, None, serial)
-            }
-            StartMethod::Spawn | StartMethod::Forkserver => {
-                let frame = self
-                    .job
-                    .bootstrap(&name, &identity, self.daemon)
-                    .ok_or(Error::ForkOnly)??;
-                let mut started = if method == StartMethod::Spawn {
-                    start::spawn::start(frame)?
-                } else {
-                    start::forkserver::start(frame)?
-                };
-                let pidfd = started.pidfd.take().map(Arc::new);
-                let serial =
-                    registry::register(started.pid, &name, self.daemon, started.own, pidfd.clone());
-                (started, name, identity, pidfd, serial)
-            }
-        };
-        let Started {
-            pid,
-            own,
-            status,
-            results,
-            ..
-        } = started;
-        Ok(Process {
-            name,
-            identity,
-            pid,
-            daemon: self.daemon,
-            method,
-            sentinel: pidfd.map_or_else(OnceLock::new, OnceLock::from),
-            own,
-            status,
-            results: Some(results),
-            outcome: None,
-            exitcode: None,
-            joined: false,
-            serial,
-            _result: PhantomData,
-        })
+            self.job.fork(name, identity, self.daemon)
+        } else {
+            start_exec(&*self.job, method, name, identity, self.daemon)
+        }
     }
+}
+
+/// Starts an exec'd child (spawn, forkserver) and registers it. Kept out of
+/// [`Builder::start`], whose frame it would otherwise make several times larger: after a
+/// fork, every page of stack the parent and the child write costs a copy, and a deeper
+/// path to the fork straddles a page boundary more often.
+#[inline(never)]
+fn start_exec<R: Message + 'static>(
+    job: &dyn Job<R>,
+    method: StartMethod,
+    name: String,
+    identity: Vec<u32>,
+    daemon: bool,
+) -> Result<Process<R>> {
+    let frame = job
+        .bootstrap(&name, &identity, daemon)
+        .ok_or(Error::ForkOnly)??;
+    let mut started = if method == StartMethod::Spawn {
+        start::spawn::start(frame)?
+    } else {
+        start::forkserver::start(frame)?
+    };
+    let pidfd = started.pidfd.take().map(Arc::new);
+    let serial = registry::register(started.pid, &name, daemon, started.own, pidfd.clone());
+    Ok(Process::made(
+        started, name, identity, pidfd, serial, daemon, method,
+    ))
 }
 
 /// A child process running a target: Python's `multiprocessing.Process`.
@@ -264,6 +236,34 @@ impl<R: Message + 'static> Process<R> {
 }
 
 impl<R> Process<R> {
+    /// A `Process` for a child just started.
+    pub(crate) fn made(
+        started: Started,
+        name: String,
+        identity: Vec<u32>,
+        sentinel: Option<Arc<OwnedFd>>,
+        serial: u64,
+        daemon: bool,
+        method: StartMethod,
+    ) -> Self {
+        Process {
+            name,
+            identity,
+            pid: started.pid,
+            daemon,
+            method,
+            sentinel: sentinel.map_or_else(OnceLock::new, OnceLock::from),
+            own: started.own,
+            status: started.status,
+            results: Some(started.results),
+            outcome: None,
+            exitcode: None,
+            joined: false,
+            serial,
+            _result: PhantomData,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.pid

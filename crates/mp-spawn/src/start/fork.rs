@@ -16,24 +16,14 @@
 //! before the fork, sparing the child two pages of the C library's.
 
 use super::{Results, Started, channel};
-use crate::{Error, Result, current, entry, process::Job, registry, sys};
-
-/// A child just forked, as its parent sees it.
-pub(crate) struct Forked {
-    pub(crate) started: Started,
-    pub(crate) name: String,
-    /// The child's identity, which its `Process` keeps rather than free it during the fork.
-    pub(crate) identity: Vec<u32>,
-    /// The child's entry in the registry.
-    pub(crate) serial: u64,
-}
+use crate::{Error, Process, Result, StartMethod, current, entry, process::Job, registry, sys};
 
 pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
     job: Box<J>,
     name: String,
     identity: Vec<u32>,
     daemon: bool,
-) -> Result<Forked> {
+) -> Result<Process<R>> {
     // Out of its box, which is freed here, at the end of this block (a box moved out of is
     // freed at the end of its scope): before the fork, not after it.
     let job: J = {
@@ -97,22 +87,27 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
             entry::finish_flushing(code, &stdout)
         }
         Some(pid) => {
+            // The child's identity is kept by its `Process`, not freed while the child runs.
             let current::Me { name, identity, .. } = me;
-            Ok(Forked {
-                started: Started {
-                    pid: pid as u32,
-                    pidfd: None,
-                    own: true,
-                    status: None,
-                    results: Results::Pooled {
-                        channel,
-                        bootstrapped: false,
-                    },
+            let started = Started {
+                pid: pid as u32,
+                pidfd: None,
+                own: true,
+                status: None,
+                results: Results::Pooled {
+                    channel,
+                    bootstrapped: false,
                 },
+            };
+            Ok(Process::made(
+                started,
                 name,
                 identity,
+                None,
                 serial,
-            })
+                daemon,
+                StartMethod::Fork,
+            ))
         }
     }
 }
