@@ -146,6 +146,16 @@ pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, pare
     }
 }
 
+/// In a forked child: `fd` is its result socket, where its exit guard (`sys::exit_guard`)
+/// says that the target called `exit`. Kept open until the child ends.
+#[inline]
+pub(crate) fn set_forked_outlet(fd: std::os::fd::BorrowedFd<'_>) {
+    crate::held::HELD.forked_outlet.store(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Whether process `pid` (this one) was started by our fork: read without a lock, from the
 /// exit guard (`sys::exit_guard`).
 pub(crate) fn forked_by_us(pid: u32) -> bool {

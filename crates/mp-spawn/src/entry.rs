@@ -290,6 +290,9 @@ pub(crate) const PANICKED: u8 = 1;
 pub(crate) const FAILED: u8 = 2;
 /// The result frame's bytes are in the memfd that comes first among its descriptors.
 pub(crate) const IN_MEMFD: u8 = 3;
+/// The target called `exit` (sent by a forked child's exit guard, `sys::exit_guard`): the
+/// child's exit status, 0 included, is then no sign that it returned.
+pub(crate) const EXITED: u8 = 4;
 
 /// Results up to this size go straight into the socket, whose buffer (over 200 KiB by
 /// default) takes them without blocking; larger ones go through a memfd. Either way the child
@@ -313,6 +316,8 @@ pub(crate) struct Outlet<'a> {
     room: Option<usize>,
     /// The handle to stdout to flush before sending (see [`Outlet::flushing`]).
     stdout: Option<&'a std::io::Stdout>,
+    /// See [`Outlet::status_says_returned`].
+    status_says_returned: bool,
 }
 
 impl<'a> Outlet<'a> {
@@ -322,6 +327,7 @@ impl<'a> Outlet<'a> {
             socket: conn.as_fd(),
             room: None,
             stdout: None,
+            status_says_returned: false,
         }
     }
 
@@ -340,6 +346,18 @@ impl<'a> Outlet<'a> {
             socket,
             room: Some(room),
             stdout: None,
+            status_says_returned: false,
+        }
+    }
+
+    /// For a forked child, whose parent reads exit status 0 with nothing sent as "returned
+    /// a value that encodes to nothing" (`()`): such a value is then not sent at all, one
+    /// system call fewer. A target that calls `exit` instead is told apart by the exit
+    /// guard, which sends [`EXITED`] first.
+    pub(crate) fn status_says_returned(self) -> Self {
+        Outlet {
+            status_says_returned: true,
+            ..self
         }
     }
 }
@@ -405,9 +423,9 @@ fn fail(outlet: Outlet<'_>, why: &str) -> i32 {
 /// code: 0 after a return, 1 after a panic (whose message the hook printed after
 /// `Process <name>:`).
 ///
-/// A result that encodes to nothing (`()`) is sent as the tag alone, from a constant: a
+/// A result that encodes to nothing (`()`) is sent as the tag alone, from the stack: a
 /// forked child then writes nothing to the heap, whose every touched page would cost it a
-/// copy.
+/// copy. A forked child sends it not at all (see [`Outlet::status_says_returned`]).
 #[inline]
 pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R) -> i32 {
     let mut frame = Frame::new();
@@ -436,18 +454,10 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
     prepare_exit(outlet.stdout);
     // The parent may have gone, or dropped its Process: nobody to tell then.
     if code == 0 && frame.bytes.is_empty() && frame.fds.is_empty() {
-        // The whole frame (length 1, the tag) built on the stack and sent with one inline
-        // system call: a constant's page, or the codec's sending code, would each be one
-        // more page for a forked child to fault in. Five bytes go at once or not at all.
-        let mut frame = [0u8; 12 + 1];
-        let head =
-            mp_codec::wire::header(1, (&mut frame[..12]).try_into().expect("12 bytes")).len();
-        frame[head] = std::hint::black_box(RETURNED);
-        let _ = rustix::net::send(
-            outlet.socket,
-            &frame[..head + 1],
-            rustix::net::SendFlags::NOSIGNAL,
-        );
+        if outlet.status_says_returned {
+            return code;
+        }
+        send_empty(outlet.socket, RETURNED);
     } else {
         if code == 0 {
             frame.bytes.insert(0, RETURNED);
@@ -458,6 +468,17 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
     // pages (a copy each, in a forked child).
     std::mem::forget(frame);
     code
+}
+
+/// Sends a frame of the tag alone, built on the stack and sent with one inline system
+/// call: a constant's page, or the codec's sending code, would each be one more page for a
+/// forked child to fault in. Five bytes go at once or not at all.
+#[inline]
+pub(crate) fn send_empty(socket: BorrowedFd<'_>, tag: u8) {
+    let mut frame = [0u8; 12 + 1];
+    let head = mp_codec::wire::header(1, (&mut frame[..12]).try_into().expect("12 bytes")).len();
+    frame[head] = std::hint::black_box(tag);
+    let _ = rustix::net::send(socket, &frame[..head + 1], rustix::net::SendFlags::NOSIGNAL);
 }
 
 /// Makes `frame` say that the run ended with `tag` (not [`RETURNED`]), and why.

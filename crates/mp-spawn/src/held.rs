@@ -4,7 +4,10 @@
 //! shares with its parent costs it a copy of that page: kept together they cost one copy,
 //! where four statics placed by the linker may straddle two pages or more.
 
-use std::sync::{Mutex, atomic::AtomicU32};
+use std::sync::{
+    Mutex,
+    atomic::{AtomicI32, AtomicU32},
+};
 
 use crate::{
     current::Me,
@@ -23,6 +26,8 @@ pub(crate) struct Held {
     pub(crate) parent_of_any: AtomicU32,
     /// The pid of this process if our fork started it (see `current::forked_by_us`).
     pub(crate) forked_pid: AtomicU32,
+    /// In a forked child, its result socket (see `sys::exit_guard`); -1 elsewhere.
+    pub(crate) forked_outlet: AtomicI32,
 }
 
 // Within one 1 KiB-aligned block, so within one page.
@@ -35,4 +40,5 @@ pub(crate) static HELD: Held = Held {
     pool: Mutex::new(Pool::new()),
     parent_of_any: AtomicU32::new(0),
     forked_pid: AtomicU32::new(0),
+    forked_outlet: AtomicI32::new(-1),
 };

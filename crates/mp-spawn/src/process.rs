@@ -10,7 +10,7 @@ use rustix::process::{Signal, WaitId, WaitIdOptions, WaitIdStatus, pidfd_send_si
 
 use crate::{
     Error, Result, StartMethod, current,
-    entry::{self, FAILED, PANICKED, RETURNED},
+    entry::{self, EXITED, FAILED, PANICKED, RETURNED},
     get_start_method, registry,
     start::{self, Results, Started, channel},
 };
@@ -152,6 +152,11 @@ fn start_exec<R: Message + 'static>(
 /// `join` returns the target's value, or says what happened instead: it panicked (with the
 /// message), exited with a code, or was killed by a signal. `exitcode` follows Python: 0, 1
 /// after a panic, N after `exit(N)`, −SIG when killed.
+///
+/// A forked child whose target returns `()` (or anything else that encodes to no bytes)
+/// says so by exit status 0 alone, sending nothing; `exit(0)` is told apart from it. Only
+/// a target that ends its process with `libc::_exit(0)` itself, past every exit handler,
+/// reads as having returned.
 ///
 /// ```
 /// use mp_spawn::{Error, Process};
@@ -520,6 +525,11 @@ impl<R: Decode> Process<R> {
                     frame.bytes.remove(0);
                     Ok(R::decode(&mut frame)?)
                 }
+                Some(EXITED) => {
+                    // Kept: a second join says the same.
+                    self.outcome = Some(frame);
+                    Err(Error::Exited { name, code })
+                }
                 Some(tag @ (PANICKED | FAILED)) => {
                     let message = String::from_utf8_lossy(&frame.bytes[1..]).into_owned();
                     // Kept: a second join says the same.
@@ -536,6 +546,17 @@ impl<R: Decode> Process<R> {
                 }),
             },
             None if self.joined => Err(Error::AlreadyJoined(name)),
+            // A forked child sends no value that encodes to nothing: exit status 0 says it
+            // returned (see `entry::Outlet::status_says_returned`).
+            None if code == 0 && self.method == StartMethod::Fork => {
+                match R::decode(&mut Frame::new()) {
+                    Ok(value) => {
+                        self.joined = true;
+                        Ok(value)
+                    }
+                    Err(_) => Err(Error::Exited { name, code }),
+                }
+            }
             None if code < 0 => Err(Error::Killed {
                 name,
                 signal: -code,

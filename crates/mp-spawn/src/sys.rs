@@ -221,7 +221,8 @@ unsafe extern "C" {
 /// is the newest of that process's exit handlers in the child's copy of them. Handlers run
 /// newest first: a fork child of ours that calls `exit` runs the handlers it registered
 /// itself, then comes to the guard its parent armed, and ends there: its own children dealt
-/// with, stdout flushed, `_exit` with the status given to `exit`. The guard does nothing in
+/// with, stdout flushed, its parent told that the target called `exit` (see
+/// `entry::EXITED`), `_exit` with the status given to `exit`. The guard does nothing in
 /// the process that armed it, nor in a child forked by other means than ours.
 extern "C" fn exit_guard(armed_by: *mut libc::c_void, status: c_int) {
     let me = crate::current::pid();
@@ -230,6 +231,13 @@ extern "C" fn exit_guard(armed_by: *mut libc::c_void, status: c_int) {
     }
     crate::registry::finish_children();
     let _ = std::io::Write::flush(&mut std::io::stdout());
+    let outlet = crate::held::HELD.forked_outlet.load(Ordering::Relaxed);
+    if outlet >= 0 {
+        // SAFETY: a forked child's result socket, recorded as it started; it stays open
+        // until the child ends (`start::fork` never drops it), which is what happens next.
+        let socket = unsafe { BorrowedFd::borrow_raw(outlet) };
+        crate::entry::send_empty(socket, crate::entry::EXITED);
+    }
     exit_now(status)
 }
 

@@ -82,6 +82,26 @@ fn the_exit_code_table_holds_under_every_method() {
     }
 }
 
+fn exits_zero(_: ()) {
+    std::process::exit(0)
+}
+
+#[test]
+fn a_child_that_calls_exit_0_has_not_returned() {
+    // Not even when its target returns (): its exit code alone does not tell.
+    for method in METHODS {
+        let mut p = Process::new(exits_zero, ()).method(method).start().unwrap();
+        assert!(
+            matches!(join_in_time(&mut p), Err(Error::Exited { code: 0, .. })),
+            "{method:?}"
+        );
+        assert_eq!(p.exitcode(), Some(0));
+        let mut ok = Process::new(nothing, ()).method(method).start().unwrap();
+        join_in_time(&mut ok).unwrap();
+        assert_eq!(ok.exitcode(), Some(0));
+    }
+}
+
 /// Waits for one message on `conn`, then returns it.
 fn wait_for_word(conn: Connection) -> String {
     conn.recv::<String>().unwrap_or_default()

@@ -80,9 +80,11 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
                 entry::finish(entry::START_FAILED);
             }
             current::install(me);
-            let outlet =
-                entry::Outlet::ready(std::os::fd::AsFd::as_fd(&channel.theirs), channel.room)
-                    .flushing(&stdout);
+            let socket = std::os::fd::AsFd::as_fd(&channel.theirs);
+            current::set_forked_outlet(socket);
+            let outlet = entry::Outlet::ready(socket, channel.room)
+                .flushing(&stdout)
+                .status_says_returned();
             let code = entry::run_target(outlet, move || job.run());
             entry::finish_flushing(code, &stdout)
         }
