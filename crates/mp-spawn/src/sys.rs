@@ -349,8 +349,11 @@ pub(crate) fn same_object(a: usize, b: usize) -> bool {
     }
 }
 
-/// The soft descriptor limit before [`raise_fd_limit`], for [`restore_fd_limit`].
-static ORIGINAL_FD_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The descriptor limits before [`raise_fd_limit`] raised them, for [`restore_fd_limit`]
+/// (the soft one 0 if they were left as they were). Atomics, which a forked child reads
+/// without writing.
+static ORIGINAL_FD_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ORIGINAL_FD_HARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Raises the soft limit on open descriptors (the forkserver holds two per live child) to
 /// the hard limit, at most 1 << 20.
@@ -361,29 +364,34 @@ pub(crate) fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return;
         }
-        ORIGINAL_FD_LIMIT.store(limit.rlim_cur, Ordering::Relaxed);
+        let original = (limit.rlim_cur, limit.rlim_max);
         let raised = limit.rlim_max.min(1 << 20);
         if limit.rlim_cur < raised {
             limit.rlim_cur = raised;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                ORIGINAL_FD_HARD.store(original.1, Ordering::Relaxed);
+                ORIGINAL_FD_SOFT.store(original.0, Ordering::Relaxed);
+            }
         }
     }
 }
 
-/// Puts back the soft descriptor limit [`raise_fd_limit`] found (in a forkserver's child,
-/// which should see the limits of the program that asked for it).
+/// Puts back the descriptor limits [`raise_fd_limit`] found (in a forkserver's child,
+/// which should see the limits of the program that asked for it): one system call, from
+/// what the server kept, or none if it raised nothing.
 pub(crate) fn restore_fd_limit() {
-    let original = ORIGINAL_FD_LIMIT.load(Ordering::Relaxed);
-    if original == 0 {
+    let soft = ORIGINAL_FD_SOFT.load(Ordering::Relaxed);
+    if soft == 0 {
         return;
     }
-    // SAFETY: getrlimit/setrlimit take a plain struct by pointer.
+    let hard = ORIGINAL_FD_HARD.load(Ordering::Relaxed);
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit takes a plain struct by pointer.
     unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur != original {
-            limit.rlim_cur = original;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
 }
 

@@ -722,6 +722,61 @@ fn exit_in_a_fork_child_runs_its_own_handlers_and_none_of_its_parents() {
     assert_eq!(ran, expected, "{stdout}");
 }
 
+fn descriptor_limits(_: ()) -> (u64, u64) {
+    let (soft, hard) = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .zip(rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum)
+        .unwrap_or((0, 0));
+    (soft, hard)
+}
+
+#[test]
+fn helper_lowers_its_descriptor_limit_and_starts_children() {
+    if std::env::var_os(HELPER).is_none() {
+        return; // only as the helper of the test below
+    }
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(200),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    for method in METHODS {
+        let mut p = Process::new(descriptor_limits, ())
+            .method(method)
+            .start()
+            .unwrap();
+        println!("limits {method:?} {:?}", join_in_time(&mut p).unwrap());
+    }
+    println!("own {:?}", descriptor_limits(()));
+}
+
+#[test]
+fn children_get_their_parents_descriptor_limits() {
+    // The forkserver raises its own soft limit (it holds two descriptors per child); its
+    // children get the parent's limits back.
+    let out = run_helper(
+        "helper_lowers_its_descriptor_limit_and_starts_children",
+        |_| {},
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let own = stdout
+        .split_once("own ")
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(own.starts_with("(200, "), "{stdout}");
+    for method in METHODS {
+        assert!(
+            stdout.contains(&format!("limits {method:?} {own}")),
+            "{method:?}: {stdout}"
+        );
+    }
+}
+
 fn identity_or_die(x: u64) -> u64 {
     match x % 5 {
         // killed before it sends anything
