@@ -395,6 +395,42 @@ pub(crate) fn restore_fd_limit() {
     }
 }
 
+/// One descriptor for [`poll`]: a raw `pollfd` asking for readability. Made from a borrowed
+/// descriptor, so it names one that was open then; a set of them is rebuilt in place each
+/// round (the forkserver's, which must not allocate), which borrowed `PollFd`s cannot be.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct PollFd(libc::pollfd);
+
+impl PollFd {
+    pub(crate) fn readable(fd: BorrowedFd<'_>) -> Self {
+        PollFd(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+    }
+
+    /// Readable, at its end, or in error after [`poll`].
+    pub(crate) fn ready(&self) -> bool {
+        self.0.revents != 0
+    }
+}
+
+/// `poll(2)` without a timeout. The descriptors must still be open: the caller builds the
+/// set from descriptors it holds and polls before closing any.
+/// See [poll(2)](https://man7.org/linux/man-pages/man2/poll.2.html).
+pub(crate) fn poll(fds: &mut [PollFd]) -> io::Result<()> {
+    // SAFETY: `PollFd` is `repr(transparent)` over `libc::pollfd`, so the slice is
+    // `fds.len()` valid, exclusive `pollfd`s for the kernel to fill in.
+    let n = unsafe { libc::poll(fds.as_mut_ptr().cast(), fds.len() as libc::nfds_t, -1) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Kills and reaps a child we could not keep track of (no pidfd could be opened for it).
 pub(crate) fn kill_and_reap(pid: RawPid) {
     // SAFETY: `pid` is our own unreaped child, so the number cannot have been reused.

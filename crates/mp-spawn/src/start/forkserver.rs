@@ -265,6 +265,11 @@ fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 }
 
 /// The server's main loop; never returns.
+///
+/// A round of it allocates nothing once its buffers have grown: while standby children
+/// live, every page the server writes after a fork costs it a copy, and `malloc` and `free`
+/// write to three (the allocator's state, the chunk's, `errno`'s). The table of children,
+/// the poll set and the request's frame are reused, the reply is built on the stack.
 pub(crate) fn serve(socket: OwnedFd) -> ! {
     let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
     if sys::die_with_parent(parent).is_err() {
@@ -278,53 +283,78 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     let _ = std::thread::current().id();
     let _ = std::io::Write::flush(&mut std::io::stdout().lock());
     let mut conn = Some(Connection::from_unix_socket(socket));
-    let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::new();
+    // Allocated together, so that they likely share a page or two.
+    let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::with_capacity(64);
+    let mut polled: Vec<sys::PollFd> = Vec::with_capacity(65);
+    let mut request = Frame::new();
+    request.fds.reserve(4);
     while let Some(requests) = conn.as_ref() {
-        let mut fds: Vec<&dyn AsFd> = vec![requests];
-        fds.extend(children.iter().map(|(pidfd, _)| pidfd as &dyn AsFd));
-        let Ok(ready) = mp_pipe::wait(&fds, None) else {
-            break;
-        };
-        let mut ended = Vec::new();
-        let mut request = None;
-        for i in ready {
-            if i == 0 {
-                request = Some(requests.recv_frame());
-            } else {
-                ended.push(i - 1);
-            }
+        polled.clear();
+        polled.push(sys::PollFd::readable(requests.as_fd()));
+        polled.extend(
+            children
+                .iter()
+                .map(|(pidfd, _)| sys::PollFd::readable(pidfd.as_fd())),
+        );
+        match sys::poll(&mut polled) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         }
-        for i in ended.into_iter().rev() {
-            let (pidfd, status_w) = children.swap_remove(i);
+        // Ended children, last first: `swap_remove` moves only entries already looked at.
+        for i in (1..polled.len()).rev() {
+            if !polled[i].ready() {
+                continue;
+            }
+            let (pidfd, status_w) = children.swap_remove(i - 1);
             let code = match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
                 Ok(Some(status)) => crate::process::exit_code(&status),
                 _ => -libc::SIGKILL,
             };
             let _ = rustix::io::write(&status_w, &code.to_le_bytes());
         }
-        match request {
-            Some(Ok(request)) => handle(request, &mut conn, &mut children),
-            Some(Err(_)) => conn = None, // the parent has gone
-            None => {}
+        if polled[0].ready() {
+            match mp_codec::wire::recv_frame(requests, REQUEST_MAX, &mut request) {
+                Ok(()) => handle(&mut request, &mut conn, &mut children),
+                Err(_) => conn = None, // the parent has gone
+            }
         }
     }
     // Our children get their parent-death signal as we exit.
     sys::exit_now(0)
 }
 
+/// A request is a frame with no bytes (the descriptors are all it says).
+const REQUEST_MAX: usize = 64;
+
 /// Forks a standby child, which waits for its bootstrap on the socket end the request
 /// carried, and replies with its pid; or with an empty reply if it cannot.
 fn handle(
-    mut request: Frame,
+    request: &mut Frame,
     conn: &mut Option<Connection>,
     children: &mut Vec<(OwnedFd, OwnedFd)>,
 ) {
+    // One frame of at most 4 bytes, built in a small buffer: the server's stack stays
+    // within fewer pages (each written after a fork costs a copy).
     let reply = |bytes: &[u8]| {
         if let Some(conn) = conn.as_ref() {
-            let _ = conn.send_bytes(bytes);
+            let mut frame = [0u8; 12 + 4];
+            let head = mp_codec::wire::header(
+                bytes.len(),
+                (&mut frame[..12]).try_into().expect("12 bytes"),
+            )
+            .len();
+            frame[head..head + bytes.len()].copy_from_slice(bytes);
+            let _ = rustix::net::send(
+                conn,
+                &frame[..head + bytes.len()],
+                rustix::net::SendFlags::NOSIGNAL,
+            );
         }
     };
-    let (Some(status_w), Some(child_end)) = (request.fds.pop(), request.fds.pop()) else {
+    let fds = (request.fds.pop(), request.fds.pop());
+    request.clear();
+    let (Some(status_w), Some(child_end)) = fds else {
         // Not a request we understand: an empty reply, so the parent gets an error, not a hang.
         reply(&[]);
         return;
