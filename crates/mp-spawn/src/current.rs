@@ -176,9 +176,12 @@ pub(crate) fn forked() -> bool {
 pub(crate) fn install(mut me: Me) {
     me.pid = pid();
     if me.forked {
-        crate::held::HELD
-            .forked_pid
+        let held = &crate::held::HELD;
+        held.forked_pid
             .store(me.pid, std::sync::atomic::Ordering::Relaxed);
+        // Forked while its parent was ending, maybe: the parent's claim is not ours.
+        held.outcome_claimed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
     let old = crate::held::HELD
         .me

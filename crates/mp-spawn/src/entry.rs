@@ -412,9 +412,11 @@ pub(crate) fn unpack_outcome(mut frame: Frame) -> std::io::Result<Frame> {
 fn fail(outlet: Outlet<'_>, why: &str) -> i32 {
     let name = current::current_process().name;
     eprintln!("Process {name}: could not start: {why}");
-    let mut frame = Frame::new();
-    set_outcome(&mut frame, FAILED, why);
-    send_outcome(outlet, &frame);
+    if claim_outcome() {
+        let mut frame = Frame::new();
+        set_outcome(&mut frame, FAILED, why);
+        send_outcome(outlet, &frame);
+    }
     START_FAILED
 }
 
@@ -452,6 +454,10 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
         }
     };
     prepare_exit(outlet.stdout);
+    // A thread calling `exit` meanwhile has its outcome sent (by the exit guard) instead.
+    if !claim_outcome() {
+        return code;
+    }
     // The parent may have gone, or dropped its Process: nobody to tell then.
     if code == 0 && frame.bytes.is_empty() && frame.fds.is_empty() {
         if outlet.status_says_returned {
@@ -468,6 +474,15 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
     // pages (a copy each, in a forked child).
     std::mem::forget(frame);
     code
+}
+
+/// Whether the caller is the one to send this child's outcome: the first to ask is. A
+/// child sends one frame at most, or its parent could read the second as the outcome of
+/// the next child given the same pooled socket.
+pub(crate) fn claim_outcome() -> bool {
+    !crate::held::HELD
+        .outcome_claimed
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
 }
 
 /// Sends a frame of the tag alone, built on the stack and sent with one inline system

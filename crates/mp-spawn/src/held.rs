@@ -6,7 +6,7 @@
 
 use std::sync::{
     Mutex,
-    atomic::{AtomicI32, AtomicU32},
+    atomic::{AtomicBool, AtomicI32, AtomicU32},
 };
 
 use crate::{
@@ -28,6 +28,9 @@ pub(crate) struct Held {
     pub(crate) forked_pid: AtomicU32,
     /// In a forked child, its result socket (see `sys::exit_guard`); -1 elsewhere.
     pub(crate) forked_outlet: AtomicI32,
+    /// Whether this child's outcome has been (or is being) sent: one frame at most, though
+    /// a thread may call `exit` as the target returns (see `entry::claim_outcome`).
+    pub(crate) outcome_claimed: AtomicBool,
 }
 
 // Within one 1 KiB-aligned block, so within one page.
@@ -41,4 +44,5 @@ pub(crate) static HELD: Held = Held {
     parent_of_any: AtomicU32::new(0),
     forked_pid: AtomicU32::new(0),
     forked_outlet: AtomicI32::new(-1),
+    outcome_claimed: AtomicBool::new(false),
 };

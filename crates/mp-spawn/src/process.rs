@@ -154,9 +154,9 @@ fn start_exec<R: Message + 'static>(
 /// after a panic, N after `exit(N)`, −SIG when killed.
 ///
 /// A forked child whose target returns `()` (or anything else that encodes to no bytes)
-/// says so by exit status 0 alone, sending nothing; `exit(0)` is told apart from it. Only
-/// a target that ends its process with `libc::_exit(0)` itself, past every exit handler,
-/// reads as having returned.
+/// says so by exit status 0 alone, sending nothing; `exit(0)` is told apart from it. A
+/// target that ends its process with status 0 past every exit handler (`libc::_exit(0)`,
+/// `quick_exit(0)`, an `exec` of a program that exits 0) reads as having returned.
 ///
 /// ```
 /// use mp_spawn::{Error, Process};
@@ -197,6 +197,8 @@ pub struct Process<R> {
     outcome: Option<Frame>,
     exitcode: Option<i32>,
     joined: bool,
+    /// The child's result socket held nothing at its end (see `take_outcome`).
+    sent_nothing: bool,
     /// Its entry in the registry.
     serial: u64,
     _result: PhantomData<fn() -> R>,
@@ -264,6 +266,7 @@ impl<R> Process<R> {
             outcome: None,
             exitcode: None,
             joined: false,
+            sent_nothing: false,
             serial,
             _result: PhantomData,
         }
@@ -445,10 +448,14 @@ impl<R> Process<R> {
                         self.outcome = entry::unpack_outcome(frame).ok();
                         channel::give_back(channel);
                     }
-                    // Nothing sent at all (the child was killed, say): still clean, unless
-                    // a bootstrap sent the other way may be left in it.
-                    Err(mp_codec::Error::WouldBlock) if !bootstrapped => {
-                        channel::give_back(channel)
+                    // Nothing sent at all (the child was killed, or returned `()` by
+                    // exit status alone): still clean, unless a bootstrap sent the other way
+                    // may be left in it.
+                    Err(mp_codec::Error::WouldBlock) => {
+                        self.sent_nothing = true;
+                        if !bootstrapped {
+                            channel::give_back(channel)
+                        }
                     }
                     // A frame cut short: the pair is out of step, so it is closed.
                     Err(_) => {}
@@ -528,7 +535,15 @@ impl<R: Decode> Process<R> {
                 Some(EXITED) => {
                     // Kept: a second join says the same.
                     self.outcome = Some(frame);
-                    Err(Error::Exited { name, code })
+                    // Killed on its way out, after its guard had spoken.
+                    Err(if code < 0 {
+                        Error::Killed {
+                            name,
+                            signal: -code,
+                        }
+                    } else {
+                        Error::Exited { name, code }
+                    })
                 }
                 Some(tag @ (PANICKED | FAILED)) => {
                     let message = String::from_utf8_lossy(&frame.bytes[1..]).into_owned();
@@ -546,9 +561,10 @@ impl<R: Decode> Process<R> {
                 }),
             },
             None if self.joined => Err(Error::AlreadyJoined(name)),
-            // A forked child sends no value that encodes to nothing: exit status 0 says it
-            // returned (see `entry::Outlet::status_says_returned`).
-            None if code == 0 && self.method == StartMethod::Fork => {
+            // A forked child sends no value that encodes to nothing: exit status 0, with
+            // nothing sent (not a frame cut short), says it returned (see
+            // `entry::Outlet::status_says_returned`).
+            None if code == 0 && self.method == StartMethod::Fork && self.sent_nothing => {
                 match R::decode(&mut Frame::new()) {
                     Ok(value) => {
                         self.joined = true;
@@ -632,6 +648,7 @@ mod tests {
             outcome: None,
             exitcode: None,
             joined: false,
+            sent_nothing: false,
             serial: 0,
             _result: PhantomData,
         }
@@ -715,19 +732,36 @@ mod tests {
     }
 
     #[test]
-    fn only_a_process_that_never_had_a_second_thread_is_single_threaded() {
+    fn a_process_that_has_had_a_second_thread_is_not_single_threaded() {
         // This test binary runs its tests on threads of their own.
         std::thread::spawn(|| ()).join().unwrap();
         assert!(!crate::sys::single_threaded());
-        // A spawned child is a fresh process that starts no thread before its target runs;
-        // a forked one is a copy of this process, which has had threads.
-        for (method, expected) in [(StartMethod::Spawn, true), (StartMethod::Fork, false)] {
-            let mut p = Process::new(single_threaded, ())
-                .method(method)
-                .start()
-                .unwrap();
-            let single = p.join_timeout(Duration::from_secs(30)).unwrap();
-            assert_eq!(single, Some(expected), "{method:?}");
-        }
+        // A spawned child is a fresh process that starts no thread before its target runs.
+        let mut p = Process::new(single_threaded, ())
+            .method(StartMethod::Spawn)
+            .start()
+            .unwrap();
+        assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), Some(true));
+    }
+
+    /// Writes the first bytes of a frame header to its result socket, then ends with
+    /// status 0 and nothing else sent.
+    fn sends_half_a_frame(_: ()) {
+        let socket = crate::sys::forked_outlet().expect("a forked child");
+        let _ = rustix::io::write(socket, &[0, 0]);
+        crate::sys::exit_now(0)
+    }
+
+    #[test]
+    fn a_fork_child_that_sent_half_a_frame_has_not_returned() {
+        // Exit status 0 says "returned ()" only when nothing at all was sent.
+        let mut p = Process::new(sends_half_a_frame, ())
+            .method(StartMethod::Fork)
+            .start()
+            .unwrap();
+        assert!(matches!(
+            p.join_timeout(Duration::from_secs(30)),
+            Err(Error::Exited { code: 0, .. })
+        ));
     }
 }

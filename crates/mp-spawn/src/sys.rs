@@ -217,35 +217,79 @@ unsafe extern "C" {
     fn __cxa_finalize(dso: *mut libc::c_void);
 }
 
-/// The exit guard: armed by a process (its pid is `armed_by`) just before each fork, so it
-/// is the newest of that process's exit handlers in the child's copy of them. Handlers run
-/// newest first: a fork child of ours that calls `exit` runs the handlers it registered
-/// itself, then comes to the guard its parent armed, and ends there: its own children dealt
-/// with, stdout flushed, its parent told that the target called `exit` (see
-/// `entry::EXITED`), `_exit` with the status given to `exit`. The guard does nothing in
-/// the process that armed it, nor in a child forked by other means than ours.
+/// The exit guard, as armed by a process with one thread (its pid is `armed_by`) just
+/// before each fork, so that it is the newest of that process's exit handlers in the
+/// child's copy of them. Handlers run newest first: a fork child of ours that calls `exit`
+/// runs the handlers it registered itself, then comes to the guard its parent armed, and
+/// ends there (see [`leave_at_exit`]). The guard does nothing in the process that armed it,
+/// nor in a child forked by other means than ours.
 extern "C" fn exit_guard(armed_by: *mut libc::c_void, status: c_int) {
     let me = crate::current::pid();
     if armed_by as usize == me as usize || !crate::current::forked_by_us(me) {
         return;
     }
+    leave_at_exit(status)
+}
+
+/// The exit guard as a fork child of a process with more than one thread registers it
+/// itself, first thing (see [`skip_inherited_exit_handlers`]): there, another thread could
+/// register a handler between an arming in the parent and the fork. It acts only in the
+/// child that registered it (`registered_by`), not in a child of that child forked by
+/// other means.
+extern "C" fn child_exit_guard(status: c_int, registered_by: *mut libc::c_void) {
+    let me = crate::current::pid();
+    if registered_by as usize != me as usize || !crate::current::forked_by_us(me) {
+        return;
+    }
+    leave_at_exit(status)
+}
+
+/// Ends a fork child whose target called `exit`, before any exit handler inherited from
+/// its parent runs: its own children dealt with, stdout flushed, its parent told that the
+/// target called `exit` (see `entry::EXITED`), `_exit` with the status given to `exit`.
+fn leave_at_exit(status: c_int) -> ! {
     crate::registry::finish_children();
     let _ = std::io::Write::flush(&mut std::io::stdout());
-    let outlet = crate::held::HELD.forked_outlet.load(Ordering::Relaxed);
-    if outlet >= 0 {
-        // SAFETY: a forked child's result socket, recorded as it started; it stays open
-        // until the child ends (`start::fork` never drops it), which is what happens next.
-        let socket = unsafe { BorrowedFd::borrow_raw(outlet) };
+    if let Some(socket) = forked_outlet()
+        && crate::entry::claim_outcome()
+    {
         crate::entry::send_empty(socket, crate::entry::EXITED);
     }
     exit_now(status)
 }
 
+unsafe extern "C" {
+    /// glibc's `on_exit(3)`: like `atexit`, but the handler receives the exit status.
+    fn on_exit(handler: extern "C" fn(c_int, *mut libc::c_void), arg: *mut libc::c_void) -> c_int;
+}
+
+/// In a fork child of a process that has had more than one thread: registers the exit
+/// guard in the child itself (see [`child_exit_guard`]), as the newest of its handlers.
+/// See [on_exit(3)](https://man7.org/linux/man-pages/man3/on_exit.3.html).
+pub(crate) fn skip_inherited_exit_handlers() {
+    let me = crate::current::pid() as usize;
+    // SAFETY: the handler is a plain function valid for the life of the process; the
+    // argument is a number, never dereferenced.
+    unsafe {
+        on_exit(child_exit_guard, me as *mut libc::c_void);
+    }
+}
+
+/// In a forked child, its result socket (see `current::set_forked_outlet`).
+pub(crate) fn forked_outlet() -> Option<BorrowedFd<'static>> {
+    let outlet = crate::held::HELD.forked_outlet.load(Ordering::Relaxed);
+    // SAFETY: a forked child's result socket, recorded as it started; it stays open until
+    // the child ends (`start::fork` never drops it before `_exit`), and only our own code,
+    // which never closes it, is given it.
+    (outlet >= 0).then(|| unsafe { BorrowedFd::borrow_raw(outlet) })
+}
+
 /// Makes the exit guard the newest exit handler of this process, before a fork (see
-/// [`exit_guard`]). The one armed before by this process is taken out first (each
-/// process registers its guard under a handle of its own, which no library's can equal:
-/// theirs are addresses, ours odd), so re-arming does not grow the list of handlers; the
-/// guards inherited from our own parents stay, each where it was when we were forked.
+/// [`exit_guard`]), in a process that has only ever had one thread. The one armed before by
+/// this process is taken out first (each process registers its guard under a handle of its
+/// own, which no library's can equal: theirs are addresses, ours odd), so re-arming takes
+/// no new slot unless a handler was registered since the last fork; the guards inherited
+/// from our own parents stay, each where it was when we were forked.
 ///
 /// The parent arms, not the child: a child that registered a handler would write (and so
 /// copy) two pages of the C library's, where the parent's writes, made while no child of
@@ -269,26 +313,26 @@ pub(crate) fn arm_exit_guard() -> io::Result<()> {
     }
 }
 
-/// Whether this process has only ever had one thread: glibc's `__libc_single_threaded`
-/// (2.32 and later), found once with `dlsym` so that older C libraries still load us;
-/// without it, the answer is no. Only a thread's creation clears the flag, and the thread
-/// that creates the second thread clears it first, so whichever thread reads it, a process
-/// with more than one thread reads "no".
+unsafe extern "C" {
+    /// glibc's flag (2.32 and later; this crate needs 2.34 for `posix_spawn`'s closefrom).
+    static __libc_single_threaded: c_char;
+}
+
+/// Whether this process has only ever had one thread: glibc's `__libc_single_threaded`.
+/// Only a thread's creation clears the flag, and the thread that creates the second thread
+/// clears it first, so whichever thread reads it, a process with more than one thread reads
+/// "no". (A fork child of a process that has had threads reads "no" too, though it has one.)
 /// See [__libc_single_threaded(3)](https://man7.org/linux/man-pages/man3/__libc_single_threaded.3.html).
 pub(crate) fn single_threaded() -> bool {
-    static FLAG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let flag = *FLAG.get_or_init(|| {
-        // SAFETY: `dlsym` with `RTLD_DEFAULT` and a NUL-terminated name has no other
-        // precondition; it returns the symbol's address or null.
-        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__libc_single_threaded".as_ptr()) as usize }
-    });
-    if flag == 0 {
-        return false;
-    }
-    // SAFETY: `flag` is the address of glibc's `char __libc_single_threaded`, which lives
-    // as long as the process; glibc writes it only as a thread is created (see above), and
-    // it is read here as an atomic byte.
-    unsafe { std::sync::atomic::AtomicU8::from_ptr(flag as *mut u8) }.load(Ordering::Relaxed) != 0
+    // SAFETY: glibc's `char __libc_single_threaded` lives as long as the process; glibc
+    // writes it only as a thread is created (see above), and it is read here as an atomic
+    // byte.
+    let flag = unsafe {
+        std::sync::atomic::AtomicU8::from_ptr(
+            ptr::addr_of!(__libc_single_threaded).cast_mut().cast(),
+        )
+    };
+    flag.load(Ordering::Relaxed) != 0
 }
 
 /// Removes `key` from the environment. Called only from the constructor (`entry::on_load`),

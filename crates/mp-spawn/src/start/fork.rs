@@ -9,11 +9,14 @@
 //! The parent, for its part, writes as little as it can between the fork and the child's
 //! end: a page it writes while the child still shares it is copied, where the same write
 //! after the child's end only makes the page writable again (about 1.5 µs against 0.4 µs
-//! here). So it frees nothing then (the job's box is freed before the fork, the child's
-//! identity is kept by its `Process`), and the child's registry entry is made before the
-//! fork: only the pid is left to write, beside the registry's lock, on a page the parent
-//! writes anyway. The exit guard (`sys::arm_exit_guard`) is armed by the parent too,
-//! before the fork, sparing the child two pages of the C library's.
+//! here). So it frees nothing of ours then (the job's box is freed before the fork, the
+//! child's identity is kept by its `Process`; what the job's arguments own is dropped
+//! with them, after the fork), and the child's registry entry is made before the fork: only
+//! the pid is left to write, beside the registry's lock, on a page the parent writes
+//! anyway. In a process that has only ever had one thread, the exit guard
+//! (`sys::arm_exit_guard`) is armed by the parent too, before the fork, sparing the child
+//! two pages of the C library's; elsewhere the child registers it, as another thread could
+//! register a handler between an arming and the fork.
 
 use super::{Results, Started, channel};
 use crate::{Error, Process, Result, StartMethod, current, entry, process::Job, registry, sys};
@@ -55,7 +58,7 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
         let _channels = channel::lock();
         let _me = current::lock();
         let children = registry::reserve(&me.name, daemon);
-        if let Err(e) = sys::arm_exit_guard() {
+        if !threads && let Err(e) = sys::arm_exit_guard() {
             return Err(Error::os("__cxa_atexit", e));
         }
         match sys::fork() {
@@ -80,6 +83,9 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
                 entry::finish(entry::START_FAILED);
             }
             current::install(me);
+            if threads {
+                sys::skip_inherited_exit_handlers();
+            }
             let socket = std::os::fd::AsFd::as_fd(&channel.theirs);
             current::set_forked_outlet(socket);
             let outlet = entry::Outlet::ready(socket, channel.room)
