@@ -628,30 +628,13 @@ mod tests {
 
     /// A `Process` around a child started from a hand-made bootstrap frame.
     fn started_from(frame: Frame, method: StartMethod) -> Process<u64> {
-        let started = match method {
+        let mut started = match method {
             StartMethod::Spawn => start::spawn::start(frame),
             _ => start::forkserver::start(frame),
         }
         .unwrap();
-        Process {
-            name: "corrupt".into(),
-            identity: vec![1],
-            pid: started.pid,
-            daemon: false,
-            method,
-            sentinel: started
-                .pidfd
-                .map_or_else(OnceLock::new, |fd| OnceLock::from(Arc::new(fd))),
-            own: started.own,
-            status: started.status,
-            results: Some(started.results),
-            outcome: None,
-            exitcode: None,
-            joined: false,
-            sent_nothing: false,
-            serial: 0,
-            _result: PhantomData,
-        }
+        let pidfd = started.pidfd.take().map(Arc::new);
+        Process::made(started, "corrupt".into(), vec![1], pidfd, 0, false, method)
     }
 
     fn header_and_rest(frame: &Frame) -> (Header, Vec<u8>) {

@@ -612,25 +612,18 @@ fn helper_prints_a_partial_line_then_forks() {
     if std::env::var_os(HELPER).is_none() {
         return; // only as the helper of the test below
     }
-    print!("<<unfinished line");
-    Process::new(nothing, ())
-        .method(StartMethod::Fork)
-        .start()
-        .unwrap()
-        .join()
-        .unwrap();
-    println!(">>");
+    prints_a_partial_line_then_forks("unfinished line".into());
     // The same from a process that has never had a second thread (which holds no stdio
     // lock across the fork): a spawned child.
-    let mut p = Process::new(prints_a_partial_line_then_forks, ())
+    let mut p = Process::new(prints_a_partial_line_then_forks, "from one thread".into())
         .method(StartMethod::Spawn)
         .start()
         .unwrap();
     join_in_time(&mut p).unwrap();
 }
 
-fn prints_a_partial_line_then_forks(_: ()) {
-    print!("<<from one thread");
+fn prints_a_partial_line_then_forks(text: String) {
+    print!("<<{text}");
     Process::new(nothing, ())
         .method(StartMethod::Fork)
         .start()
