@@ -120,33 +120,7 @@ pub(crate) fn register(
     own: bool,
     pidfd: Option<Arc<OwnedFd>>,
 ) -> u64 {
-    add(&mut registry(), pid, name, daemon, own, pidfd)
-}
-
-fn add(
-    reg: &mut Registry,
-    pid: u32,
-    name: &str,
-    daemon: bool,
-    own: bool,
-    pidfd: Option<Arc<OwnedFd>>,
-) -> u64 {
-    let me = crate::current::pid();
-    if PARENT_OF_ANY.load(Ordering::Relaxed) != me {
-        PARENT_OF_ANY.store(me, Ordering::Relaxed);
-    }
-    let serial = reg.next_serial;
-    reg.next_serial += 1;
-    reg.entries.push(Entry {
-        serial,
-        pid,
-        name: name.to_string(),
-        daemon,
-        own,
-        dropped: false,
-        pidfd,
-    });
-    serial
+    reserve(name, daemon, own, pidfd).started(pid)
 }
 
 /// The registry, locked across a fork (see `start::fork`), with an entry made for the child
@@ -158,11 +132,30 @@ pub(crate) struct Reservation {
     settled: bool,
 }
 
-/// Makes an entry for a child about to be forked by this thread, and holds the registry
-/// until the fork is done.
-pub(crate) fn reserve(name: &str, daemon: bool) -> Reservation {
+/// Makes an entry for a child about to be started (forked, for `start::fork`, by this
+/// thread), and holds the registry until the child's pid is known.
+pub(crate) fn reserve(
+    name: &str,
+    daemon: bool,
+    own: bool,
+    pidfd: Option<Arc<OwnedFd>>,
+) -> Reservation {
+    let me = crate::current::pid();
+    if PARENT_OF_ANY.load(Ordering::Relaxed) != me {
+        PARENT_OF_ANY.store(me, Ordering::Relaxed);
+    }
     let mut reg = registry();
-    let serial = add(&mut reg, 0, name, daemon, true, None);
+    let serial = reg.next_serial;
+    reg.next_serial += 1;
+    reg.entries.push(Entry {
+        serial,
+        pid: 0,
+        name: name.to_string(),
+        daemon,
+        own,
+        dropped: false,
+        pidfd,
+    });
     Reservation {
         reg,
         serial,

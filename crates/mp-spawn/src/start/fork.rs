@@ -57,7 +57,7 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
         let _server = super::forkserver::lock();
         let _channels = channel::lock();
         let _me = current::lock();
-        let children = registry::reserve(&me.name, daemon);
+        let children = registry::reserve(&me.name, daemon, true, None);
         if !threads && let Err(e) = sys::arm_exit_guard() {
             return Err(Error::os("__cxa_atexit", e));
         }
