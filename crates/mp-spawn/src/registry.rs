@@ -61,11 +61,11 @@ pub(crate) struct Registry {
     /// Hands out entry serials.
     next_serial: u64,
     entries: Vec<Entry>,
-    /// A child just forked: its entry's serial and its pid, which is written into the entry
-    /// on the next use of the registry. The parent of a fork writes here (beside the lock,
-    /// a page it writes anyway), not into the entries, which would cost it one more page
-    /// copied while the child runs.
-    forked: Option<(u64, u32)>,
+    /// A child just started: its entry's serial and its pid, which is written into the
+    /// entry on the next use of the registry. The parent of a fork writes here (beside the
+    /// lock, a page it writes anyway), not into the entries, which would cost it one more
+    /// page copied while the child runs.
+    pending: Option<(u64, u32)>,
     reaper: Option<mpsc::Sender<(u64, Arc<OwnedFd>)>>,
     wake: Option<OwnedFd>,
 }
@@ -76,7 +76,7 @@ impl Registry {
             owner: 0,
             next_serial: 1,
             entries: Vec::new(),
-            forked: None,
+            pending: None,
             reaper: None,
             wake: None,
         }
@@ -96,11 +96,11 @@ fn registry() -> MutexGuard<'static, Registry> {
         }
         reg.owner = pid;
         reg.entries.clear();
-        reg.forked = None;
+        reg.pending = None;
         reg.reaper = None;
         reg.wake = None;
     }
-    if let Some((serial, pid)) = reg.forked.take()
+    if let Some((serial, pid)) = reg.pending.take()
         && let Some(entry) = reg.entries.iter_mut().rev().find(|e| e.serial == serial)
     {
         entry.pid = pid;
@@ -123,9 +123,10 @@ pub(crate) fn register(
     reserve(name, daemon, own, pidfd).started(pid)
 }
 
-/// The registry, locked across a fork (see `start::fork`), with an entry made for the child
-/// about to be forked: the parent then only fills in its pid. An entry neither
-/// [`started`](Self::started) nor [`left`](Self::leave) is removed (the fork failed).
+/// The registry, locked until the pid of the child about to be started is known (across
+/// the fork, for `start::fork`), with an entry made for it: then only its pid is filled
+/// in. An entry neither [`started`](Self::started) nor [`left`](Self::leave) is removed
+/// (the fork failed).
 pub(crate) struct Reservation {
     reg: MutexGuard<'static, Registry>,
     serial: u64,
@@ -164,9 +165,9 @@ pub(crate) fn reserve(
 }
 
 impl Reservation {
-    /// In the parent: the child is `pid`. Returns its entry's serial.
+    /// The child is `pid` (in the parent, for a fork). Returns its entry's serial.
     pub(crate) fn started(mut self, pid: u32) -> u64 {
-        self.reg.forked = Some((self.serial, pid));
+        self.reg.pending = Some((self.serial, pid));
         self.settled = true;
         self.serial
     }
