@@ -485,15 +485,29 @@ pub(crate) fn claim_outcome() -> bool {
         .swap(true, std::sync::atomic::Ordering::AcqRel)
 }
 
-/// Sends a frame of the tag alone, built on the stack and sent with one inline system
-/// call: a constant's page, or the codec's sending code, would each be one more page for a
-/// forked child to fault in. Five bytes go at once or not at all.
+/// Sends a frame of the tag alone (see [`send_small`]).
 #[inline]
 pub(crate) fn send_empty(socket: BorrowedFd<'_>, tag: u8) {
-    let mut frame = [0u8; 12 + 1];
-    let head = mp_codec::wire::header(1, (&mut frame[..12]).try_into().expect("12 bytes")).len();
-    frame[head] = std::hint::black_box(tag);
-    let _ = rustix::net::send(socket, &frame[..head + 1], rustix::net::SendFlags::NOSIGNAL);
+    send_small(socket, &[std::hint::black_box(tag)]);
+}
+
+/// Sends a frame of at most 4 bytes, built on the stack and sent with one inline system
+/// call: a constant's page, or the codec's sending code, would each be one more page for a
+/// forked child (or the forkserver) to fault in. A few bytes go at once or not at all.
+#[inline]
+pub(crate) fn send_small(socket: BorrowedFd<'_>, payload: &[u8]) {
+    let mut frame = [0u8; 12 + 4];
+    let head = mp_codec::wire::header(
+        payload.len(),
+        (&mut frame[..12]).try_into().expect("12 bytes"),
+    )
+    .len();
+    frame[head..head + payload.len()].copy_from_slice(payload);
+    let _ = rustix::net::send(
+        socket,
+        &frame[..head + payload.len()],
+        rustix::net::SendFlags::NOSIGNAL,
+    );
 }
 
 /// Makes `frame` say that the run ended with `tag` (not [`RETURNED`]), and why.

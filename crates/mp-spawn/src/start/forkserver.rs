@@ -334,22 +334,11 @@ fn handle(
     conn: &mut Option<Connection>,
     children: &mut Vec<(OwnedFd, OwnedFd)>,
 ) {
-    // One frame of at most 4 bytes, built in a small buffer: the server's stack stays
-    // within fewer pages (each written after a fork costs a copy).
+    // Built in a small buffer: the server's stack stays within fewer pages (each written
+    // after a fork costs a copy).
     let reply = |bytes: &[u8]| {
         if let Some(conn) = conn.as_ref() {
-            let mut frame = [0u8; 12 + 4];
-            let head = mp_codec::wire::header(
-                bytes.len(),
-                (&mut frame[..12]).try_into().expect("12 bytes"),
-            )
-            .len();
-            frame[head..head + bytes.len()].copy_from_slice(bytes);
-            let _ = rustix::net::send(
-                conn,
-                &frame[..head + bytes.len()],
-                rustix::net::SendFlags::NOSIGNAL,
-            );
+            entry::send_small(conn.as_fd(), bytes);
         }
     };
     let fds = (request.fds.pop(), request.fds.pop());
