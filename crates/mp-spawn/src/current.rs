@@ -199,7 +199,6 @@ pub(crate) fn pid() -> u32 {
 }
 
 /// The name and identity of the next child this process starts.
-#[inline(never)]
 pub(crate) fn next_child() -> (String, Vec<u32>) {
     let mut me = me();
     let me = me.as_mut().expect("initialized by me()");
