@@ -198,8 +198,8 @@ pub(crate) fn pid() -> u32 {
     rustix::process::getpid().as_raw_nonzero().get() as u32
 }
 
-/// The name and identity of the next child this process starts.
-pub(crate) fn next_child() -> (String, Vec<u32>) {
+/// The name and identity of the next child this process starts, and this process's pid.
+pub(crate) fn next_child() -> (String, Vec<u32>, u32) {
     let mut me = me();
     let me = me.as_mut().expect("initialized by me()");
     me.children_started += 1;
@@ -214,7 +214,7 @@ pub(crate) fn next_child() -> (String, Vec<u32>) {
         }
         let _ = std::fmt::Write::write_fmt(&mut name, format_args!("{n}"));
     }
-    (name, identity)
+    (name, identity, me.pid)
 }
 
 /// This process (Python's `current_process()`).

@@ -26,7 +26,14 @@ pub(crate) trait Job<R>: 'static {
     /// Forks a child that runs this job: [`start::fork::start`] made for this job's own
     /// type, so the child's call of `run` is direct and its code lies with the rest of the
     /// child's path (one page fewer for the child to fault in).
-    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Process<R>>;
+    /// `me` is this process's pid.
+    fn fork(
+        self: Box<Self>,
+        name: String,
+        identity: Vec<u32>,
+        daemon: bool,
+        me: u32,
+    ) -> Result<Process<R>>;
 }
 
 struct FnJob<A, R> {
@@ -50,8 +57,14 @@ impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
         (self.target)(self.args)
     }
 
-    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Process<R>> {
-        start::fork::start(self, name, identity, daemon)
+    fn fork(
+        self: Box<Self>,
+        name: String,
+        identity: Vec<u32>,
+        daemon: bool,
+        me: u32,
+    ) -> Result<Process<R>> {
+        start::fork::start(self, name, identity, daemon, me)
     }
 }
 
@@ -67,8 +80,14 @@ impl<R: mp_codec::Encode + 'static, F: FnOnce() -> R + 'static> Job<R> for Closu
         (self.0)()
     }
 
-    fn fork(self: Box<Self>, name: String, identity: Vec<u32>, daemon: bool) -> Result<Process<R>> {
-        start::fork::start(self, name, identity, daemon)
+    fn fork(
+        self: Box<Self>,
+        name: String,
+        identity: Vec<u32>,
+        daemon: bool,
+        me: u32,
+    ) -> Result<Process<R>> {
+        start::fork::start(self, name, identity, daemon, me)
     }
 }
 
@@ -108,12 +127,12 @@ impl<R: Message + 'static> Builder<R> {
     /// arguments cannot be encoded, [`Error::RecursiveSpawn`], or [`Error::Os`].
     pub fn start(self) -> Result<Process<R>> {
         let method = self.method.unwrap_or_else(get_start_method);
-        let (default_name, identity) = current::next_child();
+        let (default_name, identity, me) = current::next_child();
         let name = self.name.unwrap_or(default_name);
         if method == StartMethod::Fork {
             // The name goes to the child and comes back: no copy to make and free. The
             // child's registry entry is made around the fork.
-            self.job.fork(name, identity, self.daemon)
+            self.job.fork(name, identity, self.daemon, me)
         } else {
             start_exec(&*self.job, method, name, identity, self.daemon)
         }
@@ -141,7 +160,14 @@ fn start_exec<R: Message + 'static>(
         start::forkserver::start(frame)?
     };
     let pidfd = started.pidfd.take().map(Arc::new);
-    let serial = registry::register(started.pid, &name, daemon, started.own, pidfd.clone());
+    let serial = registry::register(
+        started.pid,
+        &name,
+        daemon,
+        started.own,
+        pidfd.clone(),
+        current::pid(),
+    );
     Ok(Process::made(
         started, name, identity, pidfd, serial, daemon, method,
     ))
@@ -439,11 +465,19 @@ impl<R> Process<R> {
                 bootstrapped,
             }) => {
                 let mut frame = Frame::new();
-                match mp_codec::wire::recv_frame(
-                    &channel.ours,
-                    mp_codec::wire::DEFAULT_MAX_LEN,
-                    &mut frame,
-                ) {
+                // A child of `()` sends nothing, most often: a peek at one byte says so
+                // from a shallow frame (a full receive makes room for descriptors on the
+                // stack, a page deeper: one more page for the parent to write each start).
+                let received = if nothing_waiting(channel.ours.as_fd()) {
+                    Err(mp_codec::Error::WouldBlock)
+                } else {
+                    mp_codec::wire::recv_frame(
+                        &channel.ours,
+                        mp_codec::wire::DEFAULT_MAX_LEN,
+                        &mut frame,
+                    )
+                };
+                match received {
                     Ok(()) => {
                         self.outcome = entry::unpack_outcome(frame).ok();
                         channel::give_back(channel);
@@ -523,7 +557,8 @@ impl<R: Decode> Process<R> {
     }
 
     fn result(&mut self) -> Result<R> {
-        let name = self.name.clone();
+        // The name goes into errors only: no copy to make and free on the way to a value.
+        let name = || self.name.clone();
         let code = self.exitcode.expect("called after the process ended");
         match self.outcome.take() {
             Some(mut frame) => match frame.bytes.first().copied() {
@@ -538,11 +573,11 @@ impl<R: Decode> Process<R> {
                     // Killed on its way out, after its guard had spoken.
                     Err(if code < 0 {
                         Error::Killed {
-                            name,
+                            name: name(),
                             signal: -code,
                         }
                     } else {
-                        Error::Exited { name, code }
+                        Error::Exited { name: name(), code }
                     })
                 }
                 Some(tag @ (PANICKED | FAILED)) => {
@@ -550,17 +585,23 @@ impl<R: Decode> Process<R> {
                     // Kept: a second join says the same.
                     self.outcome = Some(frame);
                     Err(if tag == PANICKED {
-                        Error::Panicked { name, message }
+                        Error::Panicked {
+                            name: name(),
+                            message,
+                        }
                     } else {
-                        Error::StartFailed { name, message }
+                        Error::StartFailed {
+                            name: name(),
+                            message,
+                        }
                     })
                 }
                 _ => Err(Error::StartFailed {
-                    name,
+                    name: name(),
                     message: "malformed result message".into(),
                 }),
             },
-            None if self.joined => Err(Error::AlreadyJoined(name)),
+            None if self.joined => Err(Error::AlreadyJoined(name())),
             // A forked child sends no value that encodes to nothing: exit status 0, with
             // nothing sent (not a frame cut short), says it returned (see
             // `entry::Outlet::status_says_returned`).
@@ -570,14 +611,14 @@ impl<R: Decode> Process<R> {
                         self.joined = true;
                         Ok(value)
                     }
-                    Err(_) => Err(Error::Exited { name, code }),
+                    Err(_) => Err(Error::Exited { name: name(), code }),
                 }
             }
             None if code < 0 => Err(Error::Killed {
-                name,
+                name: name(),
                 signal: -code,
             }),
-            None => Err(Error::Exited { name, code }),
+            None => Err(Error::Exited { name: name(), code }),
         }
     }
 }
@@ -606,6 +647,20 @@ impl<R> Drop for Process<R> {
 /// Whether `fd` becomes readable within `timeout` (`None`: forever).
 fn readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> bool {
     mp_pipe::wait(&[fd], timeout).is_ok_and(|ready| !ready.is_empty())
+}
+
+/// Whether a result socket certainly holds nothing: a non-blocking peek at one byte finds
+/// none. Any other answer (a byte, an error) leaves it to a full receive.
+fn nothing_waiting(socket: BorrowedFd<'_>) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        rustix::net::recv(
+            socket,
+            &mut byte[..],
+            rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+        ),
+        Err(rustix::io::Errno::AGAIN)
+    )
 }
 
 /// Python's exit code for a `waitid` status: the code, or −signal.

@@ -86,8 +86,12 @@ impl Registry {
 static REGISTRY: &Mutex<Registry> = &crate::held::HELD.registry;
 
 fn registry() -> MutexGuard<'static, Registry> {
+    registry_of(crate::current::pid())
+}
+
+/// [`registry`], for a caller that knows this process's pid.
+fn registry_of(pid: u32) -> MutexGuard<'static, Registry> {
     let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let pid = std::process::id();
     if reg.owner != pid {
         // A forked child: its parent's children are not its own. Forget them without
         // closing their descriptors' owners (the copies here are ours to close).
@@ -112,15 +116,16 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// nothing to finish at exit and need not touch the registry at all.
 static PARENT_OF_ANY: &AtomicU32 = &crate::held::HELD.parent_of_any;
 
-/// Records a child just started; returns its entry's serial.
+/// Records a child just started by this process (`me`); returns its entry's serial.
 pub(crate) fn register(
     pid: u32,
     name: &str,
     daemon: bool,
     own: bool,
     pidfd: Option<Arc<OwnedFd>>,
+    me: u32,
 ) -> u64 {
-    reserve(name, daemon, own, pidfd).started(pid)
+    reserve(name, daemon, own, pidfd, me).started(pid)
 }
 
 /// The registry, locked until the pid of the child about to be started is known (across
@@ -133,19 +138,19 @@ pub(crate) struct Reservation {
     settled: bool,
 }
 
-/// Makes an entry for a child about to be started (forked, for `start::fork`, by this
-/// thread), and holds the registry until the child's pid is known.
+/// Makes an entry for a child about to be started by this process (`me`; forked, for
+/// `start::fork`, by this thread), and holds the registry until the child's pid is known.
 pub(crate) fn reserve(
     name: &str,
     daemon: bool,
     own: bool,
     pidfd: Option<Arc<OwnedFd>>,
+    me: u32,
 ) -> Reservation {
-    let me = crate::current::pid();
     if PARENT_OF_ANY.load(Ordering::Relaxed) != me {
         PARENT_OF_ANY.store(me, Ordering::Relaxed);
     }
-    let mut reg = registry();
+    let mut reg = registry_of(me);
     let serial = reg.next_serial;
     reg.next_serial += 1;
     reg.entries.push(Entry {

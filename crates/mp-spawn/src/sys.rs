@@ -181,9 +181,9 @@ pub(crate) fn die_with_parent_main_thread(parent: RawPid) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the calling thread is its process's main thread.
-pub(crate) fn on_main_thread() -> bool {
-    rustix::thread::gettid() == rustix::process::getpid()
+/// Whether the calling thread is the main thread of its process, whose pid is `me`.
+pub(crate) fn on_main_thread(me: u32) -> bool {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32 == me
 }
 
 /// Ignores `SIGPIPE`, as Rust's runtime does before `main` (a child entered from the
@@ -294,8 +294,10 @@ pub(crate) fn forked_outlet() -> Option<BorrowedFd<'static>> {
 /// The parent arms, not the child: a child that registered a handler would write (and so
 /// copy) two pages of the C library's, where the parent's writes, made while no child of
 /// the last fork is alive, cost no copy.
-pub(crate) fn arm_exit_guard() -> io::Result<()> {
-    let me = crate::current::pid() as usize;
+///
+/// `me` is this process's pid.
+pub(crate) fn arm_exit_guard(me: u32) -> io::Result<()> {
+    let me = me as usize;
     let handle = ((me << 1) | 1) as *mut libc::c_void;
     // SAFETY: `handle` is only a key that names this process's registrations; finalizing
     // it runs just the guard registered under it, which returns at once here (see

@@ -75,9 +75,8 @@ pub(crate) fn lock() -> std::sync::MutexGuard<'static, impl Sized> {
     POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A pair for the next child: an idle one, or a new one.
-pub(crate) fn take() -> Result<Channel> {
-    let me = std::process::id();
+/// A pair for the next child of this process (`me`): an idle one, or a new one.
+pub(crate) fn take(me: u32) -> Result<Channel> {
     {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         if pool.owner != me {

@@ -26,6 +26,7 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
     name: String,
     identity: Vec<u32>,
     daemon: bool,
+    parent: u32,
 ) -> Result<Process<R>> {
     // Out of its box, which is freed here, at the end of this block (a box moved out of is
     // freed at the end of its scope): before the fork, not after it.
@@ -33,10 +34,9 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
         let boxed = job;
         *boxed
     };
-    let channel = channel::take()?;
-    let parent = std::process::id();
+    let channel = channel::take(parent)?;
     entry::install_panic_hook();
-    let main_thread = sys::on_main_thread();
+    let main_thread = sys::on_main_thread(parent);
     // Everything the child needs is allocated here, before the fork.
     let mut me = current::prepare_child(name, identity, daemon, parent);
     me.forked = true;
@@ -57,8 +57,8 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
         let _server = super::forkserver::lock();
         let _channels = channel::lock();
         let _me = current::lock();
-        let children = registry::reserve(&me.name, daemon, true, None);
-        if !threads && let Err(e) = sys::arm_exit_guard() {
+        let children = registry::reserve(&me.name, daemon, true, None, parent);
+        if !threads && let Err(e) = sys::arm_exit_guard(parent) {
             return Err(Error::os("__cxa_atexit", e));
         }
         match sys::fork() {
