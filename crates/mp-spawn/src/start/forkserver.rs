@@ -101,7 +101,7 @@ impl Server {
     /// request carries the child's end of its socket and its status pipe's write end.
     fn request(&mut self) -> Result<(), Failed> {
         while self.asked.len() < STANDBYS {
-            let channel = channel::take(std::process::id()).map_err(Failed::Refused)?;
+            let channel = channel::take(crate::current::pid()).map_err(Failed::Refused)?;
             let (status, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(|e| Failed::Refused(Error::os("pipe2", e)))?;
             mp_codec::wire::send_parts(
