@@ -5,7 +5,11 @@
 //! much as the rest of starting one (two sockets made, three descriptors closed, one of
 //! them as the child exits), so a parent keeps the pairs of children it has joined and
 //! hands them to the next. A pair is reused only when its last child's whole outcome was
-//! read (or nothing at all was sent), so no byte of one child can reach another's join.
+//! read (or nothing at all was sent), so no byte our code sends for one child can reach
+//! another's join. The child's end is close-on-exec, but a process the target forks by
+//! other means than ours keeps a copy of it: whatever that process writes to the
+//! descriptor itself (our code there sends nothing, see `current::forked_by_us`) could
+//! reach a later child's join.
 //!
 //! Both ends are non-blocking: the child never waits for the parent (see
 //! `entry::send_outcome`), and the parent reads only after the child has exited.
