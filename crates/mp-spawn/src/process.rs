@@ -187,8 +187,9 @@ fn start_exec<R: Message + 'static>(
 /// A forked child that calls `exit` runs none of its parent's exit handlers, but glibc's
 /// `exit` runs the calling thread's thread-local destructors before any handler: called
 /// from the thread the child started on, it drops the thread-locals with a `Drop` that this
-/// thread copied from the parent's (with those the target made). (A guard that ran first would have to be registered in each child, at a cost
-/// of about twenty µs a fork here, and could still not learn the exit status.)
+/// thread copied from the parent's (with those the target made). A guard that ran first
+/// would have to be registered in each child, at about twenty µs a fork here, and could
+/// still not learn the exit status. A target that must not drop them returns or panics.
 ///
 /// ```
 /// use mp_spawn::{Error, Process};
