@@ -12,7 +12,9 @@ pub enum StartMethod {
     /// threads stay locked in the child, so prefer `Forkserver` there.
     Fork,
     /// Execute this program afresh (`/proc/self/exe`); the child receives its target and
-    /// arguments over a socket and runs them before `main` would start.
+    /// arguments over a socket and runs them before `main` would start. The slowest: each
+    /// start pays for a whole exec, C library start-up included (about 1 ms on a virtual
+    /// machine, where the loader's probing of the CPU traps to the hypervisor).
     Spawn,
     /// A single-threaded server, exec'd once per parent on first use, forks each child. Safe
     /// in multi-threaded parents and much faster than `Spawn`. The default, as in Python 3.14.
