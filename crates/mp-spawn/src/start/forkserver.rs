@@ -77,9 +77,9 @@ fn launch() -> Result<Server> {
     })
 }
 
-/// How getting a standby failed: refused by a server still in step with us, or with the
-/// connection to the server broken (it died, or the stream is out of step) and a new server
-/// needed.
+/// How getting a standby failed: refused (by a server still in step with us, or for want
+/// of a resource on our side), or with the connection to the server broken (it died, or
+/// the stream is out of step) and a new server needed.
 enum Failed {
     Refused(Error),
     Broken(Error),
@@ -109,7 +109,13 @@ impl Server {
                 &[],
                 &[channel.theirs.as_fd(), status_w.as_fd()],
             )
-            .map_err(|e| Failed::Broken(mp_pipe::Error::from(e).into()))?;
+            .map_err(|e| {
+                if short_of_resources(&e) {
+                    Failed::Refused(mp_pipe::Error::from(e).into())
+                } else {
+                    Failed::Broken(mp_pipe::Error::from(e).into())
+                }
+            })?;
             self.asked.push_back(Asked { channel, status });
         }
         Ok(())
@@ -257,6 +263,19 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
             Err(err) => return Err(mp_pipe::Error::from(err).into()),
         }
     }
+}
+
+/// Whether a request failed for want of a resource on our side: memory, or room for more
+/// descriptors in flight (`ETOOMANYREFS`: this user has more in flight than our descriptor
+/// limit, and we have neither `CAP_SYS_RESOURCE` nor `CAP_SYS_ADMIN`). A request (four bytes
+/// and two descriptors) goes in one `sendmsg` or not at all, so the server is still in step:
+/// it is kept, and its running children with it. Any other failure counts as a broken
+/// connection.
+fn short_of_resources(err: &mp_codec::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOMEM | libc::ENOBUFS | libc::ETOOMANYREFS)
+    )
 }
 
 /// Whether `fd` is readable right now; a failed look says no.
