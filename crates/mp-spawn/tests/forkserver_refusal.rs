@@ -28,7 +28,8 @@ fn plus_one(x: u32) -> u32 {
 
 /// Sends copies of `fd` over `socket` until the kernel refuses with `ETOOMANYREFS`, which
 /// it does once this user has more descriptors in flight than the sender's descriptor
-/// limit and the sending thread has neither `CAP_SYS_RESOURCE` nor `CAP_SYS_ADMIN`.
+/// limit and the sending thread has neither `CAP_SYS_RESOURCE` nor `CAP_SYS_ADMIN` (in the
+/// initial user namespace).
 fn fill_in_flight(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
     for sent in 0..10_000 {
         match mp_codec::wire::send_parts(socket, b"x", &[fd]) {
@@ -77,7 +78,8 @@ fn a_request_refused_by_the_kernel_fails_the_start_and_keeps_the_server() {
     )
     .unwrap();
 
-    // No more descriptors may go in flight from this thread.
+    // The kernel now refuses descriptors in flight from this thread once this user has more
+    // than 64 in flight: the limit is the process's, the capabilities dropped this thread's.
     let limit = getrlimit(Resource::Nofile);
     setrlimit(
         Resource::Nofile,
@@ -99,14 +101,14 @@ fn a_request_refused_by_the_kernel_fails_the_start_and_keeps_the_server() {
     .unwrap();
     // What goes in flight: a pipe, not a socket. Its copies are gone as soon as `rx` closes;
     // a socket sent into its own queue would wait for the kernel's garbage collector.
-    let (sent, _) = rustix::pipe::pipe().unwrap();
+    let (sent, _) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
 
     // Each start takes a standby child asked for before, until none is left: then the
     // request for one cannot be sent, and the start fails. The count in flight is this
     // user's: it drops when another process (the server, say) receives descriptors sent
     // before, so it is topped up before each start.
     let mut refused = None;
-    for x in 0..6 {
+    for x in 0..10 {
         fill_in_flight(tx.as_fd(), sent.as_fd());
         match Process::new(plus_one, x)
             .method(StartMethod::Forkserver)
@@ -128,6 +130,18 @@ fn a_request_refused_by_the_kernel_fails_the_start_and_keeps_the_server() {
     assert_eq!(os_error(&refused), Some(libc::ETOOMANYREFS), "{refused}");
     assert!(!readable(server_pidfd.as_fd()), "the server is kept");
     assert!(waiting.is_alive(), "and so is its running child");
+
+    // Room for one more request, and not two: a start asks for two standby children, and
+    // takes the one it could ask for.
+    fill_in_flight(tx.as_fd(), sent.as_fd());
+    let mut one = mp_codec::Frame::new();
+    mp_codec::wire::recv_frame(&rx, 1, &mut one).unwrap();
+    drop(one);
+    let mut p = Process::new(plus_one, 5)
+        .method(StartMethod::Forkserver)
+        .start()
+        .unwrap();
+    assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), Some(6));
 
     // Once the descriptors in flight are gone, starts work again, from the same server.
     drop((tx, rx));

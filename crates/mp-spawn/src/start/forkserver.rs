@@ -110,10 +110,12 @@ impl Server {
                 &[channel.theirs.as_fd(), status_w.as_fd()],
             )
             .map_err(|e| {
-                if short_of_resources(&e) {
-                    Failed::Refused(mp_pipe::Error::from(e).into())
+                let refused = short_of_resources(&e);
+                let err = mp_pipe::Error::from(e).into();
+                if refused {
+                    Failed::Refused(err)
                 } else {
-                    Failed::Broken(mp_pipe::Error::from(e).into())
+                    Failed::Broken(err)
                 }
             })?;
             self.asked.push_back(Asked { channel, status });
@@ -124,12 +126,11 @@ impl Server {
     /// The oldest standby asked for (asking now if none is): usually forked long ago and its
     /// reply waiting, since each start asks for the next ones.
     fn standby(&mut self) -> Result<Standby, Failed> {
+        // Topping up can fail (out of descriptors, say) without spoiling a standby already
+        // asked for, even one asked for just now; the next start tries again.
+        let topped_up = self.request();
         if self.asked.is_empty() {
-            self.request()?;
-        } else {
-            // Topping up can fail (out of descriptors, say) without spoiling the standby
-            // already asked for; the next start tries again.
-            let _ = self.request();
+            topped_up?;
         }
         let reply = self
             .conn
@@ -265,11 +266,12 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
     }
 }
 
-/// Whether a request failed for want of a resource on our side: memory, or room for more
+/// Whether a request failed for want of a resource: kernel memory, or room for more
 /// descriptors in flight (`ETOOMANYREFS`: this user has more in flight than our descriptor
-/// limit, and we have neither `CAP_SYS_RESOURCE` nor `CAP_SYS_ADMIN`). A request (four bytes
-/// and two descriptors) goes in one `sendmsg` or not at all, so the server is still in step:
-/// it is kept, and its running children with it. Any other failure counts as a broken
+/// limit, and we have neither `CAP_SYS_RESOURCE` nor `CAP_SYS_ADMIN` in the initial user
+/// namespace). A request has no payload: its four-byte header and two descriptors go in
+/// one `sendmsg` on a blocking socket, in one buffer, or not at all. So the server is still
+/// in step, and is kept, with its running children. Any other failure counts as a broken
 /// connection.
 fn short_of_resources(err: &mp_codec::Error) -> bool {
     matches!(
