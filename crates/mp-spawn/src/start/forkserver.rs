@@ -78,8 +78,8 @@ fn launch() -> Result<Server> {
 }
 
 /// How getting a standby failed: refused (by a server still in step with us, or for want
-/// of a resource on our side), or with the connection to the server broken (it died, or
-/// the stream is out of step) and a new server needed.
+/// of a resource, see [`short_of_resources`]), or with the connection to the server broken
+/// (it died, or the stream is out of step) and a new server needed.
 enum Failed {
     Refused(Error),
     Broken(Error),
