@@ -41,18 +41,6 @@ fn fill_in_flight(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
     panic!("the kernel never refused a descriptor in flight");
 }
 
-/// The error number an error comes from, found along its chain of sources.
-fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return io.raw_os_error();
-        }
-        source = err.source();
-    }
-    None
-}
-
 /// Whether `fd` (a pidfd: its process has ended) is readable now.
 fn readable(fd: BorrowedFd<'_>) -> bool {
     !mp_pipe::wait(&[&fd], Some(Duration::ZERO))
@@ -127,7 +115,11 @@ fn a_request_refused_by_the_kernel_fails_the_start_and_keeps_the_server() {
         }
     }
     let refused = refused.expect("a start that needs a new standby child fails");
-    assert_eq!(os_error(&refused), Some(libc::ETOOMANYREFS), "{refused}");
+    let errno = match &refused {
+        mp_spawn::Error::Pipe(e) => e.raw_os_error(),
+        _ => None,
+    };
+    assert_eq!(errno, Some(libc::ETOOMANYREFS), "{refused:?}");
     assert!(!readable(server_pidfd.as_fd()), "the server is kept");
     assert!(waiting.is_alive(), "and so is its running child");
 
