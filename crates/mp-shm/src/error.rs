@@ -34,6 +34,21 @@ pub enum Error {
     /// `SharedMemory::open` of a name that does not exist (Python's `FileNotFoundError`).
     #[error("shared memory {0:?} not found")]
     NotFound(String),
+    /// A `SharedMemory` read or write reaching past the end of a segment that another handle
+    /// or process shrank (`ftruncate`) below this handle's mapping. Touching those pages
+    /// would raise `SIGBUS`, so the access is refused: a write writes nothing, a read may
+    /// have filled its buffer up to the segment's new end.
+    #[error("{op} of shared memory {name:?} needs {needed} bytes, but it shrank to {len}")]
+    Truncated {
+        /// `"read"` or `"write"`.
+        op: &'static str,
+        /// The segment's name.
+        name: String,
+        /// The end of the range asked for (offset plus length).
+        needed: usize,
+        /// The segment's size now.
+        len: usize,
+    },
     /// Creating, attaching or locking the region failed (see `mp_sync::Error`).
     #[error(transparent)]
     Sync(#[from] mp_sync::Error),

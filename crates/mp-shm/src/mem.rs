@@ -2,8 +2,9 @@
 //!
 //! Two kinds of copies: plain ones for memory the caller's lock protects (`Value`, `Array`),
 //! and racy ones, atomic byte by byte, for memory anyone may write at any time (`RawValue`,
-//! `RawArray`, `SharedMemory`). Every `T` here is `FromBytes`, so a torn copy is still a
-//! valid `T`.
+//! `RawArray`). Every `T` here is `FromBytes`, so a torn copy is still a valid `T`.
+//! (`SharedMemory` copies with `pread`/`pwrite` instead: a named segment can be shrunk
+//! under its mapping, which these regions, sealed against resizing, cannot.)
 
 use std::{
     ptr::NonNull,

@@ -25,6 +25,35 @@ const MAX_NAME: usize = 254;
 ///
 /// Sending a `SharedMemory` sends its name; the receiver opens it.
 ///
+/// # Reads and writes go through the descriptor
+///
+/// [`read`](Self::read) and [`write`](Self::write) copy with `pread`/`pwrite` on the
+/// segment's descriptor rather than through this process's mapping, for three reasons:
+///
+/// - **No data race.** Any process may write the block at any time. A plain copy through the
+///   mapping races with a concurrent copy in another thread (ThreadSanitizer reports it), and
+///   that is undefined behaviour in safe code. The kernel's copy is, to Rust, just another
+///   process: no Rust code touches the shared bytes, so nothing can race. A concurrent
+///   writer may still tear a copy at any byte, never more: every byte read is one some
+///   write stored.
+/// - **No `SIGBUS`.** Another process may `ftruncate` the segment below our mapping; touching
+///   a page past its new end raises `SIGBUS` and kills the process. `pread` just stops at
+///   the end of the file, so a read past it is [`Error::Truncated`]. A write checks the size
+///   with `fstat` first and refuses likewise.
+/// - **Cost.** A byte-wise atomic copy through the mapping (what `RawArray` does) plus the
+///   `fstat` it would need to guard against truncation costs more than one `pread` from 4 KiB
+///   up (on a 2-core VM: 1.2 µs against 0.34 µs for 4 KiB, 290 µs against 80 µs for 1 MiB),
+///   and about the same below (260 ns against 300 ns for 8 bytes). A write pays an `fstat`
+///   and a `pwrite`: 0.8 µs for 8 bytes, 80 µs for 1 MiB.
+///
+/// What is left: a truncation between a write's `fstat` and its `pwrite` makes the `pwrite`
+/// extend the segment again to the end of the write (the gap reads as zeros). That is the
+/// truncating process's race to lose, and it is never a fault or undefined behaviour here.
+///
+/// [`as_slice`](Self::as_slice), [`as_mut_slice`](Self::as_mut_slice) and
+/// [`as_ptr`](Self::as_ptr) reach the mapping directly, as fast as memory goes: their
+/// callers exclude concurrent writers and must also know that nobody shrinks the segment.
+///
 /// ```
 /// use mp_shm::SharedMemory;
 ///
@@ -47,8 +76,11 @@ pub struct SharedMemory {
     unlinker: Option<u32>,
 }
 
-// SAFETY: the handle is a descriptor and a mapping of memory shared with other processes
-// anyway; byte access copies through raw pointers, and slices are `unsafe`.
+// SAFETY: the handle is a descriptor and a mapping of memory that other processes share
+// anyway, so no thread of ours can do with it what another process could not. The safe
+// methods never touch the mapped bytes (copies go through `pread`/`pwrite`); the pointer is
+// only ever unmapped, in `drop`, which owns `self`; the slice views are `unsafe` and leave
+// excluding other threads and processes to their callers.
 unsafe impl Send for SharedMemory {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for SharedMemory {}
@@ -135,43 +167,56 @@ impl SharedMemory {
         self.size
     }
 
-    /// The first byte of this process's mapping (dangling for an empty block).
+    /// The first byte of this process's mapping (dangling for an empty block). Using it is
+    /// `unsafe` and has the duties of [`as_slice`](Self::as_slice) and
+    /// [`as_mut_slice`](Self::as_mut_slice).
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.map_or(NonNull::dangling(), |p| p).as_ptr()
     }
 
     /// Copies bytes from `offset` into `out`, atomically byte by byte (a concurrent writer may
-    /// tear the copy, never more).
+    /// tear the copy, never more). See [the type's docs](Self#reads-and-writes-go-through-the-descriptor)
+    /// for how.
     ///
     /// # Errors
-    /// [`Error::RangeOutOfRange`] past the end.
+    /// [`Error::RangeOutOfRange`] past the end of [`size`](Self::size);
+    /// [`Error::Truncated`] past the end of a segment another process shrank (then `out`
+    /// may hold the bytes before that end); [`Error::Os`] if `pread` fails.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         self.check(offset, out.len())?;
-        // SAFETY: in range of the mapping; `out` is a distinct allocation; a concurrent
-        // writer can only tear the copy.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
-        };
+        let got = sys::read_at(&self.fd, out, offset).map_err(|e| Error::Os("pread", e))?;
+        if got < out.len() {
+            return Err(self.truncated("read", offset + out.len())?);
+        }
         Ok(())
     }
 
-    /// Copies `src` into the block at `offset`.
+    /// Copies `src` into the block at `offset` (concurrent readers may see it torn, at any
+    /// byte).
     ///
     /// # Errors
-    /// [`Error::RangeOutOfRange`] past the end.
+    /// [`Error::RangeOutOfRange`] past the end of [`size`](Self::size);
+    /// [`Error::Truncated`] past the end of a segment another process shrank (nothing is
+    /// written then); [`Error::Os`] if `fstat` or `pwrite` fails (`ENOSPC` when `/dev/shm`
+    /// is full).
     pub fn write(&self, offset: usize, src: &[u8]) -> Result<()> {
         self.check(offset, src.len())?;
-        // SAFETY: in range of the writable mapping; `src` is a distinct allocation.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr().add(offset), src.len())
-        };
-        Ok(())
+        if src.is_empty() {
+            return Ok(());
+        }
+        let needed = offset + src.len();
+        let len = sys::len(&self.fd).map_err(|e| Error::Os("fstat", e))?;
+        if len < needed {
+            return Err(self.truncated("write", needed)?);
+        }
+        sys::write_at(&self.fd, src, offset).map_err(|e| Error::Os("pwrite", e))
     }
 
     /// The bytes as a slice (Python's `.buf`).
     ///
     /// # Safety
-    /// While the slice lives, no thread or process may write the block.
+    /// While the slice lives, no thread or process may write the block, nor shrink it below
+    /// [`size`](Self::size) (touching a page past the end of the file raises `SIGBUS`).
     pub unsafe fn as_slice(&self) -> &[u8] {
         // SAFETY: mapped for `size` bytes; the caller excludes writers.
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.size) }
@@ -180,7 +225,9 @@ impl SharedMemory {
     /// The bytes as a mutable slice.
     ///
     /// # Safety
-    /// While the slice lives, no other thread or process may read or write the block.
+    /// While the slice lives, no other thread or process may read or write the block, nor
+    /// shrink it below [`size`](Self::size) (touching a page past the end of the file raises
+    /// `SIGBUS`).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
         // SAFETY: mapped writable for `size` bytes; the caller guarantees exclusive access.
@@ -204,6 +251,16 @@ impl SharedMemory {
     /// Keeps the segment after this (creating) handle drops, for another program to open.
     pub fn persist(&mut self) {
         self.unlinker = None;
+    }
+
+    /// The error for an access that needs `needed` bytes of a segment that shrank.
+    fn truncated(&self, op: &'static str, needed: usize) -> Result<Error> {
+        Ok(Error::Truncated {
+            op,
+            name: self.name.clone(),
+            needed,
+            len: sys::len(&self.fd).map_err(|e| Error::Os("fstat", e))?,
+        })
     }
 
     fn check(&self, start: usize, count: usize) -> Result<()> {
@@ -339,5 +396,67 @@ mod tests {
         assert_eq!(&out, b"\0abc");
         let again: SharedMemory = mp_codec::Frame::encode(&shm).unwrap().decode().unwrap();
         assert_eq!(again.name(), shm.name());
+    }
+
+    /// Run under ThreadSanitizer too (see the crate docs): a plain copy here is a data race.
+    #[test]
+    fn concurrent_read_and_write_tear_bytes_but_do_not_race() {
+        const LEN: usize = 256;
+        let shm = SharedMemory::new(LEN).unwrap();
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                start.wait();
+                for i in 0..2000 {
+                    let fill = if i % 2 == 0 { 0xaa } else { 0x55 };
+                    shm.write(0, &[fill; LEN]).unwrap();
+                }
+            });
+            start.wait();
+            let mut out = [0; LEN];
+            for _ in 0..2000 {
+                shm.read(0, &mut out).unwrap();
+                // torn across bytes, perhaps, but every byte is one some write stored
+                assert!(out.iter().all(|b| [0, 0xaa, 0x55].contains(b)), "{out:x?}");
+            }
+        });
+    }
+
+    #[test]
+    fn access_to_a_segment_another_handle_shrank_is_an_error_not_sigbus() {
+        const MIB: usize = 1 << 20;
+        let shm = SharedMemory::new(MIB).unwrap();
+        shm.write(0, b"kept").unwrap();
+        let other = SharedMemory::open(shm.name()).unwrap();
+        rustix::fs::ftruncate(&other, 64 * 1024).unwrap();
+
+        let mut out = [0; 4];
+        let err = shm.read(MIB / 2, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Truncated {
+                    op: "read",
+                    len: 65536,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = shm.write(MIB - 1, b"x").unwrap_err();
+        assert!(matches!(err, Error::Truncated { op: "write", .. }), "{err}");
+        shm.read(0, &mut out).unwrap(); // what is left still reads
+        assert_eq!(&out, b"kept");
+        assert_eq!(
+            sys::len(&shm).unwrap(),
+            64 * 1024,
+            "a refused write regrew it"
+        );
+
+        rustix::fs::ftruncate(&other, 0).unwrap();
+        assert!(matches!(
+            shm.read(0, &mut out),
+            Err(Error::Truncated { .. })
+        ));
     }
 }

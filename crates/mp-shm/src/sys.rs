@@ -41,9 +41,39 @@ pub(crate) fn resize(fd: impl AsFd, len: usize) -> io::Result<()> {
     Ok(rustix::fs::ftruncate(fd, len as u64)?)
 }
 
+/// The file's size now (`fstat`).
 pub(crate) fn len(fd: impl AsFd) -> io::Result<usize> {
     let len = rustix::fs::fstat(fd)?.st_size;
     usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// Fills `out` from the file at `offset` ([pread(2)](https://man7.org/linux/man-pages/man2/pread.2.html)),
+/// stopping early only at the end of the file; returns how many bytes it read.
+pub(crate) fn read_at(fd: impl AsFd, out: &mut [u8], offset: usize) -> io::Result<usize> {
+    let mut done = 0;
+    while done < out.len() {
+        match rustix::io::pread(&fd, &mut out[done..], (offset + done) as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `src` to the file at `offset` ([pwrite(2)](https://man7.org/linux/man-pages/man2/pwrite.2.html)).
+pub(crate) fn write_at(fd: impl AsFd, src: &[u8], offset: usize) -> io::Result<()> {
+    let mut done = 0;
+    while done < src.len() {
+        match rustix::io::pwrite(&fd, &src[done..], (offset + done) as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Maps `len` bytes shared; an empty block maps nothing.
