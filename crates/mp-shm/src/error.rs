@@ -34,6 +34,11 @@ pub enum Error {
     /// `SharedMemory::open` of a name that does not exist (Python's `FileNotFoundError`).
     #[error("shared memory {0:?} not found")]
     NotFound(String),
+    /// `SharedMemory::open` found something under the name that is not a shared memory
+    /// segment: a symbolic link (never followed: whoever can write `/dev/shm` could point it
+    /// at any file of ours), a directory, a FIFO, a socket or a device.
+    #[error("shared memory {0:?} is not a segment: {1}")]
+    NotASegment(String, &'static str),
     /// A `SharedMemory` read or write reaching past the end of a segment that another handle
     /// or process shrank (`ftruncate`) below this handle's mapping. Touching those pages
     /// would raise `SIGBUS`, so the access is refused: a write writes nothing, a read may

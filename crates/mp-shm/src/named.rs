@@ -54,6 +54,13 @@ const MAX_NAME: usize = 254;
 /// [`as_ptr`](Self::as_ptr) reach the mapping directly, as fast as memory goes: their
 /// callers exclude concurrent writers and must also know that nobody shrinks the segment.
 ///
+/// # Opening a name
+///
+/// [`open`](Self::open) never follows a symbolic link (`O_NOFOLLOW`: anyone who can write
+/// `/dev/shm` could otherwise point our name at any file we may write) and refuses anything
+/// but a regular file ([`Error::NotASegment`]). [`create`](Self::create) uses `O_EXCL`, which
+/// fails on any existing entry, links included.
+///
 /// ```
 /// use mp_shm::SharedMemory;
 ///
@@ -89,7 +96,8 @@ impl SharedMemory {
     /// Creates `name` with `size` zero bytes.
     ///
     /// # Errors
-    /// [`Error::BadName`], [`Error::BadSize`] for 0, [`Error::AlreadyExists`], [`Error::Os`].
+    /// [`Error::BadName`], [`Error::BadSize`] for 0, [`Error::AlreadyExists`] (also for a
+    /// symbolic link or any other entry under the name), [`Error::Os`].
     pub fn create(name: &str, size: usize) -> Result<Self> {
         check_name(name)?;
         if size == 0 {
@@ -134,18 +142,28 @@ impl SharedMemory {
         }
     }
 
-    /// Opens an existing block.
+    /// Opens an existing block, at the size `fstat` reports now.
     ///
     /// # Errors
-    /// [`Error::BadName`], [`Error::NotFound`], [`Error::Os`].
+    /// [`Error::BadName`], [`Error::NotFound`], [`Error::NotASegment`] for a symbolic link
+    /// (not followed) or anything else that is not a regular file, [`Error::Os`].
     pub fn open(name: &str) -> Result<Self> {
+        use rustix::io::Errno;
         check_name(name)?;
-        let fd = sys::shm_open(name).map_err(|e| match e.raw_os_error() {
-            Some(n) if n == rustix::io::Errno::NOENT.raw_os_error() => {
-                Error::NotFound(name.to_string())
+        let not_a_segment = |what| Error::NotASegment(name.to_string(), what);
+        let fd = sys::shm_open(name).map_err(|e| {
+            match e.raw_os_error().map(Errno::from_raw_os_error) {
+                Some(Errno::NOENT) => Error::NotFound(name.to_string()),
+                Some(Errno::LOOP) => not_a_segment("a symbolic link (not followed)"),
+                // glibc's shm_open turns EISDIR into EINVAL; the name itself is checked already
+                Some(Errno::ISDIR | Errno::INVAL) => not_a_segment("a directory"),
+                Some(Errno::NXIO) => not_a_segment("a socket"),
+                _ => Error::Os("shm_open", e),
             }
-            _ => Error::Os("shm_open", e),
         })?;
+        if let Some(what) = sys::not_regular(&fd).map_err(|e| Error::Os("fstat", e))? {
+            return Err(not_a_segment(what));
+        }
         let size = sys::len(&fd).map_err(|e| Error::Os("fstat", e))?;
         let ptr = sys::map(&fd, size).map_err(|e| Error::Os("mmap", e))?;
         Ok(SharedMemory {
@@ -284,6 +302,8 @@ fn check_name(name: &str) -> Result<()> {
         "leading '/' (Python's names have none; it is added for shm_open)"
     } else if name.contains('/') {
         "contains '/'"
+    } else if name == "." || name == ".." {
+        "names a directory"
     } else if name.len() > MAX_NAME {
         "longer than 254 bytes"
     } else {
@@ -337,9 +357,26 @@ mod tests {
         format!("mp_shm_test_{tag}_{}", std::process::id())
     }
 
+    /// A `/dev/shm` entry a test made by hand, removed when the test ends, pass or fail.
+    struct Planted(std::path::PathBuf);
+
+    impl Planted {
+        fn new(tag: &str) -> (String, Self) {
+            let name = unique(tag);
+            let path = std::path::Path::new("/dev/shm").join(&name);
+            (name, Planted(path))
+        }
+    }
+
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0).or_else(|_| std::fs::remove_dir(&self.0));
+        }
+    }
+
     #[test]
     fn python_names_only() {
-        for bad in ["", "/x", "a/b", "nul\0", &"x".repeat(255)] {
+        for bad in ["", "/x", "a/b", "nul\0", ".", "..", &"x".repeat(255)] {
             assert!(matches!(
                 SharedMemory::create(bad, 1),
                 Err(Error::BadName(..))
@@ -458,5 +495,43 @@ mod tests {
             shm.read(0, &mut out),
             Err(Error::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn open_refuses_a_symlink_planted_under_the_name() {
+        let target = SharedMemory::new(8).unwrap();
+        let (name, link) = Planted::new("link");
+        std::os::unix::fs::symlink(
+            std::path::Path::new("/dev/shm").join(target.name()),
+            &link.0,
+        )
+        .unwrap();
+        let err = SharedMemory::open(&name).unwrap_err();
+        assert!(matches!(err, Error::NotASegment(..)), "{err}");
+        // O_EXCL never follows a link either: the name is taken
+        assert!(matches!(
+            SharedMemory::create(&name, 8),
+            Err(Error::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn open_refuses_what_is_not_a_regular_file() {
+        let (fifo_name, fifo) = Planted::new("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo.0,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = SharedMemory::open(&fifo_name).unwrap_err();
+        assert!(matches!(err, Error::NotASegment(..)), "{err}");
+
+        let (dir_name, dir) = Planted::new("dir");
+        std::fs::create_dir(&dir.0).unwrap();
+        let err = SharedMemory::open(&dir_name).unwrap_err();
+        assert!(matches!(err, Error::NotASegment(..)), "{err}");
     }
 }

@@ -17,19 +17,31 @@ fn path(name: &str) -> String {
     format!("/{name}")
 }
 
-/// `shm_open(O_CREAT | O_EXCL | O_RDWR, 0600)`.
+/// `O_NOFOLLOW`, which `shm::OFlags` does not name (glibc's `shm_open` adds it itself; the
+/// raw-syscall path does not).
+fn nofollow() -> OFlags {
+    OFlags::from_bits_retain(rustix::fs::OFlags::NOFOLLOW.bits())
+}
+
+/// `shm_open(O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR, 0600)`. `O_EXCL` alone already fails
+/// on a symbolic link with `EEXIST`, wherever it points; `O_NOFOLLOW` says so twice.
 /// See [shm_open(3)](https://man7.org/linux/man-pages/man3/shm_open.3.html).
 pub(crate) fn shm_create(name: &str) -> io::Result<OwnedFd> {
     Ok(rustix::shm::open(
         path(name),
-        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | nofollow(),
         Mode::from_raw_mode(0o600),
     )?)
 }
 
-/// `shm_open(O_RDWR)`.
+/// `shm_open(O_RDWR | O_NOFOLLOW)`: a symbolic link under the name fails with `ELOOP`
+/// instead of opening whatever it points to.
 pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
-    Ok(rustix::shm::open(path(name), OFlags::RDWR, Mode::empty())?)
+    Ok(rustix::shm::open(
+        path(name),
+        OFlags::RDWR | nofollow(),
+        Mode::empty(),
+    )?)
 }
 
 /// `shm_unlink`.
@@ -45,6 +57,22 @@ pub(crate) fn resize(fd: impl AsFd, len: usize) -> io::Result<()> {
 pub(crate) fn len(fd: impl AsFd) -> io::Result<usize> {
     let len = rustix::fs::fstat(fd)?.st_size;
     usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// What `fstat` says the descriptor is, when it is not a regular file.
+pub(crate) fn not_regular(fd: impl AsFd) -> io::Result<Option<&'static str>> {
+    use rustix::fs::FileType;
+    Ok(
+        match FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode) {
+            FileType::RegularFile => None,
+            FileType::Directory => Some("a directory"),
+            FileType::Symlink => Some("a symbolic link"),
+            FileType::Fifo => Some("a FIFO"),
+            FileType::Socket => Some("a socket"),
+            FileType::CharacterDevice | FileType::BlockDevice => Some("a device"),
+            FileType::Unknown => Some("of an unknown file type"),
+        },
+    )
 }
 
 /// Fills `out` from the file at `offset` ([pread(2)](https://man7.org/linux/man-pages/man2/pread.2.html)),
