@@ -21,7 +21,8 @@ const MAX_NAME: usize = 254;
 /// handle drops, unless told to [`persist`](Self::persist); a process that only opened it
 /// never unlinks it on drop (Python's gh-82300 is the bug not to copy), though anyone may
 /// call [`unlink`](Self::unlink). A fork child's copy of the creator's handle does not
-/// unlink either.
+/// unlink either, and neither does a drop after the name came to mean another segment
+/// (someone unlinked ours and created theirs under the same name).
 ///
 /// Sending a `SharedMemory` sends its name; the receiver opens it.
 ///
@@ -180,7 +181,8 @@ impl SharedMemory {
         &self.name
     }
 
-    /// Size in bytes.
+    /// Size in bytes, as mapped when this handle was made (another process may resize the
+    /// segment later; [`read`](Self::read) and [`write`](Self::write) check).
     pub fn size(&self) -> usize {
         self.size
     }
@@ -318,7 +320,9 @@ impl Drop for SharedMemory {
             // SAFETY: our one mapping of `size` bytes; slices borrow `self`.
             unsafe { sys::unmap(ptr, self.size) };
         }
-        if self.unlinker == Some(sys::pid()) {
+        // Only if the name is still ours: after someone else unlinked it, it may name a new
+        // segment of another creator. (A swap between the check and the unlink remains.)
+        if self.unlinker == Some(sys::pid()) && sys::names(&self.fd, &self.name).unwrap_or(false) {
             let _ = sys::shm_unlink(&self.name);
         }
     }
@@ -407,6 +411,21 @@ mod tests {
             0o600
         );
         drop(created);
+        assert!(matches!(SharedMemory::open(&name), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn creator_drop_leaves_a_new_segment_under_its_old_name_alone() {
+        let name = unique("reused");
+        let first = SharedMemory::create(&name, 8).unwrap();
+        SharedMemory::open(&name).unwrap().unlink().unwrap();
+        let second = SharedMemory::create(&name, 8).unwrap();
+        drop(first);
+        assert!(
+            SharedMemory::open(&name).is_ok(),
+            "the first creator's drop unlinked the second's segment"
+        );
+        drop(second);
         assert!(matches!(SharedMemory::open(&name), Err(Error::NotFound(_))));
     }
 

@@ -44,6 +44,19 @@ pub(crate) fn shm_open(name: &str) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Whether `name` still names the file `fd` is open on (same device and inode; a
+/// symbolic link under the name is not followed, so it never does).
+pub(crate) fn names(fd: impl AsFd, name: &str) -> io::Result<bool> {
+    let ours = rustix::fs::fstat(fd)?;
+    // rustix's and glibc's shm_open both use /dev/shm on Linux
+    let named = rustix::fs::statat(
+        rustix::fs::CWD,
+        format!("/dev/shm/{name}"),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok((ours.st_dev, ours.st_ino) == (named.st_dev, named.st_ino))
+}
+
 /// `shm_unlink`.
 pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
     Ok(rustix::shm::unlink(path(name))?)
