@@ -36,20 +36,22 @@ mod region;
 mod rlock;
 mod semaphore;
 mod sys;
+#[cfg(test)]
+mod test_util;
 
 // The layouts other processes see: pinned, so a change is a deliberate format change.
 const _: () = {
     use std::mem::{align_of, size_of};
-    assert!(size_of::<RawLock>() == 8 && align_of::<RawLock>() == 4);
-    assert!(size_of::<RawRLock>() == 24 && align_of::<RawRLock>() == 8);
+    assert!(size_of::<RawLock>() == 40 && align_of::<RawLock>() == 8);
+    assert!(size_of::<RawRLock>() == 56 && align_of::<RawRLock>() == 8);
     assert!(size_of::<RawSemaphore>() == 12);
-    assert!(size_of::<RawCondition>() == 32);
+    assert!(size_of::<RawCondition>() == 64 + 8 * condition::WAITER_SLOTS);
     assert!(size_of::<RawEvent>() == 8);
-    assert!(size_of::<RawBarrier>() == 40);
+    assert!(size_of::<RawBarrier>() == 72 + 12 * barrier::ROSTER);
 };
 
 pub use crate::{
-    barrier::RawBarrier,
+    barrier::{Enrollment, RawBarrier},
     condition::RawCondition,
     error::{Error, Result},
     event::RawEvent,
