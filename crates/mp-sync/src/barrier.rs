@@ -441,4 +441,50 @@ mod tests {
         }
         assert!(!b.broken());
     }
+
+    #[test]
+    fn an_enrolled_party_that_dies_before_arriving_breaks_the_barrier() {
+        use crate::test_util::{fork, reap};
+        let b = crate::Shared::<RawBarrier>::new().unwrap();
+        b.init(3, None).unwrap();
+        let party = fork(|| {
+            let enrolled = b.enroll().is_ok();
+            std::mem::forget(b.enroll()); // dies holding the enrollment
+            i32::from(!enrolled)
+        });
+        assert_eq!(reap(party), 0);
+        // Another party arrives and waits; then this one: neither may wait for ever.
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || b.wait_with(Some(Duration::from_secs(60)), None))
+        };
+        let got = b.wait_with(Some(Duration::from_secs(60)), None);
+        assert!(matches!(got, Err(Error::BrokenBarrier)), "{got:?}");
+        assert!(matches!(other.join().unwrap(), Err(Error::BrokenBarrier)));
+        assert!(b.broken());
+    }
+
+    #[test]
+    fn a_withdrawn_enrollment_does_not_break_the_barrier() {
+        let b = barrier(2, None);
+        let enrolled = b.enroll().unwrap();
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let _me = b.enroll().unwrap();
+                b.wait_with(Some(Duration::from_secs(60)), None)
+            })
+        };
+        drop(enrolled);
+        assert!(b.wait_with(Some(Duration::from_secs(60)), None).is_ok());
+        assert!(other.join().unwrap().is_ok());
+        let _a = b.enroll().unwrap();
+        assert!(
+            b.roster
+                .iter()
+                .filter(|e| e.load(Ordering::Relaxed) != 0)
+                .count()
+                == 1
+        );
+    }
 }

@@ -432,4 +432,74 @@ mod tests {
             "the notify went to the notifier's own wait"
         );
     }
+
+    #[test]
+    fn a_dead_waiter_leaves_no_wake_up_behind_and_gets_none() {
+        use crate::test_util::{fork, reap};
+        let cond = crate::Shared::<RawCondition>::new().unwrap();
+        let victim = fork(|| {
+            let _ = cond.acquire();
+            let _ = cond.wait_timeout(Duration::from_secs(60));
+            1
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while cond.waiting() != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the victim never waited"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        assert_eq!(reap(victim), 128 + libc::SIGKILL);
+        let _g = cond.lock().expect("the victim released it to wait");
+        cond.notify(1).unwrap();
+        assert_eq!(cond.waiting(), 0, "the dead waiter's slot is freed");
+        assert!(
+            !cond.wait_timeout(Duration::from_millis(20)).unwrap(),
+            "a wait returned notified with nobody notifying"
+        );
+    }
+
+    #[test]
+    fn a_notify_skips_a_dead_waiter_for_a_live_one() {
+        use crate::test_util::{fork, reap};
+        let cond = crate::Shared::<RawCondition>::new().unwrap();
+        let victim = fork(|| {
+            let _ = cond.acquire();
+            let _ = cond.wait_timeout(Duration::from_secs(60));
+            1
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while cond.waiting() != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the victim never waited"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        assert_eq!(reap(victim), 128 + libc::SIGKILL);
+        let live = {
+            let cond = cond.clone();
+            std::thread::spawn(move || {
+                let _g = cond.lock().unwrap();
+                cond.wait_timeout(Duration::from_secs(60)).unwrap()
+            })
+        };
+        while cond.waiting() != 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never waited"
+            );
+            std::thread::yield_now();
+        }
+        {
+            let _g = cond.lock().unwrap();
+            cond.notify(1).unwrap();
+        }
+        assert!(live.join().unwrap(), "the live waiter got the wake-up");
+    }
 }
