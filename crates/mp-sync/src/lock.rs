@@ -381,14 +381,18 @@ impl RawLock {
 
     #[inline]
     fn try_fast_as(&self, me: Owner) -> bool {
-        let won = self
+        match self
             .state
             .compare_exchange(0, me.state, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok();
-        if won {
-            self.record.store(me.start, Ordering::Relaxed);
+        {
+            Ok(_) => {
+                self.record.store(me.start, Ordering::Relaxed);
+                true
+            }
+            // Free, but with a take-over count (or a sleeper flag) kept in the word.
+            Err(now) if now & PID == 0 => self.take_free(now, me, 0).is_ok(),
+            Err(_) => false,
         }
-        won
     }
 
     /// Takes a free lock whose word reads `state`, setting `extra` too.
@@ -651,6 +655,24 @@ mod tests {
             lock.acquire_timeout(Duration::from_millis(1)),
             Acquire::OwnerDied
         );
+    }
+
+    #[test]
+    fn a_lock_taken_from_a_dead_owner_is_free_again_after_release() {
+        let lock = RawLock::new();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let ns = lock.owner().state & NS;
+        lock.state.store(dead | ns, Ordering::Relaxed);
+        assert_eq!(
+            lock.acquire_timeout(Duration::from_secs(20)),
+            Acquire::OwnerDied
+        );
+        lock.release().unwrap();
+        assert!(!lock.is_locked());
+        assert_eq!(lock.try_acquire(), Acquire::Acquired, "the count is kept");
+        lock.release().unwrap();
     }
 
     #[test]
