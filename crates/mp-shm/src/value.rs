@@ -502,4 +502,63 @@ mod tests {
         assert_eq!(r.get(), [3, 4]);
         assert_eq!(format!("{r:?}"), "RawValue([3, 4])");
     }
+
+    /// Issue 13: a child in a new pid namespace saw the parent's pid as dead and took the
+    /// lock of a `Value` whose guard (a `&mut u64`) the parent still held.
+    #[test]
+    fn a_child_in_another_pid_namespace_cannot_lock_a_value_whose_guard_is_held() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED pid namespace: needs root (CI runs as root)");
+            return;
+        }
+        let value = Value::new(7u64).unwrap();
+        let mut guard = value.lock().expect("nobody died");
+        *guard += 1;
+        let status = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: moves only this thread's later children into a new pid namespace.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWPID) }, 0);
+                // SAFETY: the child only tries the lock (futex and /proc reads), then exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let how = value
+                        .get_lock()
+                        .acquire_timeout(std::time::Duration::from_millis(300));
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(if how == Acquire::TimedOut { 0 } else { 1 }) }
+                }
+                assert!(pid > 0, "fork");
+                let pidfd = rustix::process::pidfd_open(
+                    rustix::process::Pid::from_raw(pid).unwrap(),
+                    rustix::process::PidfdFlags::empty(),
+                )
+                .unwrap();
+                let mut fds = [rustix::event::PollFd::new(
+                    &pidfd,
+                    rustix::event::PollFlags::IN,
+                )];
+                let limit = rustix::time::Timespec {
+                    tv_sec: 60,
+                    tv_nsec: 0,
+                };
+                if rustix::event::poll(&mut fds, Some(&limit)) != Ok(1) {
+                    // SAFETY: killing our own child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                let mut status = 0;
+                // SAFETY: our child; a valid out-pointer.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                status
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child took the lock of a held guard (status {status:#x})"
+        );
+        assert_eq!(*guard, 8);
+        drop(guard);
+        assert_eq!(value.get(), 8);
+    }
 }

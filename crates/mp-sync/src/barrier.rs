@@ -9,8 +9,15 @@ use std::{
 
 use crate::{
     Error, RawLock, Result,
+    lock::ident,
     sys::{self, Deadline, Woke},
 };
+
+/// How many processes (or threads) may [`enroll`](RawBarrier::enroll) at once.
+pub(crate) const ROSTER: usize = 32;
+/// A waiter first looks for enrolled parties that died after this long, then this often.
+const FIRST_PARTY_CHECK: Duration = Duration::from_millis(10);
+const PARTY_CHECK: Duration = Duration::from_millis(100);
 
 /// Python's `multiprocessing.Barrier`, placeable in shared memory (`#[repr(C)]`);
 /// [`crate::Barrier`] is the handle that allocates one (and carries the action).
@@ -22,6 +29,17 @@ use crate::{
 /// [`Error::BrokenBarrier`] (or [`Error::BarrierTimeout`]), and later waits fail until
 /// `reset`.
 ///
+/// **A party that dies before arriving.** A process that [`enroll`](Self::enroll)s is
+/// named in the barrier's roster (pid, namespace, start time, as a lock records its owner)
+/// until its [`Enrollment`] drops. Waiters look at the roster after 10 ms and every 100 ms:
+/// an enrolled party that has not arrived at the current pass and is provably gone breaks
+/// the barrier, and every waiter gets [`Error::BrokenBarrier`] instead of waiting for ever.
+/// What cannot be detected: a party that never enrolled (nothing tells it from a slow one),
+/// one whose death cannot be proven from here (another pid namespace), one that dies
+/// after arriving (its arrival counts; the pass completes without it), and, for a process
+/// that enrolled several threads, a death after one of them arrived and before another did.
+/// At most 32 enrollments at once.
+///
 /// ```
 /// let barrier = mp_sync::Barrier::new(1)?;
 /// assert_eq!(barrier.wait()?, 0); // one party: passes at once
@@ -32,7 +50,6 @@ use crate::{
 /// # Ok::<(), mp_sync::Error>(())
 /// ```
 #[repr(C)]
-#[derive(Default)]
 pub struct RawBarrier {
     lock: RawLock,
     /// Bumped when a pass completes, breaks or is reset: the futex word waiters sleep on.
@@ -43,8 +60,55 @@ pub struct RawBarrier {
     parties: AtomicU32,
     arrived: AtomicU32,
     broken: AtomicU32,
+    _reserved: AtomicU32,
     /// Default timeout for `wait`, in nanoseconds; 0 is none.
     timeout_ns: AtomicU64,
+    /// Enrolled parties: 0 free, else an identity word ([`ident`]).
+    roster: [AtomicU64; ROSTER],
+    /// For each roster entry, one more than the generation it last arrived at.
+    came: [AtomicU32; ROSTER],
+}
+
+/// A process's enrollment at a [`RawBarrier`]: while it lives, the barrier breaks if the
+/// process dies before arriving at a pass. Dropping it withdraws (a normal exit should drop
+/// it, or the others see a party that will never come).
+#[derive(Debug)]
+#[must_use = "the enrollment ends when dropped"]
+pub struct Enrollment<'a> {
+    barrier: &'a RawBarrier,
+    entry: usize,
+    word: u64,
+}
+
+impl Drop for Enrollment<'_> {
+    fn drop(&mut self) {
+        // A fork child holding a copy of the parent's enrollment must not withdraw it.
+        if ident::mine(&self.barrier.lock) == self.word {
+            let _ = self.barrier.roster[self.entry].compare_exchange(
+                self.word,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+impl Default for RawBarrier {
+    fn default() -> Self {
+        RawBarrier {
+            lock: RawLock::new(),
+            generation: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+            parties: AtomicU32::new(0),
+            arrived: AtomicU32::new(0),
+            broken: AtomicU32::new(0),
+            _reserved: AtomicU32::new(0),
+            timeout_ns: AtomicU64::new(0),
+            roster: [const { AtomicU64::new(0) }; ROSTER],
+            came: [const { AtomicU32::new(0) }; ROSTER],
+        }
+    }
 }
 
 impl fmt::Debug for RawBarrier {
@@ -96,6 +160,60 @@ impl RawBarrier {
         }
     }
 
+    /// Enrolls the calling process (or thread) as a party: if it dies without arriving at a
+    /// pass, the others' waits break the barrier rather than wait for ever. Enroll before
+    /// anyone could wait for you; drop the [`Enrollment`] when leaving for good.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if 32 enrollments are held already.
+    pub fn enroll(&self) -> Result<Enrollment<'_>> {
+        let word = ident::mine(&self.lock);
+        self.enter();
+        let generation = self.generation.load(Ordering::Relaxed);
+        let free = self.roster.iter().position(|e| {
+            e.load(Ordering::Relaxed) == 0
+                && e.compare_exchange(0, word, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+        });
+        if let Some(entry) = free {
+            // Not counted as arrived at the pass under way.
+            self.came[entry].store(generation, Ordering::Relaxed);
+        }
+        self.leave();
+        let entry = free.ok_or(Error::InvalidArgument(
+            "more than 32 enrollments at one barrier",
+        ))?;
+        Ok(Enrollment {
+            barrier: self,
+            entry,
+            word,
+        })
+    }
+
+    /// Marks one of the caller's enrollments (if any) as arrived at `generation`. Called
+    /// under the internal lock.
+    fn mark_arrived(&self, generation: u32) {
+        let word = ident::mine(&self.lock);
+        let came = generation.wrapping_add(1);
+        if let Some(i) = (0..ROSTER).find(|&i| {
+            self.roster[i].load(Ordering::Relaxed) == word
+                && self.came[i].load(Ordering::Relaxed) != came
+        }) {
+            self.came[i].store(came, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an enrolled party that has not arrived at `generation` is provably gone.
+    fn party_died(&self, generation: u32) -> bool {
+        let came = generation.wrapping_add(1);
+        (0..ROSTER).any(|i| {
+            let word = self.roster[i].load(Ordering::Relaxed);
+            word != 0
+                && self.came[i].load(Ordering::Relaxed) != came
+                && ident::is_gone(&self.lock, word)
+        })
+    }
+
     /// Waits for the pass with the default timeout, running `action` if the caller is last.
     ///
     /// # Errors
@@ -117,6 +235,7 @@ impl RawBarrier {
         }
         let generation = self.generation.load(Ordering::Relaxed);
         let index = self.arrived.load(Ordering::Relaxed);
+        self.mark_arrived(generation);
         if index + 1 >= parties {
             if let Some(action) = action
                 && let Err(panic) = catch_unwind(AssertUnwindSafe(action))
@@ -134,13 +253,26 @@ impl RawBarrier {
         }
         self.arrived.store(index + 1, Ordering::Relaxed);
         self.leave();
+        let mut check = FIRST_PARTY_CHECK;
         loop {
             if self.generation.load(Ordering::Acquire) != generation {
                 break;
             }
-            if sys::futex_wait(&self.generation, generation, deadline) == Woke::TimedOut
-                && self.generation.load(Ordering::Acquire) == generation
-            {
+            let woke = sys::futex_wait(&self.generation, generation, deadline.or_within(check));
+            if woke == Woke::TimedOut && !deadline.expired() {
+                check = PARTY_CHECK;
+                if self.generation.load(Ordering::Acquire) == generation
+                    && self.party_died(generation)
+                {
+                    self.enter();
+                    if self.generation.load(Ordering::Relaxed) == generation {
+                        self.break_locked();
+                    }
+                    self.leave();
+                }
+                continue;
+            }
+            if woke == Woke::TimedOut && self.generation.load(Ordering::Acquire) == generation {
                 self.enter();
                 let still = self.generation.load(Ordering::Relaxed) == generation;
                 if still {
@@ -308,5 +440,51 @@ mod tests {
             assert!(t.join().unwrap().is_ok());
         }
         assert!(!b.broken());
+    }
+
+    #[test]
+    fn an_enrolled_party_that_dies_before_arriving_breaks_the_barrier() {
+        use crate::test_util::{fork, reap};
+        let b = crate::Shared::<RawBarrier>::new().unwrap();
+        b.init(3, None).unwrap();
+        let party = fork(|| {
+            let enrolled = b.enroll().is_ok();
+            std::mem::forget(b.enroll()); // dies holding the enrollment
+            i32::from(!enrolled)
+        });
+        assert_eq!(reap(party), 0);
+        // Another party arrives and waits; then this one: neither may wait for ever.
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || b.wait_with(Some(Duration::from_secs(60)), None))
+        };
+        let got = b.wait_with(Some(Duration::from_secs(60)), None);
+        assert!(matches!(got, Err(Error::BrokenBarrier)), "{got:?}");
+        assert!(matches!(other.join().unwrap(), Err(Error::BrokenBarrier)));
+        assert!(b.broken());
+    }
+
+    #[test]
+    fn a_withdrawn_enrollment_does_not_break_the_barrier() {
+        let b = barrier(2, None);
+        let enrolled = b.enroll().unwrap();
+        let other = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let _me = b.enroll().unwrap();
+                b.wait_with(Some(Duration::from_secs(60)), None)
+            })
+        };
+        drop(enrolled);
+        assert!(b.wait_with(Some(Duration::from_secs(60)), None).is_ok());
+        assert!(other.join().unwrap().is_ok());
+        let _a = b.enroll().unwrap();
+        assert!(
+            b.roster
+                .iter()
+                .filter(|e| e.load(Ordering::Relaxed) != 0)
+                .count()
+                == 1
+        );
     }
 }

@@ -1,31 +1,44 @@
-//! `Condition`: an RLock plus a futex word counting waiters and wake-up tokens.
+//! `Condition`: an RLock plus a table of waiter slots, each naming its waiting process.
 
 use std::{
     fmt,
-    sync::atomic::{AtomicU32, Ordering},
+    num::NonZeroU32,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
 use crate::{
     Acquire, Error, LockResult, RawRLock, Result, TryLockResult,
+    lock::ident,
     rlock::RLockGuard,
-    sys::{self, Deadline, Woke},
+    sys::{self, Deadline},
 };
 
-/// Low half: waiters registered and not yet woken. High half: wake-ups granted by `notify`
-/// and not yet taken.
-const WAITER: u32 = 1;
-const TOKEN: u32 = 1 << 16;
-const HALF: u32 = 0xffff;
+/// How many threads (of any processes) may wait on one condition at once.
+pub(crate) const WAITER_SLOTS: usize = 64;
+/// Set in a waiter's slot by `notify`; the waiter clears the slot when it sees it.
+const NOTIFIED: u64 = 1 << 63;
 
 /// Python's `multiprocessing.Condition` (over its default `RLock`), placeable in shared
 /// memory (`#[repr(C)]`; all-zero is a fresh condition); [`crate::Condition`] is the handle
 /// that allocates one.
 ///
-/// `notify(n)` wakes at most `n` of the processes waiting at that moment: it turns waiters
-/// into wake-up tokens, each returning waiter takes one, and (as CPython's does) the
-/// notifier keeps the lock until its tokens are taken, so a waiter that registers later
-/// cannot take a wake-up meant for an earlier one.
+/// A waiter takes a slot of its own (under the lock) holding its process's identity: pid,
+/// namespace and start time, as a lock records its owner. `notify(n)` marks up to `n`
+/// waiting slots notified and wakes those waiters; each marked waiter returns `true`, and
+/// a waiter that registers later has another slot, so it can never take a wake-up meant
+/// for an earlier one. What a dead waiter does to the others, and what it costs:
+/// - `notify` never waits for the waiters it woke.
+/// - Before marking a slot of another process, `notify` checks that the process lives (a
+///   `pidfd_open` and a read of `/proc/PID/stat`, a few microseconds; free for threads of
+///   the caller's own process) and frees the slot of a dead one instead: a wake-up is not
+///   spent on a dead waiter. A waiter whose death cannot be proven (another pid namespace,
+///   see [`RawLock`](crate::RawLock)) counts as alive.
+/// - A dead waiter's slot is only its own, so its leftovers never make another wait return
+///   "notified"; slots of dead waiters are reclaimed when the table runs full.
+///
+/// At most 64 threads can wait at once ([`Error::InvalidArgument`] beyond that); which of
+/// several waiters a `notify(1)` picks is unspecified (as with CPython's semaphores).
 ///
 /// ```
 /// let cond = mp_sync::Condition::new()?;
@@ -35,26 +48,33 @@ const HALF: u32 = 0xffff;
 /// # Ok::<(), mp_sync::Error>(())
 /// ```
 #[repr(C)]
-#[derive(Default)]
 pub struct RawCondition {
     lock: RawRLock,
-    word: AtomicU32,
-    /// Counts wake-up tokens taken; a notifier sleeps on it until its tokens are gone.
-    taken: AtomicU32,
+    /// Bumped by every `notify` that marked a slot: the futex word waiters sleep on, each
+    /// with the wake mask bit of its slot.
+    seq: AtomicU32,
+    _reserved: AtomicU32,
+    /// 0: free; else a waiter's identity word ([`ident`]), with [`NOTIFIED`] once notified.
+    slots: [AtomicU64; WAITER_SLOTS],
 }
-
-/// How long `notify` waits for the waiters it woke to take their tokens: long enough for any
-/// live process, short enough that a waiter that died while registered costs one pause, not
-/// a hang.
-const NOTIFY_BOUND: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for RawCondition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let word = self.word.load(Ordering::Relaxed);
         f.debug_struct("Condition")
             .field("lock", &self.lock)
-            .field("waiting", &(word & HALF))
+            .field("waiting", &self.waiting())
             .finish()
+    }
+}
+
+/// The futex wake mask of slot `i`.
+fn bit(i: usize) -> NonZeroU32 {
+    NonZeroU32::new(1 << (i % 32)).expect("one bit set")
+}
+
+impl Default for RawCondition {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -63,8 +83,9 @@ impl RawCondition {
     pub const fn new() -> Self {
         RawCondition {
             lock: RawRLock::new(),
-            word: AtomicU32::new(0),
-            taken: AtomicU32::new(0),
+            seq: AtomicU32::new(0),
+            _reserved: AtomicU32::new(0),
+            slots: [const { AtomicU64::new(0) }; WAITER_SLOTS],
         }
     }
 
@@ -105,8 +126,8 @@ impl RawCondition {
     ///
     /// # Errors
     /// [`Error::NotHeld`]/[`Error::NotOwner`] if the caller does not hold the lock;
-    /// [`Error::OwnerDied`] if, while re-acquiring, the lock had to be taken from a dead
-    /// process (the caller holds it).
+    /// [`Error::InvalidArgument`] if 64 threads already wait; [`Error::OwnerDied`] if, while
+    /// re-acquiring, the lock had to be taken from a dead process (the caller holds it).
     pub fn wait(&self) -> Result<()> {
         self.wait_until(Deadline::NEVER).map(|_| ())
     }
@@ -142,7 +163,8 @@ impl RawCondition {
         }
     }
 
-    /// Wakes up to `n` waiters. The lock must be held.
+    /// Wakes up to `n` waiters, skipping (and freeing the slots of) waiters that died. The
+    /// lock must be held. It never waits for the waiters it wakes.
     ///
     /// # Errors
     /// [`Error::NotHeld`]/[`Error::NotOwner`] if the caller does not hold the lock.
@@ -150,35 +172,34 @@ impl RawCondition {
         if !self.lock.is_owned() {
             return Err(self.not_owned());
         }
-        let taken_before = self.taken.load(Ordering::Acquire);
-        let mut word = self.word.load(Ordering::Relaxed);
-        let woken = loop {
-            let k = n.min(word & HALF).min(HALF - (word >> 16));
-            if k == 0 {
-                return Ok(());
+        let mut left = n;
+        let mut woken = 0u32;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if left == 0 {
+                break;
             }
-            match self.word.compare_exchange_weak(
-                word,
-                word - k * WAITER + k * TOKEN,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break k,
-                Err(now) => word = now,
+            let word = slot.load(Ordering::Acquire);
+            if word == 0 || word & NOTIFIED != 0 {
+                continue;
             }
-        };
-        sys::futex_wake(&self.word, woken);
-        // Hold the lock until the woken have taken their tokens (later waiters need the lock
-        // to register, so they cannot take them instead).
-        let deadline = Deadline::after(Some(NOTIFY_BOUND));
-        loop {
-            let taken = self.taken.load(Ordering::Acquire);
-            if taken.wrapping_sub(taken_before) >= woken
-                || sys::futex_wait(&self.taken, taken, deadline) == Woke::TimedOut
+            if ident::is_gone(self.lock.raw(), word) {
+                let _ = slot.compare_exchange(word, 0, Ordering::Relaxed, Ordering::Relaxed);
+                continue;
+            }
+            // Fails only if the waiter withdrew (timed out) meanwhile: then it is not waiting.
+            if slot
+                .compare_exchange(word, word | NOTIFIED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
             {
-                return Ok(());
+                left -= 1;
+                woken |= bit(i).get();
             }
         }
+        if let Some(bits) = NonZeroU32::new(woken) {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake_bits(&self.seq, bits);
+        }
+        Ok(())
     }
 
     /// Wakes every waiter. The lock must be held.
@@ -189,6 +210,16 @@ impl RawCondition {
         self.notify(u32::MAX)
     }
 
+    /// How many slots hold a waiter not yet notified (a snapshot; dead waiters included
+    /// until a `notify` or a full table finds them).
+    fn waiting(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&w| w != 0 && w & NOTIFIED == 0)
+            .count()
+    }
+
     fn not_owned(&self) -> Error {
         if self.lock.owner_pid().is_some() {
             Error::NotOwner
@@ -197,60 +228,80 @@ impl RawCondition {
         }
     }
 
+    /// Takes a free slot for `mine`, freeing dead waiters' slots if none is free.
+    fn register(&self, mine: u64) -> Result<usize> {
+        for pass in 0..2 {
+            for (i, slot) in self.slots.iter().enumerate() {
+                if slot.load(Ordering::Relaxed) == 0
+                    && slot
+                        .compare_exchange(0, mine, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    return Ok(i);
+                }
+            }
+            if pass == 0 {
+                for slot in &self.slots {
+                    let word = slot.load(Ordering::Relaxed);
+                    if word != 0 && ident::is_gone(self.lock.raw(), word) {
+                        let _ =
+                            slot.compare_exchange(word, 0, Ordering::Relaxed, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        Err(Error::InvalidArgument(
+            "more than 64 threads waiting on one condition",
+        ))
+    }
+
     fn wait_until(&self, deadline: Deadline) -> Result<bool> {
         if !self.lock.is_owned() {
             return Err(self.not_owned());
         }
         // Register while holding the lock, so a notify after the release sees us.
-        if self.word.fetch_add(WAITER, Ordering::Relaxed) & HALF == HALF {
-            self.word.fetch_sub(WAITER, Ordering::Relaxed);
-            return Err(Error::InvalidArgument(
-                "more than 65535 waiters on one condition",
-            ));
-        }
-        let count = self.lock.release_all()?;
-        let notified = self.sleep(deadline);
+        let mine = ident::mine(self.lock.raw());
+        let slot = self.register(mine)?;
+        let seq = self.seq.load(Ordering::SeqCst);
+        let count = match self.lock.release_all() {
+            Ok(count) => count,
+            Err(e) => {
+                self.slots[slot].store(0, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let notified = self.sleep(slot, mine, seq, deadline);
         match self.lock.reacquire(count) {
             Acquire::OwnerDied => Err(Error::OwnerDied),
             _ => Ok(notified),
         }
     }
 
-    /// Takes a wake-up token, or withdraws the registration when the deadline passes.
-    fn sleep(&self, deadline: Deadline) -> bool {
-        let mut word = self.word.load(Ordering::Acquire);
+    /// Sleeps until slot `i` (ours, holding `mine`) is notified, then frees it; or withdraws
+    /// it when the deadline passes.
+    fn sleep(&self, i: usize, mine: u64, mut seq: u32, deadline: Deadline) -> bool {
+        let slot = &self.slots[i];
         loop {
-            if word >> 16 != 0 {
-                match self.word.compare_exchange_weak(
-                    word,
-                    word - TOKEN,
-                    Ordering::Acquire,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        self.taken.fetch_add(1, Ordering::Release);
-                        sys::futex_wake(&self.taken, 1);
-                        return true;
-                    }
-                    Err(now) => word = now,
-                }
-                continue;
+            let word = slot.load(Ordering::Acquire);
+            if word == mine | NOTIFIED {
+                slot.store(0, Ordering::Release);
+                return true;
+            }
+            if word != mine {
+                // Freed by someone who proved us dead: cannot happen while we run.
+                return false;
             }
             if deadline.expired() {
-                // No token: our registration is still counted among the waiters.
-                match self.word.compare_exchange_weak(
-                    word,
-                    word - WAITER,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => return false,
-                    Err(now) => word = now,
+                if slot
+                    .compare_exchange(mine, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return false;
                 }
-                continue;
+                continue; // notified just now
             }
-            let _: Woke = sys::futex_wait(&self.word, word, deadline);
-            word = self.word.load(Ordering::Acquire);
+            let _ = sys::futex_wait_bits(&self.seq, seq, deadline, bit(i));
+            seq = self.seq.load(Ordering::SeqCst);
         }
     }
 }
@@ -298,7 +349,7 @@ mod tests {
             .collect();
         // Wait until all three are registered.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while cond.word.load(Ordering::SeqCst) & HALF != 3 {
+        while cond.waiting() != 3 {
             assert!(std::time::Instant::now() < deadline, "waiters never waited");
             std::thread::yield_now();
         }
@@ -310,7 +361,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "notify(2) woke fewer");
             std::thread::yield_now();
         }
-        assert_eq!(cond.word.load(Ordering::SeqCst), 1, "one still waiting");
+        assert_eq!(cond.waiting(), 1, "one still waiting");
         assert_eq!(woken.load(Ordering::SeqCst), 2);
         {
             let _g = cond.lock().unwrap();
@@ -354,7 +405,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let _g = cond.lock().unwrap();
-            if turn.load(Ordering::SeqCst) == 1 && cond.word.load(Ordering::SeqCst) & HALF == 1 {
+            if turn.load(Ordering::SeqCst) == 1 && cond.waiting() == 1 {
                 break;
             }
             drop(_g);
@@ -380,5 +431,75 @@ mod tests {
             other.join().unwrap(),
             "the notify went to the notifier's own wait"
         );
+    }
+
+    #[test]
+    fn a_dead_waiter_leaves_no_wake_up_behind_and_gets_none() {
+        use crate::test_util::{fork, reap};
+        let cond = crate::Shared::<RawCondition>::new().unwrap();
+        let victim = fork(|| {
+            let _ = cond.acquire();
+            let _ = cond.wait_timeout(Duration::from_secs(60));
+            1
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while cond.waiting() != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the victim never waited"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        assert_eq!(reap(victim), 128 + libc::SIGKILL);
+        let _g = cond.lock().expect("the victim released it to wait");
+        cond.notify(1).unwrap();
+        assert_eq!(cond.waiting(), 0, "the dead waiter's slot is freed");
+        assert!(
+            !cond.wait_timeout(Duration::from_millis(20)).unwrap(),
+            "a wait returned notified with nobody notifying"
+        );
+    }
+
+    #[test]
+    fn a_notify_skips_a_dead_waiter_for_a_live_one() {
+        use crate::test_util::{fork, reap};
+        let cond = crate::Shared::<RawCondition>::new().unwrap();
+        let victim = fork(|| {
+            let _ = cond.acquire();
+            let _ = cond.wait_timeout(Duration::from_secs(60));
+            1
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while cond.waiting() != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the victim never waited"
+            );
+            std::thread::yield_now();
+        }
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(victim, libc::SIGKILL) };
+        assert_eq!(reap(victim), 128 + libc::SIGKILL);
+        let live = {
+            let cond = cond.clone();
+            std::thread::spawn(move || {
+                let _g = cond.lock().unwrap();
+                cond.wait_timeout(Duration::from_secs(60)).unwrap()
+            })
+        };
+        while cond.waiting() != 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never waited"
+            );
+            std::thread::yield_now();
+        }
+        {
+            let _g = cond.lock().unwrap();
+            cond.notify(1).unwrap();
+        }
+        assert!(live.join().unwrap(), "the live waiter got the wake-up");
     }
 }

@@ -21,8 +21,9 @@ pub enum Error {
     /// state it protects (like `EOWNERDEAD`).
     #[error("the previous owner died holding the lock; the caller holds it now")]
     OwnerDied,
-    /// The barrier was aborted, reset while waiting, or broken by a timeout or a panicking
-    /// action (Python's `BrokenBarrierError`).
+    /// The barrier was aborted, reset while waiting, or broken by a timeout, a panicking
+    /// action, or an enrolled party that died before arriving (Python's
+    /// `BrokenBarrierError`).
     #[error("the barrier is broken")]
     BrokenBarrier,
     /// This caller's wait at a barrier timed out; the barrier is broken for everyone.

@@ -9,10 +9,27 @@
 //! - No system call when uncontended; a busy lock is spun on briefly (adaptively) before
 //!   sleeping, because waking an idle CPU costs tens of microseconds.
 //! - Deadlines are absolute `CLOCK_MONOTONIC`.
-//! - A lock records its owner's pid: if the owner dies holding it, a waiter takes it over
-//!   within about 100 ms and is told so ([`Acquire::OwnerDied`], [`OwnerDied`]), like
-//!   `EOWNERDEAD`, never a deadlock. Waits on conditions, events and barriers honour their
-//!   timeouts whoever died.
+//! - A lock records its owner's pid, pid and time namespaces and start time: if the owner
+//!   dies holding it, a waiter takes it over within about 100 ms and is told so
+//!   ([`Acquire::OwnerDied`], [`OwnerDied`]), like `EOWNERDEAD`, never a deadlock. Waits on
+//!   conditions, events and barriers honour their timeouts whoever died; a notify skips
+//!   dead waiters, and a barrier breaks when an enrolled party dies before arriving.
+//!
+//! ## Why pid + start time + namespace, and not the kernel's robust futex lists
+//!
+//! A robust list survives pid reuse and namespaces by itself, but glibc owns each thread's
+//! list head: a library registering its own would break glibc's robust mutexes in that
+//! thread, and building on process-shared robust `pthread_mutex_t` instead would cost our
+//! spin-then-park hand-off and the rule that all-zero bytes are an unlocked lock. So a lock
+//! records an identity that can be neither reused nor misread: the pid (in the futex word,
+//! with an index naming the owner's pid and time namespaces in a table inside the lock)
+//! and the process's start time beside it (field 22 of `/proc/PID/stat`). The identity is
+//! read once per process (again after a fork), so taking a free lock is still one
+//! compare-and-swap and a store, with no system call. The cost: a waiter outside the
+//! owner's namespaces never takes the lock from a dead owner (it cannot tell), and an owner
+//! that dies in the two stores between winning the lock and recording its start time, and
+//! whose pid a live process takes at once, is noticed only when that process exits. See
+//! `RawLock`'s `take_from_dead` for the whole argument.
 //!
 //! ```
 //! let lock = mp_sync::Lock::new()?;
@@ -36,20 +53,22 @@ mod region;
 mod rlock;
 mod semaphore;
 mod sys;
+#[cfg(test)]
+mod test_util;
 
 // The layouts other processes see: pinned, so a change is a deliberate format change.
 const _: () = {
     use std::mem::{align_of, size_of};
-    assert!(size_of::<RawLock>() == 8 && align_of::<RawLock>() == 4);
-    assert!(size_of::<RawRLock>() == 24 && align_of::<RawRLock>() == 8);
+    assert!(size_of::<RawLock>() == 40 && align_of::<RawLock>() == 8);
+    assert!(size_of::<RawRLock>() == 56 && align_of::<RawRLock>() == 8);
     assert!(size_of::<RawSemaphore>() == 12);
-    assert!(size_of::<RawCondition>() == 32);
+    assert!(size_of::<RawCondition>() == 64 + 8 * condition::WAITER_SLOTS);
     assert!(size_of::<RawEvent>() == 8);
-    assert!(size_of::<RawBarrier>() == 40);
+    assert!(size_of::<RawBarrier>() == 72 + 12 * barrier::ROSTER);
 };
 
 pub use crate::{
-    barrier::RawBarrier,
+    barrier::{Enrollment, RawBarrier},
     condition::RawCondition,
     error::{Error, Result},
     event::RawEvent,

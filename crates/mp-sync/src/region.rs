@@ -19,7 +19,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{Error, Result, sys};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"mp-shm\0\x01");
-const VERSION: u32 = 1;
+/// 2: lock owners carry their namespace and start time; condition and barrier tables.
+const VERSION: u32 = 2;
 /// Bytes before the payload (more if the payload's alignment asks for it).
 const HEADER_LEN: usize = 64;
 const MAX_ALIGN: usize = 4096;

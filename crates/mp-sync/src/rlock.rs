@@ -33,15 +33,18 @@ use crate::{
 pub struct RawRLock {
     lock: RawLock,
     count: AtomicU32,
-    /// The owning thread: its pid in the high half, its thread token in the low half, so one
+    /// The owning thread: its process image's random nonce plus its thread token, so one
     /// load tells "mine" from anything else (another thread, another process, a dead owner).
+    /// Not the pid: a process in another pid namespace, or one that reused a dead owner's
+    /// pid, has the same pid and thread token as the owner and would take the lock as its
+    /// own (two `&mut` to one `Value`).
     owner: AtomicU64,
 }
 
 /// The calling thread's identity as an `RLock` owner.
 #[inline]
 fn me() -> u64 {
-    (u64::from(sys::pid()) << 32) | (sys::thread_token() & 0xffff_ffff)
+    sys::nonce().wrapping_add(sys::thread_token())
 }
 
 impl fmt::Debug for RawRLock {
@@ -163,6 +166,11 @@ impl RawRLock {
             self.count.store(1, Ordering::Relaxed);
         }
         how
+    }
+
+    /// The plain lock underneath (its namespace table names waiters of a condition).
+    pub(crate) fn raw(&self) -> &RawLock {
+        &self.lock
     }
 
     /// Releases every level at once (for `Condition::wait`); returns how many to restore.

@@ -141,20 +141,59 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32));
 }
 
-static PID: AtomicU32 = AtomicU32::new(0);
+/// This process's identity as a lock owner, read once per process image (a fork handler
+/// forgets it in every child): its pid, its start time, the namespaces that give those two
+/// numbers their meaning, and a random nonce naming this process image.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Me {
+    /// `getpid()`: the pid in our own pid namespace.
+    pub(crate) pid: u32,
+    /// Field 22 of `/proc/self/stat` (clock ticks since boot, as our time namespace sees
+    /// it) plus one; 0 if it could not be read.
+    pub(crate) start: u64,
+    /// [`ns_id`]: our pid namespace's inode in the high half, our time namespace's in the
+    /// low half; 0 if unknown.
+    pub(crate) ns: u64,
+    /// Whether the `/proc` we see belongs to our own pid namespace, so `/proc/PID` names
+    /// the process that our `PID` names (checked with the `NSpid` line of
+    /// `/proc/self/status`, which lists one pid per namespace from the mount's down to ours).
+    pub(crate) proc_ok: bool,
+    /// A random number, nonzero, fresh in every process image (an `RLock` owner token).
+    pub(crate) nonce: u64,
+}
 
-/// This process's id, without a system call after the first (`getpid` is not cached by libc;
-/// a fork handler forgets the cached value in every child).
+static PID: AtomicU32 = AtomicU32::new(0);
+static START: AtomicU64 = AtomicU64::new(0);
+static NS: AtomicU64 = AtomicU64::new(0);
+static PROC_OK: AtomicBool = AtomicBool::new(false);
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+/// This process image's random nonce ([`Me::nonce`]).
 #[inline]
-pub(crate) fn pid() -> u32 {
-    match PID.load(Ordering::Relaxed) {
-        0 => refresh_pid(),
-        pid => pid,
+pub(crate) fn nonce() -> u64 {
+    match PID.load(Ordering::Acquire) {
+        0 => refresh().nonce,
+        _ => NONCE.load(Ordering::Relaxed),
     }
 }
 
-/// Forgets the cached pid in a fork child (a `pthread_atfork` child handler). It writes only
-/// when there is something to forget: a write costs the child a copy-on-write page fault.
+/// This process's [`Me`], without a system call after the first.
+#[inline]
+pub(crate) fn me() -> Me {
+    match PID.load(Ordering::Acquire) {
+        0 => refresh(),
+        pid => Me {
+            pid,
+            start: START.load(Ordering::Relaxed),
+            ns: NS.load(Ordering::Relaxed),
+            proc_ok: PROC_OK.load(Ordering::Relaxed),
+            nonce: NONCE.load(Ordering::Relaxed),
+        },
+    }
+}
+
+/// Forgets the cached identity in a fork child (a `pthread_atfork` child handler). It writes
+/// only when there is something to forget: a write costs the child a copy-on-write page fault.
 extern "C" fn forget_pid() {
     if PID.load(Ordering::Relaxed) != 0 {
         PID.store(0, Ordering::Relaxed);
@@ -178,15 +217,114 @@ extern "C" fn register_at_fork() {
 #[unsafe(link_section = ".init_array")]
 static REGISTER_AT_FORK: extern "C" fn() = register_at_fork;
 
+/// Reads this process's identity and caches it. Allocation-free and lock-free: a fork child
+/// of a multi-threaded parent may run it. Threads racing here compute and store the same
+/// values; `PID` is stored last (release), so whoever sees it sees the rest.
 #[cold]
-fn refresh_pid() -> u32 {
+fn refresh() -> Me {
     // Referencing the constructor keeps its object file linked; calling the registration
     // again is a no-op once it ran.
     std::hint::black_box(&REGISTER_AT_FORK);
     register_at_fork();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    PID.store(pid, Ordering::Relaxed);
-    pid
+    let mut buf = [0u8; 4096];
+    let start = read_proc(c"/proc/self/stat", &mut buf)
+        .and_then(start_time)
+        .map_or(0, |t| t + 1);
+    let proc_ok = read_proc(c"/proc/self/status", &mut buf).is_some_and(|s| nspid_is(s, pid));
+    let ns = ns_id();
+    let mut nonce = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty());
+    // Mixed with the pid and start time, so a failed getrandom still differs per process.
+    let nonce = (u64::from_ne_bytes(nonce) ^ (u64::from(pid) << 40) ^ start.rotate_left(17)) | 1;
+    START.store(start, Ordering::Relaxed);
+    NS.store(ns, Ordering::Relaxed);
+    PROC_OK.store(proc_ok, Ordering::Relaxed);
+    NONCE.store(nonce, Ordering::Relaxed);
+    PID.store(pid, Ordering::Release);
+    Me {
+        pid,
+        start,
+        ns,
+        proc_ok,
+        nonce,
+    }
+}
+
+/// Reads a (small) `/proc` file whole into `buf`; `None` if it cannot, or if it does not fit.
+fn read_proc<'a>(path: &std::ffi::CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut len = 0;
+    loop {
+        match rustix::io::read(&fd, &mut buf[len..]) {
+            Ok(0) => return Some(&buf[..len]),
+            Ok(n) => {
+                len += n;
+                if len == buf.len() {
+                    return None;
+                }
+            }
+            Err(Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Field 22 (`starttime`) of a `/proc/PID/stat` line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted from the last `)`.
+fn start_time(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let field = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(22 - 3)?;
+    parse_u64(field)
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
+    })
+}
+
+/// Whether the `NSpid:` line of a `/proc/self/status` lists exactly one pid, `pid`: then
+/// the `/proc` we read is mounted for our own pid namespace.
+fn nspid_is(status: &[u8], pid: u32) -> bool {
+    let Some(line) = status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"NSpid:"))
+    else {
+        return false;
+    };
+    let mut pids = line
+        .split(|&b| b == b'\t' || b == b' ')
+        .filter(|f| !f.is_empty());
+    pids.next().and_then(parse_u64) == Some(u64::from(pid)) && pids.next().is_none()
+}
+
+/// Our pid namespace's inode (high half) and our time namespace's (low half; 0 on a kernel
+/// without time namespaces), or 0 if unknown. Namespace inodes are `unsigned int` in the
+/// kernel and unique among live namespaces; every namespace file lives on the one `nsfs`
+/// device of the running kernel, which all processes sharing memory with us run on, so the
+/// inodes alone name the namespaces (`st_dev` is checked to be that one device).
+fn ns_id() -> u64 {
+    let Ok(pid_ns) = rustix::fs::stat(c"/proc/self/ns/pid") else {
+        return 0;
+    };
+    let time_ino = match rustix::fs::stat(c"/proc/self/ns/time") {
+        Ok(time_ns) if time_ns.st_dev == pid_ns.st_dev => time_ns.st_ino,
+        Err(Errno::NOENT) => 0,
+        _ => return 0,
+    };
+    match (u32::try_from(pid_ns.st_ino), u32::try_from(time_ino)) {
+        (Ok(p), Ok(t)) if p != 0 => (u64::from(p) << 32) | u64::from(t),
+        _ => 0,
+    }
 }
 
 /// A number naming the calling thread, unique among the threads of this process image (a
@@ -205,27 +343,118 @@ pub(crate) fn thread_token() -> u64 {
     })
 }
 
-/// Whether process `pid` has exited (a zombie counts as exited). Unknown answers count as
-/// alive, so a lock is never taken from a live owner.
-pub(crate) fn is_dead(pid: u32) -> bool {
-    if pid == self::pid() {
-        return false;
+/// Whether the process recorded as (`pid`, `start`) has exited (a zombie counts as exited),
+/// where `pid` is a pid in *our* pid namespace and `start` is its [`Me::start`] masked with
+/// `mask`, or 0 if it was not recorded. The caller has checked that the process recorded
+/// its pid in our pid and time namespaces. Any answer we cannot prove is "alive": a lock is
+/// never taken from a live owner.
+///
+/// The proof, case by case (two live processes never share a pid in one namespace, and a
+/// pid stays taken until its process is reaped):
+/// - `pid` is ours: a recorded start that is not ours belonged to an earlier holder of our
+///   pid, who is gone; an unrecorded one may be us (another thread between winning a lock
+///   and recording), so alive.
+/// - `pidfd_open` finds no process (`ESRCH`) or no thread group (`EINVAL`) with that id: no
+///   live process has that pid, so neither has the recorded one.
+/// - The pidfd's process X has exited: it is a zombie; if it was the recorded process, that
+///   one is dead; if not, the recorded process had left the pid before X took it.
+/// - X is still running after we read `/proc/pid/stat` (our `/proc`, see [`Me::proc_ok`]):
+///   X held `pid` throughout, so the file was X's. A start time other than the recorded
+///   one means X is not the recorded process, which therefore is gone. `ENOENT`/`ESRCH`
+///   from the file means X was reaped after we opened it, so gone too.
+/// - Otherwise (no start recorded, a `/proc` of another namespace, `hidepid`, …): alive.
+pub(crate) fn is_gone(pid: u32, start: u64, mask: u64) -> bool {
+    let me = me();
+    if pid == me.pid {
+        return start != 0 && start != me.start & mask;
     }
     let Some(p) = Pid::from_raw(pid as i32) else {
-        return true;
+        return false;
     };
-    match rustix::process::pidfd_open(p, PidfdFlags::empty()) {
-        Err(Errno::SRCH) => true,
-        Err(_) => false,
-        Ok(fd) => {
-            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-            let zero = Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            matches!(poll(&mut fds, Some(&zero)), Ok(1))
+    let fd = match rustix::process::pidfd_open(p, PidfdFlags::empty()) {
+        Err(Errno::SRCH | Errno::INVAL) => return true,
+        Err(_) => return false,
+        Ok(fd) => fd,
+    };
+    let exited = |fd: &OwnedFd| {
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&zero)), Ok(1))
+    };
+    if start == 0 || !me.proc_ok {
+        return exited(&fd);
+    }
+    let mut path = *b"/proc/0000000000/stat\0";
+    let digits = format_pid(pid, &mut path[6..16]);
+    path.copy_within(16.., 6 + digits);
+    let path = std::ffi::CStr::from_bytes_until_nul(&path).expect("nul-terminated");
+    let mut buf = [0u8; 1024];
+    let seen = {
+        use rustix::fs::{Mode, OFlags};
+        match rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Err(Errno::NOENT | Errno::SRCH) => return true,
+            Err(_) => None,
+            Ok(file) => match rustix::io::read(&file, &mut buf) {
+                Err(Errno::SRCH | Errno::NOENT) => return true,
+                Err(_) => None,
+                Ok(n) => start_time(&buf[..n]),
+            },
+        }
+    };
+    if exited(&fd) {
+        return true;
+    }
+    seen.is_some_and(|t| (t + 1) & mask != start)
+}
+
+/// Writes `pid` in decimal at the start of `out`; returns the number of digits.
+fn format_pid(mut pid: u32, out: &mut [u8]) -> usize {
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
         }
     }
+    for (i, d) in digits[..n].iter().rev().enumerate() {
+        out[i] = *d;
+    }
+    n
+}
+
+/// Sleeps while `*word == expected`, until woken with a mask that shares a bit with `bits`
+/// or until `deadline`. See [`futex_wait`].
+pub(crate) fn futex_wait_bits(
+    word: &AtomicU32,
+    expected: u32,
+    deadline: Deadline,
+    bits: NonZeroU32,
+) -> Woke {
+    match futex::wait_bitset(
+        word,
+        futex::Flags::empty(),
+        expected,
+        deadline.0.as_ref(),
+        bits,
+    ) {
+        Err(Errno::TIMEDOUT) => Woke::TimedOut,
+        Ok(()) | Err(Errno::AGAIN | Errno::INTR) => Woke::Maybe,
+        Err(_) => {
+            std::thread::sleep(Duration::from_micros(100));
+            Woke::Maybe
+        }
+    }
+}
+
+/// Wakes every waiter on `word` whose wait mask shares a bit with `bits`, in any process.
+pub(crate) fn futex_wake_bits(word: &AtomicU32, bits: NonZeroU32) {
+    let _ = futex::wake_bitset(word, futex::Flags::empty(), i32::MAX as u32, bits);
 }
 
 /// A fresh anonymous, zero-filled, sealed-size shared memory file of `len` bytes.
@@ -283,17 +512,54 @@ mod tests {
 
     #[test]
     fn pid_is_cached_and_right() {
-        assert_eq!(pid(), std::process::id());
-        assert_eq!(pid(), std::process::id());
+        assert_eq!(me().pid, std::process::id());
+        assert_eq!(me().pid, std::process::id());
     }
 
     #[test]
-    fn a_live_process_is_not_dead_and_a_reaped_one_is() {
-        assert!(!is_dead(pid()));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+    fn a_live_process_is_not_gone_and_a_reaped_one_is() {
+        let me = me();
+        assert!(me.start != 0 && me.ns != 0 && me.proc_ok, "{me:?}");
+        assert!(!is_gone(me.pid, me.start, u64::MAX));
+        assert!(!is_gone(me.pid, 0, u64::MAX));
+        assert!(
+            is_gone(me.pid, me.start + 1, u64::MAX),
+            "a pid we took over"
+        );
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         let id = child.id();
+        let mut buf = [0u8; 1024];
+        let mut path = format!("/proc/{id}/stat").into_bytes();
+        path.push(0);
+        let path = std::ffi::CStr::from_bytes_with_nul(&path).unwrap();
+        let start = start_time(read_proc(path, &mut buf).unwrap()).unwrap() + 1;
+        assert!(!is_gone(id, start, u64::MAX));
+        assert!(!is_gone(id, 0, u64::MAX));
+        assert!(
+            is_gone(id, start + 1, u64::MAX),
+            "another process with that pid"
+        );
+        child.kill().unwrap();
         child.wait().unwrap();
-        assert!(is_dead(id));
+        assert!(is_gone(id, start, u64::MAX));
+        assert!(is_gone(id, 0, u64::MAX));
+    }
+
+    #[test]
+    fn stat_and_status_lines_parse() {
+        let stat = b"42 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 20 21\n";
+        assert_eq!(start_time(stat), Some(777));
+        assert_eq!(start_time(b"42 (x) S 1"), None);
+        assert!(nspid_is(b"Name:\tx\nNSpid:\t42\nX: 1\n", 42));
+        assert!(!nspid_is(b"NSpid:\t42\t1\n", 42));
+        assert!(!nspid_is(b"NSpid:\t41\n", 42));
+        assert!(!nspid_is(b"Pid:\t42\n", 42));
+        let mut out = [0u8; 10];
+        assert_eq!(format_pid(4_194_303, &mut out), 7);
+        assert_eq!(&out[..7], b"4194303");
     }
 
     #[test]
