@@ -94,7 +94,8 @@ pub trait Encode {
 /// Implemented for every `serde::de::DeserializeOwned` type, for [`Pod`] values and for
 /// [`Bytes`].
 pub trait Decode: Sized {
-    /// Decodes a value from all of `frame`'s bytes, taking the descriptors it refers to.
+    /// Decodes a value from all of `frame`'s bytes, taking the descriptors it refers to and
+    /// closing the rest (this crate's impls do; an impl of your own should too).
     ///
     /// Total: any bytes give a value or an error, never a panic, and no allocation is sized by
     /// an unchecked length. The frame is left in an unspecified state (reuse it after
@@ -177,12 +178,22 @@ impl<T: IntoBytes + Immutable> Encode for Pod<T> {
 impl<T: FromBytes + KnownLayout> Decode for Pod<T> {
     #[inline]
     fn decode(frame: &mut Frame) -> Result<Self> {
+        close_unclaimed(frame);
         T::read_from_bytes(&frame.bytes)
             .map(Pod)
             .map_err(|_| Error::WrongSize {
                 expected: size_of::<T>(),
                 found: frame.bytes.len(),
             })
+    }
+}
+
+/// A [`Pod`] or [`Bytes`] claims no descriptors: any that came with its frame were sent by a
+/// peer nobody asked, and are closed now rather than left in the frame.
+#[inline]
+fn close_unclaimed(frame: &mut Frame) {
+    if !frame.fds.is_empty() {
+        frame.fds.clear();
     }
 }
 
@@ -211,6 +222,7 @@ impl Encode for Bytes {
 impl Decode for Bytes {
     #[inline]
     fn decode(frame: &mut Frame) -> Result<Self> {
+        close_unclaimed(frame);
         Ok(Bytes(std::mem::take(&mut frame.bytes)))
     }
 }
@@ -232,6 +244,32 @@ mod tests {
                 found: 4
             }
         ));
+    }
+
+    #[test]
+    fn pod_and_bytes_close_descriptors_nobody_asked_for() {
+        let stray = || {
+            let (_r, w) = std::io::pipe().unwrap();
+            vec![OwnedFd::from(w)]
+        };
+        let mut frame = Frame::encode(&Pod(7u32)).unwrap();
+        frame.fds = stray();
+        assert_eq!(Pod::<u32>::decode(&mut frame).unwrap(), Pod(7));
+        assert!(frame.fds.is_empty(), "a Pod receive kept {:?}", frame.fds);
+
+        let mut frame = Frame::encode(&Pod(7u32)).unwrap();
+        frame.fds = stray();
+        assert!(Pod::<u64>::decode(&mut frame).is_err());
+        assert!(
+            frame.fds.is_empty(),
+            "a failed Pod receive kept {:?}",
+            frame.fds
+        );
+
+        let mut frame = Frame::encode(&Bytes(b"raw".to_vec())).unwrap();
+        frame.fds = stray();
+        assert_eq!(Bytes::decode(&mut frame).unwrap().0, b"raw");
+        assert!(frame.fds.is_empty(), "a Bytes receive kept {:?}", frame.fds);
     }
 
     #[test]
