@@ -1,7 +1,8 @@
 //! Sends N messages to an echo server and checks every echo byte for byte.
 //!
 //! `cargo run --example echo_client -- ADDRESS N`: message sizes cycle through 0, 1, 2, 4, …
-//! up to 4 MiB; the authkey is the UTF-8 bytes of `MP_AUTHKEY` (unset: none). Prints `ok N`,
+//! up to 4 MiB; the authkey is the UTF-8 bytes of `MP_AUTHKEY` (unset: none), and
+//! `MP_REFUSE_MD5=1` refuses a listener's legacy HMAC-MD5 handshake. Prints `ok N`,
 //! or exits non-zero with the error. CPython's `multiprocessing.connection.Listener` can be
 //! the server.
 
@@ -30,7 +31,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let n: usize = n.parse()?;
     let authkey = std::env::var("MP_AUTHKEY").ok();
-    let conn = Client::connect(address.as_str(), authkey.as_deref().map(str::as_bytes))?;
+    let conn = Client::new()
+        .legacy_md5(std::env::var_os("MP_REFUSE_MD5").is_none())
+        .open(address.as_str(), authkey.as_deref().map(str::as_bytes))?;
     for i in 0..n {
         let message: Vec<u8> = (0..size(i)).map(|j| (i * 31 + j * 7) as u8).collect();
         conn.send_bytes(&message)?;

@@ -1,7 +1,8 @@
 //! Serves clients one after another, echoing every message until the client closes.
 //!
 //! `cargo run --example echo_server -- ADDRESS`, where ADDRESS is a unix socket path or
-//! `host:port`; the authkey is the UTF-8 bytes of `MP_AUTHKEY` (unset: no authentication).
+//! `host:port`; the authkey is the UTF-8 bytes of `MP_AUTHKEY` (unset: no authentication),
+//! and `MP_REFUSE_MD5=1` refuses CPython 3.11's legacy HMAC-MD5 handshake.
 //! Prints `listening on ADDRESS` once ready. CPython's `multiprocessing.connection.Client`
 //! can be the client.
 
@@ -15,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: echo_server ADDRESS")?;
     let authkey = std::env::var("MP_AUTHKEY").ok();
     let mut listener = Listener::bind(address.as_str(), authkey.as_deref().map(str::as_bytes))?;
+    listener.set_legacy_md5(std::env::var_os("MP_REFUSE_MD5").is_none());
     println!("listening on {}", listener.address());
     std::io::stdout().flush()?;
     loop {

@@ -1,7 +1,7 @@
 //! Interop with CPython's `multiprocessing.connection`, run with python3: our echo server
 //! with their `Client`, their `Listener` with our echo client, with the right key and a
 //! wrong one, over unix sockets and TCP, in CPython's own handshake (legacy HMAC-MD5 on a
-//! 3.11) and in the 3.12+ `{sha256}` form.
+//! 3.11) and in the 3.12+ `{sha256}` form; and each of ours set to refuse the legacy form.
 
 use std::process::Command;
 
@@ -136,4 +136,41 @@ fn a_wrong_key_fails_on_both_sides_against_their_listener() {
 fn no_key_on_both_sides_needs_no_handshake() {
     let (_server, bound) = our_server(&unique_path("nokey"), None);
     assert_ok(our_client(&bound, None));
+}
+
+/// `cmd` with `MP_REFUSE_MD5` set: our side refuses the legacy HMAC-MD5 handshake.
+fn refusing_md5(mut cmd: Command) -> Command {
+    cmd.env("MP_REFUSE_MD5", "1");
+    cmd
+}
+
+#[test]
+fn our_server_refusing_md5_refuses_their_legacy_client_and_serves_a_modern_one() {
+    let mut cmd = Command::new(example("echo_server"));
+    cmd.arg("127.0.0.1:0");
+    set_key(&mut cmd, Some("s3cret"));
+    let (_server, bound) = listening(Guarded::spawn(refusing_md5(cmd)));
+    let (status, _, err) = their_client(&bound, "s3cret", false).finish();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert_ok(their_client(&bound, "s3cret", true));
+}
+
+#[test]
+fn our_client_refusing_md5_refuses_their_legacy_listener_and_talks_to_a_modern_one() {
+    let client = |bound: &str| {
+        let mut cmd = Command::new(example("echo_client"));
+        cmd.args([bound, &N.to_string()]);
+        set_key(&mut cmd, Some("s3cret"));
+        Guarded::spawn(refusing_md5(cmd))
+    };
+    let (server, bound) = their_server("127.0.0.1:0", "s3cret", false);
+    let (status, _, err) = client(&bound).finish();
+    assert!(!status.success());
+    assert!(err.contains("HMAC-MD5"), "{err}");
+    // Their legacy listener sees the connection close instead of an answer.
+    assert!(!server.finish().0.success());
+
+    let (server, bound) = their_server("127.0.0.1:0", "s3cret", true);
+    assert_ok(client(&bound));
+    assert!(server.finish().0.success());
 }

@@ -21,6 +21,11 @@ pub enum Error {
     /// The message decoded but bytes were left over: it was not of the expected type.
     #[error("{0} bytes left over after decoding the message")]
     TrailingBytes(usize),
+    /// The message nests deeper than [`MAX_DEPTH`](crate::MAX_DEPTH) levels (sequences, maps,
+    /// structs, enum variants, options, newtypes), which could exhaust the decoding thread's
+    /// stack; decoding stopped there.
+    #[error("message nests deeper than {0} levels")]
+    TooDeep(usize),
     /// The message refers to a file descriptor that its frame does not carry (or refers to it
     /// twice).
     #[error("message refers to fd #{0}, which its frame does not carry")]

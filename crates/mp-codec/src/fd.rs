@@ -64,7 +64,7 @@ impl AsRawFd for Fd {
 }
 
 #[cfg(feature = "serde")]
-pub(crate) use with_serde::{decode_serde, encode_serde};
+pub(crate) use with_serde::{decode_serde, encode_serde, too_deep};
 #[cfg(feature = "serde")]
 pub use with_serde::{deserialize, refused, rejected, serialize};
 
@@ -81,7 +81,7 @@ mod with_serde {
     use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
     use super::Fd;
-    use crate::{Error, Frame, Result};
+    use crate::{Error, Frame, Result, depth::Depth};
 
     /// Set once any `Fd` has been serialized in this process. Until then encoding skips the
     /// side-channel set-up, so plain values pay nothing for it.
@@ -101,6 +101,7 @@ mod with_serde {
         Dup(i32),
         Rejected(String),
         Refused(String),
+        TooDeep,
     }
 
     impl Fault {
@@ -110,6 +111,7 @@ mod with_serde {
                 Fault::Dup(errno) => Error::os("dup", std::io::Error::from_raw_os_error(errno)),
                 Fault::Rejected(why) => Error::Malformed(why.into()),
                 Fault::Refused(why) => Error::Encode(why.into()),
+                Fault::TooDeep => Error::TooDeep(crate::MAX_DEPTH),
             }
         }
     }
@@ -153,6 +155,11 @@ mod with_serde {
     /// ```
     pub fn refused<E: serde::ser::Error>(why: impl std::fmt::Display) -> E {
         fault(Fault::Refused(why.to_string()), |why| E::custom(why))
+    }
+
+    /// The error that stops a decode nested deeper than [`MAX_DEPTH`](crate::MAX_DEPTH).
+    pub(crate) fn too_deep<E: serde::de::Error>() -> E {
+        fault(Fault::TooDeep, |_| E::custom("nested too deeply"))
     }
 
     /// Records why, for `decode_error`/`encode_error`, and makes serde's error for it.
@@ -264,12 +271,20 @@ mod with_serde {
         result.map_err(encode_error)
     }
 
+    /// postcard's `take_from_bytes`, with nesting limited to [`MAX_DEPTH`](crate::MAX_DEPTH).
+    #[inline(always)]
+    fn take_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> postcard::Result<(T, &[u8])> {
+        let mut de = postcard::Deserializer::from_bytes(bytes);
+        let value = T::deserialize(Depth::new(&mut de, crate::MAX_DEPTH))?;
+        Ok((value, de.finalize()?))
+    }
+
     #[inline(always)]
     pub(crate) fn decode_serde<T: DeserializeOwned>(frame: &mut Frame) -> Result<T> {
         if !frame.fds.is_empty() {
             return decode_with_fds(frame);
         }
-        match postcard::take_from_bytes::<T>(&frame.bytes) {
+        match take_from_bytes::<T>(&frame.bytes) {
             Ok((value, [])) => Ok(value),
             Ok((_, rest)) => Err(Error::TrailingBytes(rest.len())),
             Err(err) => Err(decode_error(err)),
@@ -289,7 +304,7 @@ mod with_serde {
                 prev: DECODING.with(|cell| cell.replace(Some(mine))),
                 out: &mut left,
             };
-            postcard::take_from_bytes::<T>(&frame.bytes)
+            take_from_bytes::<T>(&frame.bytes)
         };
         // Descriptors the value did not claim are closed here, with `left`.
         drop(left);

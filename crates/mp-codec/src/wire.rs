@@ -37,13 +37,15 @@ use crate::{Error, Frame, Result, sys};
 pub const MAX_FDS: usize = 253;
 
 /// The default limit on a received payload: 4 GiB. Raise it per call where larger messages
-/// are expected; a receive buffer grows only as bytes actually arrive beyond 16 MiB, so a
-/// lying length prefix cannot make the receiver allocate more than that up front.
+/// are expected. The limit is not an allocation: a receive buffer starts at 64 KiB and grows
+/// only as payload bytes actually arrive (doubling, so at most twice what arrived), so a
+/// header that lies about the length costs the receiver nothing until the bytes come.
 pub const DEFAULT_MAX_LEN: usize = 4 << 30;
 
-/// Payload bytes reserved up front on the peer's word alone; beyond this a buffer grows only
-/// with the bytes that arrive.
-const TRUSTED_PREALLOC: usize = 16 << 20;
+/// Payload bytes reserved up front on the peer's word alone. Beyond this a buffer grows only
+/// with the bytes that arrive: a header claiming 2 GiB followed by nothing used to reserve
+/// 16 MiB at once. Growing by doubling keeps the copies of a large frame to about its size.
+const INITIAL_RESERVE: usize = 64 << 10;
 
 /// The largest length the short (4-byte) header can announce.
 const SHORT_MAX: usize = 0x7fff_ffff;
@@ -185,18 +187,30 @@ pub fn write_frame(fd: impl AsFd, payload: &[u8]) -> Result<()> {
 /// Receives one frame from a unix stream socket into `frame` (which is cleared first),
 /// together with any descriptors sent with it (installed close-on-exec).
 ///
+/// Memory grows with the bytes that arrive, not with the length the header announces (see
+/// [`DEFAULT_MAX_LEN`]). The call waits for the whole frame for as long as the peer keeps
+/// its end open, as any blocking read does; a peer that may stall needs `poll` first and a
+/// non-blocking socket, or a socket timeout.
+///
 /// # Errors
 /// [`Error::Closed`] at end of file before a frame, [`Error::Truncated`] at end of file inside
 /// one, [`Error::TooLarge`] when the announced length exceeds `max_len` (the payload is left
-/// unread: the stream is no longer usable), [`Error::FdsTruncated`], or [`Error::Os`].
+/// unread: the stream is no longer usable), [`Error::FdsTruncated`], or [`Error::Os`]. On any
+/// error the descriptors that arrived are closed and `frame.fds` is empty.
 pub fn recv_frame(socket: impl AsFd, max_len: usize, frame: &mut Frame) -> Result<()> {
     frame.clear();
     let mut source = Source {
         fd: socket.as_fd(),
         fds: Some(&mut frame.fds),
     };
-    let len = source.read_header(max_len)?;
-    source.read_payload(len, &mut frame.bytes)
+    let result = source
+        .read_header(max_len)
+        .and_then(|len| source.read_payload(len, &mut frame.bytes));
+    if result.is_err() {
+        // Descriptors of a frame that did not arrive whole belong to nobody: close them.
+        frame.fds.clear();
+    }
+    result
 }
 
 /// Reads one frame written by [`write_frame`] (or CPython's `send_bytes`) from any stream into
@@ -327,12 +341,13 @@ impl Source<'_> {
         Ok(got)
     }
 
-    /// Reads exactly `len` payload bytes into `buf`, growing it as bytes arrive.
+    /// Reads exactly `len` payload bytes into `buf`, growing it as bytes arrive: at most
+    /// [`INITIAL_RESERVE`] before any arrive, then at most doubling what has arrived.
     fn read_payload(&mut self, len: usize, buf: &mut Vec<u8>) -> Result<()> {
-        buf.reserve(len.min(TRUSTED_PREALLOC));
+        buf.reserve_exact(len.min(INITIAL_RESERVE));
         while buf.len() < len {
             if buf.len() == buf.capacity() {
-                buf.reserve((len - buf.len()).min(buf.len()));
+                buf.reserve_exact((len - buf.len()).min(buf.len().max(INITIAL_RESERVE)));
             }
             let n = retry(|| sys::read_into_spare(self.fd, buf, len))
                 .map_err(|e| Error::os("read", e))?;
@@ -365,14 +380,18 @@ fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> 
         )
     })
     .map_err(|e| Error::os("recvmsg", e))?;
+    let mut received = Vec::new();
     for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            received.extend(fds);
         }
     }
     if msg.flags.contains(ReturnFlags::CTRUNC) {
+        // Some descriptors were dropped by the kernel; the ones it did install are of no
+        // use without the rest, and closing them here (with `received`) leaks none.
         return Err(Error::FdsTruncated);
     }
+    fds.append(&mut received);
     Ok(msg.bytes)
 }
 
@@ -479,6 +498,90 @@ mod tests {
             read_frame(&b, 255, &mut buf),
             Err(Error::TooLarge { len: 256, max: 255 })
         ));
+    }
+
+    #[test]
+    fn a_header_promising_2_gib_then_eof_reserves_little() {
+        let (a, b) = pair();
+        raw_write(&a, &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]);
+        drop(a);
+        let mut frame = Frame::new();
+        let err = recv_frame(&b, DEFAULT_MAX_LEN, &mut frame).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Truncated {
+                    expected: 0x8000_0003,
+                    got: 7
+                }
+            ),
+            "{err:?}"
+        );
+        let reserved = frame.bytes.capacity();
+        assert!(reserved <= INITIAL_RESERVE, "{reserved} bytes reserved");
+    }
+
+    #[test]
+    fn a_buffer_grows_with_the_bytes_that_arrive_not_the_header() {
+        // A header claiming 3 GiB (the long form), 1 MiB of payload, then end of file.
+        let (reader, writer) = std::io::pipe().unwrap();
+        let sender = thread::spawn(move || {
+            let mut head = [0; 12];
+            let mut writer = writer;
+            writer.write_all(header(3 << 30, &mut head)).unwrap();
+            writer.write_all(&vec![9; 1 << 20]).unwrap();
+        });
+        let mut buf = Vec::new();
+        let err = read_frame(&reader, DEFAULT_MAX_LEN, &mut buf).unwrap_err();
+        sender.join().unwrap();
+        assert!(
+            matches!(err, Error::Truncated { got, .. } if got == 12 + (1 << 20)),
+            "{err:?}"
+        );
+        assert_eq!(buf.len(), 1 << 20);
+        let reserved = buf.capacity();
+        assert!(
+            reserved <= 2 * buf.len() + INITIAL_RESERVE,
+            "{reserved} bytes reserved"
+        );
+    }
+
+    /// How many descriptors of this process refer to `fd`'s pipe or socket (either end): the
+    /// count of `/proc/self/fd` entries naming its inode, unaffected by other tests.
+    fn open_copies(fd: &impl AsFd) -> usize {
+        use std::os::fd::AsRawFd;
+        let target = |n: &str| std::fs::read_link(format!("/proc/self/fd/{n}")).ok();
+        let me = target(&fd.as_fd().as_raw_fd().to_string()).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| target(entry.ok()?.file_name().to_str()?))
+            .filter(|link| *link == me)
+            .count()
+    }
+
+    #[test]
+    fn fds_that_came_with_a_truncated_control_message_are_closed_at_once() {
+        let (a, b) = pair();
+        // With SO_PASSCRED the sender's credentials take part of the control buffer, so of
+        // MAX_FDS descriptors only some fit: the kernel installs those and sets MSG_CTRUNC.
+        rustix::net::sockopt::set_socket_passcred(&b, true).unwrap();
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        let before = open_copies(&w);
+        let frame = Frame {
+            bytes: vec![1],
+            fds: (0..MAX_FDS).map(|_| w.try_clone().unwrap()).collect(),
+        };
+        send_frame(&a, &frame).unwrap();
+        drop(frame);
+        let mut got = Frame::new();
+        let err = recv_frame(&b, DEFAULT_MAX_LEN, &mut got).unwrap_err();
+        assert!(matches!(err, Error::FdsTruncated), "{err:?}");
+        assert!(got.fds.is_empty());
+        assert_eq!(
+            open_copies(&w),
+            before,
+            "copies of the sent descriptor linger"
+        );
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! with `{sha256}` and the HMAC-SHA256 of the whole challenge (prefix included). The legacy
 //! form (3.11 and older) challenges with 20 random bytes and is answered with a bare 16-byte
 //! HMAC-MD5. Like CPython we tell them apart by length, so either side can be either version.
+//!
+//! Either side may refuse MD5 altogether (`md5: false`): then a bare or `{md5}` answer to our
+//! challenge fails as a wrong digest would, and a legacy or `{md5}` challenge from the peer is
+//! refused before we answer it. The default accepts it, as CPython 3.12 does, so 3.11 and
+//! older peers can connect.
 
 use std::time::Instant;
 
@@ -113,9 +118,21 @@ fn digest_and_payload(message: &[u8]) -> Result<(Option<Digest>, &[u8])> {
     ))
 }
 
-/// Our answer to `challenge` (the bytes after `#CHALLENGE#`).
-fn response(key: &[u8], challenge: &[u8]) -> Result<Vec<u8>> {
-    Ok(match digest_and_payload(challenge)?.0 {
+/// The error for a peer that would have us use MD5 when we refuse it.
+fn md5_refused(what: &str) -> Error {
+    refused(format!(
+        "the peer's {what} uses the legacy HMAC-MD5 handshake, which this side refuses"
+    ))
+}
+
+/// Our answer to `challenge` (the bytes after `#CHALLENGE#`); `md5`: whether a legacy or
+/// `{md5}` challenge may be answered.
+fn response(key: &[u8], challenge: &[u8], md5: bool) -> Result<Vec<u8>> {
+    let digest = digest_and_payload(challenge)?.0;
+    if !md5 && matches!(digest, None | Some(Digest::Md5)) {
+        return Err(md5_refused("challenge"));
+    }
+    Ok(match digest {
         None => Digest::Md5.mac(key, challenge).bytes(),
         Some(digest) => {
             let mut out = Vec::with_capacity(MAX_DIGEST_NAME + 2 + 48);
@@ -130,9 +147,12 @@ fn response(key: &[u8], challenge: &[u8]) -> Result<Vec<u8>> {
 
 /// Checks the peer's `answer` to our `challenge`. An unprefixed answer is legacy HMAC-MD5;
 /// a prefixed one may use any supported digest, and the prefix we sent is covered by the MAC,
-/// so no downgrade is possible.
-fn verify(key: &[u8], challenge: &[u8], answer: &[u8]) -> Result<()> {
+/// so no downgrade is possible. `md5`: whether an MD5 answer (bare or prefixed) may pass.
+fn verify(key: &[u8], challenge: &[u8], answer: &[u8], md5: bool) -> Result<()> {
     let (digest, mac) = digest_and_payload(answer)?;
+    if !md5 && matches!(digest, None | Some(Digest::Md5)) {
+        return Err(md5_refused("answer"));
+    }
     if digest
         .unwrap_or(Digest::Md5)
         .mac(key, challenge)
@@ -192,15 +212,21 @@ fn is_timeout(err: &Error) -> bool {
     err.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error())
 }
 
-/// Challenges the peer to prove it knows `key` (CPython's `deliver_challenge`).
-pub(crate) fn deliver_challenge(conn: &Connection, key: &[u8], deadline: Instant) -> Result<()> {
+/// Challenges the peer to prove it knows `key` (CPython's `deliver_challenge`); `md5`:
+/// whether a legacy HMAC-MD5 answer is accepted.
+pub(crate) fn deliver_challenge(
+    conn: &Connection,
+    key: &[u8],
+    deadline: Instant,
+    md5: bool,
+) -> Result<()> {
     let mut challenge = b"{sha256}".to_vec();
     let mut random = [0; MESSAGE_LENGTH];
     crate::sys::random(&mut random)?;
     challenge.extend_from_slice(&random);
     send(conn, &[CHALLENGE, &challenge].concat())?;
     let answer = recv(conn, deadline)?;
-    match verify(key, &challenge, &answer) {
+    match verify(key, &challenge, &answer, md5) {
         Ok(()) => send(conn, WELCOME),
         Err(err) => {
             let _ = conn.send_bytes(FAILURE); // best effort: the peer may already be gone
@@ -209,8 +235,14 @@ pub(crate) fn deliver_challenge(conn: &Connection, key: &[u8], deadline: Instant
     }
 }
 
-/// Answers the peer's challenge (CPython's `answer_challenge`).
-pub(crate) fn answer_challenge(conn: &Connection, key: &[u8], deadline: Instant) -> Result<()> {
+/// Answers the peer's challenge (CPython's `answer_challenge`); `md5`: whether a legacy
+/// (or `{md5}`) challenge is answered.
+pub(crate) fn answer_challenge(
+    conn: &Connection,
+    key: &[u8],
+    deadline: Instant,
+    md5: bool,
+) -> Result<()> {
     let message = recv(conn, deadline)?;
     let Some(challenge) = message.strip_prefix(CHALLENGE) else {
         return Err(refused("protocol error: expected a challenge"));
@@ -221,7 +253,7 @@ pub(crate) fn answer_challenge(conn: &Connection, key: &[u8], deadline: Instant)
             challenge.len()
         )));
     }
-    send(conn, &response(key, challenge)?)?;
+    send(conn, &response(key, challenge, md5)?)?;
     if recv(conn, deadline)? == WELCOME {
         Ok(())
     } else {
@@ -242,11 +274,11 @@ mod tests {
         let (s, c) = pipe(true).unwrap();
         let soon = || Instant::now() + Duration::from_secs(30);
         let server = thread::spawn(move || {
-            deliver_challenge(&s, server_key, soon())?;
-            answer_challenge(&s, server_key, soon())
+            deliver_challenge(&s, server_key, soon(), true)?;
+            answer_challenge(&s, server_key, soon(), true)
         });
-        let client = answer_challenge(&c, client_key, soon())
-            .and_then(|()| deliver_challenge(&c, client_key, soon()));
+        let client = answer_challenge(&c, client_key, soon(), true)
+            .and_then(|()| deliver_challenge(&c, client_key, soon(), true));
         (server.join().unwrap(), client)
     }
 
@@ -267,21 +299,44 @@ mod tests {
     #[test]
     fn a_legacy_challenge_gets_a_bare_md5_answer() {
         let challenge = [7u8; 20];
-        let answer = response(b"k", &challenge).unwrap();
+        let answer = response(b"k", &challenge, true).unwrap();
         assert_eq!(answer.len(), 16);
-        verify(b"k", &challenge, &answer).unwrap();
+        verify(b"k", &challenge, &answer, true).unwrap();
     }
 
     #[test]
     fn a_modern_answer_is_prefixed_and_covers_the_prefix() {
         let challenge = [b"{sha256}".as_slice(), &[1; 40]].concat();
-        let answer = response(b"k", &challenge).unwrap();
+        let answer = response(b"k", &challenge, true).unwrap();
         assert!(answer.starts_with(b"{sha256}"));
         assert_eq!(answer.len(), 8 + 32);
-        verify(b"k", &challenge, &answer).unwrap();
+        verify(b"k", &challenge, &answer, true).unwrap();
         // a legacy (MD5) answer to a modern challenge is still accepted, as CPython does
-        verify(b"k", &challenge, &Digest::Md5.mac(b"k", &challenge).bytes()).unwrap();
-        assert!(verify(b"k", &challenge[1..], &answer).is_err());
+        let md5 = Digest::Md5.mac(b"k", &challenge).bytes();
+        verify(b"k", &challenge, &md5, true).unwrap();
+        assert!(verify(b"k", &challenge[1..], &answer, true).is_err());
+    }
+
+    #[test]
+    fn refusing_md5_refuses_every_md5_answer_and_challenge_but_not_sha256() {
+        let challenge = [b"{sha256}".as_slice(), &[1; 40]].concat();
+        let bare = Digest::Md5.mac(b"k", &challenge).bytes();
+        let prefixed = [b"{md5}".as_slice(), &bare].concat();
+        verify(b"k", &challenge, &prefixed, true).unwrap();
+        for answer in [&bare, &prefixed] {
+            let err = verify(b"k", &challenge, answer, false).unwrap_err();
+            assert!(err.to_string().contains("HMAC-MD5"), "{err}");
+        }
+        let sha256 = response(b"k", &challenge, false).unwrap();
+        verify(b"k", &challenge, &sha256, false).unwrap();
+
+        let legacy_challenge = [7u8; 20];
+        let md5_challenge = [b"{md5}".as_slice(), &[7; 40]].concat();
+        for challenge in [&legacy_challenge[..], &md5_challenge] {
+            assert!(response(b"k", challenge, true).is_ok());
+            let err = response(b"k", challenge, false).unwrap_err();
+            assert!(err.to_string().contains("HMAC-MD5"), "{err}");
+        }
     }
 
     #[test]
@@ -292,7 +347,7 @@ mod tests {
             b"abc",
         ] {
             assert!(matches!(
-                verify(b"k", b"whatever", answer),
+                verify(b"k", b"whatever", answer, true),
                 Err(Error::Authentication(_))
             ));
         }
@@ -304,7 +359,7 @@ mod tests {
         s.send_bytes(&[b'#'; 300]).unwrap();
         let soon = Instant::now() + Duration::from_secs(30);
         assert!(matches!(
-            answer_challenge(&c, b"k", soon),
+            answer_challenge(&c, b"k", soon, true),
             Err(Error::Authentication(_))
         ));
     }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result, sys};
 
 /// What carries a connection's bytes; decides whether descriptors can travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize))]
 pub(crate) enum Transport {
     /// A unix stream socket: duplex, carries descriptors.
     Unix,
@@ -70,6 +71,12 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
 /// frames. A connection is a [`mp_codec::Message`] itself: send it over a unix socket and the
 /// receiver gets its own descriptor for the same end.
 ///
+/// Only the descriptor travels. The receiver learns what it holds from the descriptor itself
+/// — a pipe end (read-only or write-only by its access mode), a unix or a TCP stream socket —
+/// and applies its own default message limit: a peer's bytes cannot make a read end writable,
+/// a pipe pass for a socket, or lift the limit. Any other descriptor is refused
+/// ([`mp_codec::Error::Malformed`]) and closed.
+///
 /// ```
 /// let (a, b) = mp_pipe::pipe(true)?;
 /// a.send_bytes(b"ping")?;
@@ -79,18 +86,28 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
 /// assert!(matches!(b.recv_bytes(), Err(mp_pipe::Error::Eof)));
 /// # Ok::<(), mp_pipe::Error>(())
 /// ```
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct Connection {
-    #[serde(with = "mp_codec::fd")]
     fd: OwnedFd,
     transport: Transport,
     readable: bool,
     writable: bool,
     max_len: usize,
-    #[serde(skip)]
     send: Mutex<Frame>,
-    #[serde(skip)]
     recv: Mutex<Incoming>,
+}
+
+impl Serialize for Connection {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        mp_codec::fd::serialize(&self.fd, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Connection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fd = mp_codec::fd::deserialize(deserializer)?;
+        Connection::from_received(fd).map_err(mp_codec::fd::rejected)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +128,45 @@ impl Connection {
             send: Mutex::default(),
             recv: Mutex::default(),
         }
+    }
+
+    /// A connection for a descriptor that came from a peer, described by the descriptor alone
+    /// (its file type, access mode, socket type and family) and this side's defaults; on error
+    /// the descriptor is closed.
+    fn from_received(fd: OwnedFd) -> Result<Self, String> {
+        use rustix::{
+            fs::FileType,
+            net::{AddressFamily, SocketType},
+        };
+        let found = sys::describe(&fd).map_err(|e| format!("received descriptor: {e}"))?;
+        let transport = match (found.file_type, found.socket) {
+            (FileType::Fifo, _) => Transport::Pipe,
+            (FileType::Socket, Some((SocketType::STREAM, AddressFamily::UNIX))) => Transport::Unix,
+            (FileType::Socket, Some((SocketType::STREAM, AddressFamily::INET)))
+            | (FileType::Socket, Some((SocketType::STREAM, AddressFamily::INET6))) => {
+                Transport::Tcp
+            }
+            (FileType::Socket, Some((kind, family))) => {
+                return Err(format!(
+                    "received descriptor is a {kind:?} socket of family {family:?}, \
+                     not a unix or TCP stream socket"
+                ));
+            }
+            (other, _) => {
+                return Err(format!(
+                    "received descriptor is a {other:?}, not a pipe or stream socket"
+                ));
+            }
+        };
+        if !found.readable && !found.writable {
+            return Err("received descriptor can neither read nor write".into());
+        }
+        Ok(Connection::new(
+            fd,
+            transport,
+            found.readable,
+            found.writable,
+        ))
     }
 
     /// Wraps a connected unix stream socket (e.g. an inherited bootstrap descriptor).
@@ -195,7 +251,11 @@ impl Connection {
     /// `T` (the connection stays usable), or [`Error::Os`].
     pub fn recv<T: Decode>(&self) -> Result<T> {
         let mut incoming = self.receive(self.max_len, true)?;
-        Ok(T::decode(&mut incoming.frame)?)
+        let value = T::decode(&mut incoming.frame);
+        // Descriptors the value did not claim came unasked: close them now, whatever `T`'s
+        // decoding did with the frame.
+        incoming.frame.fds.clear();
+        Ok(value?)
     }
 
     /// Sends a frame made elsewhere — bytes and the descriptors that go with them — as one
@@ -495,6 +555,160 @@ mod tests {
         let received: Connection = b.recv().unwrap();
         inner_a.send("through the sent end").unwrap();
         assert_eq!(received.recv::<String>().unwrap(), "through the sent end");
+    }
+
+    /// What `/proc/self/fd` says `fd` is, e.g. `pipe:[1234]` (both ends of a pipe alike).
+    fn link(fd: &impl AsFd) -> std::path::PathBuf {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).unwrap()
+    }
+
+    /// How many descriptors of this process are `link`: exact even while other tests open
+    /// and close descriptors of their own.
+    fn open_copies(link: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|found| found == link)
+            .count()
+    }
+
+    #[test]
+    fn a_received_connection_ignores_what_the_sender_claims() {
+        // The fields a Connection used to carry, filled with lies: the read end of a pipe
+        // sold as a writable unix socket with no length limit.
+        #[derive(Serialize)]
+        struct Forged {
+            #[serde(with = "mp_codec::fd")]
+            fd: OwnedFd,
+            transport: Transport,
+            readable: bool,
+            writable: bool,
+            max_len: usize,
+        }
+        let (a, b) = pipe(true).unwrap();
+        let (r, _w) = sys::pipe().unwrap();
+        let forged = Forged {
+            fd: r,
+            transport: Transport::Unix,
+            readable: true,
+            writable: true,
+            max_len: usize::MAX,
+        };
+        a.send(&forged).unwrap();
+        match b.recv::<Connection>() {
+            Ok(got) => {
+                assert_eq!(got.transport, Transport::Pipe);
+                assert!(got.readable && !got.writable);
+                assert_eq!(got.max_len, wire::DEFAULT_MAX_LEN);
+            }
+            Err(err) => assert!(matches!(err, Error::Codec(_)), "{err:?}"),
+        }
+    }
+
+    #[test]
+    fn a_received_connection_takes_its_kind_from_the_descriptor() {
+        let (a, b) = pipe(true).unwrap();
+        let pass = |fd: OwnedFd| {
+            a.send(&mp_codec::Fd::from(fd)).unwrap();
+            b.recv::<Connection>()
+        };
+        let (r, w) = sys::pipe().unwrap();
+        let reader = pass(r).unwrap();
+        assert_eq!(reader.transport, Transport::Pipe);
+        assert!(reader.readable() && !reader.writable());
+        let writer = pass(w).unwrap();
+        assert_eq!(writer.transport, Transport::Pipe);
+        assert!(!writer.readable() && writer.writable());
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let tcp = pass(tcp.into()).unwrap();
+        assert_eq!(tcp.transport, Transport::Tcp);
+        assert!(tcp.readable() && tcp.writable());
+
+        let (unix, _peer) = sys::socketpair().unwrap();
+        let unix = pass(unix).unwrap();
+        assert_eq!(unix.transport, Transport::Unix);
+        assert!(unix.readable() && unix.writable());
+
+        // Not a connection at all: refused, and the descriptor closed.
+        let (datagram, other) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::DGRAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        drop(other);
+        let datagram_link = link(&datagram);
+        let err = pass(datagram).unwrap_err();
+        assert!(
+            matches!(err, Error::Codec(mp_codec::Error::Malformed(_))),
+            "{err:?}"
+        );
+        assert_eq!(
+            open_copies(&datagram_link),
+            0,
+            "the refused descriptor lingers"
+        );
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let err = pass(null.into()).unwrap_err();
+        assert!(
+            matches!(err, Error::Codec(mp_codec::Error::Malformed(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_received_connection_has_this_sides_length_limit() {
+        let (a, b) = pipe(true).unwrap();
+        let (mut small, _other) = pipe(true).unwrap();
+        small.set_max_message_len(5);
+        a.send(&small).unwrap();
+        assert_eq!(
+            b.recv::<Connection>().unwrap().max_len,
+            wire::DEFAULT_MAX_LEN
+        );
+    }
+
+    #[test]
+    fn recv_closes_descriptors_the_decoded_type_did_not_claim() {
+        /// A `Decode` that, like many a hand-written one, never looks at the descriptors.
+        struct Ignores;
+        impl Decode for Ignores {
+            fn decode(_: &mut Frame) -> mp_codec::Result<Self> {
+                Ok(Ignores)
+            }
+        }
+        let (a, b) = pipe(true).unwrap();
+        let (r, w) = sys::pipe().unwrap();
+        let before = open_copies(&link(&r));
+        let frame = Frame {
+            bytes: vec![1],
+            fds: vec![w],
+        };
+        a.send_frame(&frame).unwrap();
+        drop(frame);
+        b.recv::<Ignores>().unwrap();
+        assert_eq!(
+            open_copies(&link(&r)),
+            before - 1,
+            "the stray descriptor lingers"
+        );
+        // and a Pod receive closes them too
+        let (r, w) = sys::pipe().unwrap();
+        let before = open_copies(&link(&r));
+        a.send_frame(&Frame {
+            bytes: 7u32.to_ne_bytes().to_vec(),
+            fds: vec![w],
+        })
+        .unwrap();
+        assert_eq!(b.recv::<mp_codec::Pod<u32>>().unwrap().0, 7);
+        assert_eq!(
+            open_copies(&link(&r)),
+            before - 1,
+            "the stray descriptor lingers"
+        );
     }
 
     #[test]

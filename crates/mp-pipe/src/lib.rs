@@ -3,8 +3,9 @@
 //! A [`Connection`] sends whole messages — any [`mp_codec::Encode`] value, or raw bytes — in
 //! CPython's wire format, so it can talk to a Python process's `Connection` byte for byte;
 //! over unix sockets a message may carry file descriptors. [`Listener`] and [`Client`] speak
-//! CPython's authkey handshake (both the legacy HMAC-MD5 and the 3.12+ `{sha256}` form), and
-//! [`wait`] waits on any mix of connections, listeners and other descriptors.
+//! CPython's authkey handshake (both the legacy HMAC-MD5 and the 3.12+ `{sha256}` form; either
+//! side can refuse MD5, see [`Listener::set_legacy_md5`]), and [`wait`] waits on any mix of
+//! connections, listeners and other descriptors.
 //!
 //! ```
 //! let (a, b) = mp_pipe::pipe(true)?;

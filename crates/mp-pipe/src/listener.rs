@@ -24,6 +24,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 ///
 /// With an authkey, every accepted peer must answer our challenge and we answer theirs
 /// (CPython's handshake, both its legacy and its 3.12+ form), so CPython clients can connect.
+/// [`set_legacy_md5(false)`](Self::set_legacy_md5) refuses the legacy HMAC-MD5 form.
 ///
 /// ```
 /// use mp_pipe::{Client, Listener};
@@ -48,6 +49,8 @@ pub struct Listener {
     authkey: Option<Vec<u8>>,
     last_accepted: Option<Address>,
     handshake_timeout: Duration,
+    /// Whether a peer may use the legacy HMAC-MD5 handshake.
+    legacy_md5: bool,
     /// The socket file we created, removed on drop.
     unlink: Option<PathBuf>,
 }
@@ -94,6 +97,7 @@ impl Listener {
             authkey: authkey.map(<[u8]>::to_vec),
             last_accepted: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            legacy_md5: true,
             unlink,
         })
     }
@@ -111,6 +115,29 @@ impl Listener {
     /// How long an accepted peer may take over the authentication handshake.
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         self.handshake_timeout = timeout;
+    }
+
+    /// Whether an accepted peer may authenticate with the legacy HMAC-MD5 handshake of
+    /// CPython 3.11 and older (default `true`, as CPython 3.12 does). With `false` only the
+    /// `{sha256}` (or stronger) form passes: an MD5 answer to our challenge, or an MD5
+    /// challenge from the peer, fails the handshake with [`Error::Authentication`]. MD5 is
+    /// broken as a hash; as an HMAC it still holds, so accepting it is a compatibility choice,
+    /// and refusing it is for deployments with no old peers.
+    ///
+    /// ```
+    /// use mp_pipe::{Client, Listener};
+    ///
+    /// let mut listener = Listener::bind("127.0.0.1:0", Some(b"k"))?;
+    /// listener.set_legacy_md5(false);
+    /// let address = listener.address().clone();
+    /// // Our own client answers a {sha256} challenge with SHA-256: welcome.
+    /// let client = std::thread::spawn(move || Client::connect(&address, Some(b"k")));
+    /// listener.accept()?;
+    /// client.join().unwrap()?;
+    /// # Ok::<(), mp_pipe::Error>(())
+    /// ```
+    pub fn set_legacy_md5(&mut self, accept: bool) {
+        self.legacy_md5 = accept;
     }
 
     /// Waits for a peer, then runs the authentication handshake if there is an authkey.
@@ -142,9 +169,10 @@ impl Listener {
         self.last_accepted = peer;
         let conn = Connection::new(fd, transport, true, true);
         if let Some(key) = &self.authkey {
+            let md5 = self.legacy_md5;
             handshake(&conn, self.handshake_timeout, |conn, deadline| {
-                deliver_challenge(conn, key, deadline)?;
-                answer_challenge(conn, key, deadline)
+                deliver_challenge(conn, key, deadline, md5)?;
+                answer_challenge(conn, key, deadline, md5)
             })?;
         }
         Ok(conn)
@@ -186,29 +214,67 @@ fn handshake(
 }
 
 /// Connects to a [`Listener`]: Python's `multiprocessing.connection.Client`.
-#[derive(Debug)]
-pub struct Client;
+///
+/// [`Client::connect`] does it with the defaults; a `Client` value holds options for
+/// [`open`](Self::open), in the manner of `std::fs::OpenOptions`:
+///
+/// ```
+/// use std::time::Duration;
+/// use mp_pipe::{Client, Listener};
+///
+/// let mut listener = Listener::bind("127.0.0.1:0", Some(b"k"))?;
+/// let address = listener.address().clone();
+/// let server = std::thread::spawn(move || listener.accept().map(drop));
+/// let conn = Client::new()
+///     .handshake_timeout(Duration::from_secs(5))
+///     .legacy_md5(false) // a CPython 3.11 listener would be refused
+///     .open(&address, Some(b"k"))?;
+/// server.join().unwrap()?;
+/// # drop(conn);
+/// # Ok::<(), mp_pipe::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    handshake_timeout: Duration,
+    legacy_md5: bool,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new()
+    }
+}
 
 impl Client {
-    /// Connects to `address` and, with an authkey, answers the listener's challenge and
-    /// challenges it in turn (within [`DEFAULT_HANDSHAKE_TIMEOUT`]).
-    ///
-    /// # Errors
-    /// [`Error::Authentication`] on a key mismatch (on both sides), [`Error::HandshakeTimeout`],
-    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `ECONNREFUSED`.
-    pub fn connect(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
-        Client::connect_with_timeout(address, authkey, DEFAULT_HANDSHAKE_TIMEOUT)
+    /// The defaults: a handshake within [`DEFAULT_HANDSHAKE_TIMEOUT`], legacy MD5 accepted.
+    pub const fn new() -> Self {
+        Client {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            legacy_md5: true,
+        }
     }
 
-    /// [`connect`](Self::connect) with a handshake deadline of your choosing.
+    /// How long the listener may take over the authentication handshake.
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Whether the listener may use the legacy HMAC-MD5 handshake of CPython 3.11 and older
+    /// (default `true`, as CPython 3.12 does); see [`Listener::set_legacy_md5`].
+    pub fn legacy_md5(&mut self, accept: bool) -> &mut Self {
+        self.legacy_md5 = accept;
+        self
+    }
+
+    /// Connects to `address` and, with an authkey, answers the listener's challenge and
+    /// challenges it in turn, with these options.
     ///
     /// # Errors
-    /// As [`connect`](Self::connect).
-    pub fn connect_with_timeout(
-        address: impl ToAddress,
-        authkey: Option<&[u8]>,
-        handshake_timeout: Duration,
-    ) -> Result<Connection> {
+    /// [`Error::Authentication`] on a key mismatch (on both sides) or a refused MD5
+    /// handshake, [`Error::HandshakeTimeout`], [`Error::BadAddress`], or [`Error::Os`] — e.g.
+    /// `ECONNREFUSED`.
+    pub fn open(&self, address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
         let conn = match address.to_address()? {
             Address::Unix(path) => {
                 let stream = UnixStream::connect(&path).map_err(|e| Error::os("connect", e))?;
@@ -230,12 +296,37 @@ impl Client {
             }
         };
         if let Some(key) = authkey {
-            handshake(&conn, handshake_timeout, |conn, deadline| {
-                answer_challenge(conn, key, deadline)?;
-                deliver_challenge(conn, key, deadline)
+            let md5 = self.legacy_md5;
+            handshake(&conn, self.handshake_timeout, |conn, deadline| {
+                answer_challenge(conn, key, deadline, md5)?;
+                deliver_challenge(conn, key, deadline, md5)
             })?;
         }
         Ok(conn)
+    }
+
+    /// Connects to `address` and, with an authkey, answers the listener's challenge and
+    /// challenges it in turn (within [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] on a key mismatch (on both sides), [`Error::HandshakeTimeout`],
+    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `ECONNREFUSED`.
+    pub fn connect(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
+        Client::new().open(address, authkey)
+    }
+
+    /// [`connect`](Self::connect) with a handshake deadline of your choosing.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub fn connect_with_timeout(
+        address: impl ToAddress,
+        authkey: Option<&[u8]>,
+        handshake_timeout: Duration,
+    ) -> Result<Connection> {
+        Client::new()
+            .handshake_timeout(handshake_timeout)
+            .open(address, authkey)
     }
 }
 
@@ -300,6 +391,122 @@ mod tests {
         // The challenge goes out, no answer comes back: the deadline ends the wait.
         assert!(matches!(listener.accept(), Err(Error::HandshakeTimeout)));
         drop(silent);
+    }
+
+    /// CPython 3.11's handshake, step by step: 20-byte challenges, bare HMAC-MD5 answers.
+    mod legacy {
+        use hmac::{Hmac, KeyInit, Mac};
+
+        use crate::{Connection, Error, Result};
+
+        fn md5(key: &[u8], message: &[u8]) -> Vec<u8> {
+            let mut mac = Hmac::<md5::Md5>::new_from_slice(key).unwrap();
+            mac.update(message);
+            mac.finalize().into_bytes().to_vec()
+        }
+
+        fn refused(why: &str) -> Error {
+            Error::Authentication(why.into())
+        }
+
+        pub(super) fn deliver(conn: &Connection, key: &[u8]) -> Result<()> {
+            let challenge = [7u8; 20];
+            conn.send_bytes(&[b"#CHALLENGE#".as_slice(), &challenge].concat())?;
+            if conn.recv_bytes_max(256)? == md5(key, &challenge) {
+                conn.send_bytes(b"#WELCOME#")
+            } else {
+                conn.send_bytes(b"#FAILURE#")?;
+                Err(refused("digest received was wrong"))
+            }
+        }
+
+        pub(super) fn answer(conn: &Connection, key: &[u8]) -> Result<()> {
+            let message = conn.recv_bytes_max(256)?;
+            let challenge = message.strip_prefix(b"#CHALLENGE#").unwrap();
+            conn.send_bytes(&md5(key, challenge))?;
+            match conn.recv_bytes_max(256)?.as_slice() {
+                b"#WELCOME#" => Ok(()),
+                _ => Err(refused("digest sent was rejected")),
+            }
+        }
+
+        /// A 3.11 `Client(address, authkey=key)`.
+        pub(super) fn client(address: std::net::SocketAddr, key: &[u8]) -> Result<()> {
+            let stream = std::net::TcpStream::connect(address).unwrap();
+            let conn = Connection::new(stream.into(), crate::conn::Transport::Tcp, true, true);
+            answer(&conn, key)?;
+            deliver(&conn, key)
+        }
+
+        /// A 3.11 `Listener(authkey=key).accept()`, for one client.
+        pub(super) fn listener(listener: std::net::TcpListener, key: &[u8]) -> Result<()> {
+            let (stream, _) = listener.accept().unwrap();
+            let conn = Connection::new(stream.into(), crate::conn::Transport::Tcp, true, true);
+            deliver(&conn, key)?;
+            answer(&conn, key)
+        }
+    }
+
+    fn tcp_address(listener: &Listener) -> std::net::SocketAddr {
+        match listener.address() {
+            Address::Tcp(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_listener_accepts_a_legacy_md5_client_by_default() {
+        let mut listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
+        let address = tcp_address(&listener);
+        let client = thread::spawn(move || legacy::client(address, b"k"));
+        listener.accept().unwrap();
+        client.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_listener_refusing_md5_refuses_a_legacy_client_and_takes_a_modern_one() {
+        let mut listener = Listener::bind("127.0.0.1:0", Some(b"k")).unwrap();
+        listener.set_legacy_md5(false);
+        let address = tcp_address(&listener);
+        let clients = thread::spawn(move || {
+            let legacy = legacy::client(address, b"k");
+            let modern = Client::connect(address, Some(b"k")).map(drop);
+            (legacy, modern)
+        });
+        let refused = listener.accept().unwrap_err();
+        assert!(
+            matches!(&refused, Error::Authentication(why) if why.contains("HMAC-MD5")),
+            "{refused:?}"
+        );
+        listener.accept().unwrap();
+        let (legacy, modern) = clients.join().unwrap();
+        assert!(
+            matches!(legacy, Err(Error::Authentication(_))),
+            "{legacy:?}"
+        );
+        modern.unwrap();
+    }
+
+    #[test]
+    fn a_client_refusing_md5_refuses_a_legacy_listener() {
+        for refuse in [false, true] {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = socket.local_addr().unwrap();
+            let server = thread::spawn(move || legacy::listener(socket, b"k"));
+            let client = Client::new().legacy_md5(!refuse).open(address, Some(b"k"));
+            let server = server.join().unwrap();
+            if refuse {
+                assert!(
+                    matches!(&client, Err(Error::Authentication(why)) if why.contains("HMAC-MD5")),
+                    "{client:?}"
+                );
+                // The 3.11 listener sees the connection close instead of an answer.
+                assert!(server.is_err());
+            } else {
+                client.unwrap();
+                server.unwrap();
+            }
+        }
     }
 
     #[test]

@@ -64,3 +64,39 @@ pub(crate) fn set_nonblocking(fd: &OwnedFd, nonblocking: bool) -> Result<()> {
     };
     rustix::fs::fcntl_setfl(fd, flags).map_err(|e| Error::os("fcntl(F_SETFL)", e))
 }
+
+/// What kind of descriptor `fd` is, as far as a connection cares: its file type, its access
+/// mode, and for a socket its type and address family.
+/// See [fstat(2)](https://man7.org/linux/man-pages/man2/fstat.2.html),
+/// [fcntl(2)](https://man7.org/linux/man-pages/man2/fcntl.2.html) `F_GETFL` and
+/// [socket(7)](https://man7.org/linux/man-pages/man7/socket.7.html) `SO_TYPE`, `SO_DOMAIN`.
+pub(crate) fn describe(fd: &OwnedFd) -> Result<Description> {
+    use rustix::fs::{FileType, OFlags};
+    let stat = rustix::fs::fstat(fd).map_err(|e| Error::os("fstat", e))?;
+    let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| Error::os("fcntl(F_GETFL)", e))?;
+    let access = flags & OFlags::RWMODE;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    let socket = if file_type == FileType::Socket {
+        let kind = sockopt::socket_type(fd).map_err(|e| Error::os("getsockopt(SO_TYPE)", e))?;
+        let family =
+            sockopt::socket_domain(fd).map_err(|e| Error::os("getsockopt(SO_DOMAIN)", e))?;
+        Some((kind, family))
+    } else {
+        None
+    };
+    Ok(Description {
+        file_type,
+        readable: access == OFlags::RDONLY || access == OFlags::RDWR,
+        writable: access == OFlags::WRONLY || access == OFlags::RDWR,
+        socket,
+    })
+}
+
+/// What [`describe`] found.
+pub(crate) struct Description {
+    pub(crate) file_type: rustix::fs::FileType,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    /// For a socket: its type (`SO_TYPE`) and address family (`SO_DOMAIN`).
+    pub(crate) socket: Option<(SocketType, AddressFamily)>,
+}
