@@ -369,9 +369,20 @@ impl<T: Message> Queue<T> {
         }
         let ring = self.ring();
         let me = Owner::me();
-        let claim = wait(ring.published(), ring.get_sleepers(), deadline, |_| {
-            with_lock(self, ring.get_lock(), || ring.claim(me))
-        })?
+        let claim = wait(
+            ring.published(),
+            ring.get_sleepers(),
+            deadline,
+            |waited_long| {
+                with_lock(self, ring.get_lock(), || {
+                    if waited_long {
+                        // Frames of the dead still count in `qsize` until buried.
+                        ring.bury_dead()?;
+                    }
+                    ring.claim(me)
+                })
+            },
+        )?
         .ok_or(Error::Empty)?;
         let mut frame = Frame::new();
         ring.read(claim, &mut frame.bytes);

@@ -388,33 +388,35 @@ impl Ring {
         }
     }
 
-    /// Marks `DEAD` the frames at `head` whose owner died `RESERVED` (mid-put) or
-    /// `CLAIMED` (mid-get), then reclaims; whether anything was freed. Asks the kernel about
-    /// each owner, so it is for a producer that has waited for room a while. The caller
-    /// holds the consumers' lock.
+    /// Marks `DEAD` every frame whose owner died `RESERVED` (mid-put) or `CLAIMED`
+    /// (mid-get), then reclaims; whether any room came back or any frame was buried. Asks
+    /// the kernel about each owner, so it is for a process that has waited a while. The
+    /// caller holds the consumers' lock.
     pub(crate) fn bury_dead(&self) -> Result<bool, Corrupt> {
-        let mut freed = self.reclaim()?;
-        loop {
-            let (head, tail) = self.ends()?;
-            if head == tail {
-                return Ok(freed);
-            }
-            let (state, _) = self.frame_at(head, tail)?;
-            if !matches!(state, RESERVED | CLAIMED) || !self.owner(head).is_dead() {
-                return Ok(freed);
-            }
-            if self
-                .state(head)
-                .compare_exchange(state, DEAD, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-                && state == RESERVED
+        let (head, tail) = self.ends()?;
+        let mut buried = false;
+        let mut pos = head;
+        while pos < tail {
+            let (state, size) = self.frame_at(pos, tail)?;
+            if matches!(state, RESERVED | CLAIMED)
+                && self.owner(pos).is_dead()
+                && self
+                    .state(pos)
+                    .compare_exchange(state, DEAD, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
             {
-                let _ = self
-                    .word(ITEMS)
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                buried = true;
+                if state == RESERVED {
+                    let _ =
+                        self.word(ITEMS)
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                }
             }
-            freed |= self.reclaim()?;
+            pos += size;
         }
+        Ok(self.reclaim()? | buried)
     }
 
     /// Sets `items` to the frames `RESERVED` or `READY`, after a process died holding a
@@ -553,5 +555,132 @@ pub(crate) mod tests {
         let _ = claim;
         let (head, tail) = r.ends().unwrap();
         assert_eq!(head, tail);
+    }
+
+    mod model {
+        use std::collections::VecDeque;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Reserve(usize),
+            Publish(usize),
+            Claim,
+            Release(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0usize..700).prop_map(Op::Reserve),
+                any::<usize>().prop_map(Op::Publish),
+                Just(Op::Claim),
+                any::<usize>().prop_map(Op::Release),
+            ]
+        }
+
+        /// What the model says a frame is.
+        #[derive(Debug, Clone, PartialEq)]
+        enum St {
+            Reserved,
+            Ready,
+            Claimed,
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any interleaving of reserve/publish/claim/release agrees with a model: a
+            /// claim takes the oldest published frame in reservation order, with the bytes
+            /// put in it; reserving fails only when the bytes in use leave no room; and once
+            /// everything is released, the whole ring is free again.
+            #[test]
+            fn the_ring_agrees_with_a_model(ops in proptest::collection::vec(op(), 1..300)) {
+                let t = test_ring(4096, 0);
+                let r = &t.ring;
+                let me = Owner::me();
+                // Frames in reservation order: (id, payload, state, slot or claim).
+                let mut frames: VecDeque<(u64, Vec<u8>, St, Option<Slot>, Option<Claim>)> =
+                    VecDeque::new();
+                let mut next_id = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Reserve(len) => {
+                            let payload: Vec<u8> =
+                                (0..len).map(|i| (next_id as usize + i) as u8).collect();
+                            let (head, tail) = r.ends().unwrap();
+                            let size = frame_size(len) as u64;
+                            let left = 4096 - tail % 4096;
+                            let needed = size + if left < size { left } else { 0 };
+                            let fits = tail - head + needed <= 4096;
+                            match r.reserve(len, me).unwrap() {
+                                Some(slot) => {
+                                    prop_assert!(fits);
+                                    r.fill(slot, &payload);
+                                    frames.push_back((next_id, payload, St::Reserved, Some(slot), None));
+                                    next_id += 1;
+                                }
+                                None => prop_assert!(!fits, "refused {} bytes with room", len),
+                            }
+                        }
+                        Op::Publish(i) => {
+                            let reserved: Vec<usize> = frames.iter().enumerate()
+                                .filter(|(_, f)| f.2 == St::Reserved).map(|(i, _)| i).collect();
+                            if let Some(&k) = reserved.get(i % reserved.len().max(1)) {
+                                prop_assert!(r.publish(frames[k].3.unwrap()));
+                                frames[k].2 = St::Ready;
+                            }
+                        }
+                        Op::Claim => {
+                            let expected = frames.iter().position(|f| f.2 == St::Ready);
+                            let got = r.claim(me).unwrap();
+                            match (expected, got) {
+                                (None, None) => {}
+                                (Some(k), Some(claim)) => {
+                                    let mut out = Vec::new();
+                                    r.read(claim, &mut out);
+                                    prop_assert_eq!(&out, &frames[k].1);
+                                    frames[k].2 = St::Claimed;
+                                    frames[k].4 = Some(claim);
+                                }
+                                (e, g) => prop_assert!(false, "model {:?}, ring {:?}", e, g),
+                            }
+                        }
+                        Op::Release(i) => {
+                            let claimed: Vec<usize> = frames.iter().enumerate()
+                                .filter(|(_, f)| f.2 == St::Claimed).map(|(i, _)| i).collect();
+                            if let Some(&k) = claimed.get(i % claimed.len().max(1)) {
+                                r.release(frames[k].4.unwrap());
+                                frames.remove(k);
+                            }
+                        }
+                    }
+                    let live = frames.iter().filter(|f| f.2 != St::Claimed).count() as u64;
+                    prop_assert_eq!(r.items(), live);
+                }
+                // Drain: publish all, claim and release all, in model order.
+                for f in frames.iter_mut().filter(|f| f.2 == St::Reserved) {
+                    prop_assert!(r.publish(f.3.unwrap()));
+                    f.2 = St::Ready;
+                }
+                for f in frames.iter().filter(|f| f.2 == St::Claimed) {
+                    r.release(f.4.unwrap());
+                }
+                for f in frames.iter().filter(|f| f.2 == St::Ready) {
+                    let claim = r.claim(me).unwrap().expect("a published frame");
+                    let mut out = Vec::new();
+                    r.read(claim, &mut out);
+                    prop_assert_eq!(&out, &f.1);
+                    r.release(claim);
+                }
+                prop_assert!(r.claim(me).unwrap().is_none());
+                r.reclaim().unwrap();
+                let (head, tail) = r.ends().unwrap();
+                prop_assert_eq!(head, tail);
+                prop_assert_eq!(r.items(), 0);
+            }
+        }
     }
 }
