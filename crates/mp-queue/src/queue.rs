@@ -180,7 +180,7 @@ impl<T: Message> Queue<T> {
     /// `maxsize`: `Some` when made here (writes it), `None` when attached.
     fn from_region(region: Region, maxsize: Option<u64>) -> Result<Self> {
         let cap = region.spec().len;
-        if !cap.is_power_of_two() || cap < ring::MIN_CAPACITY || cap > 1 << 31 {
+        if !cap.is_power_of_two() || !(ring::MIN_CAPACITY..=1 << 31).contains(&cap) {
             return Err(Error::Region(mp_sync::Error::BadRegion(format!(
                 "a queue ring of {cap} bytes"
             ))));
@@ -479,7 +479,7 @@ fn wait<R>(
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins % 64 == 0 && Instant::now() >= spin_end {
+            if spins.is_multiple_of(64) && Instant::now() >= spin_end {
                 break false;
             }
         };

@@ -208,7 +208,11 @@ impl Ring {
     fn ends(&self) -> Result<(u64, u64), Corrupt> {
         let head = self.word(HEAD).load(Ordering::Acquire);
         let tail = self.word(TAIL).load(Ordering::Acquire);
-        if head > tail || tail - head > self.cap as u64 || head % 8 != 0 || tail % 8 != 0 {
+        if head > tail
+            || tail - head > self.cap as u64
+            || !head.is_multiple_of(8)
+            || !tail.is_multiple_of(8)
+        {
             return Err(Corrupt(format!(
                 "head {head} and tail {tail} are not one lap"
             )));
@@ -581,6 +585,9 @@ pub(crate) mod tests {
             ]
         }
 
+        /// A frame as the model sees it: id, payload, state, and its slot or claim.
+        type ModelFrame = (u64, Vec<u8>, St, Option<Slot>, Option<Claim>);
+
         /// What the model says a frame is.
         #[derive(Debug, Clone, PartialEq)]
         enum St {
@@ -602,7 +609,7 @@ pub(crate) mod tests {
                 let r = &t.ring;
                 let me = Owner::me();
                 // Frames in reservation order: (id, payload, state, slot or claim).
-                let mut frames: VecDeque<(u64, Vec<u8>, St, Option<Slot>, Option<Claim>)> =
+                let mut frames: VecDeque<ModelFrame> =
                     VecDeque::new();
                 let mut next_id = 0u64;
                 for op in ops {

@@ -37,7 +37,7 @@ impl Bytes {
     /// `base` is 8-aligned and `len` bytes from it stay mapped, readable and writable while
     /// the view (or any copy of it) is used.
     pub(crate) unsafe fn new(base: NonNull<u8>, len: usize) -> Bytes {
-        debug_assert!(base.as_ptr() as usize % 8 == 0);
+        debug_assert!((base.as_ptr() as usize).is_multiple_of(8));
         Bytes { base, len }
     }
 
@@ -51,7 +51,7 @@ impl Bytes {
     /// If the word is not 4-aligned or not inside the view (a caller's bug, never a peer's
     /// bytes: offsets are checked before they get here).
     pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset.checked_add(4).is_some_and(|e| e <= self.len));
+        assert!(offset.is_multiple_of(4) && offset.checked_add(4).is_some_and(|e| e <= self.len));
         // SAFETY: in bounds and aligned (checked above; the base is 8-aligned); every access
         // to shared words is atomic, and any bits are a valid `AtomicU32`.
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast()) }
@@ -62,7 +62,7 @@ impl Bytes {
     /// # Panics
     /// As [`Bytes::u32_at`].
     pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset.checked_add(8).is_some_and(|e| e <= self.len));
+        assert!(offset.is_multiple_of(8) && offset.checked_add(8).is_some_and(|e| e <= self.len));
         // SAFETY: as in `u32_at`.
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(offset).cast()) }
     }
@@ -72,7 +72,10 @@ impl Bytes {
     /// # Panics
     /// If the range is not inside the view, or `offset` is not 8-aligned.
     pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) {
-        assert!(offset % 8 == 0 && offset.checked_add(out.len()).is_some_and(|e| e <= self.len));
+        assert!(
+            offset.is_multiple_of(8)
+                && offset.checked_add(out.len()).is_some_and(|e| e <= self.len)
+        );
         let mut words = out.chunks_exact_mut(8);
         let mut at = offset;
         for chunk in &mut words {
@@ -91,7 +94,10 @@ impl Bytes {
     /// # Panics
     /// As [`Bytes::copy_out`].
     pub(crate) fn copy_in(&self, offset: usize, src: &[u8]) {
-        assert!(offset % 8 == 0 && offset.checked_add(src.len()).is_some_and(|e| e <= self.len));
+        assert!(
+            offset.is_multiple_of(8)
+                && offset.checked_add(src.len()).is_some_and(|e| e <= self.len)
+        );
         let mut words = src.chunks_exact(8);
         let mut at = offset;
         for chunk in &mut words {
@@ -140,7 +146,9 @@ impl Bytes {
     pub(crate) fn lock_at(&self, offset: usize) -> &mp_sync::RawLock {
         let size = std::mem::size_of::<mp_sync::RawLock>();
         let align = std::mem::align_of::<mp_sync::RawLock>();
-        assert!(offset % align == 0 && offset.checked_add(size).is_some_and(|e| e <= self.len));
+        assert!(
+            offset.is_multiple_of(align) && offset.checked_add(size).is_some_and(|e| e <= self.len)
+        );
         // SAFETY: in bounds and aligned (checked; the base is 8-aligned and so is every
         // offset used); `RawLock` is `Placeable`: every bit pattern is a valid lock, all-zero
         // is unlocked, it holds no pointers, and all its mutation is atomic, so a shared
