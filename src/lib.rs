@@ -51,6 +51,13 @@ pub mod process {
     };
 }
 
+/// Python's `multiprocessing.queues`: `Queue`, `SimpleQueue`, `JoinableQueue` (`mp-queue`).
+pub mod queues {
+    pub use mp_queue::{
+        Builder, DEFAULT_CAPACITY, Error, JoinableQueue, PutError, Queue, SimpleQueue,
+    };
+}
+
 /// Python's `multiprocessing.synchronize`: process-shared locks and friends (`mp-sync`).
 pub mod synchronize {
     pub use mp_sync::{
@@ -74,6 +81,7 @@ pub mod shared_memory {
 
 pub use mp_codec::{Decode, Encode, Message};
 pub use mp_pipe::{Connection, pipe};
+pub use mp_queue::{JoinableQueue, Queue, SimpleQueue};
 pub use mp_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use mp_spawn::{
     Context, Process, StartMethod, active_children, cpu_count, current_process, get_context,
@@ -106,6 +114,16 @@ pub enum Error {
     /// A shared value, array or named block failed.
     #[error(transparent)]
     Shm(#[from] mp_shm::Error),
+    /// A queue operation failed (`Empty`, `Full`, `Closed`, …).
+    #[error(transparent)]
+    Queue(#[from] mp_queue::Error),
+}
+
+impl<T> From<mp_queue::PutError<T>> for Error {
+    /// The error of a failed `put`; the item it handed back is dropped.
+    fn from(e: mp_queue::PutError<T>) -> Error {
+        Error::Queue(e.error)
+    }
 }
 
 /// `Result` with the facade's [`Error`].

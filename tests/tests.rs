@@ -9,6 +9,8 @@ mod codec;
 mod connection;
 // Processes with pipes, and the documentation's example programs.
 mod process;
+// Queues between processes; the documentation's queue program.
+mod queue;
 // Shared values, arrays and named blocks across processes; nothing survives SIGKILL.
 mod shm;
 // Locks, conditions, events and barriers across processes; owner death.

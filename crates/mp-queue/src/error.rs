@@ -1,0 +1,102 @@
+use std::fmt;
+
+/// Everything that can fail in `mp-queue`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No item came before the timeout, or none was there for a `try_get` (Python's
+    /// `queue.Empty`).
+    #[error("queue is empty")]
+    Empty,
+    /// No room came before the timeout, or none was there for a `try_put` (Python's
+    /// `queue.Full`).
+    #[error("queue is full")]
+    Full,
+    /// This handle was closed with `close` (Python raises `ValueError: Queue is closed`).
+    #[error("queue is closed")]
+    Closed,
+    /// The item's encoding is larger than the queue's ring can hold.
+    #[error(
+        "an item of {len} bytes does not fit in a queue ring of {capacity} bytes (make the ring larger with Builder::capacity)"
+    )]
+    TooLarge {
+        /// Bytes of the item's encoding.
+        len: usize,
+        /// Bytes of the ring.
+        capacity: usize,
+    },
+    /// The item owns file descriptors; a queue carries bytes only (send such values over a
+    /// `Connection`).
+    #[error(
+        "an item that owns {0} file descriptor(s) cannot go through a queue; send it over a pipe"
+    )]
+    CarriesDescriptors(usize),
+    /// The item could not be encoded, or what was taken could not be decoded as the queue's
+    /// item type: that one item is lost, and the queue goes on.
+    #[error("queue item: {0}")]
+    Codec(#[from] mp_codec::Error),
+    /// Another process wrote bytes into the queue's memory that do not describe frames:
+    /// the items in flight were dropped and the queue goes on.
+    #[error("queue memory was corrupted by another process ({0}); items in flight were dropped")]
+    Corrupted(String),
+    /// The item was taken from us while we were putting it (only another process writing
+    /// into the queue's memory can do that).
+    #[error("queue item was lost while being put")]
+    Lost,
+    /// `task_done` called more times than items were put (Python's `ValueError`).
+    #[error("task_done() called too many times")]
+    TooManyTaskDone,
+    /// A `join` on a `JoinableQueue` timed out with tasks unfinished.
+    #[error("{0} task(s) still unfinished")]
+    Unfinished(u64),
+    /// A bad argument: what was wrong with it.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// A region was not a queue of this item type, or creating one failed.
+    #[error(transparent)]
+    Region(#[from] mp_sync::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failed `put`, with the item handed back: nothing is lost.
+pub struct PutError<T> {
+    /// What went wrong: [`Error::Full`] after a timeout, [`Error::Closed`], …
+    pub error: Error,
+    /// The item, as given to `put`.
+    pub item: T,
+}
+
+impl<T> PutError<T> {
+    /// The item handed back.
+    pub fn into_inner(self) -> T {
+        self.item
+    }
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "put failed: {}", self.error)
+    }
+}
+
+impl<T> std::error::Error for PutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<T> From<PutError<T>> for Error {
+    fn from(e: PutError<T>) -> Error {
+        e.error
+    }
+}

@@ -1,0 +1,693 @@
+//! The ring: a bounded multi-producer, multi-consumer queue of variable-length frames in one
+//! shared region, built so that a process killed anywhere in it never publishes a torn frame
+//! and never wedges the others.
+//!
+//! # Layout
+//! The region's payload is a control block of [`CONTROL`] bytes (one cache line per party
+//! that writes it), then `cap` bytes of ring (a power of two). Positions are byte counts
+//! that only grow; a position's place in the ring is `pos % cap`. Every frame starts
+//! 8-aligned with a [`HDR`]-byte header — state (`u32`), payload length (`u32`), the owner's
+//! identity (two `u64`) — followed by its payload, padded to 8. A frame never wraps: when one
+//! does not fit before the end, a `PAD` frame (or, with fewer than `HDR` bytes left, nothing:
+//! an implicit pad) fills the rest of that lap.
+//!
+//! # Protocol
+//! - `tail` (where the next frame goes) moves only under the producers' lock, `head` (the
+//!   oldest frame whose bytes are still in use) only under the consumers' lock.
+//! - A producer, under its lock, writes the frame's header as `RESERVED` with itself as
+//!   owner and moves `tail` past it; then, without the lock, copies the payload and switches
+//!   the state to `READY`. Consumers never read a frame before it is `READY`, so a producer
+//!   killed during its copy leaves a `RESERVED` frame nobody ever reads: no torn item.
+//! - A consumer, under its lock, takes the first `READY` frame from `head` on (frames still
+//!   `RESERVED` by a slow producer are passed over: order is FIFO per producer, as in
+//!   Python), marks it `CLAIMED` with itself as owner, and lets go of the lock; then copies
+//!   the payload out and marks it `DONE`.
+//! - Space comes back when `head` moves over `DONE`, `DEAD` and `PAD` frames (reclaiming).
+//!   A frame whose owner died stays `RESERVED` or `CLAIMED`; when it holds up reclaiming,
+//!   a producer that needs the space asks whether the owner is alive and, if not, marks the
+//!   frame `DEAD`: the item of a producer killed mid-put never existed (its `put` did not
+//!   return), and a consumer killed mid-get loses the one item it was taking.
+//! - Each step that other processes rely on is one atomic store made after the data it
+//!   publishes, so a process killed between two steps leaves a state the next one handles.
+//!   The only counter kept outside a frame, `items` (frames `RESERVED` or `READY`), can be
+//!   off by one after a death inside a lock; the next holder of that lock recounts it
+//!   ([`Ring::recount`]).
+//! - Nothing read from the region is trusted: a header that does not describe a frame
+//!   that fits is reported as [`Corrupt`], never followed.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::{owner::Owner, sys::Bytes};
+
+/// Bytes of control block before the ring.
+pub(crate) const CONTROL: usize = 512;
+/// Bytes of a frame header.
+pub(crate) const HDR: usize = 24;
+/// The smallest ring (bytes).
+pub(crate) const MIN_CAPACITY: usize = 4096;
+
+// The control block. Written at creation only:
+const CAPACITY: usize = 0;
+const MAXSIZE: usize = 8;
+// The producers' line:
+const PUT_LOCK: usize = 64;
+const TAIL: usize = 112;
+// The consumers' line:
+const GET_LOCK: usize = 128;
+const HEAD: usize = 176;
+// Bumped on every publish (consumers sleep on it), and producers asleep for room:
+const PUBLISHED: usize = 192;
+const PUT_SLEEPERS: usize = 196;
+// Bumped when room comes back (producers sleep on it), and consumers asleep for an item:
+const FREED: usize = 256;
+const GET_SLEEPERS: usize = 260;
+const ITEMS: usize = 320;
+/// `JoinableQueue`'s count of unfinished tasks (`u64`)…
+pub(crate) const UNFINISHED: usize = 384;
+/// …bumped when it reaches zero (joiners sleep on it)…
+pub(crate) const JOINED: usize = 392;
+/// …and how many sleep there.
+pub(crate) const JOIN_SLEEPERS: usize = 396;
+
+const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= TAIL - PUT_LOCK);
+const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= HEAD - GET_LOCK);
+const _: () = assert!(JOIN_SLEEPERS + 4 <= CONTROL);
+
+const RESERVED: u32 = 1;
+const READY: u32 = 2;
+const CLAIMED: u32 = 3;
+const DONE: u32 = 4;
+const DEAD: u32 = 5;
+const PAD: u32 = 6;
+
+/// The ring's bytes do not describe frames: another process wrote garbage into them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Corrupt(pub(crate) String);
+
+/// A frame reserved by this process, to fill and publish.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    pos: u64,
+    len: usize,
+}
+
+/// A frame claimed by this process, to read and release.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim {
+    pos: u64,
+    len: usize,
+}
+
+/// The ring inside a mapped region (see the module docs).
+pub(crate) struct Ring {
+    mem: Bytes,
+    cap: usize,
+}
+
+/// The bytes a frame with a payload of `len` bytes takes.
+pub(crate) fn frame_size(len: usize) -> usize {
+    HDR + len.next_multiple_of(8)
+}
+
+impl Ring {
+    /// The ring in `mem` (control block and ring bytes), as a fresh region of zeros or as
+    /// another process left it. Writes the configuration when `init`.
+    ///
+    /// # Panics
+    /// If `mem` is not `CONTROL + cap` bytes with `cap` a power of two of at least
+    /// [`MIN_CAPACITY`] (callers check what they read from a peer first).
+    pub(crate) fn new(mem: Bytes, cap: usize, maxsize: u64, init: bool) -> Ring {
+        assert!(cap.is_power_of_two() && cap >= MIN_CAPACITY && mem.len() == CONTROL + cap);
+        let ring = Ring { mem, cap };
+        if init {
+            ring.word(CAPACITY).store(cap as u64, Ordering::Relaxed);
+            ring.word(MAXSIZE).store(maxsize, Ordering::Relaxed);
+        }
+        ring
+    }
+
+    /// Ring bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The most items the ring holds (0: as many as fit).
+    pub(crate) fn maxsize(&self) -> u64 {
+        self.word(MAXSIZE).load(Ordering::Relaxed)
+    }
+
+    /// The largest payload that fits in one frame.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.cap - HDR
+    }
+
+    pub(crate) fn put_lock(&self) -> &mp_sync::RawLock {
+        self.mem.lock_at(PUT_LOCK)
+    }
+
+    pub(crate) fn get_lock(&self) -> &mp_sync::RawLock {
+        self.mem.lock_at(GET_LOCK)
+    }
+
+    pub(crate) fn published(&self) -> &AtomicU32 {
+        self.mem.u32_at(PUBLISHED)
+    }
+
+    pub(crate) fn freed(&self) -> &AtomicU32 {
+        self.mem.u32_at(FREED)
+    }
+
+    pub(crate) fn get_sleepers(&self) -> &AtomicU32 {
+        self.mem.u32_at(GET_SLEEPERS)
+    }
+
+    pub(crate) fn put_sleepers(&self) -> &AtomicU32 {
+        self.mem.u32_at(PUT_SLEEPERS)
+    }
+
+    pub(crate) fn word(&self, offset: usize) -> &AtomicU64 {
+        self.mem.u64_at(offset)
+    }
+
+    pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
+        self.mem.u32_at(offset)
+    }
+
+    /// Items put (or being put) and not yet taken: a snapshot.
+    pub(crate) fn items(&self) -> u64 {
+        self.word(ITEMS).load(Ordering::Relaxed)
+    }
+
+    fn at(&self, pos: u64) -> usize {
+        CONTROL + (pos as usize & (self.cap - 1))
+    }
+
+    fn state(&self, pos: u64) -> &AtomicU32 {
+        self.mem.u32_at(self.at(pos))
+    }
+
+    fn len_word(&self, pos: u64) -> &AtomicU32 {
+        self.mem.u32_at(self.at(pos) + 4)
+    }
+
+    fn set_owner(&self, pos: u64, owner: Owner) {
+        let at = self.at(pos) + 8;
+        self.mem.u64_at(at).store(owner.0[0], Ordering::Relaxed);
+        self.mem.u64_at(at + 8).store(owner.0[1], Ordering::Relaxed);
+    }
+
+    fn owner(&self, pos: u64) -> Owner {
+        let at = self.at(pos) + 8;
+        Owner([
+            self.mem.u64_at(at).load(Ordering::Relaxed),
+            self.mem.u64_at(at + 8).load(Ordering::Relaxed),
+        ])
+    }
+
+    /// `head` and `tail`, checked to describe at most one lap.
+    fn ends(&self) -> Result<(u64, u64), Corrupt> {
+        let head = self.word(HEAD).load(Ordering::Acquire);
+        let tail = self.word(TAIL).load(Ordering::Acquire);
+        if head > tail
+            || tail - head > self.cap as u64
+            || !head.is_multiple_of(8)
+            || !tail.is_multiple_of(8)
+        {
+            return Err(Corrupt(format!(
+                "head {head} and tail {tail} are not one lap"
+            )));
+        }
+        Ok((head, tail))
+    }
+
+    /// The frame at `pos` (below `tail`): its state and the bytes it takes up to the next
+    /// frame, checked to fit.
+    fn frame_at(&self, pos: u64, tail: u64) -> Result<(u32, u64), Corrupt> {
+        let left = (self.cap - (pos as usize & (self.cap - 1))) as u64;
+        if left < HDR as u64 {
+            return Ok((PAD, left));
+        }
+        let state = self.state(pos).load(Ordering::Acquire);
+        let len = self.len_word(pos).load(Ordering::Relaxed) as usize;
+        let size = match state {
+            PAD => (HDR + len) as u64,
+            RESERVED | READY | CLAIMED | DONE | DEAD => frame_size(len) as u64,
+            other => return Err(Corrupt(format!("frame at {pos} has state {other}"))),
+        };
+        if size > left || pos + size > tail || (state == PAD && size != left) {
+            return Err(Corrupt(format!(
+                "frame at {pos} of {size} bytes does not fit ({left} to the end of the ring, \
+                 tail at {tail})"
+            )));
+        }
+        Ok((state, size))
+    }
+
+    /// Reserves a frame for a payload of `len` bytes, owned by `me`: `None` when there is
+    /// no room (or `maxsize` items are in). The caller holds the producers' lock and has
+    /// checked `len <= max_payload()`.
+    pub(crate) fn reserve(&self, len: usize, me: Owner) -> Result<Option<Slot>, Corrupt> {
+        let maxsize = self.maxsize();
+        if maxsize != 0 && self.items() >= maxsize {
+            return Ok(None);
+        }
+        let (head, tail) = self.ends()?;
+        let size = frame_size(len) as u64;
+        let left = (self.cap - (tail as usize & (self.cap - 1))) as u64;
+        let pad = if left < size { left } else { 0 };
+        if tail + pad + size - head > self.cap as u64 {
+            return Ok(None);
+        }
+        if pad >= HDR as u64 {
+            self.len_word(tail)
+                .store((pad as usize - HDR) as u32, Ordering::Relaxed);
+            self.state(tail).store(PAD, Ordering::Release);
+        }
+        let pos = tail + pad;
+        self.len_word(pos).store(len as u32, Ordering::Relaxed);
+        self.set_owner(pos, me);
+        self.state(pos).store(RESERVED, Ordering::Release);
+        self.word(TAIL).store(pos + size, Ordering::Release);
+        self.word(ITEMS).fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Slot { pos, len }))
+    }
+
+    /// Copies the payload into a reserved frame.
+    ///
+    /// # Panics
+    /// If `bytes` is not the length reserved.
+    pub(crate) fn fill(&self, slot: Slot, bytes: &[u8]) {
+        assert_eq!(bytes.len(), slot.len);
+        self.mem.copy_in(self.at(slot.pos) + HDR, bytes);
+    }
+
+    /// Makes a filled frame visible to consumers, waking any asleep. False if the frame was
+    /// taken from us meanwhile (declared dead: cannot happen while we live, or written over
+    /// by another process): the item is then lost.
+    pub(crate) fn publish(&self, slot: Slot) -> bool {
+        let ok = self
+            .state(slot.pos)
+            .compare_exchange(RESERVED, READY, Ordering::Release, Ordering::Relaxed)
+            .is_ok();
+        self.published().fetch_add(1, Ordering::SeqCst);
+        if self.get_sleepers().load(Ordering::SeqCst) > 0 {
+            crate::sys::futex_wake_all(self.published());
+        }
+        ok
+    }
+
+    /// Moves `head` over frames whose bytes nobody needs any more; whether it moved. The
+    /// caller holds the consumers' lock.
+    pub(crate) fn reclaim(&self) -> Result<bool, Corrupt> {
+        let (head, tail) = self.ends()?;
+        let mut pos = head;
+        while pos < tail {
+            match self.frame_at(pos, tail)? {
+                (DONE | DEAD | PAD, size) => pos += size,
+                _ => break,
+            }
+        }
+        if pos == head {
+            return Ok(false);
+        }
+        self.word(HEAD).store(pos, Ordering::Release);
+        self.signal_room();
+        Ok(true)
+    }
+
+    /// Tells producers asleep for room that some may have come back.
+    pub(crate) fn signal_room(&self) {
+        self.freed().fetch_add(1, Ordering::SeqCst);
+        if self.put_sleepers().load(Ordering::SeqCst) > 0 {
+            crate::sys::futex_wake_all(self.freed());
+        }
+    }
+
+    /// Claims the first `READY` frame for `me`, reclaiming first. The caller holds the
+    /// consumers' lock.
+    pub(crate) fn claim(&self, me: Owner) -> Result<Option<Claim>, Corrupt> {
+        self.reclaim()?;
+        let (head, tail) = self.ends()?;
+        let mut pos = head;
+        while pos < tail {
+            let (state, size) = self.frame_at(pos, tail)?;
+            if state == READY {
+                self.set_owner(pos, me);
+                if self
+                    .state(pos)
+                    .compare_exchange(READY, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let _ =
+                        self.word(ITEMS)
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                    if self.maxsize() != 0 {
+                        self.signal_room();
+                    }
+                    let len = self.len_word(pos).load(Ordering::Relaxed) as usize;
+                    if frame_size(len) as u64 != size {
+                        return Err(Corrupt(format!("frame at {pos} changed its length")));
+                    }
+                    return Ok(Some(Claim { pos, len }));
+                }
+            }
+            pos += size;
+        }
+        Ok(None)
+    }
+
+    /// Whether some frame is `READY` now. The caller holds the consumers' lock.
+    pub(crate) fn any_ready(&self) -> Result<bool, Corrupt> {
+        let (head, tail) = self.ends()?;
+        let mut pos = head;
+        while pos < tail {
+            let (state, size) = self.frame_at(pos, tail)?;
+            if state == READY {
+                return Ok(true);
+            }
+            pos += size;
+        }
+        Ok(false)
+    }
+
+    /// Copies a claimed frame's payload into `out` (resized to fit).
+    pub(crate) fn read(&self, claim: Claim, out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(claim.len, 0);
+        self.mem.copy_out(self.at(claim.pos) + HDR, out);
+    }
+
+    /// Gives a claimed frame's bytes back, to be reclaimed.
+    pub(crate) fn release(&self, claim: Claim) {
+        let _ = self.state(claim.pos).compare_exchange(
+            CLAIMED,
+            DONE,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+        if self.put_sleepers().load(Ordering::SeqCst) > 0 {
+            self.signal_room();
+        }
+    }
+
+    /// Marks `DEAD` every frame whose owner died `RESERVED` (mid-put) or `CLAIMED`
+    /// (mid-get), then reclaims; whether any room came back or any frame was buried. Asks
+    /// the kernel about each owner, so it is for a process that has waited a while. The
+    /// caller holds the consumers' lock.
+    pub(crate) fn bury_dead(&self) -> Result<bool, Corrupt> {
+        let (head, tail) = self.ends()?;
+        let mut buried = false;
+        let mut pos = head;
+        while pos < tail {
+            let (state, size) = self.frame_at(pos, tail)?;
+            if matches!(state, RESERVED | CLAIMED)
+                && self.owner(pos).is_dead()
+                && self
+                    .state(pos)
+                    .compare_exchange(state, DEAD, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                buried = true;
+                if state == RESERVED {
+                    let _ =
+                        self.word(ITEMS)
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                }
+            }
+            pos += size;
+        }
+        Ok(self.reclaim()? | buried)
+    }
+
+    /// Sets `items` to the frames `RESERVED` or `READY`, after a process died holding a
+    /// lock. The caller holds both locks.
+    pub(crate) fn recount(&self) -> Result<(), Corrupt> {
+        let (head, tail) = self.ends()?;
+        let mut pos = head;
+        let mut items = 0;
+        while pos < tail {
+            let (state, size) = self.frame_at(pos, tail)?;
+            items += u64::from(matches!(state, RESERVED | READY));
+            pos += size;
+        }
+        self.word(ITEMS).store(items, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drops every frame, after corruption: `head` jumps to `tail`. The caller holds both
+    /// locks. Producers still copying into a dropped frame may write over newer frames:
+    /// after another process has written garbage into the ring, items in flight are lost,
+    /// but nothing worse happens.
+    pub(crate) fn reset(&self) {
+        let tail = self.word(TAIL).load(Ordering::Acquire);
+        let tail = tail - tail % 8;
+        self.word(TAIL).store(tail, Ordering::Release);
+        self.word(HEAD).store(tail, Ordering::Release);
+        self.word(ITEMS).store(0, Ordering::Relaxed);
+        self.signal_room();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A ring in plain (8-aligned) memory, for tests in one process.
+    pub(crate) struct TestRing {
+        _mem: Vec<u64>,
+        pub(crate) ring: Ring,
+    }
+
+    pub(crate) fn test_ring(cap: usize, maxsize: u64) -> TestRing {
+        let mut mem = vec![0u64; (CONTROL + cap) / 8];
+        let base = std::ptr::NonNull::new(mem.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `mem` is 8-aligned, `CONTROL + cap` bytes, and lives as long as the ring
+        // (both in `TestRing`; the Vec's buffer does not move when the Vec does).
+        let bytes = unsafe { Bytes::new(base, CONTROL + cap) };
+        TestRing {
+            ring: Ring::new(bytes, cap, maxsize, true),
+            _mem: mem,
+        }
+    }
+
+    fn me() -> Owner {
+        Owner::me()
+    }
+
+    #[test]
+    fn a_frame_goes_round_the_ring() {
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        for round in 0..1000u32 {
+            let payload = round.to_le_bytes().repeat(round as usize % 50);
+            let slot = r.reserve(payload.len(), me()).unwrap().unwrap();
+            r.fill(slot, &payload);
+            assert!(r.publish(slot));
+            let claim = r.claim(me()).unwrap().unwrap();
+            let mut out = Vec::new();
+            r.read(claim, &mut out);
+            r.release(claim);
+            assert_eq!(out, payload);
+        }
+        assert!(r.claim(me()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reserved_frame_is_passed_over_and_holds_its_room() {
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        let slow = r.reserve(8, me()).unwrap().unwrap();
+        let fast = r.reserve(8, me()).unwrap().unwrap();
+        r.fill(fast, b"fastfast");
+        r.publish(fast);
+        let claim = r.claim(me()).unwrap().unwrap();
+        let mut out = Vec::new();
+        r.read(claim, &mut out);
+        assert_eq!(out, b"fastfast");
+        r.release(claim);
+        r.fill(slow, b"slowslow");
+        r.publish(slow);
+        let claim = r.claim(me()).unwrap().unwrap();
+        r.read(claim, &mut out);
+        assert_eq!(out, b"slowslow");
+    }
+
+    #[test]
+    fn maxsize_bounds_items_not_bytes() {
+        let t = test_ring(4096, 2);
+        let r = &t.ring;
+        assert!(r.reserve(1, me()).unwrap().is_some());
+        assert!(r.reserve(1, me()).unwrap().is_some());
+        assert!(r.reserve(1, me()).unwrap().is_none());
+    }
+
+    #[test]
+    fn garbage_in_a_header_is_reported_not_followed() {
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        let slot = r.reserve(8, me()).unwrap().unwrap();
+        r.fill(slot, b"12345678");
+        r.publish(slot);
+        r.len_word(slot.pos).store(1 << 30, Ordering::Relaxed);
+        assert!(r.claim(me()).is_err());
+        r.reset();
+        let slot = r.reserve(8, me()).unwrap().unwrap();
+        r.fill(slot, b"abcdefgh");
+        r.publish(slot);
+        assert!(r.claim(me()).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_dead_owners_frames_are_buried() {
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        let dead = Owner::dead_for_tests();
+        let a = r.reserve(8, dead).unwrap().unwrap();
+        let b = r.reserve(8, me()).unwrap().unwrap();
+        r.fill(b, b"bbbbbbbb");
+        r.publish(b);
+        let claim = r.claim(dead).unwrap().unwrap();
+        assert_eq!(r.items(), 1, "the dead producer's frame still counts");
+        assert!(r.bury_dead().unwrap());
+        assert_eq!(r.items(), 0);
+        // `a` (mid-put) and the claim (mid-get) are gone, and their room is back.
+        assert!(!r.publish(a));
+        let _ = claim;
+        let (head, tail) = r.ends().unwrap();
+        assert_eq!(head, tail);
+    }
+
+    mod model {
+        use std::collections::VecDeque;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Reserve(usize),
+            Publish(usize),
+            Claim,
+            Release(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0usize..700).prop_map(Op::Reserve),
+                any::<usize>().prop_map(Op::Publish),
+                Just(Op::Claim),
+                any::<usize>().prop_map(Op::Release),
+            ]
+        }
+
+        /// A frame as the model sees it: id, payload, state, and its slot or claim.
+        type ModelFrame = (u64, Vec<u8>, St, Option<Slot>, Option<Claim>);
+
+        /// What the model says a frame is.
+        #[derive(Debug, Clone, PartialEq)]
+        enum St {
+            Reserved,
+            Ready,
+            Claimed,
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any interleaving of reserve/publish/claim/release agrees with a model: a
+            /// claim takes the oldest published frame in reservation order, with the bytes
+            /// put in it; reserving fails only when the bytes in use leave no room; and once
+            /// everything is released, the whole ring is free again.
+            #[test]
+            fn the_ring_agrees_with_a_model(ops in proptest::collection::vec(op(), 1..300)) {
+                let t = test_ring(4096, 0);
+                let r = &t.ring;
+                let me = Owner::me();
+                // Frames in reservation order: (id, payload, state, slot or claim).
+                let mut frames: VecDeque<ModelFrame> =
+                    VecDeque::new();
+                let mut next_id = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Reserve(len) => {
+                            let payload: Vec<u8> =
+                                (0..len).map(|i| (next_id as usize + i) as u8).collect();
+                            let (head, tail) = r.ends().unwrap();
+                            let size = frame_size(len) as u64;
+                            let left = 4096 - tail % 4096;
+                            let needed = size + if left < size { left } else { 0 };
+                            let fits = tail - head + needed <= 4096;
+                            match r.reserve(len, me).unwrap() {
+                                Some(slot) => {
+                                    prop_assert!(fits);
+                                    r.fill(slot, &payload);
+                                    frames.push_back((next_id, payload, St::Reserved, Some(slot), None));
+                                    next_id += 1;
+                                }
+                                None => prop_assert!(!fits, "refused {} bytes with room", len),
+                            }
+                        }
+                        Op::Publish(i) => {
+                            let reserved: Vec<usize> = frames.iter().enumerate()
+                                .filter(|(_, f)| f.2 == St::Reserved).map(|(i, _)| i).collect();
+                            if let Some(&k) = reserved.get(i % reserved.len().max(1)) {
+                                prop_assert!(r.publish(frames[k].3.unwrap()));
+                                frames[k].2 = St::Ready;
+                            }
+                        }
+                        Op::Claim => {
+                            let expected = frames.iter().position(|f| f.2 == St::Ready);
+                            let got = r.claim(me).unwrap();
+                            match (expected, got) {
+                                (None, None) => {}
+                                (Some(k), Some(claim)) => {
+                                    let mut out = Vec::new();
+                                    r.read(claim, &mut out);
+                                    prop_assert_eq!(&out, &frames[k].1);
+                                    frames[k].2 = St::Claimed;
+                                    frames[k].4 = Some(claim);
+                                }
+                                (e, g) => prop_assert!(false, "model {:?}, ring {:?}", e, g),
+                            }
+                        }
+                        Op::Release(i) => {
+                            let claimed: Vec<usize> = frames.iter().enumerate()
+                                .filter(|(_, f)| f.2 == St::Claimed).map(|(i, _)| i).collect();
+                            if let Some(&k) = claimed.get(i % claimed.len().max(1)) {
+                                r.release(frames[k].4.unwrap());
+                                frames.remove(k);
+                            }
+                        }
+                    }
+                    let live = frames.iter().filter(|f| f.2 != St::Claimed).count() as u64;
+                    prop_assert_eq!(r.items(), live);
+                }
+                // Drain: publish all, claim and release all, in model order.
+                for f in frames.iter_mut().filter(|f| f.2 == St::Reserved) {
+                    prop_assert!(r.publish(f.3.unwrap()));
+                    f.2 = St::Ready;
+                }
+                for f in frames.iter().filter(|f| f.2 == St::Claimed) {
+                    r.release(f.4.unwrap());
+                }
+                for f in frames.iter().filter(|f| f.2 == St::Ready) {
+                    let claim = r.claim(me).unwrap().expect("a published frame");
+                    let mut out = Vec::new();
+                    r.read(claim, &mut out);
+                    prop_assert_eq!(&out, &f.1);
+                    r.release(claim);
+                }
+                prop_assert!(r.claim(me).unwrap().is_none());
+                r.reclaim().unwrap();
+                let (head, tail) = r.ends().unwrap();
+                prop_assert_eq!(head, tail);
+                prop_assert_eq!(r.items(), 0);
+            }
+        }
+    }
+}

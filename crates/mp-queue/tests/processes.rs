@@ -1,0 +1,256 @@
+//! Queues between processes: passing handles under every start method, producers that exit
+//! at once, and processes killed with SIGKILL in the middle of `put` and `get`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use mp_queue::{Error, Queue};
+use mp_spawn::{Process, StartMethod};
+use mp_sync::Shared;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn put_square(args: (Queue<u64>, u64)) {
+    let (q, n) = args;
+    q.put(n * n).expect("put");
+}
+
+fn pass_on(args: (Queue<u64>, u64)) {
+    let mut grandchild = Process::new(put_square, args).start().expect("start");
+    grandchild.join().expect("grandchild");
+}
+
+#[test]
+fn a_queue_passes_to_children_under_every_start_method_and_on_to_theirs() {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ] {
+        let q = Queue::<u64>::new().unwrap();
+        let mut children: Vec<_> = (1..=5)
+            .map(|n| {
+                let target = if n == 5 { pass_on } else { put_square };
+                Process::new(target, (q.clone(), n))
+                    .method(method)
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        for child in &mut children {
+            child
+                .join_timeout(DEADLINE)
+                .unwrap()
+                .expect("child finished");
+        }
+        let mut got: Vec<u64> = (0..5).map(|_| q.get_timeout(DEADLINE).unwrap()).collect();
+        got.sort();
+        assert_eq!(got, [1, 4, 9, 16, 25], "{method:?}");
+        assert!(q.empty());
+    }
+}
+
+fn put_big(args: (Queue<Vec<u8>>, usize)) {
+    let (q, len) = args;
+    q.put(vec![0xa5; len]).expect("put");
+}
+
+#[test]
+fn a_producer_that_exits_right_after_a_10_mib_put_is_joined_and_its_item_received() {
+    let q = Queue::<Vec<u8>>::builder()
+        .capacity(16 << 20)
+        .build()
+        .unwrap();
+    let mut child = Process::new(put_big, (q.clone(), 10 << 20))
+        .start()
+        .unwrap();
+    child.join_timeout(DEADLINE).unwrap().expect("joined");
+    let item = q.get_timeout(DEADLINE).unwrap();
+    assert_eq!(item.len(), 10 << 20);
+    assert!(item.iter().all(|&b| b == 0xa5));
+}
+
+/// An item a producer can check: who put it, its number, and bytes derived from both.
+fn item(producer: u64, seq: u64) -> Vec<u8> {
+    let len = (seq * 7919 % 300) as usize + 16;
+    let mut bytes = Vec::with_capacity(len);
+    bytes.extend_from_slice(&producer.to_le_bytes());
+    bytes.extend_from_slice(&seq.to_le_bytes());
+    bytes.extend((16..len).map(|i| (producer as usize * 31 + seq as usize * 17 + i) as u8));
+    bytes
+}
+
+fn check(bytes: &[u8]) -> (u64, u64) {
+    assert!(bytes.len() >= 16, "a torn item: {} bytes", bytes.len());
+    let producer = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let seq = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    assert_eq!(bytes, item(producer, seq), "a garbled item");
+    (producer, seq)
+}
+
+/// Puts items numbered from `first` for ever, recording in `acked[producer]` the count of
+/// puts that returned `Ok`.
+fn produce(args: (Queue<Vec<u8>>, Shared<AtomicU64>, u64, u64)) {
+    let (q, acked, producer, first) = args;
+    let mut seq = first;
+    loop {
+        q.put(item(producer, seq)).expect("put");
+        seq += 1;
+        acked.store(seq, Ordering::SeqCst);
+    }
+}
+
+/// Takes items for ever, sending each to the parent through `out`, counting in `taken`.
+fn consume(args: (Queue<Vec<u8>>, Queue<Vec<u8>>, Shared<AtomicU64>)) {
+    let (q, out, taken) = args;
+    loop {
+        let item = q.get().expect("get");
+        taken.fetch_add(1, Ordering::SeqCst);
+        out.put(item).expect("forward");
+    }
+}
+
+/// SIGKILLs producers and consumers at random moments (after a random number of their
+/// operations) and checks: every item whose `put` returned `Ok` arrives exactly once, but
+/// for at most one per killed consumer; none arrives torn or garbled; nothing hangs.
+#[test]
+fn producers_and_consumers_killed_mid_operation_lose_at_most_the_consumers_items() {
+    let q = Queue::<Vec<u8>>::builder()
+        .capacity(16 << 10)
+        .build()
+        .unwrap();
+    let out = Queue::<Vec<u8>>::builder()
+        .capacity(1 << 20)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut producer_kills, mut consumer_kills) = (0u64, 0u64);
+    let mut acked_final: HashMap<u64, u64> = HashMap::new();
+    let mut received: HashSet<(u64, u64)> = HashSet::new();
+    let mut operations = 0u64;
+    let drain = |received: &mut HashSet<(u64, u64)>, out: &Queue<Vec<u8>>| {
+        while let Ok(bytes) = out.try_get() {
+            let key = check(&bytes);
+            assert!(received.insert(key), "item {key:?} received twice");
+        }
+    };
+    // Rounds: two producers and one consumer; one of them is killed at a random count.
+    for round in 0..12u64 {
+        let producers: Vec<(u64, Shared<AtomicU64>)> = (0..2)
+            .map(|i| (round * 2 + i, Shared::<AtomicU64>::new().unwrap()))
+            .collect();
+        let taken = Shared::<AtomicU64>::new().unwrap();
+        let mut procs: Vec<_> = producers
+            .iter()
+            .map(|(id, acked)| {
+                Process::new(produce, (q.clone(), acked.clone(), *id, 0))
+                    .method(StartMethod::Fork)
+                    .daemon(true)
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        let mut consumer = Process::new(consume, (q.clone(), out.clone(), taken.clone()))
+            .method(StartMethod::Fork)
+            .daemon(true)
+            .start()
+            .unwrap();
+        // Kill one producer, or the consumer, after a random number of operations.
+        let victim = next(3);
+        let at = 50 + next(2000);
+        loop {
+            assert!(start.elapsed() < DEADLINE * 2, "no progress: a hang");
+            let count = if victim < 2 {
+                producers[victim as usize].1.load(Ordering::SeqCst)
+            } else {
+                taken.load(Ordering::SeqCst)
+            };
+            if count >= at {
+                break;
+            }
+            drain(&mut received, &out);
+            std::thread::yield_now();
+        }
+        if victim < 2 {
+            procs[victim as usize].kill().unwrap();
+            producer_kills += 1;
+        } else {
+            consumer.kill().unwrap();
+            consumer_kills += 1;
+            // A new consumer takes over and must not be wedged by the dead one.
+            consumer = Process::new(consume, (q.clone(), out.clone(), taken.clone()))
+                .method(StartMethod::Fork)
+                .daemon(true)
+                .start()
+                .unwrap();
+        }
+        // Stop the producers, then let the consumer drain everything.
+        for p in &procs {
+            let _ = p.kill();
+        }
+        for p in &mut procs {
+            // Killed: `join` says so (and reaps it) well within the deadline.
+            assert!(
+                !matches!(p.join_timeout(DEADLINE), Ok(None)),
+                "a producer hung"
+            );
+        }
+        for (id, acked) in &producers {
+            let n = acked.load(Ordering::SeqCst);
+            operations += n;
+            acked_final.insert(*id, n);
+        }
+        // Wait until the consumer has taken every item still in the queue.
+        let drained_by = Instant::now() + DEADLINE;
+        while q.qsize() > 0 {
+            assert!(
+                Instant::now() < drained_by,
+                "the queue never drained: a hang"
+            );
+            drain(&mut received, &out);
+            std::thread::yield_now();
+        }
+        consumer.kill().unwrap();
+        assert!(
+            !matches!(consumer.join_timeout(DEADLINE), Ok(None)),
+            "a consumer hung"
+        );
+        drain(&mut received, &out);
+    }
+    // Every acknowledged item arrived, but for at most one per consumer kill (the item it
+    // was taking or forwarding). Items put but not acknowledged (killed before `acked` was
+    // written) may arrive or not.
+    let mut missing = 0;
+    for (&id, &acked) in &acked_final {
+        for seq in 0..acked {
+            if !received.contains(&(id, seq)) {
+                missing += 1;
+            }
+        }
+    }
+    // Each round ends with a killed consumer (the one left running), which may lose one.
+    let consumer_deaths = consumer_kills + 12;
+    eprintln!(
+        "kill test: {operations} puts acknowledged, {producer_kills} producers and \
+         {consumer_deaths} consumers killed, {missing} items lost (at most \
+         {consumer_deaths} allowed), 0 hangs"
+    );
+    assert!(
+        missing <= consumer_deaths,
+        "{missing} acknowledged items lost with {consumer_deaths} consumer deaths"
+    );
+    // The queue still works.
+    q.put(item(999, 0)).unwrap();
+    assert_eq!(check(&q.get_timeout(DEADLINE).unwrap()), (999, 0));
+    let _ = Error::Empty;
+}
