@@ -217,8 +217,7 @@ unsafe extern "C" {
     fn __cxa_finalize(dso: *mut libc::c_void);
 }
 
-/// The exit guard, as armed by a process with one thread (its pid is `armed_by`) just
-/// before each fork, so that it is the newest of that process's exit handlers in the
+/// The exit guard, as armed by a process (its pid is `armed_by`) just before each fork, so that it is the newest of that process's exit handlers in the
 /// child's copy of them. Handlers run newest first: a fork child of ours that calls `exit`
 /// runs the handlers it registered itself, then comes to the guard its parent armed, and
 /// ends there (see [`leave_at_exit`]). The guard does nothing in the process that armed it,
@@ -226,19 +225,6 @@ unsafe extern "C" {
 extern "C" fn exit_guard(armed_by: *mut libc::c_void, status: c_int) {
     let me = crate::current::pid();
     if armed_by as usize == me as usize || !crate::current::forked_by_us(me) {
-        return;
-    }
-    leave_at_exit(status)
-}
-
-/// The exit guard as a fork child of a process with more than one thread registers it
-/// itself, first thing (see [`skip_inherited_exit_handlers`]): there, another thread could
-/// register a handler between an arming in the parent and the fork. It acts only in the
-/// child that registered it (`registered_by`), not in a child of that child forked by
-/// other means.
-extern "C" fn child_exit_guard(status: c_int, registered_by: *mut libc::c_void) {
-    let me = crate::current::pid();
-    if registered_by as usize != me as usize || !crate::current::forked_by_us(me) {
         return;
     }
     leave_at_exit(status)
@@ -258,23 +244,6 @@ fn leave_at_exit(status: c_int) -> ! {
     exit_now(status)
 }
 
-unsafe extern "C" {
-    /// glibc's `on_exit(3)`: like `atexit`, but the handler receives the exit status.
-    fn on_exit(handler: extern "C" fn(c_int, *mut libc::c_void), arg: *mut libc::c_void) -> c_int;
-}
-
-/// In a fork child of a process that has had more than one thread: registers the exit
-/// guard in the child itself (see [`child_exit_guard`]), as the newest of its handlers.
-/// See [on_exit(3)](https://man7.org/linux/man-pages/man3/on_exit.3.html).
-pub(crate) fn skip_inherited_exit_handlers() {
-    let me = crate::current::pid() as usize;
-    // SAFETY: the handler is a plain function valid for the life of the process; the
-    // argument is a number, never dereferenced.
-    unsafe {
-        on_exit(child_exit_guard, me as *mut libc::c_void);
-    }
-}
-
 /// In a forked child, its result socket (see `current::set_forked_outlet`).
 pub(crate) fn forked_outlet() -> Option<BorrowedFd<'static>> {
     let outlet = crate::held::HELD.forked_outlet.load(Ordering::Relaxed);
@@ -285,7 +254,8 @@ pub(crate) fn forked_outlet() -> Option<BorrowedFd<'static>> {
 }
 
 /// Makes the exit guard the newest exit handler of this process, before a fork (see
-/// [`exit_guard`]), in a process that has only ever had one thread. The one armed before by
+/// [`exit_guard`]). Called with the fork's locks held (see `start::fork`), so two threads'
+/// forks never interleave their armings. The one armed before by
 /// this process is taken out first (each process registers its guard under a handle of its
 /// own, which no library's can equal: theirs are addresses, ours odd), so re-arming takes
 /// no new slot unless a handler was registered since the last fork; the guards inherited
