@@ -413,7 +413,7 @@ fn gone_in_time(pid: u32, within: Duration) -> bool {
 
 /// Under every start method: a child runs `target`, which starts a grandchild, sends its
 /// pid and hangs; SIGKILL the child, and the grandchild must be gone within a second.
-fn killing_the_child_takes_the_grandchild(target: fn(Connection) -> u8) {
+fn killing_the_child_takes_the_grandchild(target: impl Fn(Connection) -> u8 + Copy + 'static) {
     for method in METHODS {
         let (ours, theirs) = pipe(true).unwrap();
         let mut p = Process::new(target, theirs).method(method).start().unwrap();
