@@ -890,7 +890,8 @@ mod tests {
     #[test]
     fn stale_probe() {
         if let Some(path) = std::env::var_os(PROBE) {
-            let seen = std::env::var_os(CHILD_ENV).is_some();
+            let seen =
+                std::env::var_os(CHILD_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some();
             std::fs::write(path, format!("main ran; variable seen: {seen}")).unwrap();
         }
     }
@@ -899,12 +900,17 @@ mod tests {
     /// `keep` as descriptor 3 (and nothing above it), and waits for it (at most
     /// [`DEADLINE`]). Returns its exit code and what the probe wrote.
     fn run_with_variable(value: &str, keep: BorrowedFd<'_>) -> (i32, Option<String>) {
+        run_with(CHILD_ENV, value, keep)
+    }
+
+    /// As [`run_with_variable`], for the private variable `key`.
+    fn run_with(key: &str, value: &str, keep: BorrowedFd<'_>) -> (i32, Option<String>) {
         let path = std::env::temp_dir().join(format!(
             "mp-spawn-probe-{}-{}",
             std::process::id(),
             rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).tv_nsec
         ));
-        let mut env = start::child_env(CHILD_ENV, value);
+        let mut env = start::child_env(key, value);
         env.push(CString::new(format!("{PROBE}={}", path.display())).unwrap());
         let args = [
             start::argv0(),
@@ -967,10 +973,13 @@ mod tests {
     fn a_stale_variable_naming_a_silent_socket_reaches_main() {
         // Made by the parent, so its peer is right: only its silence tells.
         let (_ours, theirs) = start::socketpair().unwrap();
-        assert_eq!(
-            run_with_variable(&env_value(), theirs.as_fd()),
-            (0, Some(MAIN_RAN.into()))
-        );
+        for key in [CHILD_ENV, SERVER_ENV] {
+            assert_eq!(
+                run_with(key, &env_value(), theirs.as_fd()),
+                (0, Some(MAIN_RAN.into())),
+                "{key}"
+            );
+        }
     }
 
     /// A socket pair made by another process (a fork child of ours), which it hands back.

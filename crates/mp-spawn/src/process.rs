@@ -255,7 +255,7 @@ impl<R: Message + 'static> Process<R> {
     /// executable holds, and the bytes only choose among its entries (checked against the
     /// argument and result types). A function pointer chosen at run time has no entry.
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0080
     /// fn square(x: u64) -> u64 { x * x }
     /// let chosen: fn(u64) -> u64 = square; // a pointer: 8 bytes, chosen at run time
     /// let _ = mp_spawn::Process::new(chosen, 3).start();
