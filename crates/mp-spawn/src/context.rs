@@ -73,9 +73,11 @@ impl Context {
         self.method
     }
 
-    /// A process that will run `target(args)` with this context's start method.
-    pub fn process<A, R>(&self, target: fn(A) -> R, args: A) -> Builder<R>
+    /// A process that will run `target(args)` with this context's start method; `target` as
+    /// for [`Process::new`] (a fn item or a closure without captures).
+    pub fn process<F, A, R>(&self, target: F, args: A) -> Builder<R>
     where
+        F: Fn(A) -> R + Copy + 'static,
         A: mp_codec::Message + 'static,
         R: mp_codec::Message + 'static,
     {

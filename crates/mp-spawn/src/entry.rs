@@ -28,30 +28,121 @@ fn anchor() -> usize {
     anchor as fn() -> usize as usize
 }
 
+/// Written by the parent on its end of the bootstrap socket before it starts the child
+/// (or the forkserver), so the child finds it there at once: a socket that does not hold
+/// it is not one of ours (a stale variable), and the program runs as usual.
+pub(crate) const PREAMBLE: [u8; 8] = *b"mp-spawn";
+
 /// Runs in every process of this executable before `main` (see `sys::CONSTRUCTOR`).
+///
+/// The private variables are removed whatever happens. A process becomes a child (or the
+/// forkserver) only if [`bootstrap_socket`] accepts what the variable names; otherwise the
+/// program runs as usual.
 pub(crate) fn on_load() {
-    if let Some(fd) = take_env(CHILD_ENV) {
+    if let Some(value) = take_env(CHILD_ENV)
+        && let Some(socket) = bootstrap_socket(value)
+    {
         sys::ignore_sigpipe();
-        let code = match fd.and_then(sys::take_inherited_fd) {
-            Some(socket) => run_bootstrap(Connection::from_unix_socket(socket), true),
-            None => START_FAILED,
-        };
-        finish(code);
+        finish(run_bootstrap(Connection::from_unix_socket(socket), true));
     }
-    if let Some(fd) = take_env(SERVER_ENV) {
+    if let Some(value) = take_env(SERVER_ENV)
+        && let Some(socket) = bootstrap_socket(value)
+    {
         sys::ignore_sigpipe();
-        match fd.and_then(sys::take_inherited_fd) {
-            Some(socket) => crate::start::forkserver::serve(socket),
-            None => sys::exit_now(START_FAILED),
-        }
+        crate::start::forkserver::serve(socket)
     }
 }
 
-/// Reads and removes a private variable: `Some(Some(fd))` when set to a number.
-fn take_env(key: &str) -> Option<Option<i32>> {
+/// Reads and removes a private variable: `Some(Some((fd, parent)))` when set to
+/// `<fd>:<parent pid>`.
+fn take_env(key: &str) -> Option<Option<(i32, i32)>> {
     let value = std::env::var_os(key)?;
     sys::remove_env_before_main(key);
-    Some(value.to_str().and_then(|v| v.parse().ok()))
+    Some(value.to_str().and_then(parse_env))
+}
+
+/// The value of a private variable: the bootstrap descriptor and the parent's pid.
+fn parse_env(value: &str) -> Option<(i32, i32)> {
+    let (fd, parent) = value.split_once(':')?;
+    Some((fd.parse().ok()?, parent.parse().ok()?))
+}
+
+/// The value of a private variable for a child of this process.
+pub(crate) fn env_value() -> String {
+    format!("{BOOT_FD}:{}", std::process::id())
+}
+
+/// Whether a process may act as a child at all: not when it runs with privileges its
+/// invoker lacks (setuid, setgid, file capabilities: `AT_SECURE`, or real and effective ids
+/// that differ). Whoever started it could set the variable and hand it a socket, and the
+/// bootstrap says what to run with what arguments: the program then runs as usual.
+pub(crate) fn may_act_as_child(c: &sys::Credentials) -> bool {
+    !c.secure && c.uid == c.euid && c.gid == c.egid
+}
+
+/// What the peer of a bootstrap socket says about it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// Made by our parent, as the variable says, under our own user: act as the child.
+    Parent,
+    /// Made by the process the variable names, which is no longer our parent: it died
+    /// before we got here (we were handed to a reaper), and we should die with it.
+    ParentGone,
+    /// Anything else: not a bootstrap of ours.
+    Stranger,
+}
+
+/// Judges a bootstrap socket's peer (`SO_PEERCRED`: for a socket pair, the process that
+/// made the pair and its effective uid then) against the parent the variable names, our
+/// kernel parent and our uid.
+///
+/// Our parent makes the pair and then starts us (spawn: the child; forkserver: the server;
+/// a forkserver's own children are forked from it, never exec'd, and are not judged here).
+/// This is no authentication of the bytes: a process of the same user can make a pair,
+/// fork, and exec this program from the child. What it gains is nothing it did not have:
+/// it can only pick one of the targets built into the program (see `targets`), with
+/// arguments of its choosing, as the same user. The check keeps other users' sockets,
+/// and descriptors inherited by accident, out.
+pub(crate) fn judge_peer(peer_pid: i32, peer_uid: u32, named: i32, ppid: i32, uid: u32) -> Peer {
+    if peer_uid != uid || peer_pid != named || named <= 0 {
+        Peer::Stranger
+    } else if ppid != named {
+        Peer::ParentGone
+    } else {
+        Peer::Parent
+    }
+}
+
+/// The bootstrap socket a private variable's value names, if this process should act on
+/// it; `None` means "run `main`". Never blocks: the parent wrote [`PREAMBLE`] before
+/// starting us, so it is there now or never. A descriptor that is closed, not a socket, not
+/// made by our parent, or silent leaves the program to run as usual, untouched.
+fn bootstrap_socket(value: Option<(i32, i32)>) -> Option<std::os::fd::OwnedFd> {
+    if !may_act_as_child(&sys::credentials()) {
+        return None;
+    }
+    let (fd, named) = value?;
+    let socket = sys::inherited_fd(fd)?;
+    let peer = rustix::net::sockopt::socket_peercred(socket).ok()?;
+    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    match judge_peer(
+        peer.pid.as_raw_nonzero().get(),
+        peer.uid.as_raw(),
+        named,
+        ppid,
+        rustix::process::getuid().as_raw(),
+    ) {
+        Peer::Parent => {}
+        Peer::ParentGone => sys::exit_now(START_FAILED),
+        Peer::Stranger => return None,
+    }
+    let mut preamble = [0u8; PREAMBLE.len()];
+    match rustix::net::recv(socket, &mut preamble, rustix::net::RecvFlags::DONTWAIT) {
+        Ok((n, _)) if n == PREAMBLE.len() && preamble == PREAMBLE => {
+            Some(sys::take_inherited_fd(socket))
+        }
+        _ => None,
+    }
 }
 
 /// True when this process was started as a child but the constructor did not turn it into
@@ -99,9 +190,13 @@ pub(crate) fn fingerprint() -> &'static Fingerprint {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Header {
     pub(crate) fingerprint: Fingerprint,
-    pub(crate) trampoline: u64,
+    /// Which entry of the table of targets to run (see `sys::targets`): the offset of its
+    /// trampoline from [`anchor`]. It only selects; the child calls the table's own pointer.
     pub(crate) target: u64,
-    /// FNV-1a of the two offsets and the fingerprint: a corrupted offset is caught here.
+    /// [`types_of`] the target, its argument and its result, which the trampoline checks.
+    pub(crate) types: u64,
+    /// FNV-1a of the fingerprint, the target and the types: a corrupted message is caught
+    /// here (integrity, not authentication: anyone can compute it).
     pub(crate) check: u64,
     pub(crate) name: String,
     pub(crate) identity: Vec<u32>,
@@ -109,7 +204,13 @@ pub(crate) struct Header {
     pub(crate) parent_pid: u32,
 }
 
-fn checksum(f: &Fingerprint, trampoline: u64, target: u64) -> u64 {
+fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &byte| {
+        (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn checksum(f: &Fingerprint, target: u64, types: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for word in [
         f.dev,
@@ -118,52 +219,77 @@ fn checksum(f: &Fingerprint, trampoline: u64, target: u64) -> u64 {
         f.mtime.0 as u64,
         f.mtime.1,
         f.layout,
-        trampoline,
         target,
+        types,
     ] {
-        for byte in word.to_le_bytes() {
-            h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        }
+        h = fnv1a(h, &word.to_le_bytes());
     }
     h
 }
 
-/// How a child runs a `fn(A) -> R` given by offset: decode `A` from the frame, run, send `R`.
-pub(crate) type Trampoline = fn(&sys::SameImage, u64, Frame, Outlet<'_>) -> i32;
+/// A hash of the names of a target's type, its argument's and its result's.
+fn types_of<F, A, R>() -> u64 {
+    fnv1a(
+        0xcbf2_9ce4_8422_2325,
+        std::any::type_name::<(F, A, R)>().as_bytes(),
+    )
+}
 
-fn trampoline<A: Decode, R: Encode>(
-    image: &sys::SameImage,
-    target: u64,
-    mut args: Frame,
-    outlet: Outlet<'_>,
-) -> i32 {
-    let target: fn(A) -> R = sys::function_at(image, anchor(), target);
+/// How a child runs the target a table entry stands for: check the types the bootstrap
+/// names, decode `A` from the frame, run, send `R`.
+pub(crate) type Trampoline = fn(u64, Frame, Outlet<'_>) -> i32;
+
+/// The child's side of `Process::new(target: F, args: A)`: its address is what the table
+/// of targets holds (see `sys::register_target`), and `F` (zero-sized) fixes the target.
+pub(crate) fn trampoline<F, A, R>(types: u64, mut args: Frame, outlet: Outlet<'_>) -> i32
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: Decode + 'static,
+    R: Encode + 'static,
+{
+    if types != types_of::<F, A, R>() {
+        return fail(
+            outlet,
+            "the bootstrap names a target of other argument or result types",
+        );
+    }
+    let target: F = sys::copy_of_zero_sized();
     match A::decode(&mut args) {
         Ok(args) => run_target(outlet, move || target(args)),
         Err(err) => fail(outlet, &format!("cannot decode the arguments: {err}")),
     }
 }
 
-/// The header and arguments of a bootstrap message for `target(args)`.
-pub(crate) fn bootstrap_frame<A: Decode + Encode, R: Decode + Encode>(
-    target: fn(A) -> R,
+/// The header and arguments of a bootstrap message for `target(args)`, `F` zero-sized.
+pub(crate) fn bootstrap_frame<F, A, R>(
+    _target: &F,
     args: &A,
     name: &str,
     identity: &[u32],
     daemon: bool,
-) -> crate::Result<Frame> {
+) -> crate::Result<Frame>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: Decode + Encode + 'static,
+    R: Decode + Encode + 'static,
+{
+    sys::register_target::<F, A, R>();
     let fingerprint = fingerprint().clone();
-    let (trampoline, target) = (trampoline::<A, R> as Trampoline as usize, target as usize);
-    if !sys::same_object(anchor(), trampoline) || !sys::same_object(anchor(), target) {
+    let trampoline = trampoline::<F, A, R> as Trampoline;
+    // In the table the child will look in (not so if this code lives in a shared library,
+    // whose table the child's executable does not share).
+    if !sys::same_object(anchor(), trampoline as usize)
+        || !sys::targets().contains(&Some(trampoline))
+    {
         return Err(crate::Error::NotInExecutable);
     }
-    let trampoline = sys::offset_of(anchor(), trampoline);
-    let target = sys::offset_of(anchor(), target);
+    let target = sys::offset_of(anchor(), trampoline as usize);
+    let types = types_of::<F, A, R>();
     let header = Header {
-        check: checksum(&fingerprint, trampoline, target),
+        check: checksum(&fingerprint, target, types),
         fingerprint,
-        trampoline,
         target,
+        types,
         name: name.to_string(),
         identity: identity.to_vec(),
         daemon,
@@ -179,15 +305,22 @@ pub(crate) fn bootstrap_frame<A: Decode + Encode, R: Decode + Encode>(
     Ok(frame)
 }
 
-/// Checks a header against this image.
-fn verify(header: &Header) -> Result<sys::SameImage, String> {
+/// Checks a header against this image and finds its target in the table of targets: the
+/// entry whose offset from [`anchor`] the header names. Nothing from the bytes is ever
+/// called; they only choose among the table's entries.
+fn verify(header: &Header) -> Result<Trampoline, String> {
     if header.fingerprint != *fingerprint() {
         return Err("the bootstrap was made by a different executable".into());
     }
-    if header.check != checksum(&header.fingerprint, header.trampoline, header.target) {
+    if header.check != checksum(&header.fingerprint, header.target, header.types) {
         return Err("the bootstrap message is corrupted".into());
     }
-    Ok(sys::SameImage(()))
+    sys::targets()
+        .iter()
+        .flatten()
+        .copied()
+        .find(|&t| sys::offset_of(anchor(), t as usize) == header.target)
+        .ok_or_else(|| "the bootstrap names no target of this executable".into())
 }
 
 /// Splits a bootstrap frame into its header and the arguments' frame.
@@ -269,11 +402,10 @@ pub(crate) fn run_frame(frame: Frame, outlet: Outlet<'_>, exec_child: bool) -> i
     if exec_child && sys::die_with_parent(header.parent_pid as i32).is_err() {
         return fail(outlet, "cannot arrange to die with the parent");
     }
-    let image = match verify(&header) {
-        Ok(image) => image,
+    let trampoline = match verify(&header) {
+        Ok(trampoline) => trampoline,
         Err(why) => return fail(outlet, &why),
     };
-    let trampoline: Trampoline = sys::function_at(&image, anchor(), header.trampoline);
     current::become_child(
         header.name,
         header.identity,
@@ -281,7 +413,7 @@ pub(crate) fn run_frame(frame: Frame, outlet: Outlet<'_>, exec_child: bool) -> i
         header.parent_pid,
         exec_child, // a forkserver's child: its parent process is not its kernel's parent
     );
-    trampoline(&image, header.target, args, outlet)
+    trampoline(header.types, args, outlet)
 }
 
 /// The three ways a child's run ends, as the first byte of the result frame.
@@ -599,4 +731,298 @@ fn prepare_exit(stdout: Option<&std::io::Stdout>) {
         Some(mut stdout) => stdout.flush(),
         None => std::io::stdout().flush(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        ffi::CString,
+        os::fd::{AsFd, BorrowedFd},
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::{Error, Process, StartMethod, start};
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// Has the signature of a trampoline, and ends its process with a code nothing else
+    /// uses. It is in no table: an attacker reads its offset with `nm`.
+    fn evil(_: u64, _: Frame, _: Outlet<'_>) -> i32 {
+        sys::exit_now(77)
+    }
+
+    fn triple(x: u64) -> u64 {
+        3 * x
+    }
+
+    /// Writes `target ran` to the file `path`.
+    fn marks(path: String) -> u8 {
+        let _ = std::fs::write(path, "target ran");
+        0
+    }
+
+    fn encode(header: &Header, args: &[u8]) -> Frame {
+        let head = Frame::encode(header).unwrap().bytes;
+        let mut bytes = (head.len() as u32).to_le_bytes().to_vec();
+        bytes.extend(head);
+        bytes.extend_from_slice(args);
+        Frame {
+            bytes,
+            fds: Vec::new(),
+        }
+    }
+
+    /// Starts a spawned child from `frame` and joins it.
+    fn run_spawned(frame: Frame) -> (Result<Option<u64>, Error>, Option<i32>) {
+        let mut started = start::spawn::start(frame).unwrap();
+        let pidfd = started.pidfd.take().map(std::sync::Arc::new);
+        let mut p: Process<u64> = Process::made(
+            started,
+            "forged".into(),
+            vec![1],
+            pidfd,
+            0,
+            false,
+            StartMethod::Spawn,
+        );
+        let joined = p.join_timeout(DEADLINE);
+        if matches!(joined, Ok(None)) {
+            let _ = p.kill();
+        }
+        (joined, p.exitcode())
+    }
+
+    fn assert_refused((joined, code): (Result<Option<u64>, Error>, Option<i32>), needle: &str) {
+        assert_ne!(code, Some(77), "the forged target ran");
+        assert_eq!(code, Some(START_FAILED));
+        match joined {
+            Err(Error::StartFailed { message, .. }) => {
+                assert!(message.contains(needle), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_forged_bootstrap_with_a_valid_checksum_does_not_run_its_target() {
+        let good = bootstrap_frame(&triple, &5u64, "forged", &[9], false).unwrap();
+        let (mut header, args) = split(good).unwrap();
+        // The offset of a function that is no target, with a checksum to match.
+        header.target = sys::offset_of(anchor(), evil as Trampoline as usize);
+        header.check = checksum(&header.fingerprint, header.target, header.types);
+        let forged = encode(&header, &args.bytes);
+        assert_refused(
+            run_spawned(forged),
+            "the bootstrap names no target of this executable",
+        );
+    }
+
+    #[test]
+    fn a_bootstrap_naming_a_target_of_other_types_is_refused() {
+        let good = bootstrap_frame(&triple, &5u64, "forged", &[9], false).unwrap();
+        let (mut header, args) = split(good).unwrap();
+        header.types ^= 1;
+        header.check = checksum(&header.fingerprint, header.target, header.types);
+        assert_refused(run_spawned(encode(&header, &args.bytes)), "other argument");
+    }
+
+    #[test]
+    fn every_target_started_here_is_in_the_table() {
+        fn trampoline_of<F, A, R>(_: &F) -> Trampoline
+        where
+            F: Fn(A) -> R + Copy + 'static,
+            A: Decode + 'static,
+            R: Encode + 'static,
+        {
+            trampoline::<F, A, R>
+        }
+        let ours = trampoline_of(&triple);
+        bootstrap_frame(&triple, &1u64, "t", &[1], false).unwrap();
+        assert!(sys::targets().contains(&Some(ours)));
+        assert!(!sys::targets().contains(&Some(evil as Trampoline)));
+    }
+
+    #[test]
+    fn a_privileged_process_never_acts_as_a_child() {
+        let plain = sys::Credentials {
+            secure: false,
+            uid: 1000,
+            euid: 1000,
+            gid: 100,
+            egid: 100,
+        };
+        assert!(may_act_as_child(&plain));
+        for c in [
+            sys::Credentials {
+                secure: true,
+                ..plain
+            },
+            sys::Credentials { euid: 0, ..plain },
+            sys::Credentials { egid: 0, ..plain },
+            sys::Credentials { uid: 0, ..plain },
+        ] {
+            assert!(!may_act_as_child(&c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_socket_our_parent_made_under_our_user_is_a_bootstrap() {
+        // peer pid, peer uid, named parent, our parent, our uid
+        assert_eq!(judge_peer(10, 5, 10, 10, 5), Peer::Parent);
+        assert_eq!(judge_peer(10, 6, 10, 10, 5), Peer::Stranger);
+        assert_eq!(judge_peer(11, 5, 10, 10, 5), Peer::Stranger);
+        assert_eq!(judge_peer(10, 5, 11, 10, 5), Peer::Stranger);
+        assert_eq!(judge_peer(0, 5, 0, 0, 5), Peer::Stranger);
+        // Made by the parent named, which is no longer ours: it died.
+        assert_eq!(judge_peer(10, 5, 10, 1, 5), Peer::ParentGone);
+        assert_eq!(parse_env("3:42"), Some((3, 42)));
+        assert_eq!(parse_env("3"), None);
+        assert_eq!(parse_env("x:1"), None);
+    }
+
+    /// Set to a file's path: [`stale_probe`] writes there whether the private variable is
+    /// still set.
+    const PROBE: &str = "MP_SPAWN_TEST_STALE_PROBE";
+
+    /// Runs only in this test binary started again by [`run_with_variable`]: the program's
+    /// own `main` (libtest's) got this far.
+    #[test]
+    fn stale_probe() {
+        if let Some(path) = std::env::var_os(PROBE) {
+            let seen =
+                std::env::var_os(CHILD_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some();
+            std::fs::write(path, format!("main ran; variable seen: {seen}")).unwrap();
+        }
+    }
+
+    /// Starts this test binary again for [`stale_probe`] alone, with `CHILD_ENV=value` and
+    /// `keep` as descriptor 3 (and nothing above it), and waits for it (at most
+    /// [`DEADLINE`]). Returns its exit code and what the probe wrote.
+    fn run_with_variable(value: &str, keep: BorrowedFd<'_>) -> (i32, Option<String>) {
+        run_with(CHILD_ENV, value, keep)
+    }
+
+    /// As [`run_with_variable`], for the private variable `key`.
+    fn run_with(key: &str, value: &str, keep: BorrowedFd<'_>) -> (i32, Option<String>) {
+        let path = std::env::temp_dir().join(format!(
+            "mp-spawn-probe-{}-{}",
+            std::process::id(),
+            rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).tv_nsec
+        ));
+        let mut env = start::child_env(key, value);
+        env.push(CString::new(format!("{PROBE}={}", path.display())).unwrap());
+        let args = [
+            start::argv0(),
+            c"--exact".into(),
+            c"entry::tests::stale_probe".into(),
+            c"--test-threads=1".into(),
+            c"-q".into(),
+        ];
+        let args: Vec<&std::ffi::CStr> = args.iter().map(|a| a.as_c_str()).collect();
+        let pid = sys::spawn_self(&args, &env, keep, BOOT_FD).unwrap();
+        let pidfd = start::open_pidfd(pid as u32).unwrap();
+        if mp_pipe::wait(&[&pidfd], Some(DEADLINE)).unwrap().is_empty() {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+            let _ = std::fs::remove_file(&path);
+            panic!("the program with a stale variable still runs after {DEADLINE:?}");
+        }
+        let status = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .unwrap()
+        .unwrap();
+        let probe = std::fs::read_to_string(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        (crate::process::exit_code(&status), probe)
+    }
+
+    const MAIN_RAN: &str = "main ran; variable seen: false";
+
+    #[test]
+    fn a_stale_variable_naming_a_closed_descriptor_reaches_main() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // Descriptor 5 is closed in the child: everything above 3 is.
+        let value = format!("5:{}", std::process::id());
+        assert_eq!(
+            run_with_variable(&value, null.as_fd()),
+            (0, Some(MAIN_RAN.into()))
+        );
+        // And a value that is no descriptor at all.
+        assert_eq!(
+            run_with_variable("three", null.as_fd()),
+            (0, Some(MAIN_RAN.into()))
+        );
+    }
+
+    #[test]
+    fn a_stale_variable_naming_a_pipe_reaches_main() {
+        let (reader, _writer) = rustix::pipe::pipe().unwrap();
+        assert_eq!(
+            run_with_variable(&env_value(), reader.as_fd()),
+            (0, Some(MAIN_RAN.into()))
+        );
+    }
+
+    #[test]
+    fn a_stale_variable_naming_a_silent_socket_reaches_main() {
+        // Made by the parent, so its peer is right: only its silence tells.
+        let (_ours, theirs) = start::socketpair().unwrap();
+        for key in [CHILD_ENV, SERVER_ENV] {
+            assert_eq!(
+                run_with(key, &env_value(), theirs.as_fd()),
+                (0, Some(MAIN_RAN.into())),
+                "{key}"
+            );
+        }
+    }
+
+    /// A socket pair made by another process (a fork child of ours), which it hands back.
+    fn pair_made_elsewhere() -> (mp_pipe::Connection, mp_pipe::Connection, u32) {
+        let mut maker = Process::fork(|| {
+            let (a, b) = mp_pipe::pipe(true).unwrap();
+            (a, b, std::process::id())
+        })
+        .start()
+        .unwrap();
+        maker.join_timeout(DEADLINE).unwrap().expect("in time")
+    }
+
+    #[test]
+    fn a_bootstrap_on_a_socket_another_process_made_is_not_run() {
+        let marker = std::env::temp_dir().join(format!("mp-spawn-marker-{}", std::process::id()));
+        let frame = bootstrap_frame(
+            &marks,
+            &marker.display().to_string(),
+            "stranger",
+            &[1],
+            false,
+        )
+        .unwrap();
+        // Named as our own pid: the peer (the maker) is not the parent named.
+        let (ours, theirs, _) = pair_made_elsewhere();
+        rustix::net::send(&ours, &PREAMBLE, rustix::net::SendFlags::empty()).unwrap();
+        ours.send_frame(&frame).unwrap();
+        let ran = run_with_variable(&env_value(), theirs.as_fd());
+        let target_ran = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        assert!(!target_ran, "the target ran");
+        assert_eq!(ran, (0, Some(MAIN_RAN.into())));
+
+        // Named as the maker: the right peer, but not our parent (as if it had died before
+        // we looked): the child ends at once, running neither the target nor `main`.
+        let (ours, theirs, maker) = pair_made_elsewhere();
+        rustix::net::send(&ours, &PREAMBLE, rustix::net::SendFlags::empty()).unwrap();
+        ours.send_frame(&frame).unwrap();
+        let ran = run_with_variable(&format!("{BOOT_FD}:{maker}"), theirs.as_fd());
+        let target_ran = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        assert!(!target_ran, "the target ran");
+        assert_eq!(ran, (START_FAILED, None));
+    }
 }

@@ -29,7 +29,8 @@ pub enum Error {
         signal: i32,
     },
     /// The child could not begin running the target: a corrupted or mismatched bootstrap
-    /// message, arguments that did not decode, or a different executable.
+    /// message, one that names no target of the executable's table or one of other types,
+    /// arguments that did not decode, or a different executable.
     #[error("process {name} could not start: {message}")]
     StartFailed {
         /// The process's name.
@@ -46,8 +47,9 @@ pub enum Error {
     /// `set_start_method` was already called (pass `force` to change it).
     #[error("the start method has already been set")]
     StartMethodAlreadySet,
-    /// The target (or this crate) lives in a shared library, not in the executable: an exec'd
-    /// child could not find it by offset. Use the fork start method.
+    /// The target (or this crate) lives in a shared library, not in the executable, or the
+    /// executable's table of targets lacks it: an exec'd child could not find it. Use the
+    /// fork start method.
     #[error("the target is not in the executable (a shared library?): use the fork start method")]
     NotInExecutable,
     /// This process was started as a child but its entry point did not run (the constructor

@@ -1,7 +1,8 @@
 //! Python's `Process` for Rust: run a function in another process and get its value back.
 //!
-//! A target is a `fn(A) -> R` (closures that capture nothing coerce) whose argument and result
-//! are [`mp_codec::Message`]s. Three start methods, as in Python: `Fork` (libc's fork; the
+//! A target is a function item or a closure without captures, `Fn(A) -> R`, whose argument
+//! and result are [`mp_codec::Message`]s (a closure with captures runs under fork, with
+//! [`Process::fork`]). Three start methods, as in Python: `Fork` (libc's fork; the
 //! fastest), `Spawn` (a fresh exec of this executable) and `Forkserver` (the default: a
 //! single-threaded server, exec'd once, forks each child — safe in multi-threaded parents; it
 //! keeps two children forked ahead, so a start is one message to a process already waiting).
@@ -26,6 +27,38 @@
 //! Children never outlive their parent: they are killed when it dies, even by `SIGKILL`;
 //! daemonic children are killed when it exits, and the others are joined, as in Python. No
 //! zombie is left behind by `join`, by dropping a `Process`, or at exit.
+//!
+//! # What an exec'd child will run, and who can make it run anything
+//!
+//! An exec'd child (spawn, and the forkserver) learns what to run from a bootstrap message
+//! on an inherited socket named by a private environment variable. Anyone who can start the
+//! program can set that variable and write those bytes, so:
+//!
+//! - **No byte sequence chooses an address.** [`Process::new`] takes only zero-sized
+//!   targets (function items, closures without captures; a function pointer does not
+//!   compile), and each target type it is used with puts the address of its trampoline in
+//!   a table the linker builds into the executable (a section, `mp_spawn_targets`). The
+//!   bootstrap names an entry (the trampoline's offset from a fixed function) and the hash
+//!   of the target's, argument's and result's type names; the child calls the table's own
+//!   pointer, and the trampoline makes the target from its type. The worst a forged
+//!   bootstrap can do is start one of the program's own targets with arguments of its
+//!   choosing. A fingerprint of the executable file and a checksum catch a bootstrap made by
+//!   another build, or corrupted, with a clear error. *Trade-off*: a target chosen at run
+//!   time (a `fn` pointer) cannot be started by spawn or forkserver; start it under fork,
+//!   `Process::fork(move || f(x))`.
+//! - **Never with privileges the invoker lacks.** Under `AT_SECURE` (setuid, setgid, file
+//!   capabilities) or with real and effective ids that differ, the program ignores the
+//!   variable and runs as usual.
+//! - **Only a socket our parent made.** The socket's peer (`SO_PEERCRED`) must be the
+//!   parent the variable names, under our uid, and our kernel parent: spawn and the
+//!   forkserver are exec'd by the process that made the pair (the forkserver's children are
+//!   forked from it, and never look at the variable). This is no authentication of the
+//!   bytes: a process of the same user can make a pair, fork and exec the program; it gains
+//!   what the first point leaves, as the same user. If the named parent made the socket but
+//!   is no longer our parent, it died as it started us: the child ends with code 1.
+//! - **A stale variable costs nothing.** The parent writes an 8-byte preamble before it
+//!   starts the child, so the child never waits: a variable naming a closed descriptor, a
+//!   pipe, another process's socket or a silent one is removed, and `main` runs as usual.
 #![deny(missing_docs, unsafe_code)]
 
 mod context;

@@ -15,7 +15,7 @@ use crate::{
     start::{self, Results, Started, channel},
 };
 
-/// What a child runs: a `fn(A) -> R` with its argument, or (fork only) a closure.
+/// What a child runs: a zero-sized target with its argument, or (fork only) a closure.
 pub(crate) trait Job<R>: 'static {
     /// The bootstrap message that lets an exec'd child run this; `None` if it cannot.
     fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>>;
@@ -36,15 +36,20 @@ pub(crate) trait Job<R>: 'static {
     ) -> Result<Process<R>>;
 }
 
-struct FnJob<A, R> {
-    target: fn(A) -> R,
+struct FnJob<F, A> {
+    target: F,
     args: A,
 }
 
-impl<A: Message + 'static, R: Message + 'static> Job<R> for FnJob<A, R> {
+impl<F, A, R> Job<R> for FnJob<F, A>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: Message + 'static,
+    R: Message + 'static,
+{
     fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>> {
         Some(entry::bootstrap_frame(
-            self.target,
+            &self.target,
             &self.args,
             name,
             identity,
@@ -238,12 +243,39 @@ pub struct Process<R> {
 }
 
 impl<R: Message + 'static> Process<R> {
-    /// A process that will run `target(args)`; closures that capture nothing coerce to `fn`.
+    /// A process that will run `target(args)`. The target is a function item (`square`) or a
+    /// closure that captures nothing (`|x: u8| x + 1`): a type with no bytes, which names
+    /// one function at compile time. A function *pointer* (`fn(A) -> R`) or a closure with
+    /// captures is refused at compile time; use [`Process::fork`] for a closure with
+    /// captures.
+    ///
+    /// Why: an exec'd child (spawn, forkserver) learns what to run from bytes it receives,
+    /// and whoever can start this program could write those bytes. So the child never calls
+    /// an address taken from them: each target type used here adds an entry to a table the
+    /// executable holds, and the bytes only choose among its entries (checked against the
+    /// argument and result types). A function pointer chosen at run time has no entry.
+    ///
+    /// ```compile_fail,E0080
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let chosen: fn(u64) -> u64 = square; // a pointer: 8 bytes, chosen at run time
+    /// let _ = mp_spawn::Process::new(chosen, 3).start();
+    /// ```
     #[expect(
         clippy::new_ret_no_self,
         reason = "Python's Process(target, args) is configured, then started: a builder"
     )]
-    pub fn new<A: Message + 'static>(target: fn(A) -> R, args: A) -> Builder<R> {
+    pub fn new<F, A>(target: F, args: A) -> Builder<R>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Message + 'static,
+    {
+        const {
+            assert!(
+                size_of::<F>() == 0,
+                "Process::new takes a fn item or a closure without captures; use \
+                 Process::fork for closures with captures"
+            )
+        };
         Builder {
             job: Box::new(FnJob { target, args }),
             name: None,
@@ -734,10 +766,10 @@ mod tests {
     #[test]
     fn a_corrupted_bootstrap_is_a_clean_error_on_both_sides() {
         for method in [StartMethod::Spawn, StartMethod::Forkserver] {
-            let good = bootstrap_frame(triple, &5u64, "corrupt", &[9], false).unwrap();
+            let good = bootstrap_frame(&triple, &5u64, "corrupt", &[9], false).unwrap();
             let (mut header, rest) = header_and_rest(&good);
 
-            // a flipped offset: the checksum catches it before anything is called
+            // a flipped selector: the checksum catches it before anything is looked up
             header.target ^= 0x40;
             assert_start_failed(
                 started_from(reassemble(&header, &rest), method),

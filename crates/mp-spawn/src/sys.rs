@@ -1,13 +1,14 @@
-//! Every system call of this crate that needs `unsafe`, and the two places where an address
-//! becomes a function again.
+//! Every system call of this crate that needs `unsafe`, and the table of targets an
+//! exec'd child may run.
 //!
 //! # Safety
 //! - `fork`: the child of a multi-threaded parent has one thread; until it exits it runs only
 //!   the target the caller chose (documented on the fork APIs).
 //! - `posix_spawn`: all strings and arrays outlive the call; the child is a new image.
 //! - signal handlers call only async-signal-safe functions (`getppid`, `kill`, `getpid`).
-//! - function addresses are rebuilt only from offsets made by this same executable image,
-//!   which the bootstrap's fingerprint checks before anything is called.
+//! - no function address is ever made from bytes: an exec'd child calls only entries of
+//!   the table of targets the linker built into this executable (`targets`), and makes
+//!   only zero-sized targets out of nothing (`copy_of_zero_sized`).
 #![allow(unsafe_code)]
 
 use std::{
@@ -41,24 +42,26 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Starts `/proc/self/exe` again with `env` (each `KEY=VALUE`) and `argv0`, with `keep`
+/// Starts `/proc/self/exe` again with `env` (each `KEY=VALUE`) and arguments `args` (the
+/// first is `argv[0]`), with `keep`
 /// duplicated onto descriptor `as_fd` in the child (clearing its close-on-exec flag), every
 /// descriptor above it closed, and an empty signal mask: the child gets exactly stdio and
 /// this one. Uses `posix_spawn`, which glibc implements with a
 /// `CLONE_VFORK` clone: no copy of the parent's page tables.
 /// See [posix_spawn(3)](https://man7.org/linux/man-pages/man3/posix_spawn.3.html).
 pub(crate) fn spawn_self(
-    argv0: &CStr,
+    args: &[&CStr],
     env: &[CString],
     keep: BorrowedFd<'_>,
     as_fd: c_int,
 ) -> io::Result<RawPid> {
     const EXE: &CStr = c"/proc/self/exe";
-    let argv: [*mut c_char; 2] = [argv0.as_ptr().cast_mut(), ptr::null_mut()];
+    let mut argv: Vec<*mut c_char> = args.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv.push(ptr::null_mut());
     let mut envp: Vec<*mut c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
     envp.push(ptr::null_mut());
     let mut pid: libc::pid_t = 0;
-    // SAFETY: every pointer handed to libc points into `argv`, `envp`, `env`, `argv0` or the
+    // SAFETY: every pointer handed to libc points into `argv`, `envp`, `env`, `args` or the
     // local attribute objects, all alive until after `posix_spawn` returns; the attribute
     // objects are initialized before use and destroyed exactly once.
     unsafe {
@@ -217,8 +220,7 @@ unsafe extern "C" {
     fn __cxa_finalize(dso: *mut libc::c_void);
 }
 
-/// The exit guard, as armed by a process with one thread (its pid is `armed_by`) just
-/// before each fork, so that it is the newest of that process's exit handlers in the
+/// The exit guard, as armed by a process (its pid is `armed_by`) just before each fork, so that it is the newest of that process's exit handlers in the
 /// child's copy of them. Handlers run newest first: a fork child of ours that calls `exit`
 /// runs the handlers it registered itself, then comes to the guard its parent armed, and
 /// ends there (see [`leave_at_exit`]). The guard does nothing in the process that armed it,
@@ -226,19 +228,6 @@ unsafe extern "C" {
 extern "C" fn exit_guard(armed_by: *mut libc::c_void, status: c_int) {
     let me = crate::current::pid();
     if armed_by as usize == me as usize || !crate::current::forked_by_us(me) {
-        return;
-    }
-    leave_at_exit(status)
-}
-
-/// The exit guard as a fork child of a process with more than one thread registers it
-/// itself, first thing (see [`skip_inherited_exit_handlers`]): there, another thread could
-/// register a handler between an arming in the parent and the fork. It acts only in the
-/// child that registered it (`registered_by`), not in a child of that child forked by
-/// other means.
-extern "C" fn child_exit_guard(status: c_int, registered_by: *mut libc::c_void) {
-    let me = crate::current::pid();
-    if registered_by as usize != me as usize || !crate::current::forked_by_us(me) {
         return;
     }
     leave_at_exit(status)
@@ -258,23 +247,6 @@ fn leave_at_exit(status: c_int) -> ! {
     exit_now(status)
 }
 
-unsafe extern "C" {
-    /// glibc's `on_exit(3)`: like `atexit`, but the handler receives the exit status.
-    fn on_exit(handler: extern "C" fn(c_int, *mut libc::c_void), arg: *mut libc::c_void) -> c_int;
-}
-
-/// In a fork child of a process that has had more than one thread: registers the exit
-/// guard in the child itself (see [`child_exit_guard`]), as the newest of its handlers.
-/// See [on_exit(3)](https://man7.org/linux/man-pages/man3/on_exit.3.html).
-pub(crate) fn skip_inherited_exit_handlers() {
-    let me = crate::current::pid() as usize;
-    // SAFETY: the handler is a plain function valid for the life of the process; the
-    // argument is a number, never dereferenced.
-    unsafe {
-        on_exit(child_exit_guard, me as *mut libc::c_void);
-    }
-}
-
 /// In a forked child, its result socket (see `current::set_forked_outlet`).
 pub(crate) fn forked_outlet() -> Option<BorrowedFd<'static>> {
     let outlet = crate::held::HELD.forked_outlet.load(Ordering::Relaxed);
@@ -285,7 +257,8 @@ pub(crate) fn forked_outlet() -> Option<BorrowedFd<'static>> {
 }
 
 /// Makes the exit guard the newest exit handler of this process, before a fork (see
-/// [`exit_guard`]), in a process that has only ever had one thread. The one armed before by
+/// [`exit_guard`]). Called with the fork's locks held (see `start::fork`), so two threads'
+/// forks never interleave their armings. The one armed before by
 /// this process is taken out first (each process registers its guard under a handle of its
 /// own, which no library's can equal: theirs are addresses, ours odd), so re-arming takes
 /// no new slot unless a handler was registered since the last fork; the guards inherited
@@ -344,37 +317,136 @@ pub(crate) fn remove_env_before_main(key: &str) {
     unsafe { std::env::remove_var(key) }
 }
 
-/// Proof that a bootstrap message was made by this same executable image for a function of
-/// the type being rebuilt. Only `entry::verify` makes one, after checking the fingerprint
-/// and the checksum of the offsets.
-pub(crate) struct SameImage(pub(crate) ());
-
-/// The function at `anchor + offset`, as a value of the function-pointer type `F`.
+/// The table of targets: one entry per target type this executable can run in an exec'd
+/// child, emitted at compile time by [`register_target`] into the section
+/// `mp_spawn_targets`, between the linker's `__start_`/`__stop_` symbols for it. An entry is
+/// a function pointer, or null (the entry [`targets`] emits so that the section always
+/// exists); `Option<Trampoline>` has exactly that layout.
 ///
-/// `F` must be the type of the function the offset was made from with [`offset_of`]; the
-/// callers pair each offset with its type by construction (`entry::trampoline::<A, R>` for
-/// the target of a `fn(A) -> R`), and `SameImage` vouches for the image.
-pub(crate) fn function_at<F: Copy>(_: &SameImage, anchor: usize, offset: u64) -> F {
-    const { assert!(size_of::<F>() == size_of::<usize>()) };
-    let address = anchor.wrapping_add(offset as usize);
-    // SAFETY: `SameImage` shows the offset was made in this executable image from a function
-    // of type `F` (see above), so `address` is that function's address; `F` is a
-    // function-pointer type of the size of an address.
-    unsafe { std::mem::transmute_copy::<usize, F>(&address) }
+/// The section is `"awR"`: writable for the loader's relocations (absolute addresses in a
+/// position-independent executable), and retained (`SHF_GNU_RETAIN`): `--gc-sections` does
+/// not count the `__start_` symbols as references.
+pub(crate) fn targets() -> &'static [Option<crate::entry::Trampoline>] {
+    unsafe extern "C" {
+        static __start_mp_spawn_targets: [u8; 0];
+        static __stop_mp_spawn_targets: [u8; 0];
+    }
+    // SAFETY: no instructions: the block only places a null entry in the section, so that
+    // it and its bounds exist in every executable that links this function.
+    unsafe {
+        std::arch::asm!(
+            ".pushsection mp_spawn_targets,\"awR\",%progbits",
+            ".balign 8",
+            ".quad 0",
+            ".popsection",
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    let start = (&raw const __start_mp_spawn_targets).cast::<Option<crate::entry::Trampoline>>();
+    let stop = (&raw const __stop_mp_spawn_targets).cast::<Option<crate::entry::Trampoline>>();
+    let len = (stop as usize - start as usize) / size_of::<Option<crate::entry::Trampoline>>();
+    // SAFETY: the linker defines `__start_`/`__stop_mp_spawn_targets` as the bounds of the
+    // section, which holds only what this crate's `asm!` blocks put there (the name is
+    // ours): 8-byte-aligned 8-byte words, each null or the address of a
+    // `crate::entry::trampoline` instance, which the loader relocated before any
+    // constructor ran. Both kinds are valid `Option<Trampoline>` values (null is `None`).
+    // Nothing writes to the section after the loader: no code of ours, and it is named by
+    // no other symbol. So the words form a shared slice valid for the life of the process.
+    unsafe { std::slice::from_raw_parts(start, len) }
 }
 
-/// Takes ownership of the bootstrap descriptor our parent placed at `entry::BOOT_FD`.
-/// Called only from the constructor (`entry::on_load`), once, after finding the private
-/// variable that says the descriptor is there; `None` if it is not open.
-pub(crate) fn take_inherited_fd(fd: c_int) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+/// Adds `trampoline::<F, A, R>` to the table of targets (see [`targets`]). It emits at
+/// compile time, once per instance of the generic function it is inlined into; running it
+/// does nothing.
+#[inline(always)]
+pub(crate) fn register_target<F, A, R>()
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: mp_codec::Decode + 'static,
+    R: mp_codec::Encode + 'static,
+{
+    // SAFETY: no instructions: the block only adds the trampoline's address, a word, to our
+    // own section (see `targets` for what may be there).
+    unsafe {
+        std::arch::asm!(
+            ".pushsection mp_spawn_targets,\"awR\",%progbits",
+            ".balign 8",
+            ".quad {t}",
+            ".popsection",
+            t = sym crate::entry::trampoline::<F, A, R>,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+}
+
+/// A copy of the zero-sized target `F` of a trampoline, in an exec'd child.
+///
+/// `F` is `Copy` and zero-sized (checked at compile time here and in `Process::new`): it
+/// has no bytes, so every value of it is the same value, and copying one is what its own
+/// `Copy` allows anywhere. The parent held one (a table entry for `F` exists only where
+/// `Process::new` was given an `F`), and this is that copy, as `let g = f;` would make it.
+/// What `F` can be: a fn item or a closure whose captures are all zero-sized and `Copy` (the
+/// bound `Fn + Copy + 'static`; nobody else can implement `Fn` on stable Rust).
+pub(crate) fn copy_of_zero_sized<F: Copy>() -> F {
+    const { assert!(size_of::<F>() == 0) };
+    // SAFETY: `F` has no bytes, so the all-zero `F` (zero bytes) is every value `F` has,
+    // as soon as it has any at all. It has (see above): the parent held one. Should `F`
+    // nevertheless be uninhabited (a closure that captures a value of an empty type, in code
+    // that never runs), `zeroed` checks that at run time and aborts the child ("attempted to
+    // instantiate uninhabited type", a panic that does not unwind) rather than make one.
+    unsafe { std::mem::zeroed::<F>() }
+}
+
+/// Who this process runs as, for `entry::may_act_as_child`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Credentials {
+    /// `getauxval(AT_SECURE)`: the kernel (or a security module) started this process with
+    /// privileges its invoker does not have (setuid, setgid, file capabilities).
+    pub(crate) secure: bool,
+    pub(crate) uid: u32,
+    pub(crate) euid: u32,
+    pub(crate) gid: u32,
+    pub(crate) egid: u32,
+}
+
+/// This process's [`Credentials`].
+/// See [getauxval(3)](https://man7.org/linux/man-pages/man3/getauxval.3.html).
+pub(crate) fn credentials() -> Credentials {
+    use rustix::process::{getegid, geteuid, getgid, getuid};
+    // SAFETY: getauxval reads the auxiliary vector the kernel gave this process; it has no
+    // preconditions and returns 0 for a type it does not know.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    Credentials {
+        secure,
+        uid: getuid().as_raw(),
+        euid: geteuid().as_raw(),
+        gid: getgid().as_raw(),
+        egid: getegid().as_raw(),
+    }
+}
+
+/// The descriptor a private variable names (`entry::BOOT_FD`), borrowed for a look before
+/// the constructor decides whether to take it: `None` if it is not open. Called only from
+/// the constructor (`entry::on_load`), before `main` has started any thread.
+pub(crate) fn inherited_fd(fd: c_int) -> Option<BorrowedFd<'static>> {
     // SAFETY: F_GETFD on any number is harmless; it tells whether `fd` is open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return None;
     }
-    // SAFETY: `fd` is open, and nothing in this process owns it: the parent placed it there
-    // for this process alone and no code before the constructor knows of it.
-    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    // SAFETY: `fd` is open; before `main` only the constructor's code runs, on one thread,
+    // and it closes the descriptor only by taking it (`take_inherited_fd`) after its last
+    // use of this borrow. Another process cannot close a descriptor of ours.
+    Some(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Takes ownership of the bootstrap descriptor our parent placed at `entry::BOOT_FD`, once
+/// the constructor has checked it (`entry::bootstrap_socket`).
+pub(crate) fn take_inherited_fd(fd: BorrowedFd<'static>) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is open (see `inherited_fd`), and nothing in this process owns it: the
+    // parent placed it there for this process alone, no code before the constructor knows
+    // of it, and the constructor takes it once.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd.as_raw_fd()) }
 }
 
 /// Whether two code addresses lie in the same loaded object (the executable, or one shared
@@ -487,7 +559,8 @@ pub(crate) fn kill_and_reap(pid: RawPid) {
     }
 }
 
-/// The distance from `anchor` to `function` (a function pointer), for [`function_at`].
+/// The distance from `anchor` to `function` (a function's address): how a target is named
+/// in a bootstrap, and part of the executable's fingerprint.
 pub(crate) fn offset_of(anchor: usize, function: usize) -> u64 {
     function.wrapping_sub(anchor) as u64
 }

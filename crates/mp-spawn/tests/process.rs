@@ -413,7 +413,7 @@ fn gone_in_time(pid: u32, within: Duration) -> bool {
 
 /// Under every start method: a child runs `target`, which starts a grandchild, sends its
 /// pid and hangs; SIGKILL the child, and the grandchild must be gone within a second.
-fn killing_the_child_takes_the_grandchild(target: fn(Connection) -> u8) {
+fn killing_the_child_takes_the_grandchild(target: impl Fn(Connection) -> u8 + Copy + 'static) {
     for method in METHODS {
         let (ours, theirs) = pipe(true).unwrap();
         let mut p = Process::new(target, theirs).method(method).start().unwrap();
@@ -741,8 +741,8 @@ fn helper_registers_an_exit_handler_and_forks() {
 
 #[test]
 fn exit_in_a_fork_child_runs_its_own_handlers_and_none_of_its_parents() {
-    // Under both ways the guard is set: by the parent before the fork (a process that has
-    // only ever had one thread), or by the child (one that has had more).
+    // From a parent that has only ever had one thread, and from one that has had more (the
+    // parent arms the guard before the fork in both).
     let out = run_helper("helper_registers_an_exit_handler_and_forks", |_| {});
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
@@ -971,4 +971,79 @@ fn panic_reports(backtraces: bool) {
             assert!(third.starts_with("stack backtrace:"), "{rest}");
         }
     }
+}
+
+unsafe extern "C" {
+    fn __cxa_atexit(
+        func: extern "C" fn(*mut libc::c_void),
+        arg: *mut libc::c_void,
+        dso: *mut libc::c_void,
+    ) -> libc::c_int;
+    fn __cxa_finalize(dso: *mut libc::c_void);
+}
+
+extern "C" fn churned_handler(_: *mut libc::c_void) {}
+
+/// The key the churning threads register their handlers under.
+static CHURN_KEY: u8 = 0;
+
+/// Registers an exit handler and runs it away again, in a loop, until `stop`: each call
+/// takes glibc's exit-handler lock.
+fn churn_exit_handlers(stop: &std::sync::atomic::AtomicBool) {
+    let key = (&raw const CHURN_KEY).cast_mut().cast::<libc::c_void>();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: the handler is a plain function valid for the life of the process that
+        // ignores its argument; `key` is only compared, never dereferenced, and names the
+        // handlers registered here alone, which `__cxa_finalize` runs (doing nothing) and
+        // removes.
+        unsafe {
+            __cxa_atexit(churned_handler, std::ptr::null_mut(), key);
+            __cxa_finalize(key);
+        }
+    }
+}
+
+#[test]
+fn helper_forks_while_other_threads_register_exit_handlers() {
+    if std::env::var_os(HELPER).is_none() {
+        return; // only as the helper of the test below
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| churn_exit_handlers(&stop));
+        }
+        let hung = (0..100).find(|_| {
+            let mut p = Process::new(nothing, ())
+                .method(StartMethod::Fork)
+                .start()
+                .unwrap();
+            match p.join_timeout(Duration::from_secs(10)) {
+                Ok(Some(())) => false,
+                Ok(None) => {
+                    let _ = p.kill();
+                    true
+                }
+                Err(e) => panic!("{e}"),
+            }
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(hung, None, "a fork child hung");
+    });
+}
+
+#[test]
+fn fork_children_do_not_hang_while_other_threads_register_exit_handlers() {
+    // A fork child must take no lock that another thread of its parent may hold: glibc's
+    // exit-handler lock among them (issue 13, point 4).
+    let out = run_helper(
+        "helper_forks_while_other_threads_register_exit_handlers",
+        |_| {},
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

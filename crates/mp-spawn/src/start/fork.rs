@@ -13,10 +13,19 @@
 //! child's identity is kept by its `Process`; what the job's arguments own is dropped
 //! with them, after the fork), and the child's registry entry is made before the fork: only
 //! the pid is left to write, beside the registry's lock, on a page the parent writes
-//! anyway. In a process that has only ever had one thread, the exit guard
-//! (`sys::arm_exit_guard`) is armed by the parent too, before the fork, sparing the child
-//! two pages of the C library's; elsewhere the child registers it, as another thread could
-//! register a handler between an arming and the fork.
+//! anyway. The exit guard (`sys::arm_exit_guard`) is armed by the parent too, before the
+//! fork, sparing the child two pages of the C library's.
+//!
+//! The child takes no lock that another thread of its parent may hold: fork copies a lock
+//! as it is, held by a thread that does not exist in the child. That is why the guard is
+//! armed in the parent even when it has other threads (issue 13): registering it in the
+//! child took glibc's exit-handler lock, and a child forked while another thread was in
+//! `__cxa_atexit` or `__cxa_finalize` hung there for ever. The price, in a parent with
+//! other threads: a handler another thread registers in the instant between the arming
+//! and the fork is newer than the guard, and runs in a child whose target calls `exit`.
+//! Nothing can close that instant from outside glibc (the guard cannot be ordered after
+//! handlers not yet registered, and the child can neither read the list of handlers nor
+//! register without the lock); a child that hangs for ever is the worse outcome.
 
 use super::{Results, Started, channel};
 use crate::{Error, Process, Result, StartMethod, current, entry, process::Job, registry, sys};
@@ -58,7 +67,7 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
         let _channels = channel::lock();
         let _me = current::lock();
         let children = registry::reserve(&me.name, daemon, true, None, parent);
-        if !threads && let Err(e) = sys::arm_exit_guard(parent) {
+        if let Err(e) = sys::arm_exit_guard(parent) {
             return Err(Error::os("__cxa_atexit", e));
         }
         match sys::fork() {
@@ -83,9 +92,6 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
                 entry::finish(entry::START_FAILED);
             }
             current::install(me);
-            if threads {
-                sys::skip_inherited_exit_handlers();
-            }
             let socket = std::os::fd::AsFd::as_fd(&channel.theirs);
             current::set_forked_outlet(socket);
             let outlet = entry::Outlet::ready(socket, channel.room)

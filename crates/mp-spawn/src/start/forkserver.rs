@@ -68,7 +68,7 @@ pub(crate) fn lock() -> std::sync::MutexGuard<'static, impl Sized> {
 
 fn launch() -> Result<Server> {
     let (ours, theirs) = socketpair()?;
-    let pid = exec_self(entry::SERVER_ENV, theirs)?;
+    let pid = exec_self(entry::SERVER_ENV, &ours, theirs)?;
     Ok(Server {
         owner: std::process::id(),
         pidfd: open_pidfd(pid).inspect_err(|_| sys::kill_and_reap(pid as i32))?,

@@ -10,7 +10,9 @@ use super::{Results, Started, argv0, child_env, socketpair};
 use crate::{Error, Result, entry, sys};
 
 /// Starts `/proc/self/exe` with `socket` at `BOOT_FD` and `key` set; returns its pid.
-pub(crate) fn exec_self(key: &str, socket: OwnedFd) -> Result<u32> {
+/// `ours`, the other end of the pair this process made, gets `entry::PREAMBLE` first, so the
+/// child finds it at once (see `entry::bootstrap_socket`).
+pub(crate) fn exec_self(key: &str, ours: &OwnedFd, socket: OwnedFd) -> Result<u32> {
     if entry::entry_was_skipped() {
         return Err(Error::RecursiveSpawn);
     }
@@ -23,15 +25,18 @@ pub(crate) fn exec_self(key: &str, socket: OwnedFd) -> Result<u32> {
     } else {
         socket
     };
-    let env = child_env(key, &entry::BOOT_FD.to_string());
-    let pid = sys::spawn_self(&argv0(), &env, socket.as_fd(), entry::BOOT_FD)
+    // Eight bytes into an empty socket's buffer: all at once, never blocking.
+    rustix::net::send(ours, &entry::PREAMBLE, rustix::net::SendFlags::NOSIGNAL)
+        .map_err(|e| Error::os("send", e))?;
+    let env = child_env(key, &entry::env_value());
+    let pid = sys::spawn_self(&[&argv0()], &env, socket.as_fd(), entry::BOOT_FD)
         .map_err(|e| Error::os("posix_spawn", e))?;
     Ok(pid as u32)
 }
 
 pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
     let (ours, theirs) = socketpair()?;
-    let pid = exec_self(entry::CHILD_ENV, theirs)?;
+    let pid = exec_self(entry::CHILD_ENV, &ours, theirs)?;
     let conn = Connection::from_unix_socket(ours);
     // If the child died before reading this, `join` reports how it ended.
     let _ = conn.send_frame(&bootstrap);
