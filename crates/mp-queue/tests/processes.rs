@@ -33,11 +33,13 @@ fn a_queue_passes_to_children_under_every_start_method_and_on_to_theirs() {
         let q = Queue::<u64>::new().unwrap();
         let mut children: Vec<_> = (1..=5)
             .map(|n| {
-                let target = if n == 5 { pass_on } else { put_square };
-                Process::new(target, (q.clone(), n))
-                    .method(method)
-                    .start()
-                    .unwrap()
+                // Targets are fn items (a fn pointer chosen at run time is refused).
+                let builder = if n == 5 {
+                    Process::new(pass_on, (q.clone(), n))
+                } else {
+                    Process::new(put_square, (q.clone(), n))
+                };
+                builder.method(method).start().unwrap()
             })
             .collect();
         for child in &mut children {
