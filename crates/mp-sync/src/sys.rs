@@ -158,7 +158,7 @@ pub(crate) struct Me {
     /// the process that our `PID` names (checked with the `NSpid` line of
     /// `/proc/self/status`, which lists one pid per namespace from the mount's down to ours).
     pub(crate) proc_ok: bool,
-    /// A random number, nonzero, fresh in every process image (an `RLock` owner token).
+    /// The pid and 32 random bits, fresh in every process image (an `RLock` owner token).
     pub(crate) nonce: u64,
 }
 
@@ -233,14 +233,10 @@ fn refresh() -> Me {
         .map_or(0, |t| t + 1);
     let proc_ok = read_proc(c"/proc/self/status", &mut buf).is_some_and(|s| nspid_is(s, pid));
     let ns = ns_id();
-    let mut nonce = [0u8; 8];
-    let _ = rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty());
-    // Mixed with the pid and start time, so a failed getrandom still differs per process.
-    let nonce = (u64::from_ne_bytes(nonce) ^ (u64::from(pid) << 40) ^ start.rotate_left(17)) | 1;
+    let nonce = image_nonce(&NONCE, pid, start);
     START.store(start, Ordering::Relaxed);
     NS.store(ns, Ordering::Relaxed);
     PROC_OK.store(proc_ok, Ordering::Relaxed);
-    NONCE.store(nonce, Ordering::Relaxed);
     PID.store(pid, Ordering::Release);
     Me {
         pid,
@@ -248,6 +244,29 @@ fn refresh() -> Me {
         ns,
         proc_ok,
         nonce,
+    }
+}
+
+/// This process image's nonce: the pid in the high half, 32 random bits (mixed with the
+/// start time) in the low half. Threads that race here to make it agree on one (the first
+/// stored for this pid wins): a nonce that changed under a thread would make it a stranger
+/// to the `RLock` it holds. A fork child, whose inherited nonce names its parent's pid,
+/// makes its own.
+fn image_nonce(cell: &AtomicU64, pid: u32, start: u64) -> u64 {
+    let mut current = cell.load(Ordering::Acquire);
+    loop {
+        if current >> 32 == u64::from(pid) {
+            return current;
+        }
+        let mut random = [0u8; 4];
+        let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+        // Mixed with the start time, so a failed getrandom still differs per process image.
+        let low = (u32::from_ne_bytes(random) ^ (start as u32).rotate_left(13)) | 1;
+        let fresh = u64::from(pid) << 32 | u64::from(low);
+        match cell.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return fresh,
+            Err(now) => current = now,
+        }
     }
 }
 
@@ -509,6 +528,31 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_racing_to_make_the_nonce_agree_on_one() {
+        // Regression: each racer used to keep the nonce it made itself, so a thread could
+        // take an RLock under one nonce and find another cached afterwards: a stranger to
+        // its own lock, it waited for itself for ever.
+        for round in 0u32..50 {
+            let cell = AtomicU64::new(u64::from(round) << 32); // another pid's nonce
+            let barrier = std::sync::Barrier::new(8);
+            let seen: Vec<u64> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            image_nonce(&cell, 4242, 7)
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            assert!(seen.iter().all(|&n| n == seen[0]), "{seen:x?}");
+            assert_eq!(seen[0] >> 32, 4242);
+            assert_eq!(cell.load(Ordering::Relaxed), seen[0]);
+        }
+    }
 
     #[test]
     fn pid_is_cached_and_right() {
