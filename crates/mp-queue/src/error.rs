@@ -39,9 +39,9 @@ pub enum Error {
     /// the items in flight were dropped and the queue goes on.
     #[error("queue memory was corrupted by another process ({0}); items in flight were dropped")]
     Corrupted(String),
-    /// The item was taken from us while we were putting it (only another process writing
-    /// into the queue's memory can do that).
-    #[error("queue item was lost while being put")]
+    /// The item was taken from us while we were putting it, or a big item's bytes never
+    /// arrived (only another process writing into the queue's memory can do either).
+    #[error("queue item was lost in transit")]
     Lost,
     /// `task_done` called more times than items were put (Python's `ValueError`).
     #[error("task_done() called too many times")]
@@ -49,6 +49,9 @@ pub enum Error {
     /// A `join` on a `JoinableQueue` timed out with tasks unfinished.
     #[error("{0} task(s) still unfinished")]
     Unfinished(u64),
+    /// A system call failed: which one, and what the kernel said.
+    #[error("{0} failed: {1}")]
+    Os(&'static str, #[source] std::io::Error),
     /// A bad argument: what was wrong with it.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),

@@ -3,8 +3,9 @@
 
 use std::{
     fmt,
+    io::{Read, Seek, Write},
     marker::PhantomData,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -19,7 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{
     Error, PutError, Result,
     owner::Owner,
-    ring::{self, CONTROL, Corrupt, Ring},
+    ring::{self, CONTROL, Claim, Corrupt, Ring},
     sys::{self, Bytes},
 };
 
@@ -27,6 +28,13 @@ use crate::{
 /// thousands of small ones, before a producer waits. Pages are only touched as the ring
 /// fills (a memfd is allocated lazily), so an idle or lightly used queue costs a few pages.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Items whose frame would take more than this share of the ring go through the side
+/// channel instead: their bytes in a memfd of their own, its descriptor in a message of a
+/// unix socket every handle holds. The ring then carries only a 16-byte reference, so big
+/// items neither crowd out small ones nor wait for each other's room, and an item of any
+/// size fits (a memfd costs a few system calls: noise next to copying 128 KiB or more).
+const BIG_SHARE: usize = 8;
 
 /// How long a waiter spins (watching the word it would sleep on) before sleeping: waking an
 /// idle CPU costs 30–45 µs on a VM, so a hand-off between busy processes should never sleep.
@@ -85,7 +93,8 @@ impl<T: Message> Builder<T> {
                 "ring capacity must be at most 2 GiB",
             ))?;
         let region = Region::create(spec::<T>(cap))?;
-        Queue::from_region(region, Some(self.maxsize as u64))
+        let (tx, rx) = sys::side_pair().map_err(|e| os("socketpair", e))?;
+        Queue::from_parts(region, tx, rx, Some(self.maxsize as u64))
     }
 }
 
@@ -102,8 +111,16 @@ pub(crate) struct Inner {
     ring: Ring,
     // After `ring`, which points into its mapping.
     region: Region,
+    /// The side channel: big items and items with descriptors are sent on `tx` and
+    /// arrive, in the order of their frames, on `rx` (see [`BIG_SHARE`]).
+    tx: OwnedFd,
+    rx: OwnedFd,
     closed: AtomicBool,
 }
+
+/// A big item's reference, the payload of its frame: its number in the side channel, and
+/// the length of its bytes.
+const BIG_REF: usize = 16;
 
 /// Python's `multiprocessing.Queue`: a multi-producer, multi-consumer FIFO between
 /// processes, in a ring of frames in shared memory.
@@ -117,8 +134,12 @@ pub(crate) struct Inner {
 ///   interleave.
 /// - A process killed in the middle of a `put` never leaves a torn item: its item was never
 ///   put. A process killed in the middle of a `get` loses the one item it was taking, and
-///   nothing else. Neither wedges the others: the room their frames held comes back once a
-///   producer needing it has checked (after 10 ms of waiting) that the process is dead.
+///   nothing else: exactly the item whose frame it had claimed (a `get` that has claimed a
+///   frame but not returned it). Neither wedges the others: the room their frames held comes
+///   back once a producer needing it (or a consumer finding nothing), having waited 10 ms,
+///   has checked that the process is dead. A process is told dead by its pid, pid namespace
+///   and start time, so a reused pid is never mistaken for it; a checker in another pid
+///   namespace never judges, and the frame waits for one that can.
 ///
 /// ```
 /// let q = mp_queue::Queue::<String>::new()?;
@@ -178,7 +199,12 @@ impl<T: Message> Queue<T> {
     }
 
     /// `maxsize`: `Some` when made here (writes it), `None` when attached.
-    fn from_region(region: Region, maxsize: Option<u64>) -> Result<Self> {
+    fn from_parts(region: Region, tx: OwnedFd, rx: OwnedFd, maxsize: Option<u64>) -> Result<Self> {
+        if !sys::is_side_socket(tx.as_fd()) || !sys::is_side_socket(rx.as_fd()) {
+            return Err(Error::Region(mp_sync::Error::BadRegion(
+                "a queue's side channel must be a pair of unix seqpacket sockets".into(),
+            )));
+        }
         let cap = region.spec().len;
         if !cap.is_power_of_two() || !(ring::MIN_CAPACITY..=1 << 31).contains(&cap) {
             return Err(Error::Region(mp_sync::Error::BadRegion(format!(
@@ -195,6 +221,8 @@ impl<T: Message> Queue<T> {
             inner: Arc::new(Inner {
                 ring,
                 region,
+                tx,
+                rx,
                 closed: AtomicBool::new(false),
             }),
             _type: PhantomData,
@@ -320,22 +348,56 @@ impl<T: Message> Queue<T> {
             return Err(Error::Closed);
         }
         let frame = Frame::encode(item)?;
-        if !frame.fds.is_empty() {
-            return Err(Error::CarriesDescriptors(frame.fds.len()));
-        }
         let ring = self.ring();
         let len = frame.bytes.len();
-        if len > ring.max_payload() {
-            return Err(Error::TooLarge {
-                len,
-                capacity: ring.capacity(),
-            });
+        if !frame.fds.is_empty() || ring::frame_size(len) > ring.capacity() / BIG_SHARE {
+            return self.put_big(frame, deadline, before_publish);
         }
+        let slot = self
+            .reserve(len, false, deadline, |_| Ok(true))?
+            .ok_or(Error::Full)?;
+        ring.fill(slot, &frame.bytes);
+        before_publish();
+        if ring.publish(slot) {
+            Ok(())
+        } else {
+            Err(Error::Lost)
+        }
+    }
+
+    /// Waits for a frame of `len` bytes and reserves it, for `me`; under the producers' lock,
+    /// `then` may use the slot (a big item sends its message there) and says whether to keep
+    /// it (`false`: no room in the side channel, abandon and wait as for room).
+    fn reserve(
+        &self,
+        len: usize,
+        big: bool,
+        deadline: Option<Instant>,
+        mut then: impl FnMut(ring::Slot) -> Result<bool>,
+    ) -> Result<Option<ring::Slot>> {
+        let ring = self.ring();
         let me = Owner::me();
-        let slot = wait(ring.freed(), ring.put_sleepers(), deadline, |waited_long| {
+        wait(ring.freed(), ring.put_sleepers(), deadline, |waited_long| {
             loop {
-                match with_lock(self, ring.put_lock(), || ring.reserve(len, me))? {
-                    Some(slot) => return Ok(Some(slot)),
+                let reserved = with_lock(self, ring.put_lock(), || {
+                    Ok(match ring.reserve(len, big, me)? {
+                        None => Ok(None),
+                        Some(slot) => match then(slot) {
+                            Ok(true) => Ok(Some(Some(slot))),
+                            Ok(false) => {
+                                ring.abandon(slot);
+                                Ok(Some(None))
+                            }
+                            Err(e) => {
+                                ring.abandon(slot);
+                                Err(e)
+                            }
+                        },
+                    })
+                })??;
+                match reserved {
+                    Some(Some(slot)) => return Ok(Some(slot)),
+                    Some(None) => return Ok(None), // the side channel is full: wait
                     None => {
                         // Make room: reclaim (and, after a while, bury the dead), then try
                         // once more if that freed anything.
@@ -352,15 +414,53 @@ impl<T: Message> Queue<T> {
                     }
                 }
             }
+        })
+    }
+
+    /// Puts an item through the side channel: its bytes in a memfd, sent with its
+    /// descriptors as one message numbered like its frame, all under the producers' lock so
+    /// the messages go out in the order of the frames.
+    #[cold]
+    fn put_big(
+        &self,
+        frame: Frame,
+        deadline: Option<Instant>,
+        before_publish: impl FnOnce(),
+    ) -> Result<()> {
+        if frame.fds.len() >= sys::MAX_FDS {
+            return Err(Error::InvalidArgument(
+                "an item may own at most 63 file descriptors",
+            ));
+        }
+        let memfd = rustix::fs::memfd_create(c"mp-queue-item", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| os("memfd_create", e.into()))?;
+        let mut file = std::fs::File::from(memfd);
+        file.write_all(&frame.bytes)
+            .map_err(|e| os("write to a memfd", e))?;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![file.as_fd()];
+        fds.extend(frame.fds.iter().map(AsFd::as_fd));
+        let ring = self.ring();
+        let mut before_publish = Some(before_publish);
+        let mut published = false;
+        self.reserve(BIG_REF, true, deadline, |slot| {
+            let seq = ring.next_big();
+            let mut reference = [0u8; BIG_REF];
+            reference[..8].copy_from_slice(&seq.to_le_bytes());
+            reference[8..].copy_from_slice(&(frame.bytes.len() as u64).to_le_bytes());
+            if !sys::side_send(self.inner.tx.as_fd(), &reference, &fds)
+                .map_err(|e| os("sendmsg on the side channel", e))?
+            {
+                return Ok(false);
+            }
+            ring.fill(slot, &reference);
+            if let Some(f) = before_publish.take() {
+                f();
+            }
+            published = ring.publish(slot);
+            Ok(true)
         })?
         .ok_or(Error::Full)?;
-        ring.fill(slot, &frame.bytes);
-        before_publish();
-        if ring.publish(slot) {
-            Ok(())
-        } else {
-            Err(Error::Lost)
-        }
+        if published { Ok(()) } else { Err(Error::Lost) }
     }
 
     fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
@@ -369,7 +469,7 @@ impl<T: Message> Queue<T> {
         }
         let ring = self.ring();
         let me = Owner::me();
-        let claim = wait(
+        let taken = wait(
             ring.published(),
             ring.get_sleepers(),
             deadline,
@@ -379,15 +479,85 @@ impl<T: Message> Queue<T> {
                         // Frames of the dead still count in `qsize` until buried.
                         ring.bury_dead()?;
                     }
-                    ring.claim(me)
-                })
+                    Ok(match ring.claim(me)? {
+                        None => Ok(None),
+                        Some(claim) if claim.big => self.take_big(claim).map(Some),
+                        Some(claim) => Ok(Some(Taken::Small(claim))),
+                    })
+                })?
             },
         )?
         .ok_or(Error::Empty)?;
         let mut frame = Frame::new();
-        ring.read(claim, &mut frame.bytes);
-        ring.release(claim);
+        match taken {
+            Taken::Small(claim) => {
+                ring.read(claim, &mut frame.bytes);
+                ring.release(claim);
+            }
+            Taken::Big { memfd, len, fds } => {
+                let mut file = std::fs::File::from(memfd);
+                let size = file
+                    .metadata()
+                    .map_err(|e| os("fstat of an item's memfd", e))?
+                    .len();
+                if size != len {
+                    return Err(Error::Corrupted(format!(
+                        "an item's memfd holds {size} bytes, its reference says {len}"
+                    )));
+                }
+                file.rewind().map_err(|e| os("lseek", e))?;
+                frame.bytes.reserve_exact(len as usize);
+                file.read_to_end(&mut frame.bytes)
+                    .map_err(|e| os("read of an item's memfd", e))?;
+                frame.fds = fds;
+            }
+        }
         Ok(frame.decode()?)
+    }
+
+    /// Under the consumers' lock, for a claimed big frame: reads its reference, releases
+    /// the frame, and takes its message from the side channel. Messages numbered lower are
+    /// of frames whose producer died after sending (claims go in frame order, and each takes
+    /// its message under this lock): closed and passed over.
+    fn take_big(&self, claim: Claim) -> Result<Taken> {
+        let ring = self.ring();
+        let mut reference = Vec::new();
+        ring.read(claim, &mut reference);
+        ring.release(claim);
+        let (Some(seq), Some(len)) = (
+            reference.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)),
+            reference
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes),
+        ) else {
+            return Err(Error::Corrupted("a big item's reference is short".into()));
+        };
+        let rx = self.inner.rx.as_fd();
+        loop {
+            let peeked = sys::side_peek::<BIG_REF>(rx).map_err(|e| os("recv (peek)", e))?;
+            let Some((head, _)) = peeked else {
+                return Err(Error::Lost);
+            };
+            let number = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+            if number > seq {
+                // Ours never came (only a process writing into the queue's memory can do
+                // that); leave the later one for its own frame.
+                return Err(Error::Lost);
+            }
+            let got = sys::side_recv::<BIG_REF>(rx).map_err(|e| os("recvmsg", e))?;
+            let Some((bytes, size, mut fds)) = got else {
+                return Err(Error::Lost);
+            };
+            if number < seq || bytes != *reference.as_slice() || size != BIG_REF {
+                continue; // an orphan (or garbage): its descriptors close here
+            }
+            if fds.is_empty() {
+                return Err(Error::Corrupted("a big item came without its memfd".into()));
+            }
+            let memfd = fds.remove(0);
+            return Ok(Taken::Big { memfd, len, fds });
+        }
     }
 
     /// Repairs the ring after a process died holding one of its locks: both locks held,
@@ -428,6 +598,22 @@ impl<T: Message> Queue<T> {
     pub(crate) fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
         self.ring().word(offset)
     }
+}
+
+/// What a `get` took under the consumers' lock.
+enum Taken {
+    /// A frame in the ring, to copy out and release.
+    Small(Claim),
+    /// A big item: its memfd and length, and the item's own descriptors.
+    Big {
+        memfd: OwnedFd,
+        len: u64,
+        fds: Vec<OwnedFd>,
+    },
+}
+
+fn os(op: &'static str, e: std::io::Error) -> Error {
+    Error::Os(op, e)
 }
 
 /// Runs `f` holding `lock`; repairs the ring afterwards if the lock's last owner died
@@ -522,16 +708,40 @@ impl<T> AsFd for Queue<T> {
     }
 }
 
+/// What a queue handle sends: its region and the two ends of its side channel.
+#[derive(Serialize)]
+struct PartsOut<'a> {
+    region: &'a Region,
+    #[serde(serialize_with = "mp_codec::fd::serialize")]
+    tx: &'a OwnedFd,
+    #[serde(serialize_with = "mp_codec::fd::serialize")]
+    rx: &'a OwnedFd,
+}
+
+#[derive(Deserialize)]
+struct PartsIn {
+    region: Region,
+    #[serde(deserialize_with = "mp_codec::fd::deserialize")]
+    tx: OwnedFd,
+    #[serde(deserialize_with = "mp_codec::fd::deserialize")]
+    rx: OwnedFd,
+}
+
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.inner.region.serialize(serializer)
+        PartsOut {
+            region: &self.inner.region,
+            tx: &self.inner.tx,
+            rx: &self.inner.rx,
+        }
+        .serialize(serializer)
     }
 }
 
 impl<'de, T: Message> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let region = Region::deserialize(deserializer)?;
-        Queue::from_region(region, None).map_err(mp_codec::fd::rejected)
+        let parts = PartsIn::deserialize(deserializer)?;
+        Queue::from_parts(parts.region, parts.tx, parts.rx, None).map_err(mp_codec::fd::rejected)
     }
 }
 
@@ -593,11 +803,27 @@ mod tests {
     }
 
     #[test]
-    fn too_large_an_item_is_refused_and_handed_back() {
+    fn items_larger_than_the_ring_go_through_whole() {
         let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
-        let err = q.put(vec![7; 5000]).unwrap_err();
-        assert!(matches!(err.error, Error::TooLarge { .. }), "{}", err.error);
-        assert_eq!(err.item.len(), 5000);
+        for len in [0, 100, 511, 512, 5000, 1 << 20] {
+            q.put(vec![len as u8; len]).unwrap();
+        }
+        for len in [0, 100, 511, 512, 5000, 1 << 20] {
+            assert_eq!(q.get().unwrap(), vec![len as u8; len]);
+        }
+        assert!(q.empty());
+    }
+
+    #[test]
+    fn items_that_own_descriptors_go_through_the_side_channel() {
+        let q = Queue::<(String, mp_codec::Fd)>::new().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&w, b"through").unwrap();
+        q.put(("pipe".into(), mp_codec::Fd::from(r))).unwrap();
+        let (name, fd) = q.get().unwrap();
+        let mut buf = [0u8; 7];
+        rustix::io::read(fd.into_inner(), &mut buf).unwrap();
+        assert_eq!((name.as_str(), &buf), ("pipe", b"through"));
     }
 
     #[test]

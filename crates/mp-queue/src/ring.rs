@@ -52,6 +52,8 @@ const MAXSIZE: usize = 8;
 // The producers' line:
 const PUT_LOCK: usize = 64;
 const TAIL: usize = 112;
+/// The next big item's number (see [`BIG`]).
+const BIG_TAIL: usize = 120;
 // The consumers' line:
 const GET_LOCK: usize = 128;
 const HEAD: usize = 176;
@@ -80,6 +82,10 @@ const DONE: u32 = 4;
 const DEAD: u32 = 5;
 const PAD: u32 = 6;
 
+/// In a frame's length word: the payload is not the item but a [`BigRef`], and the item's
+/// bytes (and descriptors) travel through the side channel.
+const BIG: u32 = 1 << 31;
+
 /// The ring's bytes do not describe frames: another process wrote garbage into them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Corrupt(pub(crate) String);
@@ -96,6 +102,8 @@ pub(crate) struct Slot {
 pub(crate) struct Claim {
     pos: u64,
     len: usize,
+    /// Whether the payload is a big item's reference.
+    pub(crate) big: bool,
 }
 
 /// The ring inside a mapped region (see the module docs).
@@ -134,11 +142,6 @@ impl Ring {
     /// The most items the ring holds (0: as many as fit).
     pub(crate) fn maxsize(&self) -> u64 {
         self.word(MAXSIZE).load(Ordering::Relaxed)
-    }
-
-    /// The largest payload that fits in one frame.
-    pub(crate) fn max_payload(&self) -> usize {
-        self.cap - HDR
     }
 
     pub(crate) fn put_lock(&self) -> &mp_sync::RawLock {
@@ -228,7 +231,7 @@ impl Ring {
             return Ok((PAD, left));
         }
         let state = self.state(pos).load(Ordering::Acquire);
-        let len = self.len_word(pos).load(Ordering::Relaxed) as usize;
+        let len = (self.len_word(pos).load(Ordering::Relaxed) & !BIG) as usize;
         let size = match state {
             PAD => (HDR + len) as u64,
             RESERVED | READY | CLAIMED | DONE | DEAD => frame_size(len) as u64,
@@ -246,7 +249,13 @@ impl Ring {
     /// Reserves a frame for a payload of `len` bytes, owned by `me`: `None` when there is
     /// no room (or `maxsize` items are in). The caller holds the producers' lock and has
     /// checked `len <= max_payload()`.
-    pub(crate) fn reserve(&self, len: usize, me: Owner) -> Result<Option<Slot>, Corrupt> {
+    /// `big`: the frame will hold a big item's reference (see [`BIG`]).
+    pub(crate) fn reserve(
+        &self,
+        len: usize,
+        big: bool,
+        me: Owner,
+    ) -> Result<Option<Slot>, Corrupt> {
         let maxsize = self.maxsize();
         if maxsize != 0 && self.items() >= maxsize {
             return Ok(None);
@@ -264,7 +273,8 @@ impl Ring {
             self.state(tail).store(PAD, Ordering::Release);
         }
         let pos = tail + pad;
-        self.len_word(pos).store(len as u32, Ordering::Relaxed);
+        self.len_word(pos)
+            .store(len as u32 | if big { BIG } else { 0 }, Ordering::Relaxed);
         self.set_owner(pos, me);
         self.state(pos).store(RESERVED, Ordering::Release);
         self.word(TAIL).store(pos + size, Ordering::Release);
@@ -294,6 +304,25 @@ impl Ring {
             crate::sys::futex_wake_all(self.published());
         }
         ok
+    }
+
+    /// Takes the number of the next big item. The caller holds the producers' lock.
+    pub(crate) fn next_big(&self) -> u64 {
+        self.word(BIG_TAIL).fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Gives up a reserved frame that will never be filled: marked `DEAD`, it is passed over
+    /// and reclaimed like a dead producer's.
+    pub(crate) fn abandon(&self, slot: Slot) {
+        if self
+            .state(slot.pos)
+            .compare_exchange(RESERVED, DEAD, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            let _ = self
+                .word(ITEMS)
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 
     /// Moves `head` over frames whose bytes nobody needs any more; whether it moved. The
@@ -346,11 +375,17 @@ impl Ring {
                     if self.maxsize() != 0 {
                         self.signal_room();
                     }
-                    let len = self.len_word(pos).load(Ordering::Relaxed) as usize;
+                    let word = self.len_word(pos).load(Ordering::Relaxed);
+                    let len = (word & !BIG) as usize;
                     if frame_size(len) as u64 != size {
                         return Err(Corrupt(format!("frame at {pos} changed its length")));
                     }
-                    return Ok(Some(Claim { pos, len }));
+                    let big = word & BIG != 0;
+                    if big {
+                        // Its room in the side channel comes back as it is taken.
+                        self.signal_room();
+                    }
+                    return Ok(Some(Claim { pos, len, big }));
                 }
             }
             pos += size;
@@ -478,13 +513,19 @@ pub(crate) mod tests {
         Owner::me()
     }
 
+    impl Ring {
+        pub(crate) fn reserve_small(&self, len: usize, me: Owner) -> Result<Option<Slot>, Corrupt> {
+            self.reserve(len, false, me)
+        }
+    }
+
     #[test]
     fn a_frame_goes_round_the_ring() {
         let t = test_ring(4096, 0);
         let r = &t.ring;
         for round in 0..1000u32 {
             let payload = round.to_le_bytes().repeat(round as usize % 50);
-            let slot = r.reserve(payload.len(), me()).unwrap().unwrap();
+            let slot = r.reserve_small(payload.len(), me()).unwrap().unwrap();
             r.fill(slot, &payload);
             assert!(r.publish(slot));
             let claim = r.claim(me()).unwrap().unwrap();
@@ -500,8 +541,8 @@ pub(crate) mod tests {
     fn a_reserved_frame_is_passed_over_and_holds_its_room() {
         let t = test_ring(4096, 0);
         let r = &t.ring;
-        let slow = r.reserve(8, me()).unwrap().unwrap();
-        let fast = r.reserve(8, me()).unwrap().unwrap();
+        let slow = r.reserve_small(8, me()).unwrap().unwrap();
+        let fast = r.reserve_small(8, me()).unwrap().unwrap();
         r.fill(fast, b"fastfast");
         r.publish(fast);
         let claim = r.claim(me()).unwrap().unwrap();
@@ -520,22 +561,22 @@ pub(crate) mod tests {
     fn maxsize_bounds_items_not_bytes() {
         let t = test_ring(4096, 2);
         let r = &t.ring;
-        assert!(r.reserve(1, me()).unwrap().is_some());
-        assert!(r.reserve(1, me()).unwrap().is_some());
-        assert!(r.reserve(1, me()).unwrap().is_none());
+        assert!(r.reserve_small(1, me()).unwrap().is_some());
+        assert!(r.reserve_small(1, me()).unwrap().is_some());
+        assert!(r.reserve_small(1, me()).unwrap().is_none());
     }
 
     #[test]
     fn garbage_in_a_header_is_reported_not_followed() {
         let t = test_ring(4096, 0);
         let r = &t.ring;
-        let slot = r.reserve(8, me()).unwrap().unwrap();
+        let slot = r.reserve_small(8, me()).unwrap().unwrap();
         r.fill(slot, b"12345678");
         r.publish(slot);
         r.len_word(slot.pos).store(1 << 30, Ordering::Relaxed);
         assert!(r.claim(me()).is_err());
         r.reset();
-        let slot = r.reserve(8, me()).unwrap().unwrap();
+        let slot = r.reserve_small(8, me()).unwrap().unwrap();
         r.fill(slot, b"abcdefgh");
         r.publish(slot);
         assert!(r.claim(me()).unwrap().is_some());
@@ -546,8 +587,8 @@ pub(crate) mod tests {
         let t = test_ring(4096, 0);
         let r = &t.ring;
         let dead = Owner::dead_for_tests();
-        let a = r.reserve(8, dead).unwrap().unwrap();
-        let b = r.reserve(8, me()).unwrap().unwrap();
+        let a = r.reserve_small(8, dead).unwrap().unwrap();
+        let b = r.reserve_small(8, me()).unwrap().unwrap();
         r.fill(b, b"bbbbbbbb");
         r.publish(b);
         let claim = r.claim(dead).unwrap().unwrap();
@@ -622,7 +663,7 @@ pub(crate) mod tests {
                             let left = 4096 - tail % 4096;
                             let needed = size + if left < size { left } else { 0 };
                             let fits = tail - head + needed <= 4096;
-                            match r.reserve(len, me).unwrap() {
+                            match r.reserve_small(len, me).unwrap() {
                                 Some(slot) => {
                                     prop_assert!(fits);
                                     r.fill(slot, &payload);

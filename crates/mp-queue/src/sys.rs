@@ -9,6 +9,7 @@
 //! accepts as some value, but it is never undefined behaviour.
 
 use std::{
+    os::fd::{BorrowedFd, OwnedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
     time::Duration,
@@ -162,4 +163,111 @@ impl Bytes {
         }
         .expect("non-null")
     }
+}
+
+/// Most descriptors one side-channel message carries: the item's memfd and the item's own.
+pub(crate) const MAX_FDS: usize = 64;
+
+/// A connected pair of unix `SOCK_SEQPACKET` sockets, close-on-exec: the queue's side
+/// channel for descriptors (messages keep their boundaries, arrive in order, and a send is
+/// all or nothing).
+/// See [socketpair(2)](https://man7.org/linux/man-pages/man2/socketpair.2.html).
+pub(crate) fn side_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+    Ok(socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Whether `fd` is a unix `SOCK_SEQPACKET` socket (what a peer hands over as a side channel
+/// is checked, not trusted).
+pub(crate) fn is_side_socket(fd: BorrowedFd<'_>) -> bool {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::SEQPACKET)
+        && sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+}
+
+/// Sends `bytes` with `fds` as one message, without waiting: `Ok(false)` when the socket
+/// (or the kernel's budget of descriptors in flight) has no room now.
+pub(crate) fn side_send(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<bool> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other(
+            "too many descriptors for one message",
+        ));
+    }
+    match sendmsg(
+        socket,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    ) {
+        Ok(n) if n == bytes.len() => Ok(true),
+        Ok(_) => Err(std::io::Error::other(
+            "a side-channel message went out short",
+        )),
+        Err(Errno::AGAIN | Errno::NOBUFS | Errno::TOOMANYREFS) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Looks at the next message's first `N` bytes without taking it (and without taking its
+/// descriptors); `None` if no message is waiting.
+pub(crate) fn side_peek<const N: usize>(
+    socket: BorrowedFd<'_>,
+) -> std::io::Result<Option<([u8; N], usize)>> {
+    use rustix::net::{RecvFlags, recv};
+    let mut buf = [0u8; N];
+    match recv(
+        socket,
+        &mut buf,
+        RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+    ) {
+        Ok((_, len)) => Ok(Some((buf, len))),
+        Err(Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Takes the next message: its first `N` bytes, its whole length, and the descriptors that
+/// came with it (all closed on drop; any cut short by the kernel are reported as an error
+/// after closing the rest).
+pub(crate) fn side_recv<const N: usize>(
+    socket: BorrowedFd<'_>,
+) -> std::io::Result<Option<([u8; N], usize, Vec<OwnedFd>)>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
+    let mut buf = [0u8; N];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = match recvmsg(
+        socket,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC,
+    ) {
+        Ok(msg) => msg,
+        Err(Errno::AGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(std::io::Error::other(
+            "descriptors of a side-channel message were cut short",
+        ));
+    }
+    Ok(Some((buf, msg.bytes, fds)))
 }
