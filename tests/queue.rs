@@ -36,3 +36,37 @@ fn a_child_answers_through_queues_and_errors_convert() {
         multiprocessing::Error::Queue(queues::Error::Empty)
     ));
 }
+
+fn put_later((ready, q): (multiprocessing::Connection, Queue<u32>)) {
+    // Wait for the parent's go, so its first wait surely finds nothing.
+    let _: u8 = ready.recv().expect("go");
+    q.put(42).expect("put");
+}
+
+#[test]
+fn wait_sees_a_queue_beside_a_pipe() {
+    use std::{os::fd::AsFd, time::Duration};
+
+    use multiprocessing::connection::wait;
+
+    let q = Queue::<u32>::new().unwrap();
+    let (go, ready) = multiprocessing::pipe(true).unwrap();
+    let (idle, _idle_peer) = multiprocessing::pipe(true).unwrap();
+    let mut child = Process::new(put_later, (ready, q.clone())).start().unwrap();
+    let objects: [&dyn AsFd; 2] = [&idle, &q];
+    assert!(wait(&objects, Some(Duration::ZERO)).unwrap().is_empty());
+    go.send(&1u8).unwrap();
+    assert_eq!(wait(&objects, Some(DEADLINE)).unwrap(), [1]);
+    assert_eq!(q.get_timeout(DEADLINE).unwrap(), 42);
+    assert!(
+        wait(&objects, Some(Duration::ZERO)).unwrap().is_empty(),
+        "drained"
+    );
+    child.join().unwrap();
+    // An item put before anyone waited is seen too.
+    let early = Queue::<u32>::new().unwrap();
+    early.put(7).unwrap();
+    assert_eq!(wait(&[&early], Some(DEADLINE)).unwrap(), [0]);
+    assert!(matches!(early.try_get(), Ok(7)));
+    assert!(wait(&[&early], Some(Duration::ZERO)).unwrap().is_empty());
+}

@@ -94,7 +94,8 @@ impl<T: Message> Builder<T> {
             ))?;
         let region = Region::create(spec::<T>(cap))?;
         let (tx, rx) = sys::side_pair().map_err(|e| os("socketpair", e))?;
-        Queue::from_parts(region, tx, rx, Some(self.maxsize as u64))
+        let bell = sys::doorbell().map_err(|e| os("eventfd", e))?;
+        Queue::from_parts(region, tx, rx, bell, Some(self.maxsize as u64))
     }
 }
 
@@ -115,6 +116,8 @@ pub(crate) struct Inner {
     /// arrive, in the order of their frames, on `rx` (see [`BIG_SHARE`]).
     tx: OwnedFd,
     rx: OwnedFd,
+    /// An eventfd readable while the queue may hold an item, for `wait` (see `AsFd`).
+    bell: OwnedFd,
     closed: AtomicBool,
 }
 
@@ -199,10 +202,21 @@ impl<T: Message> Queue<T> {
     }
 
     /// `maxsize`: `Some` when made here (writes it), `None` when attached.
-    fn from_parts(region: Region, tx: OwnedFd, rx: OwnedFd, maxsize: Option<u64>) -> Result<Self> {
+    fn from_parts(
+        region: Region,
+        tx: OwnedFd,
+        rx: OwnedFd,
+        bell: OwnedFd,
+        maxsize: Option<u64>,
+    ) -> Result<Self> {
         if !sys::is_side_socket(tx.as_fd()) || !sys::is_side_socket(rx.as_fd()) {
             return Err(Error::Region(mp_sync::Error::BadRegion(
                 "a queue's side channel must be a pair of unix seqpacket sockets".into(),
+            )));
+        }
+        if !sys::is_doorbell(bell.as_fd()) {
+            return Err(Error::Region(mp_sync::Error::BadRegion(
+                "a queue's doorbell must be an eventfd".into(),
             )));
         }
         let cap = region.spec().len;
@@ -223,6 +237,7 @@ impl<T: Message> Queue<T> {
                 region,
                 tx,
                 rx,
+                bell,
                 closed: AtomicBool::new(false),
             }),
             _type: PhantomData,
@@ -358,11 +373,37 @@ impl<T: Message> Queue<T> {
             .ok_or(Error::Full)?;
         ring.fill(slot, &frame.bytes);
         before_publish();
-        if ring.publish(slot) {
-            Ok(())
-        } else {
-            Err(Error::Lost)
+        let published = ring.publish(slot);
+        if slot.first {
+            self.ring_bell();
         }
+        if published { Ok(()) } else { Err(Error::Lost) }
+    }
+
+    /// Whether some process waits (or has waited) on the queue's descriptor.
+    fn polled(&self) -> bool {
+        self.ring().word32(ring::POLLERS).load(Ordering::Relaxed) != 0
+    }
+
+    /// After a put that made the queue non-empty: makes the doorbell readable, if anyone
+    /// polls it.
+    fn ring_bell(&self) {
+        if self.polled() {
+            sys::ring(self.inner.bell.as_fd());
+        }
+    }
+
+    /// Under the consumers' lock, after a get that found the queue empty or left it so:
+    /// silences the doorbell, then rings it again if an item came meanwhile (a producer's
+    /// ring may have landed just before the silencing).
+    fn quiet_bell(&self) -> std::result::Result<(), Corrupt> {
+        if self.polled() {
+            sys::silence(self.inner.bell.as_fd());
+            if self.ring().any_ready()? {
+                sys::ring(self.inner.bell.as_fd());
+            }
+        }
+        Ok(())
     }
 
     /// Waits for a frame of `len` bytes and reserves it, for `me`; under the producers' lock,
@@ -442,6 +483,7 @@ impl<T: Message> Queue<T> {
         let ring = self.ring();
         let mut before_publish = Some(before_publish);
         let mut published = false;
+        let mut first = false;
         self.reserve(BIG_REF, true, deadline, |slot| {
             let seq = ring.next_big();
             let mut reference = [0u8; BIG_REF];
@@ -457,9 +499,13 @@ impl<T: Message> Queue<T> {
                 f();
             }
             published = ring.publish(slot);
+            first = slot.first;
             Ok(true)
         })?
         .ok_or(Error::Full)?;
+        if first {
+            self.ring_bell();
+        }
         if published { Ok(()) } else { Err(Error::Lost) }
     }
 
@@ -479,7 +525,11 @@ impl<T: Message> Queue<T> {
                         // Frames of the dead still count in `qsize` until buried.
                         ring.bury_dead()?;
                     }
-                    Ok(match ring.claim(me)? {
+                    let claimed = ring.claim(me)?;
+                    if claimed.is_none() || ring.items() == 0 {
+                        self.quiet_bell()?;
+                    }
+                    Ok(match claimed {
                         None => Ok(None),
                         Some(claim) if claim.big => self.take_big(claim).map(Some),
                         Some(claim) => Ok(Some(Taken::Small(claim))),
@@ -700,11 +750,28 @@ fn wait<R>(
     }
 }
 
-impl<T> AsFd for Queue<T> {
-    /// The descriptor of the queue's shared memory (for passing it on by hand; it is not
-    /// a descriptor to poll).
+impl<T: Message> AsFd for Queue<T> {
+    /// A descriptor that polls readable while the queue may hold an item, so that
+    /// `mp_pipe::wait` (Python's `connection.wait`) can wait on queues beside connections and
+    /// process sentinels.
+    ///
+    /// Asking for it arms the queue's doorbell, for every process, from then on: a `put`
+    /// that makes the queue non-empty, and a `get` that finds it empty or leaves it so, then
+    /// make one system call each (a busy queue that never empties makes none). Readable is
+    /// a hint, as in Python: another consumer may take the item first, an item may still be
+    /// being copied in, and a producer killed between publishing and ringing leaves the bell
+    /// silent until the next put. Wait with a timeout where that matters.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.region.as_fd()
+        let pollers = self.ring().word32(ring::POLLERS);
+        if pollers.load(Ordering::Relaxed) == 0 {
+            pollers.store(1, Ordering::SeqCst);
+            // Items put before the arming rang no bell.
+            let ring = self.ring();
+            if with_lock(self, ring.get_lock(), || ring.any_ready()).unwrap_or(false) {
+                sys::ring(self.inner.bell.as_fd());
+            }
+        }
+        self.inner.bell.as_fd()
     }
 }
 
@@ -716,6 +783,8 @@ struct PartsOut<'a> {
     tx: &'a OwnedFd,
     #[serde(serialize_with = "mp_codec::fd::serialize")]
     rx: &'a OwnedFd,
+    #[serde(serialize_with = "mp_codec::fd::serialize")]
+    bell: &'a OwnedFd,
 }
 
 #[derive(Deserialize)]
@@ -725,6 +794,8 @@ struct PartsIn {
     tx: OwnedFd,
     #[serde(deserialize_with = "mp_codec::fd::deserialize")]
     rx: OwnedFd,
+    #[serde(deserialize_with = "mp_codec::fd::deserialize")]
+    bell: OwnedFd,
 }
 
 impl<T> Serialize for Queue<T> {
@@ -733,6 +804,7 @@ impl<T> Serialize for Queue<T> {
             region: &self.inner.region,
             tx: &self.inner.tx,
             rx: &self.inner.rx,
+            bell: &self.inner.bell,
         }
         .serialize(serializer)
     }
@@ -741,7 +813,8 @@ impl<T> Serialize for Queue<T> {
 impl<'de, T: Message> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let parts = PartsIn::deserialize(deserializer)?;
-        Queue::from_parts(parts.region, parts.tx, parts.rx, None).map_err(mp_codec::fd::rejected)
+        Queue::from_parts(parts.region, parts.tx, parts.rx, parts.bell, None)
+            .map_err(mp_codec::fd::rejected)
     }
 }
 

@@ -64,6 +64,9 @@ const PUT_SLEEPERS: usize = 196;
 const FREED: usize = 256;
 const GET_SLEEPERS: usize = 260;
 const ITEMS: usize = 320;
+/// Nonzero once some process asked for the queue's descriptor, to wait on it: puts and gets
+/// then ring its doorbell on empty/non-empty transitions.
+pub(crate) const POLLERS: usize = 328;
 /// `JoinableQueue`'s count of unfinished tasks (`u64`)…
 pub(crate) const UNFINISHED: usize = 384;
 /// …bumped when it reaches zero (joiners sleep on it)…
@@ -95,6 +98,8 @@ pub(crate) struct Corrupt(pub(crate) String);
 pub(crate) struct Slot {
     pos: u64,
     len: usize,
+    /// Whether this reservation made the queue non-empty.
+    pub(crate) first: bool,
 }
 
 /// A frame claimed by this process, to read and release.
@@ -278,8 +283,8 @@ impl Ring {
         self.set_owner(pos, me);
         self.state(pos).store(RESERVED, Ordering::Release);
         self.word(TAIL).store(pos + size, Ordering::Release);
-        self.word(ITEMS).fetch_add(1, Ordering::Relaxed);
-        Ok(Some(Slot { pos, len }))
+        let first = self.word(ITEMS).fetch_add(1, Ordering::Relaxed) == 0;
+        Ok(Some(Slot { pos, len, first }))
     }
 
     /// Copies the payload into a reserved frame.

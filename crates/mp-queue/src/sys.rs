@@ -271,3 +271,29 @@ pub(crate) fn side_recv<const N: usize>(
     }
     Ok(Some((buf, msg.bytes, fds)))
 }
+
+/// A non-blocking eventfd: the queue's doorbell.
+/// See [eventfd(2)](https://man7.org/linux/man-pages/man2/eventfd.2.html).
+pub(crate) fn doorbell() -> std::io::Result<OwnedFd> {
+    use rustix::event::{EventfdFlags, eventfd};
+    Ok(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+}
+
+/// Whether `fd` is an eventfd (checked on what a peer hands over, so that ringing it never
+/// writes into anything else).
+pub(crate) fn is_doorbell(fd: BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// Makes the doorbell readable.
+pub(crate) fn ring(bell: BorrowedFd<'_>) {
+    let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
+}
+
+/// Makes the doorbell unreadable (until rung again).
+pub(crate) fn silence(bell: BorrowedFd<'_>) {
+    let mut count = [0u8; 8];
+    let _ = rustix::io::read(bell, &mut count);
+}

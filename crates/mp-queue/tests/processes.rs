@@ -289,3 +289,74 @@ fn producers_and_consumers_killed_mid_operation_lose_at_most_the_consumers_items
     assert_eq!(check(&q.get_timeout(DEADLINE).unwrap()), (999, 0));
     let _ = Error::Empty;
 }
+
+fn soak_produce((q, producer, count): (Queue<u64>, u64, u64)) {
+    for i in 0..count {
+        q.put(producer << 32 | i).expect("put");
+    }
+}
+
+/// Takes items until it has seen `stop` end markers; returns (items, wrapping sum, xor).
+fn soak_consume((q, stops): (Queue<u64>, u32)) -> (u64, u64, u64) {
+    let (mut n, mut sum, mut xor, mut seen) = (0u64, 0u64, 0u64, 0);
+    while seen < stops {
+        let v = q
+            .get_timeout(DEADLINE)
+            .expect("an item within the deadline");
+        if v == u64::MAX {
+            seen += 1;
+            continue;
+        }
+        n += 1;
+        sum = sum.wrapping_add(v.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        xor ^= v.rotate_left((v % 63) as u32);
+    }
+    (n, sum, xor)
+}
+
+/// 1,000,000 items from two producer processes to two consumer processes, through a small
+/// ring (so producers wait for room all the time): every item arrives exactly once.
+#[test]
+fn soak_a_million_items_two_producers_to_two_consumers() {
+    const EACH: u64 = 500_000;
+    let q = Queue::<u64>::builder().capacity(64 << 10).build().unwrap();
+    let consumers: Vec<_> = (0..2)
+        .map(|_| Process::new(soak_consume, (q.clone(), 1)).start().unwrap())
+        .collect();
+    let mut producers: Vec<_> = (0..2)
+        .map(|p| {
+            Process::new(soak_produce, (q.clone(), p, EACH))
+                .start()
+                .unwrap()
+        })
+        .collect();
+    for p in &mut producers {
+        p.join_timeout(DEADLINE * 4)
+            .unwrap()
+            .expect("producer done");
+    }
+    for _ in 0..2 {
+        q.put(u64::MAX).unwrap(); // one end marker per consumer
+    }
+    let (mut n, mut sum, mut xor) = (0u64, 0u64, 0u64);
+    for mut c in consumers {
+        let (cn, csum, cxor) = c
+            .join_timeout(DEADLINE * 4)
+            .unwrap()
+            .expect("consumer done");
+        n += cn;
+        sum = sum.wrapping_add(csum);
+        xor ^= cxor;
+    }
+    let (mut want_sum, mut want_xor) = (0u64, 0u64);
+    for p in 0..2u64 {
+        for i in 0..EACH {
+            let v = p << 32 | i;
+            want_sum = want_sum.wrapping_add(v.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            want_xor ^= v.rotate_left((v % 63) as u32);
+        }
+    }
+    assert_eq!(n, 2 * EACH);
+    assert_eq!((sum, xor), (want_sum, want_xor), "checksums");
+    assert!(q.empty());
+}
