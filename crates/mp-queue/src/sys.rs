@@ -238,12 +238,16 @@ pub(crate) fn side_peek<const N: usize>(
     }
 }
 
+/// A message taken from the side channel: its first `N` bytes, its whole length, and the
+/// descriptors that came with it.
+pub(crate) type Received<const N: usize> = ([u8; N], usize, Vec<OwnedFd>);
+
 /// Takes the next message: its first `N` bytes, its whole length, and the descriptors that
 /// came with it (all closed on drop; any cut short by the kernel are reported as an error
 /// after closing the rest).
 pub(crate) fn side_recv<const N: usize>(
     socket: BorrowedFd<'_>,
-) -> std::io::Result<Option<([u8; N], usize, Vec<OwnedFd>)>> {
+) -> std::io::Result<Option<Received<N>>> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, recvmsg};
     let mut buf = [0u8; N];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];

@@ -73,7 +73,9 @@ fn a_producer_that_exits_right_after_a_10_mib_put_is_joined_and_its_item_receive
 }
 
 fn put_256_mib(q: Queue<mp_codec::Bytes>) {
-    let bytes: Vec<u8> = (0..256usize << 20).map(|i| (i * 131 >> 7) as u8).collect();
+    let bytes: Vec<u8> = (0..256usize << 20)
+        .map(|i| ((i * 131) >> 7) as u8)
+        .collect();
     q.put(mp_codec::Bytes(bytes)).expect("put");
 }
 
@@ -87,7 +89,7 @@ fn a_256_mib_item_and_100000_empty_ones_round_trip() {
     assert!(
         got.iter()
             .enumerate()
-            .all(|(i, &b)| b == (i * 131 >> 7) as u8)
+            .all(|(i, &b)| b == ((i * 131) >> 7) as u8)
     );
     let empty = Queue::<()>::new().unwrap();
     for round in 0..4 {
