@@ -299,8 +299,11 @@ fn soak_produce((q, producer, count): (Queue<u64>, u64, u64)) {
 }
 
 /// Takes items until it has seen `stop` end markers; returns (items, wrapping sum, xor).
+/// Checks that each producer's items come in the order they were put (FIFO per producer:
+/// what one consumer takes of a producer's items is in increasing order).
 fn soak_consume((q, stops): (Queue<u64>, u32)) -> (u64, u64, u64) {
     let (mut n, mut sum, mut xor, mut seen) = (0u64, 0u64, 0u64, 0);
+    let mut last = [None::<u64>; 2];
     while seen < stops {
         let v = q
             .get_timeout(DEADLINE)
@@ -309,6 +312,9 @@ fn soak_consume((q, stops): (Queue<u64>, u32)) -> (u64, u64, u64) {
             seen += 1;
             continue;
         }
+        let (producer, i) = ((v >> 32) as usize, v & 0xffff_ffff);
+        assert!(last[producer].is_none_or(|l| l < i), "out of order");
+        last[producer] = Some(i);
         n += 1;
         sum = sum.wrapping_add(v.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         xor ^= v.rotate_left((v % 63) as u32);
@@ -317,7 +323,8 @@ fn soak_consume((q, stops): (Queue<u64>, u32)) -> (u64, u64, u64) {
 }
 
 /// 1,000,000 items from two producer processes to two consumer processes, through a small
-/// ring (so producers wait for room all the time): every item arrives exactly once.
+/// ring (so producers wait for room all the time): every item arrives exactly once, and in
+/// its producer's order.
 #[test]
 fn soak_a_million_items_two_producers_to_two_consumers() {
     const EACH: u64 = 500_000;
