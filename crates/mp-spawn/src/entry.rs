@@ -180,7 +180,8 @@ pub(crate) fn fingerprint() -> &'static Fingerprint {
             dev: st.map_or(0, |s| s.st_dev),
             ino: st.map_or(0, |s| s.st_ino),
             size: st.map_or(0, |s| s.st_size as u64),
-            mtime: st.map_or((0, 0), |s| (s.st_mtime, s.st_mtime_nsec)),
+            // Through i128: the nanoseconds are a u64 or an i64 depending on the rustix backend.
+            mtime: st.map_or((0, 0), |s| (s.st_mtime, i128::from(s.st_mtime_nsec) as u64)),
             layout: sys::offset_of(anchor(), finish as fn(i32) -> ! as usize),
         }
     })
