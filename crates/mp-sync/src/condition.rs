@@ -433,8 +433,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_dead_waiter_leaves_no_wake_up_behind_and_gets_none() {
+    /// A condition with one waiter registered by a child process that was then killed.
+    fn condition_with_a_dead_waiter() -> crate::Shared<RawCondition> {
         use crate::test_util::{fork, reap};
         let cond = crate::Shared::<RawCondition>::new().unwrap();
         let victim = fork(|| {
@@ -453,6 +453,12 @@ mod tests {
         // SAFETY: killing our own child.
         unsafe { libc::kill(victim, libc::SIGKILL) };
         assert_eq!(reap(victim), 128 + libc::SIGKILL);
+        cond
+    }
+
+    #[test]
+    fn a_dead_waiter_leaves_no_wake_up_behind_and_gets_none() {
+        let cond = condition_with_a_dead_waiter();
         let _g = cond.lock().expect("the victim released it to wait");
         cond.notify(1).unwrap();
         assert_eq!(cond.waiting(), 0, "the dead waiter's slot is freed");
@@ -464,24 +470,7 @@ mod tests {
 
     #[test]
     fn a_notify_skips_a_dead_waiter_for_a_live_one() {
-        use crate::test_util::{fork, reap};
-        let cond = crate::Shared::<RawCondition>::new().unwrap();
-        let victim = fork(|| {
-            let _ = cond.acquire();
-            let _ = cond.wait_timeout(Duration::from_secs(60));
-            1
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while cond.waiting() != 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the victim never waited"
-            );
-            std::thread::yield_now();
-        }
-        // SAFETY: killing our own child.
-        unsafe { libc::kill(victim, libc::SIGKILL) };
-        assert_eq!(reap(victim), 128 + libc::SIGKILL);
+        let cond = condition_with_a_dead_waiter();
         let live = {
             let cond = cond.clone();
             std::thread::spawn(move || {
@@ -489,6 +478,7 @@ mod tests {
                 cond.wait_timeout(Duration::from_secs(60)).unwrap()
             })
         };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while cond.waiting() != 2 {
             assert!(
                 std::time::Instant::now() < deadline,
