@@ -584,8 +584,7 @@ fn crossbeam_stream<T: Item>(size: usize, bound: usize, producers: usize) -> Imp
     })
 }
 
-/// Round trips: a forked child (or a thread) echoes `n` items back, through whatever
-/// `setup` made; ns per round trip.
+/// [`per_item`] for round trips: `run(n)` makes `n` of them; nanoseconds per round trip.
 fn per_round_trip(
     n: &mut u64,
     run: impl FnMut(u64) -> Result<Duration, String>,
