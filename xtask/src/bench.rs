@@ -4,9 +4,12 @@
 //! Each implementation is measured once to warm up, then `runs` times; the rounds rotate the
 //! order of the implementations. A measurement is one value in the workload's unit; the table
 //! shows median, min and max, and the ratio of each median to the first (reference) row.
+//! After the table come the targets an issue set (a row's median over another's) for the
+//! rows measured, each marked met or MISSED.
 
 mod codec;
 mod pipe;
+mod queue;
 mod shm;
 mod spawn;
 
@@ -122,6 +125,54 @@ pub struct Workload {
     pub impls: Vec<Impl>,
 }
 
+/// A goal for one row of a workload, as a ratio to another row of the same workload;
+/// checked and printed after the table when both rows were measured.
+pub struct Target {
+    workload: &'static str,
+    imp: &'static str,
+    reference: &'static str,
+    bound: Bound,
+}
+
+impl Target {
+    pub fn new(
+        workload: &'static str,
+        imp: &'static str,
+        reference: &'static str,
+        bound: Bound,
+    ) -> Self {
+        Target {
+            workload,
+            imp,
+            reference,
+            bound,
+        }
+    }
+}
+
+/// What a target's ratio (the row's median over the reference's) must be.
+#[derive(Clone, Copy)]
+pub enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Bound {
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Bound::AtLeast(x) => ratio >= x,
+            Bound::AtMost(x) => ratio <= x,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Bound::AtLeast(x) => format!(">= {x}"),
+            Bound::AtMost(x) => format!("<= {x}"),
+        }
+    }
+}
+
 /// One row of results.
 struct Row {
     workload: &'static str,
@@ -139,11 +190,12 @@ type Group = fn() -> Vec<Workload>;
 
 pub fn run(options: Options) -> Result<(), String> {
     // A filter matches a workload's name or its group (the module's name).
-    let groups: [(&str, Group); 4] = [
+    let groups: [(&str, Group); 5] = [
         ("codec", codec::workloads),
         ("pipe", pipe::workloads),
         ("spawn", spawn::workloads),
         ("shm", shm::workloads),
+        ("queue", queue::workloads),
     ];
     let filter = options.filter.as_deref();
     let whole_group = filter.is_some_and(|f| groups.iter().any(|(g, _)| *g == f));
@@ -165,12 +217,57 @@ pub fn run(options: Options) -> Result<(), String> {
             "workload", "impl", "median", "min", "max", "unit", "ratio"
         );
     }
+    let mut rows = Vec::new();
     for workload in workloads {
         for row in measure(workload, options.runs) {
             print_row(&row, options.json);
+            rows.push(row);
         }
     }
+    check_targets(&rows, options.json);
     Ok(())
+}
+
+/// Prints each target whose rows were both measured: the ratio, and whether it is met.
+fn check_targets(rows: &[Row], json: bool) {
+    let median = |workload: &str, imp: &str| {
+        rows.iter()
+            .find(|r| r.workload == workload && r.imp == imp)
+            .map(|r| r.median)
+    };
+    let mut first = true;
+    for target in queue::targets() {
+        let (Some(value), Some(reference)) = (
+            median(target.workload, target.imp),
+            median(target.workload, target.reference),
+        ) else {
+            continue;
+        };
+        let ratio = value / reference;
+        let met = target.bound.met(ratio);
+        if json {
+            println!(
+                "{{\"target\":\"{}\",\"impl\":\"{}\",\"reference\":\"{}\",\"ratio\":{ratio:.4},\"want\":\"{}\",\"met\":{met}}}",
+                target.workload,
+                target.imp,
+                target.reference,
+                target.bound.describe()
+            );
+        } else {
+            if std::mem::take(&mut first) {
+                println!("\ntargets (ratio of medians):");
+            }
+            println!(
+                "  {:<16} {} / {} = {:.3} (want {}): {}",
+                target.workload,
+                target.imp,
+                target.reference,
+                ratio,
+                target.bound.describe(),
+                if met { "met" } else { "MISSED" }
+            );
+        }
+    }
 }
 
 fn measure(mut workload: Workload, runs: usize) -> Vec<Row> {
@@ -303,11 +400,17 @@ pub fn root() -> PathBuf {
 /// An implementation that runs `benches/python/SCRIPT WORKLOAD` with python3; the script
 /// prints one number in the workload's unit. Skipped with a note when python3 is missing.
 pub fn cpython(name: &str, script: &str, workload: &'static str) -> Impl {
+    cpython_with(name, script, &[workload])
+}
+
+/// [`cpython`] with the script's arguments given.
+pub fn cpython_with(name: &str, script: &str, args: &[&str]) -> Impl {
     let path = root().join("benches/python").join(script);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     Impl::new(format!("cpython/{name}"), move || {
         let out = Command::new("python3")
             .arg(&path)
-            .arg(workload)
+            .args(&args)
             .output()
             .map_err(|e| format!("python3 not runnable: {e}"))?;
         if !out.status.success() {

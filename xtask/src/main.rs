@@ -10,12 +10,18 @@ mod ci;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask ci
-       cargo xtask bench [FILTER] [--json] [--runs N]";
+       cargo xtask bench [FILTER] [--json] [--runs N]
+
+FILTER is a group (codec, pipe, spawn, shm, queue) or part of a workload's name.";
 
 fn main() -> ExitCode {
     // procspawn's children re-enter here and are dispatched by this call.
     procspawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
         Some("bench") => bench::Options::parse(&args[1..]).and_then(bench::run),

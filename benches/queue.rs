@@ -1,0 +1,52 @@
+//! Criterion benches of queues between threads: `put` while a thread drains (1→1 8-byte
+//! items), and a round trip over two queues to an echoing thread. `cargo xtask bench queue`
+//! runs the same workloads between processes, side by side with a raw shared-memory ring,
+//! CPython, ipc-channel and crossbeam-channel.
+
+use std::{hint::black_box, thread};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use multiprocessing::Queue;
+
+/// Tells the draining or echoing thread to stop.
+const STOP: u64 = u64::MAX;
+
+fn queues(c: &mut Criterion) {
+    let q = Queue::<u64>::new().unwrap();
+    let drain = {
+        let q = q.clone();
+        thread::spawn(move || while q.get().unwrap() != STOP {})
+    };
+    let mut group = c.benchmark_group("queue_1to1_8b");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("thread", |b| b.iter(|| q.put(black_box(7)).unwrap()));
+    group.finish();
+    q.put(STOP).unwrap();
+    drain.join().unwrap();
+
+    let (ping, pong) = (Queue::<u64>::new().unwrap(), Queue::<u64>::new().unwrap());
+    let echo = {
+        let (ping, pong) = (ping.clone(), pong.clone());
+        thread::spawn(move || {
+            loop {
+                let item = ping.get().unwrap();
+                pong.put(item).unwrap();
+                if item == STOP {
+                    return;
+                }
+            }
+        })
+    };
+    c.bench_function("queue_rtt_8b/thread", |b| {
+        b.iter(|| {
+            ping.put(black_box(7)).unwrap();
+            black_box(pong.get().unwrap())
+        })
+    });
+    ping.put(STOP).unwrap();
+    assert_eq!(pong.get().unwrap(), STOP);
+    echo.join().unwrap();
+}
+
+criterion_group!(benches, queues);
+criterion_main!(benches);

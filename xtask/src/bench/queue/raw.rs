@@ -1,0 +1,208 @@
+//! The reference of the queue workloads: a minimal single-producer, single-consumer ring of
+//! fixed-size slots in a `MAP_SHARED` memfd, with nothing a real queue needs on top (no
+//! frames, no item count, no blocking, no repair after a crash): head and tail counters on
+//! their own cache lines, each side caching the other's counter (the usual SPSC ring, as in
+//! rigtorp's `SPSCQueue`), and spinning while full or empty.
+//!
+//! Every process that touches a ring is a fork of the bench process, which made it: the
+//! memfd is `CLOEXEC` and never sent anywhere. (A process of the same user could still open
+//! it through `/proc/PID/fd`; a bench does not defend against that, and nothing here trusts
+//! a counter beyond using it modulo the slot count, so the worst it could do is garble
+//! bytes of a measurement, never reach outside the mapping.)
+
+use std::{
+    os::fd::AsRawFd,
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
+
+use super::DEADLINE;
+
+/// Where the consumer's counter (slots taken) and the producer's (slots filled) live, a
+/// cache line apart; slots start after them.
+const HEAD: usize = 0;
+const TAIL: usize = 64;
+const SLOTS: usize = 128;
+
+/// A `MAP_SHARED` mapping of a fresh memfd, zeroed, unmapped on drop. A fork shares it.
+pub struct Shared {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Shared {
+    pub fn new(len: usize) -> Result<Shared, String> {
+        let fd = rustix::fs::memfd_create("xtask-bench", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| format!("memfd_create: {e}"))?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(|e| format!("ftruncate: {e}"))?;
+        // SAFETY: a new mapping of `len` bytes of our own memfd (just sized to `len`)
+        // overlaps no Rust object; it stays mapped (the fd may close) until `drop`.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Shared {
+            ptr: NonNull::new(ptr.cast()).ok_or("mmap returned null")?,
+            len,
+        })
+    }
+
+    /// The `AtomicU64` at `offset` (8-aligned, in bounds: asserted).
+    pub fn word(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.len);
+        // SAFETY: in bounds and aligned (asserted; the mapping is page-aligned); any bytes
+        // are a valid `AtomicU64`, and every process touches these 8 bytes only atomically.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    fn at(&self, offset: usize, len: usize) -> *mut u8 {
+        assert!(offset + len <= self.len);
+        // SAFETY: in bounds (asserted).
+        unsafe { self.ptr.as_ptr().add(offset) }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; every reference into it borrows `self`, so none is left.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// An SPSC ring of `slots` slots of `slot` bytes each (`slots` a power of two).
+pub struct Ring {
+    map: Shared,
+    slot: usize,
+    slots: u64,
+}
+
+impl Ring {
+    pub fn new(slot: usize, slots: usize) -> Result<Ring, String> {
+        assert!(slots.is_power_of_two() && slot.is_multiple_of(8));
+        Ok(Ring {
+            map: Shared::new(SLOTS + slot * slots)?,
+            slot,
+            slots: slots as u64,
+        })
+    }
+
+    fn slot_ptr(&self, index: u64) -> *mut u8 {
+        let i = (index & (self.slots - 1)) as usize;
+        self.map.at(SLOTS + i * self.slot, self.slot)
+    }
+
+    /// The producer side, to be used by one process (or thread) at a time.
+    pub fn producer(&self) -> Producer<'_> {
+        Producer {
+            ring: self,
+            tail: self.map.word(TAIL).load(Ordering::Relaxed),
+            head: self.map.word(HEAD).load(Ordering::Acquire),
+        }
+    }
+
+    /// The consumer side, to be used by one process (or thread) at a time.
+    pub fn consumer(&self) -> Consumer<'_> {
+        Consumer {
+            ring: self,
+            head: self.map.word(HEAD).load(Ordering::Relaxed),
+            tail: self.map.word(TAIL).load(Ordering::Acquire),
+        }
+    }
+}
+
+/// Spins until `ready()`, failing after [`DEADLINE`].
+fn spin_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    while !ready() {
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1024) && start.elapsed() > DEADLINE {
+            return Err(format!("raw ring {what} for {DEADLINE:?}"));
+        }
+    }
+    Ok(())
+}
+
+pub struct Producer<'a> {
+    ring: &'a Ring,
+    /// Slots filled (ours alone to write).
+    tail: u64,
+    /// The consumer's count as last read: it only grows, so room seen stays room.
+    head: u64,
+}
+
+impl Producer<'_> {
+    /// Copies `item` (at most one slot) into the next slot, spinning while the ring is full.
+    pub fn push(&mut self, item: &[u8]) -> Result<(), String> {
+        assert!(item.len() <= self.ring.slot);
+        if self.tail - self.head == self.ring.slots {
+            let head = self.ring.map.word(HEAD);
+            spin_until("full", || {
+                self.head = head.load(Ordering::Acquire);
+                self.tail - self.head < self.ring.slots
+            })?;
+        }
+        // SAFETY: the slot is in the mapping (`slot_ptr`); the consumer has released it
+        // (its head, read with Acquire, passed it) and will not read it before our Release
+        // store of `tail` below, so no other process touches these bytes meanwhile.
+        unsafe {
+            std::ptr::copy_nonoverlapping(item.as_ptr(), self.ring.slot_ptr(self.tail), item.len())
+        };
+        self.tail += 1;
+        self.ring.map.word(TAIL).store(self.tail, Ordering::Release);
+        Ok(())
+    }
+}
+
+pub struct Consumer<'a> {
+    ring: &'a Ring,
+    /// Slots taken (ours alone to write).
+    head: u64,
+    /// The producer's count as last read.
+    tail: u64,
+}
+
+impl Consumer<'_> {
+    /// Copies the next item into `out` (at most one slot) if there is one.
+    pub fn try_pop(&mut self, out: &mut [u8]) -> bool {
+        if self.head == self.tail {
+            self.tail = self.ring.map.word(TAIL).load(Ordering::Acquire);
+            if self.head == self.tail {
+                return false;
+            }
+        }
+        assert!(out.len() <= self.ring.slot);
+        // SAFETY: the slot is in the mapping; the producer published it (its tail, read
+        // with Acquire, passed it) and will not write it again before our Release store of
+        // `head` below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ring.slot_ptr(self.head),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        self.head += 1;
+        self.ring.map.word(HEAD).store(self.head, Ordering::Release);
+        true
+    }
+
+    /// Copies the next item into `out`, spinning while the ring is empty.
+    pub fn pop(&mut self, out: &mut [u8]) -> Result<(), String> {
+        if self.try_pop(out) {
+            return Ok(());
+        }
+        spin_until("empty", || self.try_pop(out))
+    }
+}
