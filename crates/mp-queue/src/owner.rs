@@ -17,7 +17,7 @@ fn mine() -> Owner {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PID: AtomicU64 = AtomicU64::new(0);
     static WORDS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-    let pid = std::process::id();
+    let pid = mp_sync::current_pid(); // cached: no system call on the hot path
     if PID.load(Ordering::Acquire) == u64::from(pid) {
         return Owner([
             WORDS[0].load(Ordering::Relaxed),

@@ -304,7 +304,13 @@ impl<T: Message> Queue<T> {
     /// as in Python: other processes may change it before the caller looks. It counts a
     /// `put` from the moment it has room, so it may count an item still being copied in.
     pub fn qsize(&self) -> usize {
-        self.ring().items() as usize
+        let ring = self.ring();
+        if ring.counting() {
+            return ring.items() as usize;
+        }
+        // An unbounded queue nobody polls keeps no count (one write fewer per item, on a
+        // line both sides share): count the frames instead.
+        with_lock(self, ring.get_lock(), || ring.count()).unwrap_or(0) as usize
     }
 
     /// Whether no item could be taken right now (a snapshot; exact at the moment it looks).
@@ -362,22 +368,24 @@ impl<T: Message> Queue<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let frame = Frame::encode(item)?;
-        let ring = self.ring();
-        let len = frame.bytes.len();
-        if !frame.fds.is_empty() || ring::frame_size(len) > ring.capacity() / BIG_SHARE {
-            return self.put_big(frame, deadline, before_publish);
-        }
-        let slot = self
-            .reserve(len, false, deadline, |_| Ok(true))?
-            .ok_or(Error::Full)?;
-        ring.fill(slot, &frame.bytes);
-        before_publish();
-        let published = ring.publish(slot);
-        if slot.first {
-            self.ring_bell();
-        }
-        if published { Ok(()) } else { Err(Error::Lost) }
+        with_scratch(|frame| {
+            item.encode(frame)?;
+            let ring = self.ring();
+            let len = frame.bytes.len();
+            if !frame.fds.is_empty() || ring::frame_size(len) > ring.capacity() / BIG_SHARE {
+                return self.put_big(frame, deadline, before_publish);
+            }
+            let slot = self
+                .reserve(len, false, deadline, |_| Ok(true))?
+                .ok_or(Error::Full)?;
+            ring.fill(slot, &frame.bytes);
+            before_publish();
+            let published = ring.publish(slot);
+            if slot.first {
+                self.ring_bell();
+            }
+            if published { Ok(()) } else { Err(Error::Lost) }
+        })
     }
 
     /// Whether some process waits (or has waited) on the queue's descriptor.
@@ -464,7 +472,7 @@ impl<T: Message> Queue<T> {
     #[cold]
     fn put_big(
         &self,
-        frame: Frame,
+        frame: &Frame,
         deadline: Option<Instant>,
         before_publish: impl FnOnce(),
     ) -> Result<()> {
@@ -538,31 +546,32 @@ impl<T: Message> Queue<T> {
             },
         )?
         .ok_or(Error::Empty)?;
-        let mut frame = Frame::new();
-        match taken {
-            Taken::Small(claim) => {
-                ring.read(claim, &mut frame.bytes);
-                ring.release(claim);
-            }
-            Taken::Big { memfd, len, fds } => {
-                let mut file = std::fs::File::from(memfd);
-                let size = file
-                    .metadata()
-                    .map_err(|e| os("fstat of an item's memfd", e))?
-                    .len();
-                if size != len {
-                    return Err(Error::Corrupted(format!(
-                        "an item's memfd holds {size} bytes, its reference says {len}"
-                    )));
+        with_scratch(|frame| {
+            match taken {
+                Taken::Small(claim) => {
+                    ring.read(claim, &mut frame.bytes);
+                    ring.release(claim);
                 }
-                file.rewind().map_err(|e| os("lseek", e))?;
-                frame.bytes.reserve_exact(len as usize);
-                file.read_to_end(&mut frame.bytes)
-                    .map_err(|e| os("read of an item's memfd", e))?;
-                frame.fds = fds;
+                Taken::Big { memfd, len, fds } => {
+                    let mut file = std::fs::File::from(memfd);
+                    let size = file
+                        .metadata()
+                        .map_err(|e| os("fstat of an item's memfd", e))?
+                        .len();
+                    if size != len {
+                        return Err(Error::Corrupted(format!(
+                            "an item's memfd holds {size} bytes, its reference says {len}"
+                        )));
+                    }
+                    file.rewind().map_err(|e| os("lseek", e))?;
+                    frame.bytes.reserve_exact(len as usize);
+                    file.read_to_end(&mut frame.bytes)
+                        .map_err(|e| os("read of an item's memfd", e))?;
+                    frame.fds = fds;
+                }
             }
-        }
-        Ok(frame.decode()?)
+            Ok(T::decode(frame)?)
+        })
     }
 
     /// Under the consumers' lock, for a claimed big frame: reads its reference, releases
@@ -695,36 +704,37 @@ fn wait<R>(
     deadline: Option<Instant>,
     mut attempt: impl FnMut(bool) -> Result<Option<R>>,
 ) -> Result<Option<R>> {
+    if let Some(value) = attempt(false)? {
+        return Ok(Some(value));
+    }
     let start = Instant::now();
-    let mut next_check = start + FIRST_OWNER_CHECK;
+    if deadline.is_some_and(|d| start >= d) {
+        return Ok(None);
+    }
+    // Spin, trying again with a growing pause: a busy peer usually answers within
+    // microseconds, and waking from a futex costs tens of them. (Nothing is written to tell
+    // a spinner that an item came: only sleepers are told, so a busy queue writes no
+    // wake-up word.)
+    let spin_end = deadline.map_or(start + SPIN, |d| d.min(start + SPIN));
+    let mut pause = 16u32;
     loop {
-        let seen = word.load(Ordering::SeqCst);
+        for _ in 0..pause {
+            std::hint::spin_loop();
+        }
         if let Some(value) = attempt(false)? {
             return Ok(Some(value));
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Ok(None);
+        if Instant::now() >= spin_end {
+            break;
         }
-        // Spin: a busy peer usually answers within microseconds.
-        let spin_end = deadline.map_or(now + SPIN, |d| d.min(now + SPIN));
-        let mut spins = 0u32;
-        let changed = loop {
-            if word.load(Ordering::Relaxed) != seen {
-                break true;
-            }
-            std::hint::spin_loop();
-            spins += 1;
-            if spins.is_multiple_of(64) && Instant::now() >= spin_end {
-                break false;
-            }
-        };
-        if changed {
-            continue;
-        }
+        pause = (pause * 2).min(256);
+    }
+    let mut next_check = start + FIRST_OWNER_CHECK;
+    loop {
         // Sleep: count ourselves first, then look once more, so a waker either sees us or
         // we see its change.
         sleepers.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         let seen = word.load(Ordering::SeqCst);
         let now = Instant::now();
         let long = now >= next_check;
@@ -750,6 +760,28 @@ fn wait<R>(
     }
 }
 
+thread_local! {
+    /// Each thread's frame for encoding a put and receiving a get: no allocation per item.
+    static SCRATCH: std::cell::RefCell<Frame> = const { std::cell::RefCell::new(Frame::new()) };
+}
+
+/// Runs `f` with this thread's scratch frame, emptied before and after (a fresh one if it is
+/// in use: an item whose encoding puts to a queue). A buffer grown past 1 MiB is let go.
+fn with_scratch<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut frame) => {
+            frame.clear();
+            let result = f(&mut frame);
+            frame.clear();
+            if frame.bytes.capacity() > 1 << 20 {
+                frame.bytes = Vec::new();
+            }
+            result
+        }
+        Err(_) => f(&mut Frame::new()),
+    })
+}
+
 impl<T: Message> AsFd for Queue<T> {
     /// A descriptor that polls readable while the queue may hold an item, so that
     /// `mp_pipe::wait` (Python's `connection.wait`) can wait on queues beside connections and
@@ -764,9 +796,22 @@ impl<T: Message> AsFd for Queue<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         let pollers = self.ring().word32(ring::POLLERS);
         if pollers.load(Ordering::Relaxed) == 0 {
-            pollers.store(1, Ordering::SeqCst);
-            // Items put before the arming rang no bell.
+            // Armed under both locks, with the count of items redone: from here on every
+            // put and get keeps it (they read the flag under their lock).
             let ring = self.ring();
+            let get = ring.get_lock().acquire();
+            let put = ring.put_lock().acquire();
+            pollers.store(1, Ordering::SeqCst);
+            if ring.recount().is_err() {
+                ring.reset();
+            }
+            if put.is_held() {
+                let _ = ring.put_lock().release();
+            }
+            if get.is_held() {
+                let _ = ring.get_lock().release();
+            }
+            // Items put before the arming rang no bell.
             if with_lock(self, ring.get_lock(), || ring.any_ready()).unwrap_or(false) {
                 sys::ring(self.inner.bell.as_fd());
             }

@@ -46,36 +46,43 @@ pub(crate) const HDR: usize = 24;
 /// The smallest ring (bytes).
 pub(crate) const MIN_CAPACITY: usize = 4096;
 
-// The control block. Written at creation only:
+// The control block, one cache line per party that writes a word often, so that reading
+// another party's word never takes a line that the reader's own lock sits in.
+// Written at creation (and `POLLERS` once): read by all, moved by none.
 const CAPACITY: usize = 0;
 const MAXSIZE: usize = 8;
-// The producers' line:
-const PUT_LOCK: usize = 64;
-const TAIL: usize = 112;
-/// The next big item's number (see [`BIG`]).
-const BIG_TAIL: usize = 120;
-// The consumers' line:
-const GET_LOCK: usize = 128;
-const HEAD: usize = 176;
-// Bumped on every publish (consumers sleep on it), and producers asleep for room:
-const PUBLISHED: usize = 192;
-const PUT_SLEEPERS: usize = 196;
-// Bumped when room comes back (producers sleep on it), and consumers asleep for an item:
-const FREED: usize = 256;
-const GET_SLEEPERS: usize = 260;
-const ITEMS: usize = 320;
 /// Nonzero once some process asked for the queue's descriptor, to wait on it: puts and gets
 /// then ring its doorbell on empty/non-empty transitions.
-pub(crate) const POLLERS: usize = 328;
+pub(crate) const POLLERS: usize = 16;
+// The producers' own line: their lock, and the next big item's number (see [`BIG`]).
+const PUT_LOCK: usize = 64;
+const BIG_TAIL: usize = 120;
+// The consumers' own line: their lock, and where they start looking for a `READY` frame
+// (every frame from `head` to it is settled: claimed, done, dead or padding; a hint,
+// checked, never trusted).
+const GET_LOCK: usize = 128;
+const CURSOR: usize = 184;
+// Written by producers on every put, read by consumers.
+const TAIL: usize = 192;
+// Written by consumers now and then (reclaiming), read by producers.
+const HEAD: usize = 256;
+// Kept only for a bounded or polled queue: written by both.
+const ITEMS: usize = 320;
+// Sleepers and the words they sleep on: written only when someone sleeps, so a busy queue
+// reads this line and never moves it.
+const PUBLISHED: usize = 384;
+const GET_SLEEPERS: usize = 388;
+const FREED: usize = 392;
+const PUT_SLEEPERS: usize = 396;
 /// `JoinableQueue`'s count of unfinished tasks (`u64`)…
-pub(crate) const UNFINISHED: usize = 384;
+pub(crate) const UNFINISHED: usize = 448;
 /// …bumped when it reaches zero (joiners sleep on it)…
-pub(crate) const JOINED: usize = 392;
+pub(crate) const JOINED: usize = 456;
 /// …and how many sleep there.
-pub(crate) const JOIN_SLEEPERS: usize = 396;
+pub(crate) const JOIN_SLEEPERS: usize = 460;
 
-const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= TAIL - PUT_LOCK);
-const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= HEAD - GET_LOCK);
+const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= BIG_TAIL - PUT_LOCK);
+const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= CURSOR - GET_LOCK);
 const _: () = assert!(JOIN_SLEEPERS + 4 <= CONTROL);
 
 const RESERVED: u32 = 1;
@@ -262,6 +269,7 @@ impl Ring {
         me: Owner,
     ) -> Result<Option<Slot>, Corrupt> {
         let maxsize = self.maxsize();
+        let counting = self.counting();
         if maxsize != 0 && self.items() >= maxsize {
             return Ok(None);
         }
@@ -283,7 +291,7 @@ impl Ring {
         self.set_owner(pos, me);
         self.state(pos).store(RESERVED, Ordering::Release);
         self.word(TAIL).store(pos + size, Ordering::Release);
-        let first = self.word(ITEMS).fetch_add(1, Ordering::Relaxed) == 0;
+        let first = counting && self.word(ITEMS).fetch_add(1, Ordering::Relaxed) == 0;
         Ok(Some(Slot { pos, len, first }))
     }
 
@@ -300,12 +308,14 @@ impl Ring {
     /// taken from us meanwhile (declared dead: cannot happen while we live, or written over
     /// by another process): the item is then lost.
     pub(crate) fn publish(&self, slot: Slot) -> bool {
+        // SeqCst, against a consumer that counts itself asleep and then looks for a READY
+        // frame: either it sees this frame, or this sees it asleep and wakes it.
         let ok = self
             .state(slot.pos)
-            .compare_exchange(RESERVED, READY, Ordering::Release, Ordering::Relaxed)
+            .compare_exchange(RESERVED, READY, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok();
-        self.published().fetch_add(1, Ordering::SeqCst);
         if self.get_sleepers().load(Ordering::SeqCst) > 0 {
+            self.published().fetch_add(1, Ordering::SeqCst);
             crate::sys::futex_wake_all(self.published());
         }
         ok
@@ -323,6 +333,7 @@ impl Ring {
             .state(slot.pos)
             .compare_exchange(RESERVED, DEAD, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+            && self.counting()
         {
             let _ = self
                 .word(ITEMS)
@@ -344,15 +355,17 @@ impl Ring {
         if pos == head {
             return Ok(false);
         }
-        self.word(HEAD).store(pos, Ordering::Release);
+        self.word(HEAD).store(pos, Ordering::SeqCst);
         self.signal_room();
         Ok(true)
     }
 
     /// Tells producers asleep for room that some may have come back.
+    /// The caller has just made room with a SeqCst write (a producer counts itself asleep,
+    /// then looks for room: either it sees the room, or this sees it asleep).
     pub(crate) fn signal_room(&self) {
-        self.freed().fetch_add(1, Ordering::SeqCst);
         if self.put_sleepers().load(Ordering::SeqCst) > 0 {
+            self.freed().fetch_add(1, Ordering::SeqCst);
             crate::sys::futex_wake_all(self.freed());
         }
     }
@@ -360,9 +373,17 @@ impl Ring {
     /// Claims the first `READY` frame for `me`, reclaiming first. The caller holds the
     /// consumers' lock.
     pub(crate) fn claim(&self, me: Owner) -> Result<Option<Claim>, Corrupt> {
-        self.reclaim()?;
-        let (head, tail) = self.ends()?;
-        let mut pos = head;
+        let (mut head, tail) = self.ends()?;
+        // Give room back now and then, not on every claim: a producer short of room
+        // reclaims for itself, so this only keeps `head` from lagging far behind.
+        let cursor = self.cursor(head, tail);
+        if cursor - head > (self.cap / 4) as u64 {
+            self.reclaim()?;
+            head = self.word(HEAD).load(Ordering::Relaxed);
+        }
+        let mut pos = self.cursor(head, tail);
+        // The first frame that may still become READY: the cursor stops there.
+        let mut unsettled = None;
         while pos < tail {
             let (state, size) = self.frame_at(pos, tail)?;
             if state == READY {
@@ -372,30 +393,56 @@ impl Ring {
                     .compare_exchange(READY, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    let _ =
-                        self.word(ITEMS)
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            });
-                    if self.maxsize() != 0 {
-                        self.signal_room();
+                    self.word(CURSOR)
+                        .store(unsettled.unwrap_or(pos + size), Ordering::Relaxed);
+                    if self.counting() {
+                        let _ = self.word(ITEMS).fetch_update(
+                            Ordering::SeqCst,
+                            Ordering::Relaxed,
+                            |n| n.checked_sub(1),
+                        );
+                        if self.maxsize() != 0 {
+                            self.signal_room();
+                        }
                     }
                     let word = self.len_word(pos).load(Ordering::Relaxed);
                     let len = (word & !BIG) as usize;
                     if frame_size(len) as u64 != size {
                         return Err(Corrupt(format!("frame at {pos} changed its length")));
                     }
-                    let big = word & BIG != 0;
-                    if big {
-                        // Its room in the side channel comes back as it is taken.
-                        self.signal_room();
-                    }
-                    return Ok(Some(Claim { pos, len, big }));
+                    return Ok(Some(Claim {
+                        pos,
+                        len,
+                        big: word & BIG != 0,
+                    }));
                 }
+            }
+            if state == RESERVED && unsettled.is_none() {
+                unsettled = Some(pos);
             }
             pos += size;
         }
+        self.word(CURSOR)
+            .store(unsettled.unwrap_or(tail), Ordering::Relaxed);
         Ok(None)
+    }
+
+    /// Where to start looking for a `READY` frame: the cursor if it lies between `head` and
+    /// `tail` (a frame boundary is checked as frames are read from it), else `head`.
+    fn cursor(&self, head: u64, tail: u64) -> u64 {
+        let cursor = self.word(CURSOR).load(Ordering::Relaxed);
+        if (head..=tail).contains(&cursor) && cursor.is_multiple_of(8) {
+            cursor
+        } else {
+            head
+        }
+    }
+
+    /// Whether `items` is kept: for a bounded queue, or once someone waits on the queue's
+    /// descriptor (whose doorbell follows empty/non-empty). Read under a lock: the arming
+    /// recounts under both.
+    pub(crate) fn counting(&self) -> bool {
+        self.maxsize() != 0 || self.word32(POLLERS).load(Ordering::Relaxed) != 0
     }
 
     /// Whether some frame is `READY` now. The caller holds the consumers' lock.
@@ -424,10 +471,13 @@ impl Ring {
         let _ = self.state(claim.pos).compare_exchange(
             CLAIMED,
             DONE,
-            Ordering::Release,
+            Ordering::SeqCst,
             Ordering::Relaxed,
         );
-        if self.put_sleepers().load(Ordering::SeqCst) > 0 {
+        if claim.big {
+            // Its room in the side channel came back as it was taken.
+            self.signal_room();
+        } else if self.put_sleepers().load(Ordering::SeqCst) > 0 {
             self.signal_room();
         }
     }
@@ -450,7 +500,7 @@ impl Ring {
                     .is_ok()
             {
                 buried = true;
-                if state == RESERVED {
+                if state == RESERVED && self.counting() {
                     let _ =
                         self.word(ITEMS)
                             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -466,6 +516,13 @@ impl Ring {
     /// Sets `items` to the frames `RESERVED` or `READY`, after a process died holding a
     /// lock. The caller holds both locks.
     pub(crate) fn recount(&self) -> Result<(), Corrupt> {
+        let items = self.count()?;
+        self.word(ITEMS).store(items, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The frames `RESERVED` or `READY` now, counted. The caller holds the consumers' lock.
+    pub(crate) fn count(&self) -> Result<u64, Corrupt> {
         let (head, tail) = self.ends()?;
         let mut pos = head;
         let mut items = 0;
@@ -474,8 +531,7 @@ impl Ring {
             items += u64::from(matches!(state, RESERVED | READY));
             pos += size;
         }
-        self.word(ITEMS).store(items, Ordering::Relaxed);
-        Ok(())
+        Ok(items)
     }
 
     /// Drops every frame, after corruption: `head` jumps to `tail`. The caller holds both
@@ -487,6 +543,7 @@ impl Ring {
         let tail = tail - tail % 8;
         self.word(TAIL).store(tail, Ordering::Release);
         self.word(HEAD).store(tail, Ordering::Release);
+        self.word(CURSOR).store(tail, Ordering::Relaxed);
         self.word(ITEMS).store(0, Ordering::Relaxed);
         self.signal_room();
     }
@@ -508,10 +565,9 @@ pub(crate) mod tests {
         // SAFETY: `mem` is 8-aligned, `CONTROL + cap` bytes, and lives as long as the ring
         // (both in `TestRing`; the Vec's buffer does not move when the Vec does).
         let bytes = unsafe { Bytes::new(base, CONTROL + cap) };
-        TestRing {
-            ring: Ring::new(bytes, cap, maxsize, true),
-            _mem: mem,
-        }
+        let ring = Ring::new(bytes, cap, maxsize, true);
+        ring.word32(POLLERS).store(1, Ordering::Relaxed); // keep `items`, to check it
+        TestRing { ring, _mem: mem }
     }
 
     fn me() -> Owner {

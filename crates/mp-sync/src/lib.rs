@@ -67,6 +67,16 @@ const _: () = {
     assert!(size_of::<RawBarrier>() == 72 + 12 * barrier::ROSTER);
 };
 
+/// This process's id, without a system call after the first in each process (a fork handler
+/// forgets it in every child): for code that stamps shared memory with its pid on a hot path.
+///
+/// ```
+/// assert_eq!(mp_sync::current_pid(), std::process::id());
+/// ```
+pub fn current_pid() -> u32 {
+    sys::me().pid
+}
+
 pub use crate::{
     barrier::{Enrollment, RawBarrier},
     condition::RawCondition,
