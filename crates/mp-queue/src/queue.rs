@@ -428,7 +428,7 @@ impl<T: Message> Queue<T> {
         let me = Owner::me();
         wait(ring.freed(), ring.put_sleepers(), deadline, |waited_long| {
             loop {
-                let reserved = with_lock(self, ring.put_lock(), || {
+                let reserved = with_lock_until(self, ring.put_lock(), deadline, || {
                     Ok(match ring.reserve(len, big, me)? {
                         None => Ok(None),
                         Some(slot) => match then(slot) {
@@ -443,21 +443,24 @@ impl<T: Message> Queue<T> {
                             }
                         },
                     })
-                })??;
-                match reserved {
+                })?;
+                let Some(reserved) = reserved else {
+                    return Ok(None); // the lock was not had in time
+                };
+                match reserved? {
                     Some(Some(slot)) => return Ok(Some(slot)),
                     Some(None) => return Ok(None), // the side channel is full: wait
                     None => {
                         // Make room: reclaim (and, after a while, bury the dead), then try
                         // once more if that freed anything.
-                        let freed = with_lock(self, ring.get_lock(), || {
+                        let freed = with_lock_until(self, ring.get_lock(), deadline, || {
                             if waited_long {
                                 ring.bury_dead()
                             } else {
                                 ring.reclaim()
                             }
                         })?;
-                        if !freed {
+                        if freed != Some(true) {
                             return Ok(None);
                         }
                     }
@@ -528,7 +531,7 @@ impl<T: Message> Queue<T> {
             ring.get_sleepers(),
             deadline,
             |waited_long| {
-                with_lock(self, ring.get_lock(), || {
+                with_lock_until(self, ring.get_lock(), deadline, || {
                     if waited_long {
                         // Frames of the dead still count in `qsize` until buried.
                         ring.bury_dead()?;
@@ -543,6 +546,7 @@ impl<T: Message> Queue<T> {
                         Some(claim) => Ok(Some(Taken::Small(claim))),
                     })
                 })?
+                .unwrap_or(Ok(None)) // the lock was not had in time
             },
         )?
         .ok_or(Error::Empty)?;
@@ -682,13 +686,41 @@ fn with_lock<T: Message, R>(
     lock: &RawLock,
     f: impl FnOnce() -> std::result::Result<R, Corrupt>,
 ) -> Result<R> {
-    let took = lock.acquire();
+    Ok(with_lock_until(queue, lock, None, f)?.expect("no deadline, no timeout"))
+}
+
+/// The least a timed operation waits for a lock, however near its deadline: a `try_get`
+/// must not fail as empty only because another consumer held the lock for a moment.
+const LOCK_GRACE: Duration = Duration::from_micros(100);
+
+/// [`with_lock`], giving up (`None`) if the lock is not had by `deadline` (at least
+/// [`LOCK_GRACE`] from now): a holder that is stopped, or that died where nobody can tell,
+/// never makes a timed `put` or `get` overstay its timeout.
+fn with_lock_until<T: Message, R>(
+    queue: &Queue<T>,
+    lock: &RawLock,
+    deadline: Option<Instant>,
+    f: impl FnOnce() -> std::result::Result<R, Corrupt>,
+) -> Result<Option<R>> {
+    let took = match deadline {
+        None => lock.acquire(),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now()).max(LOCK_GRACE);
+            match lock.try_acquire() {
+                Acquire::TimedOut => lock.acquire_timeout(left),
+                took => took,
+            }
+        }
+    };
+    if took == Acquire::TimedOut {
+        return Ok(None);
+    }
     let result = f();
     let _ = lock.release();
     if took == Acquire::OwnerDied {
         queue.repair();
     }
-    result.map_err(|Corrupt(why)| {
+    result.map(Some).map_err(|Corrupt(why)| {
         queue.reset();
         Error::Corrupted(why)
     })
@@ -994,5 +1026,32 @@ mod tests {
             p.join().unwrap();
         }
         assert!(q.empty());
+    }
+
+    #[test]
+    fn a_timed_put_or_get_gives_up_on_a_lock_held_past_its_timeout() {
+        // As if the holder were stopped (SIGSTOP), or dead where nobody can tell.
+        let q = Queue::<u8>::new().unwrap();
+        q.put(1).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        assert!(q.ring().get_lock().acquire().is_held());
+        assert!(q.ring().put_lock().acquire().is_held());
+        let other = q.clone();
+        std::thread::spawn(move || {
+            let got = other.get_timeout(Duration::from_millis(50));
+            let put = other.put_timeout(2, Duration::from_millis(50));
+            let tried = other.try_get();
+            done.send((
+                matches!(got, Err(Error::Empty)),
+                put.is_err_and(|e| matches!(e.error, Error::Full)),
+                matches!(tried, Err(Error::Empty)),
+            ))
+            .unwrap();
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        let _ = q.ring().put_lock().release();
+        let _ = q.ring().get_lock().release();
+        assert_eq!(outcome, Ok((true, true, true)), "timed calls overstayed");
+        assert_eq!(q.get().unwrap(), 1);
     }
 }
