@@ -73,12 +73,16 @@ impl<T: Message> JoinableQueue<T> {
     }
 
     fn put_until(&self, item: T, deadline: Option<Instant>) -> Result<(), PutError<T>> {
+        // Counted before the item can be seen (a consumer's task_done must find it
+        // counted), and uncounted if the put fails.
         let unfinished = self.queue.word(UNFINISHED);
-        match self.queue.put_frame(&item, deadline, || {
-            unfinished.fetch_add(1, Ordering::SeqCst);
-        }) {
+        unfinished.fetch_add(1, Ordering::SeqCst);
+        match self.queue.put_frame(&item, deadline) {
             Ok(()) => Ok(()),
-            Err(error) => Err(PutError { error, item }),
+            Err(error) => {
+                let _ = self.task_done();
+                Err(PutError { error, item })
+            }
         }
     }
 

@@ -351,20 +351,14 @@ impl<T: Message> Queue<T> {
     }
 
     fn put_until(&self, item: T, deadline: Option<Instant>) -> Result<(), PutError<T>> {
-        match self.put_frame(&item, deadline, || ()) {
+        match self.put_frame(&item, deadline) {
             Ok(()) => Ok(()),
             Err(error) => Err(PutError { error, item }),
         }
     }
 
-    /// Encodes and puts `item`; `before_publish` runs once room is reserved, just before the
-    /// item becomes visible (a `JoinableQueue` counts the task there).
-    pub(crate) fn put_frame(
-        &self,
-        item: &T,
-        deadline: Option<Instant>,
-        before_publish: impl FnOnce(),
-    ) -> Result<()> {
+    /// Encodes and puts `item`.
+    pub(crate) fn put_frame(&self, item: &T, deadline: Option<Instant>) -> Result<()> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -373,19 +367,64 @@ impl<T: Message> Queue<T> {
             let ring = self.ring();
             let len = frame.bytes.len();
             if !frame.fds.is_empty() || ring::frame_size(len) > ring.capacity() / BIG_SHARE {
-                return self.put_big(frame, deadline, before_publish);
+                return self.put_big(frame, deadline);
+            }
+            if len <= ring::SMALL {
+                let first = self.room(deadline, || ring.put_small(&frame.bytes))?;
+                ring.wake_consumers();
+                if first {
+                    self.ring_bell();
+                }
+                return Ok(());
             }
             let slot = self
                 .reserve(len, false, deadline, |_| Ok(true))?
                 .ok_or(Error::Full)?;
             ring.fill(slot, &frame.bytes);
-            before_publish();
             let published = ring.publish(slot);
             if slot.first {
                 self.ring_bell();
             }
             if published { Ok(()) } else { Err(Error::Lost) }
         })
+    }
+
+    /// Waits for room and runs `put` under the producers' lock (it gives `None` while there
+    /// is no room); [`Error::Full`] once `deadline` passes.
+    fn room<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut put: impl FnMut() -> std::result::Result<Option<R>, Corrupt>,
+    ) -> Result<R> {
+        let ring = self.ring();
+        wait(ring.freed(), ring.put_sleepers(), deadline, |waited_long| {
+            loop {
+                let Some(done) = with_lock_until(self, ring.put_lock(), deadline, &mut put)? else {
+                    return Ok(None); // the lock was not had in time
+                };
+                if done.is_some() {
+                    return Ok(done);
+                }
+                if !self.make_room(deadline, waited_long)? {
+                    return Ok(None);
+                }
+            }
+        })?
+        .ok_or(Error::Full)
+    }
+
+    /// Reclaims (and, after a while, buries the dead) under the consumers' lock; whether
+    /// that freed anything.
+    fn make_room(&self, deadline: Option<Instant>, waited_long: bool) -> Result<bool> {
+        let ring = self.ring();
+        let freed = with_lock_until(self, ring.get_lock(), deadline, || {
+            if waited_long {
+                ring.bury_dead()
+            } else {
+                ring.reclaim()
+            }
+        })?;
+        Ok(freed == Some(true))
     }
 
     /// Whether some process waits (or has waited) on the queue's descriptor.
@@ -451,16 +490,8 @@ impl<T: Message> Queue<T> {
                     Some(Some(slot)) => return Ok(Some(slot)),
                     Some(None) => return Ok(None), // the side channel is full: wait
                     None => {
-                        // Make room: reclaim (and, after a while, bury the dead), then try
-                        // once more if that freed anything.
-                        let freed = with_lock_until(self, ring.get_lock(), deadline, || {
-                            if waited_long {
-                                ring.bury_dead()
-                            } else {
-                                ring.reclaim()
-                            }
-                        })?;
-                        if freed != Some(true) {
+                        // Make room, then try once more if that freed anything.
+                        if !self.make_room(deadline, waited_long)? {
                             return Ok(None);
                         }
                     }
@@ -473,12 +504,7 @@ impl<T: Message> Queue<T> {
     /// descriptors as one message numbered like its frame, all under the producers' lock so
     /// the messages go out in the order of the frames.
     #[cold]
-    fn put_big(
-        &self,
-        frame: &Frame,
-        deadline: Option<Instant>,
-        before_publish: impl FnOnce(),
-    ) -> Result<()> {
+    fn put_big(&self, frame: &Frame, deadline: Option<Instant>) -> Result<()> {
         if frame.fds.len() >= sys::MAX_FDS {
             return Err(Error::InvalidArgument(
                 "an item may own at most 63 file descriptors",
@@ -492,7 +518,6 @@ impl<T: Message> Queue<T> {
         let mut fds: Vec<BorrowedFd<'_>> = vec![file.as_fd()];
         fds.extend(frame.fds.iter().map(AsFd::as_fd));
         let ring = self.ring();
-        let mut before_publish = Some(before_publish);
         let mut published = false;
         let mut first = false;
         self.reserve(BIG_REF, true, deadline, |slot| {
@@ -506,9 +531,6 @@ impl<T: Message> Queue<T> {
                 return Ok(false);
             }
             ring.fill(slot, &reference);
-            if let Some(f) = before_publish.take() {
-                f();
-            }
             published = ring.publish(slot);
             first = slot.first;
             Ok(true)
@@ -526,32 +548,34 @@ impl<T: Message> Queue<T> {
         }
         let ring = self.ring();
         let me = Owner::me();
-        let taken = wait(
-            ring.published(),
-            ring.get_sleepers(),
-            deadline,
-            |waited_long| {
-                with_lock_until(self, ring.get_lock(), deadline, || {
-                    if waited_long {
-                        // Frames of the dead still count in `qsize` until buried.
-                        ring.bury_dead()?;
-                    }
-                    let claimed = ring.claim(me)?;
-                    if claimed.is_none() || ring.items() == 0 {
-                        self.quiet_bell()?;
-                    }
-                    Ok(match claimed {
-                        None => Ok(None),
-                        Some(claim) if claim.big => self.take_big(claim).map(Some),
-                        Some(claim) => Ok(Some(Taken::Small(claim))),
-                    })
-                })?
-                .unwrap_or(Ok(None)) // the lock was not had in time
-            },
-        )?
-        .ok_or(Error::Empty)?;
         with_scratch(|frame| {
+            let taken = wait(
+                ring.published(),
+                ring.get_sleepers(),
+                deadline,
+                |waited_long| {
+                    with_lock_until(self, ring.get_lock(), deadline, || {
+                        if waited_long {
+                            // Frames of the dead still count in `qsize` until buried.
+                            ring.bury_dead()?;
+                        }
+                        let claimed = ring.claim(me, &mut frame.bytes)?;
+                        if claimed.is_none() || ring.items() == 0 {
+                            self.quiet_bell()?;
+                        }
+                        Ok(match claimed {
+                            None => Ok(None),
+                            Some(claim) if claim.big => self.take_big(claim).map(Some),
+                            Some(claim) if claim.copied => Ok(Some(Taken::Copied)),
+                            Some(claim) => Ok(Some(Taken::Small(claim))),
+                        })
+                    })?
+                    .unwrap_or(Ok(None)) // the lock was not had in time
+                },
+            )?
+            .ok_or(Error::Empty)?;
             match taken {
+                Taken::Copied => {}
                 Taken::Small(claim) => {
                     ring.read(claim, &mut frame.bytes);
                     ring.release(claim);
@@ -665,6 +689,8 @@ impl<T: Message> Queue<T> {
 
 /// What a `get` took under the consumers' lock.
 enum Taken {
+    /// A small item, already copied into the scratch frame.
+    Copied,
     /// A frame in the ring, to copy out and release.
     Small(Claim),
     /// A big item: its memfd and length, and the item's own descriptors.
