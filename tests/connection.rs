@@ -9,11 +9,39 @@ use crate::support::{Guarded, example, python_script};
 
 const N: usize = 26; // one whole cycle of sizes, 0 to 4 MiB, and a bit
 
-fn unique_path(tag: &str) -> String {
-    std::env::temp_dir()
-        .join(format!("mp-interop-{}-{tag}.sock", std::process::id()))
-        .display()
-        .to_string()
+/// A unix socket path for this test run, removed when dropped: the servers are killed (and
+/// their `Listener` never drops), so the test removes the file, after the server is gone.
+/// Declare it before the server, so that the server drops first.
+struct SocketPath(String);
+
+impl std::ops::Deref for SocketPath {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            // Their Listener removes its own socket when it closes; so may a server never bound.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // The leftovers check of `.ci/run` reports the file if this fails mid-panic.
+            Err(e) if !std::thread::panicking() => panic!("cannot remove {}: {e}", self.0),
+            Err(_) => {}
+        }
+    }
+}
+
+fn unique_path(tag: &str) -> SocketPath {
+    SocketPath(
+        std::env::temp_dir()
+            .join(format!("mp-interop-{}-{tag}.sock", std::process::id()))
+            .display()
+            .to_string(),
+    )
 }
 
 /// A server that has said `listening on ADDRESS`, and that address.
@@ -77,8 +105,9 @@ fn assert_ok(client: Guarded) {
 
 #[test]
 fn their_client_talks_to_our_server_over_unix_and_tcp() {
-    for address in [unique_path("ours-legacy"), "127.0.0.1:0".to_string()] {
-        let (_server, bound) = our_server(&address, Some("s3cret"));
+    let socket = unique_path("ours-legacy");
+    for address in [&*socket, "127.0.0.1:0"] {
+        let (_server, bound) = our_server(address, Some("s3cret"));
         assert_ok(their_client(&bound, "s3cret", false));
         // The server serves the next client too.
         assert_ok(their_client(&bound, "s3cret", false));
@@ -93,8 +122,9 @@ fn their_modern_client_talks_to_our_server() {
 
 #[test]
 fn our_client_talks_to_their_listener_over_unix_and_tcp() {
-    for address in [unique_path("theirs-legacy"), "127.0.0.1:0".to_string()] {
-        let (server, bound) = their_server(&address, "s3cret", false);
+    let socket = unique_path("theirs-legacy");
+    for address in [&*socket, "127.0.0.1:0"] {
+        let (server, bound) = their_server(address, "s3cret", false);
         assert_ok(our_client(&bound, Some("s3cret")));
         let (status, out, err) = server.finish();
         assert!(status.success(), "their server: {status}\n{err}");
@@ -134,7 +164,8 @@ fn a_wrong_key_fails_on_both_sides_against_their_listener() {
 
 #[test]
 fn no_key_on_both_sides_needs_no_handshake() {
-    let (_server, bound) = our_server(&unique_path("nokey"), None);
+    let socket = unique_path("nokey");
+    let (_server, bound) = our_server(&socket, None);
     assert_ok(our_client(&bound, None));
 }
 
@@ -173,4 +204,18 @@ fn our_client_refusing_md5_refuses_their_legacy_listener_and_talks_to_a_modern_o
     let (server, bound) = their_server("127.0.0.1:0", "s3cret", true);
     assert_ok(client(&bound));
     assert!(server.finish().0.success());
+}
+
+#[test]
+fn a_killed_server_leaves_no_socket_file_behind() {
+    let bound = {
+        let socket = unique_path("left-behind");
+        let (_server, bound) = our_server(&socket, None);
+        assert_ok(our_client(&bound, None));
+        bound
+    };
+    assert!(
+        !std::path::Path::new(&bound).exists(),
+        "{bound} outlived its test"
+    );
 }

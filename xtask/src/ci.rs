@@ -24,19 +24,42 @@ const STEPS: &[Step] = &[
         ],
         &[],
     ),
-    ("test", &["cargo", "test", "--workspace"], &[]),
+    (
+        "test",
+        &[".ci/leftovers", "cargo", "test", "--workspace"],
+        &[],
+    ),
     (
         "docs",
         &["cargo", "doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     ),
+    (
+        "package",
+        &[
+            "cargo",
+            "package",
+            "--workspace",
+            "--no-verify",
+            "--allow-dirty",
+            "--exclude-lockfile",
+        ],
+        &[],
+    ),
 ];
 
 pub fn run() -> Result<(), String> {
+    let root = crate::bench::root();
     for (what, argv, env) in STEPS {
         eprintln!("xtask ci: {what}: {}", argv.join(" "));
-        let status = Command::new(argv[0])
+        // `.ci/…` scripts are named from the root, whatever the current directory.
+        let program = match argv[0].strip_prefix(".ci/") {
+            Some(_) => root.join(argv[0]),
+            None => argv[0].into(),
+        };
+        let status = Command::new(program)
             .args(&argv[1..])
+            .current_dir(&root)
             .envs(env.iter().copied())
             .status()
             .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
