@@ -66,12 +66,13 @@ impl Listener {
     /// `host:port` (port 0 picks a free one; [`address`](Self::address) tells which).
     ///
     /// # Errors
-    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `EADDRINUSE` when the path exists.
+    /// [`Error::BadAddress`], or [`Error::Socket`] — e.g. `EADDRINUSE` when the path exists.
     pub fn bind(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Self> {
-        let address = address.to_address()?;
-        let (socket, address, unlink) = match address {
+        let requested = address.to_address()?;
+        let failed = || Error::socket("bind", &requested);
+        let (socket, address, unlink) = match requested.clone() {
             Address::Unix(path) => {
-                let listener = UnixListener::bind(&path).map_err(|e| Error::os("bind", e))?;
+                let listener = UnixListener::bind(&path).map_err(failed())?;
                 (
                     Socket::Unix(listener),
                     Address::Unix(path.clone()),
@@ -79,12 +80,12 @@ impl Listener {
                 )
             }
             Address::Abstract(name) => {
-                let addr = UnixAddr::from_abstract_name(&name).map_err(|e| Error::os("bind", e))?;
-                let listener = UnixListener::bind_addr(&addr).map_err(|e| Error::os("bind", e))?;
+                let addr = UnixAddr::from_abstract_name(&name).map_err(failed())?;
+                let listener = UnixListener::bind_addr(&addr).map_err(failed())?;
                 (Socket::Unix(listener), Address::Abstract(name), None)
             }
             Address::Tcp(addr) => {
-                let listener = TcpListener::bind(addr).map_err(|e| Error::os("bind", e))?;
+                let listener = TcpListener::bind(addr).map_err(failed())?;
                 let bound = listener
                     .local_addr()
                     .map_err(|e| Error::os("getsockname", e))?;
@@ -272,23 +273,23 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Authentication`] on a key mismatch (on both sides) or a refused MD5
-    /// handshake, [`Error::HandshakeTimeout`], [`Error::BadAddress`], or [`Error::Os`] — e.g.
+    /// handshake, [`Error::HandshakeTimeout`], [`Error::BadAddress`], or [`Error::Socket`] — e.g.
     /// `ECONNREFUSED`.
     pub fn open(&self, address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
-        let conn = match address.to_address()? {
+        let requested = address.to_address()?;
+        let failed = || Error::socket("connect", &requested);
+        let conn = match requested.clone() {
             Address::Unix(path) => {
-                let stream = UnixStream::connect(&path).map_err(|e| Error::os("connect", e))?;
+                let stream = UnixStream::connect(&path).map_err(failed())?;
                 Connection::new(stream.into(), Transport::Unix, true, true)
             }
             Address::Abstract(name) => {
-                let addr =
-                    UnixAddr::from_abstract_name(&name).map_err(|e| Error::os("connect", e))?;
-                let stream =
-                    UnixStream::connect_addr(&addr).map_err(|e| Error::os("connect", e))?;
+                let addr = UnixAddr::from_abstract_name(&name).map_err(failed())?;
+                let stream = UnixStream::connect_addr(&addr).map_err(failed())?;
                 Connection::new(stream.into(), Transport::Unix, true, true)
             }
             Address::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).map_err(|e| Error::os("connect", e))?;
+                let stream = TcpStream::connect(addr).map_err(failed())?;
                 stream
                     .set_nodelay(true)
                     .map_err(|e| Error::os("setsockopt(TCP_NODELAY)", e))?;
@@ -310,7 +311,7 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Authentication`] on a key mismatch (on both sides), [`Error::HandshakeTimeout`],
-    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `ECONNREFUSED`.
+    /// [`Error::BadAddress`], or [`Error::Socket`] — e.g. `ECONNREFUSED`.
     pub fn connect(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
         Client::new().open(address, authkey)
     }
@@ -338,6 +339,34 @@ mod tests {
 
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("mp-pipe-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn connect_error_names_the_address_and_the_cause() {
+        let path = temp_path("nobody-listens.sock");
+        let err = Client::connect(path.to_str().unwrap(), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "connect to {} failed: No such file or directory (os error 2)",
+                path.display()
+            )
+        );
+        assert_eq!(err.raw_os_error(), Some(2));
+    }
+
+    #[test]
+    fn bind_error_names_the_address_and_the_cause() {
+        let path = temp_path("bind-twice.sock");
+        let first = Listener::bind(path.to_str().unwrap(), None).unwrap();
+        let err = Listener::bind(path.to_str().unwrap(), None).unwrap_err();
+        drop(first);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("bind to {} failed: ", path.display()))
+                && msg.contains("(os error 98)"),
+            "{msg}"
+        );
     }
 
     #[test]
