@@ -34,7 +34,7 @@ pub enum Error {
     /// The item could not be encoded, or what was taken could not be decoded as the queue's
     /// item type: that one item is lost, and the queue goes on.
     #[error("queue item: {0}")]
-    Codec(#[from] mp_codec::Error),
+    Codec(mp_codec::Error),
     /// Another process wrote bytes into the queue's memory that do not describe frames:
     /// the items in flight were dropped and the queue goes on.
     #[error("queue memory was corrupted by another process ({0}); items in flight were dropped")]
@@ -99,6 +99,13 @@ impl<T> std::error::Error for PutError<T> {
     }
 }
 
+/// The codec's error is in the message, so it is not also a `source()` to print twice.
+impl From<mp_codec::Error> for Error {
+    fn from(e: mp_codec::Error) -> Error {
+        Error::Codec(e)
+    }
+}
+
 impl<T> From<PutError<T>> for Error {
     fn from(e: PutError<T>) -> Error {
         e.error
@@ -117,6 +124,13 @@ mod tests {
             "futex failed: Invalid argument (os error 22)"
         );
         // The cause is in the message, so it is not also a source a chain printer repeats.
+        assert!(std::error::Error::source(&err).is_none());
+    }
+
+    #[test]
+    fn an_item_that_does_not_decode_says_why_once() {
+        let err = Error::from(mp_codec::Error::Closed);
+        assert_eq!(err.to_string(), "queue item: connection closed by peer");
         assert!(std::error::Error::source(&err).is_none());
     }
 }
