@@ -88,7 +88,7 @@ pub mod queues {
 /// Python's `multiprocessing.synchronize`: process-shared locks and friends (`mp-sync`).
 ///
 /// Their errors are this module's [`Error`](synchronize::Error) (`mp_sync::Error`, as the
-/// docs below call it), also wrapped in the umbrella's [`Error::Sync`](crate::Error::Sync):
+/// docs below call it), also wrapped in the umbrella's [`Error::Sync`]:
 ///
 /// ```
 /// use multiprocessing::{BoundedSemaphore, synchronize};
