@@ -103,6 +103,41 @@ impl Listener {
         })
     }
 
+    /// Listens at a fresh address of its own choosing, as Python's `Listener()` with no
+    /// address does on Linux: an abstract unix name, `listener-<pid>-<n>`, which
+    /// [`address`](Self::address) tells. An abstract name has no file, so nothing is left
+    /// behind whatever becomes of the process; like any unix address on the machine, it is
+    /// reachable by every local process, so give it an authkey unless any of them may talk to
+    /// it.
+    ///
+    /// ```
+    /// use mp_pipe::{Client, Listener};
+    ///
+    /// let mut listener = Listener::bind_auto(Some(b"key"))?;
+    /// let address = listener.address().clone();
+    /// let client = std::thread::spawn(move || Client::connect(&address, Some(b"key")));
+    /// listener.accept()?.send(&"hello")?;
+    /// assert_eq!(client.join().unwrap()?.recv::<String>()?, "hello");
+    /// # Ok::<(), mp_pipe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Socket`] when binding fails for another reason than a name in use (those
+    /// are skipped).
+    pub fn bind_auto(authkey: Option<&[u8]>) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("listener-{}-{n}", std::process::id());
+            match Listener::bind(Address::Abstract(name.into_bytes()), authkey) {
+                // Taken (by a process of the same pid in another pid namespace): next.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ADDRINUSE.raw_os_error()) => {
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Where this listener listens (with the port filled in for TCP port 0).
     pub fn address(&self) -> &Address {
         &self.address
@@ -388,6 +423,26 @@ mod tests {
         });
         let conn = listener.accept().unwrap();
         assert_eq!(conn.recv::<u32>().unwrap(), 42);
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn an_automatic_address_is_fresh_abstract_and_reachable() {
+        let mut listener = Listener::bind_auto(Some(b"k")).unwrap();
+        let other = Listener::bind_auto(None).unwrap();
+        assert_ne!(listener.address(), other.address());
+        assert!(
+            matches!(listener.address(), Address::Abstract(name) if name.starts_with(b"listener-")),
+            "{:?}",
+            listener.address()
+        );
+        let address = listener.address().clone();
+        let client = thread::spawn(move || {
+            let conn = Client::connect(&address, Some(b"k")).unwrap();
+            conn.send(&7u32).unwrap();
+        });
+        let conn = listener.accept().unwrap();
+        assert_eq!(conn.recv::<u32>().unwrap(), 7);
         client.join().unwrap();
     }
 
