@@ -27,6 +27,32 @@
 //! assert!(lock.acquire().is_held() && !lock.try_acquire().is_held());
 //! # Ok::<(), multiprocessing::Error>(())
 //! ```
+//!
+//! Every crate's error is reachable from here, so a program that depends on this crate alone
+//! can match on what went wrong: [`process::Error`], [`connection::Error`],
+//! [`synchronize::Error`], [`sharedctypes::Error`], [`queues::Error`] and [`codec::Error`], each
+//! also wrapped in the umbrella [`Error`]. A child that panics, matched:
+//!
+//! ```
+//! use multiprocessing::{Process, process};
+//!
+//! fn check(x: u32) -> u32 {
+//!     assert!(x < 10, "{x} is too large");
+//!     x
+//! }
+//!
+//! let mut child = Process::new(check, 12).start()?;
+//! match child.join() {
+//!     Err(process::Error::Panicked { message, .. }) => assert!(message.contains("12 is too large")),
+//!     other => panic!("expected a panic, got {other:?}"),
+//! }
+//! assert_eq!(child.exitcode(), Some(1));
+//! # Ok::<(), multiprocessing::Error>(())
+//! ```
+//!
+//! Errors say what failed and why in their own message (`{}`): a failed system call names
+//! the call, the address or name it was given where there is one, and the kernel's reason, so
+//! printing an error's top line is enough; nothing needs its `source()` chain walked.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -38,16 +64,17 @@ pub mod codec {
 /// Python's `multiprocessing.connection`: connections, listeners, clients, `wait` (`mp-pipe`).
 pub mod connection {
     pub use mp_pipe::{
-        Address, Client, Connection, DEFAULT_HANDSHAKE_TIMEOUT, Listener, ToAddress, pipe, wait,
+        Address, Client, Connection, DEFAULT_HANDSHAKE_TIMEOUT, Error, Listener, ToAddress, pipe,
+        wait,
     };
 }
 
 /// Python's `multiprocessing.process` and contexts: `Process`, start methods (`mp-spawn`).
 pub mod process {
     pub use mp_spawn::{
-        Builder, ChildInfo, Context, CurrentProcess, ParentProcess, Process, StartMethod,
-        active_children, cpu_count, current_process, get_context, get_start_method, parent_process,
-        set_start_method,
+        Builder, ChildInfo, Context, CurrentProcess, Error, ParentProcess, Process, StartMethod,
+        active_children, cpu_count, current_process, get_all_start_methods, get_context,
+        get_start_method, parent_process, set_start_method,
     };
 }
 
@@ -59,9 +86,20 @@ pub mod queues {
 }
 
 /// Python's `multiprocessing.synchronize`: process-shared locks and friends (`mp-sync`).
+///
+/// Their errors are this module's [`Error`](synchronize::Error) (`mp_sync::Error`, as the
+/// docs below call it), also wrapped in the umbrella's [`Error::Sync`]:
+///
+/// ```
+/// use multiprocessing::{BoundedSemaphore, synchronize};
+///
+/// let sem = BoundedSemaphore::new(1)?;
+/// assert!(matches!(sem.release(), Err(synchronize::Error::TooManyReleases)));
+/// # Ok::<(), multiprocessing::Error>(())
+/// ```
 pub mod synchronize {
     pub use mp_sync::{
-        Acquire, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, LockResult,
+        Acquire, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, LockGuard, LockResult,
         MAX_SEMAPHORE_VALUE, OwnerDied, Placeable, RLock, RLockGuard, RawBarrier, RawCondition,
         RawEvent, RawLock, RawRLock, RawSemaphore, Region, Semaphore, Shared, Spec, TryLockError,
         TryLockResult,
@@ -71,12 +109,14 @@ pub mod synchronize {
 /// Python's `multiprocessing.sharedctypes`: typed values and arrays in shared memory
 /// (`mp-shm`).
 pub mod sharedctypes {
-    pub use mp_shm::{Array, ArrayGuard, Integer, Plain, RawArray, RawValue, Value, ValueGuard};
+    pub use mp_shm::{
+        Array, ArrayGuard, Error, Integer, Plain, RawArray, RawValue, Value, ValueGuard,
+    };
 }
 
 /// Python's `multiprocessing.shared_memory`: named blocks Python can open too (`mp-shm`).
 pub mod shared_memory {
-    pub use mp_shm::SharedMemory;
+    pub use mp_shm::{Error, SharedMemory};
 }
 
 pub use mp_codec::{Decode, Encode, Message};
@@ -84,8 +124,8 @@ pub use mp_pipe::{Connection, pipe};
 pub use mp_queue::{JoinableQueue, Queue, SimpleQueue};
 pub use mp_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use mp_spawn::{
-    Context, Process, StartMethod, active_children, cpu_count, current_process, get_context,
-    get_start_method, parent_process, set_start_method,
+    Context, Process, StartMethod, active_children, cpu_count, current_process,
+    get_all_start_methods, get_context, get_start_method, parent_process, set_start_method,
 };
 pub use mp_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 

@@ -6,12 +6,12 @@ use std::io;
 pub enum Error {
     /// The bytes are not an encoding of the expected type.
     #[error("malformed message: {0}")]
-    Malformed(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    Malformed(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The value could not be encoded (a `Serialize` impl failed).
     #[error("cannot encode message: {0}")]
-    Encode(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    Encode(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A fixed-size value arrived with the wrong number of bytes.
-    #[error("expected a {expected}-byte message, got {found} bytes")]
+    #[error("expected a {expected}-byte message, got {}", bytes(*found))]
     WrongSize {
         /// The size of the type being decoded.
         expected: usize,
@@ -19,8 +19,13 @@ pub enum Error {
         found: usize,
     },
     /// The message decoded but bytes were left over: it was not of the expected type.
-    #[error("{0} bytes left over after decoding the message")]
-    TrailingBytes(usize),
+    #[error("message is not a {expected}: {} left over after decoding one", bytes(*left))]
+    TrailingBytes {
+        /// The type being decoded (its `std::any::type_name`).
+        expected: &'static str,
+        /// How many bytes were left.
+        left: usize,
+    },
     /// The message nests deeper than [`MAX_DEPTH`](crate::MAX_DEPTH) levels (sequences, maps,
     /// structs, enum variants, options, newtypes), which could exhaust the decoding thread's
     /// stack; decoding stopped there.
@@ -63,9 +68,19 @@ pub enum Error {
         /// Bytes that arrived before end of file.
         got: u64,
     },
-    /// A system call failed: which one, and what the kernel said.
-    #[error("{0} failed")]
-    Os(&'static str, #[source] io::Error),
+    /// A system call failed: which one, and what the kernel said (in the message, so the
+    /// top line says it all; the `io::Error` is there to match on, not a `source()`).
+    #[error("{0} failed: {1}")]
+    Os(&'static str, io::Error),
+}
+
+/// `n` bytes, in words: `1 byte`, `5 bytes`.
+fn bytes(n: usize) -> String {
+    if n == 1 {
+        "1 byte".into()
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 /// `Result` with this crate's [`Error`].
@@ -83,5 +98,21 @@ impl Error {
             Error::WouldBlock => Some(rustix::io::Errno::AGAIN.raw_os_error()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_says_what_failed_and_why_on_its_top_line() {
+        let err = Error::os("futex", std::io::Error::from_raw_os_error(22));
+        assert_eq!(
+            err.to_string(),
+            "futex failed: Invalid argument (os error 22)"
+        );
+        // The cause is in the message, so it is not also a source a chain printer repeats.
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

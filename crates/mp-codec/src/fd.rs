@@ -248,7 +248,7 @@ mod with_serde {
         err: postcard::Error,
     ) -> Result<()> {
         if !FDS_SEEN.load(Ordering::Relaxed) {
-            return Err(encode_error(err));
+            return Err(encode_failed(value, err));
         }
         FAULT.take();
         frame.bytes.truncate(start);
@@ -268,7 +268,39 @@ mod with_serde {
             postcard::serialize_with_flavor(value, Append(&mut frame.bytes))
         };
         frame.fds = fds.unwrap_or_default();
-        result.map_err(encode_error)
+        result.map_err(|err| encode_failed(value, err))
+    }
+
+    /// The error of a failed encode of `value`. postcard keeps no text for a `Serialize`
+    /// impl's custom error, so the value is run once more through `probe` to learn it; that
+    /// run takes descriptors as an encode does, into a list closed at once.
+    #[cold]
+    #[inline(never)]
+    fn encode_failed<T: Serialize + ?Sized>(value: &T, err: postcard::Error) -> Error {
+        if FAULT.with(|f| {
+            let fault = f.take();
+            let some = fault.is_some();
+            f.set(fault);
+            some
+        }) || err != postcard::Error::SerdeSerCustom
+        {
+            return encode_error(err);
+        }
+        let mut scratch = None;
+        let message = {
+            let _restore = Restore {
+                key: &ENCODING,
+                prev: ENCODING.with(|cell| cell.replace(Some(Vec::new()))),
+                out: &mut scratch,
+            };
+            crate::probe::custom_message(value)
+        };
+        drop(scratch);
+        FAULT.take();
+        match message {
+            Some(message) => Error::Encode(message.into()),
+            None => encode_error(err),
+        }
     }
 
     /// postcard's `take_from_bytes`, with nesting limited to [`MAX_DEPTH`](crate::MAX_DEPTH).
@@ -286,7 +318,10 @@ mod with_serde {
         }
         match take_from_bytes::<T>(&frame.bytes) {
             Ok((value, [])) => Ok(value),
-            Ok((_, rest)) => Err(Error::TrailingBytes(rest.len())),
+            Ok((_, rest)) => Err(Error::TrailingBytes {
+                expected: std::any::type_name::<T>(),
+                left: rest.len(),
+            }),
             Err(err) => Err(decode_error(err)),
         }
     }
@@ -310,7 +345,10 @@ mod with_serde {
         drop(left);
         match result {
             Ok((value, [])) => Ok(value),
-            Ok((_, rest)) => Err(Error::TrailingBytes(rest.len())),
+            Ok((_, rest)) => Err(Error::TrailingBytes {
+                expected: std::any::type_name::<T>(),
+                left: rest.len(),
+            }),
             Err(err) => Err(decode_error(err)),
         }
     }

@@ -52,6 +52,8 @@ mod depth;
 mod error;
 pub mod fd;
 mod message;
+#[cfg(feature = "serde")]
+mod probe;
 mod sys;
 pub mod wire;
 

@@ -298,8 +298,25 @@ mod tests {
         let frame = Frame::encode(&(1u8, 2u8)).unwrap();
         assert!(matches!(
             frame.decode::<u8>().unwrap_err(),
-            Error::TrailingBytes(1)
+            Error::TrailingBytes { left: 1, .. }
         ));
+    }
+
+    #[test]
+    fn leftover_bytes_name_the_expected_type_and_count_in_words() {
+        let one = Frame::encode(&(1u8, 2u8))
+            .unwrap()
+            .decode::<u8>()
+            .unwrap_err();
+        assert_eq!(
+            one.to_string(),
+            "message is not a u8: 1 byte left over after decoding one"
+        );
+        let five = Frame::encode(&(1u8, [2u8; 5]))
+            .unwrap()
+            .decode::<u8>()
+            .unwrap_err();
+        assert!(five.to_string().contains(": 5 bytes left over"), "{five}");
     }
 
     #[test]

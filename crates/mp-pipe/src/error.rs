@@ -42,15 +42,38 @@ pub enum Error {
     /// Encoding or decoding a message failed; the connection stays usable.
     #[error(transparent)]
     Codec(mp_codec::Error),
-    /// A system call failed: which one, and what the kernel said.
-    #[error("{0} failed")]
-    Os(&'static str, #[source] io::Error),
+    /// Binding a listener to an address, or connecting to one, failed: the call, the address
+    /// and what the kernel said (e.g. `ECONNREFUSED`, `EADDRINUSE`).
+    #[error("{op} to {address} failed: {error}")]
+    Socket {
+        /// `"bind"` or `"connect"`.
+        op: &'static str,
+        /// The address it was given.
+        address: crate::Address,
+        /// What the kernel said.
+        error: io::Error,
+    },
+    /// A system call failed: which one, and what the kernel said (in the message, so the
+    /// top line says it all; the `io::Error` is there to match on, not a `source()`).
+    #[error("{0} failed: {1}")]
+    Os(&'static str, io::Error),
 }
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    pub(crate) fn socket(
+        op: &'static str,
+        address: &crate::Address,
+    ) -> impl FnOnce(io::Error) -> Self {
+        move |error| Error::Socket {
+            op,
+            address: address.clone(),
+            error,
+        }
+    }
+
     pub(crate) fn os(op: &'static str, err: impl Into<io::Error>) -> Self {
         Error::Os(op, err.into())
     }
@@ -58,7 +81,7 @@ impl Error {
     /// The error number when a system call failed, e.g. `EPIPE` for a peer that has gone.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Os(_, e) => e.raw_os_error(),
+            Error::Os(_, e) | Error::Socket { error: e, .. } => e.raw_os_error(),
             Error::Codec(e) => e.raw_os_error(),
             _ => None,
         }
@@ -83,5 +106,21 @@ impl From<mp_codec::Error> for Error {
             mp_codec::Error::TooLarge { len, max } => Error::BadMessageLength { len, max },
             other => Error::Codec(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_says_what_failed_and_why_on_its_top_line() {
+        let err = Error::os("futex", std::io::Error::from_raw_os_error(22));
+        assert_eq!(
+            err.to_string(),
+            "futex failed: Invalid argument (os error 22)"
+        );
+        // The cause is in the message, so it is not also a source a chain printer repeats.
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

@@ -66,12 +66,13 @@ impl Listener {
     /// `host:port` (port 0 picks a free one; [`address`](Self::address) tells which).
     ///
     /// # Errors
-    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `EADDRINUSE` when the path exists.
+    /// [`Error::BadAddress`], or [`Error::Socket`] — e.g. `EADDRINUSE` when the path exists.
     pub fn bind(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Self> {
-        let address = address.to_address()?;
-        let (socket, address, unlink) = match address {
+        let requested = address.to_address()?;
+        let failed = || Error::socket("bind", &requested);
+        let (socket, address, unlink) = match requested.clone() {
             Address::Unix(path) => {
-                let listener = UnixListener::bind(&path).map_err(|e| Error::os("bind", e))?;
+                let listener = UnixListener::bind(&path).map_err(failed())?;
                 (
                     Socket::Unix(listener),
                     Address::Unix(path.clone()),
@@ -79,12 +80,12 @@ impl Listener {
                 )
             }
             Address::Abstract(name) => {
-                let addr = UnixAddr::from_abstract_name(&name).map_err(|e| Error::os("bind", e))?;
-                let listener = UnixListener::bind_addr(&addr).map_err(|e| Error::os("bind", e))?;
+                let addr = UnixAddr::from_abstract_name(&name).map_err(failed())?;
+                let listener = UnixListener::bind_addr(&addr).map_err(failed())?;
                 (Socket::Unix(listener), Address::Abstract(name), None)
             }
             Address::Tcp(addr) => {
-                let listener = TcpListener::bind(addr).map_err(|e| Error::os("bind", e))?;
+                let listener = TcpListener::bind(addr).map_err(failed())?;
                 let bound = listener
                     .local_addr()
                     .map_err(|e| Error::os("getsockname", e))?;
@@ -100,6 +101,41 @@ impl Listener {
             legacy_md5: true,
             unlink,
         })
+    }
+
+    /// Listens at a fresh address of its own choosing, as Python's `Listener()` with no
+    /// address does on Linux: an abstract unix name, `listener-<pid>-<n>`, which
+    /// [`address`](Self::address) tells. An abstract name has no file, so nothing is left
+    /// behind whatever becomes of the process; like any unix address on the machine, it is
+    /// reachable by every local process, so give it an authkey unless any of them may talk to
+    /// it.
+    ///
+    /// ```
+    /// use mp_pipe::{Client, Listener};
+    ///
+    /// let mut listener = Listener::bind_auto(Some(b"key"))?;
+    /// let address = listener.address().clone();
+    /// let client = std::thread::spawn(move || Client::connect(&address, Some(b"key")));
+    /// listener.accept()?.send(&"hello")?;
+    /// assert_eq!(client.join().unwrap()?.recv::<String>()?, "hello");
+    /// # Ok::<(), mp_pipe::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Socket`] when binding fails for another reason than a name in use (those
+    /// are skipped).
+    pub fn bind_auto(authkey: Option<&[u8]>) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("listener-{}-{n}", std::process::id());
+            match Listener::bind(Address::Abstract(name.into_bytes()), authkey) {
+                // Taken (by a process of the same pid in another pid namespace): next.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ADDRINUSE.raw_os_error()) => {
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Where this listener listens (with the port filled in for TCP port 0).
@@ -272,23 +308,23 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Authentication`] on a key mismatch (on both sides) or a refused MD5
-    /// handshake, [`Error::HandshakeTimeout`], [`Error::BadAddress`], or [`Error::Os`] — e.g.
+    /// handshake, [`Error::HandshakeTimeout`], [`Error::BadAddress`], or [`Error::Socket`] — e.g.
     /// `ECONNREFUSED`.
     pub fn open(&self, address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
-        let conn = match address.to_address()? {
+        let requested = address.to_address()?;
+        let failed = || Error::socket("connect", &requested);
+        let conn = match requested.clone() {
             Address::Unix(path) => {
-                let stream = UnixStream::connect(&path).map_err(|e| Error::os("connect", e))?;
+                let stream = UnixStream::connect(&path).map_err(failed())?;
                 Connection::new(stream.into(), Transport::Unix, true, true)
             }
             Address::Abstract(name) => {
-                let addr =
-                    UnixAddr::from_abstract_name(&name).map_err(|e| Error::os("connect", e))?;
-                let stream =
-                    UnixStream::connect_addr(&addr).map_err(|e| Error::os("connect", e))?;
+                let addr = UnixAddr::from_abstract_name(&name).map_err(failed())?;
+                let stream = UnixStream::connect_addr(&addr).map_err(failed())?;
                 Connection::new(stream.into(), Transport::Unix, true, true)
             }
             Address::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).map_err(|e| Error::os("connect", e))?;
+                let stream = TcpStream::connect(addr).map_err(failed())?;
                 stream
                     .set_nodelay(true)
                     .map_err(|e| Error::os("setsockopt(TCP_NODELAY)", e))?;
@@ -310,7 +346,7 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Authentication`] on a key mismatch (on both sides), [`Error::HandshakeTimeout`],
-    /// [`Error::BadAddress`], or [`Error::Os`] — e.g. `ECONNREFUSED`.
+    /// [`Error::BadAddress`], or [`Error::Socket`] — e.g. `ECONNREFUSED`.
     pub fn connect(address: impl ToAddress, authkey: Option<&[u8]>) -> Result<Connection> {
         Client::new().open(address, authkey)
     }
@@ -341,6 +377,34 @@ mod tests {
     }
 
     #[test]
+    fn connect_error_names_the_address_and_the_cause() {
+        let path = temp_path("nobody-listens.sock");
+        let err = Client::connect(path.to_str().unwrap(), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "connect to {} failed: No such file or directory (os error 2)",
+                path.display()
+            )
+        );
+        assert_eq!(err.raw_os_error(), Some(2));
+    }
+
+    #[test]
+    fn bind_error_names_the_address_and_the_cause() {
+        let path = temp_path("bind-twice.sock");
+        let first = Listener::bind(path.to_str().unwrap(), None).unwrap();
+        let err = Listener::bind(path.to_str().unwrap(), None).unwrap_err();
+        drop(first);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("bind to {} failed: ", path.display()))
+                && msg.contains("(os error 98)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn unix_listener_unlinks_its_path_on_drop() {
         let path = temp_path("unlink.sock");
         let listener = Listener::bind(path.to_str().unwrap(), None).unwrap();
@@ -359,6 +423,26 @@ mod tests {
         });
         let conn = listener.accept().unwrap();
         assert_eq!(conn.recv::<u32>().unwrap(), 42);
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn an_automatic_address_is_fresh_abstract_and_reachable() {
+        let mut listener = Listener::bind_auto(Some(b"k")).unwrap();
+        let other = Listener::bind_auto(None).unwrap();
+        assert_ne!(listener.address(), other.address());
+        assert!(
+            matches!(listener.address(), Address::Abstract(name) if name.starts_with(b"listener-")),
+            "{:?}",
+            listener.address()
+        );
+        let address = listener.address().clone();
+        let client = thread::spawn(move || {
+            let conn = Client::connect(&address, Some(b"k")).unwrap();
+            conn.send(&7u32).unwrap();
+        });
+        let conn = listener.accept().unwrap();
+        assert_eq!(conn.recv::<u32>().unwrap(), 7);
         client.join().unwrap();
     }
 

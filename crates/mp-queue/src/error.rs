@@ -34,7 +34,7 @@ pub enum Error {
     /// The item could not be encoded, or what was taken could not be decoded as the queue's
     /// item type: that one item is lost, and the queue goes on.
     #[error("queue item: {0}")]
-    Codec(#[from] mp_codec::Error),
+    Codec(mp_codec::Error),
     /// Another process wrote bytes into the queue's memory that do not describe frames:
     /// the items in flight were dropped and the queue goes on.
     #[error("queue memory was corrupted by another process ({0}); items in flight were dropped")]
@@ -49,9 +49,10 @@ pub enum Error {
     /// A `join` on a `JoinableQueue` timed out with tasks unfinished.
     #[error("{0} task(s) still unfinished")]
     Unfinished(u64),
-    /// A system call failed: which one, and what the kernel said.
+    /// A system call failed: which one, and what the kernel said (in the message, so the
+    /// top line says it all; the `io::Error` is there to match on, not a `source()`).
     #[error("{0} failed: {1}")]
-    Os(&'static str, #[source] std::io::Error),
+    Os(&'static str, std::io::Error),
     /// A bad argument: what was wrong with it.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
@@ -98,8 +99,38 @@ impl<T> std::error::Error for PutError<T> {
     }
 }
 
+/// The codec's error is in the message, so it is not also a `source()` to print twice.
+impl From<mp_codec::Error> for Error {
+    fn from(e: mp_codec::Error) -> Error {
+        Error::Codec(e)
+    }
+}
+
 impl<T> From<PutError<T>> for Error {
     fn from(e: PutError<T>) -> Error {
         e.error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_says_what_failed_and_why_on_its_top_line() {
+        let err = Error::Os("futex", std::io::Error::from_raw_os_error(22));
+        assert_eq!(
+            err.to_string(),
+            "futex failed: Invalid argument (os error 22)"
+        );
+        // The cause is in the message, so it is not also a source a chain printer repeats.
+        assert!(std::error::Error::source(&err).is_none());
+    }
+
+    #[test]
+    fn an_item_that_does_not_decode_says_why_once() {
+        let err = Error::from(mp_codec::Error::Closed);
+        assert_eq!(err.to_string(), "queue item: connection closed by peer");
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

@@ -57,10 +57,27 @@ pub enum Error {
     /// Creating, attaching or locking the region failed (see `mp_sync::Error`).
     #[error(transparent)]
     Sync(#[from] mp_sync::Error),
-    /// A system call failed: which one, and what the kernel said.
-    #[error("{0} failed")]
-    Os(&'static str, #[source] io::Error),
+    /// A system call failed: which one, and what the kernel said (in the message, so the
+    /// top line says it all; the `io::Error` is there to match on, not a `source()`).
+    #[error("{0} failed: {1}")]
+    Os(&'static str, io::Error),
 }
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_says_what_failed_and_why_on_its_top_line() {
+        let err = Error::Os("futex", std::io::Error::from_raw_os_error(22));
+        assert_eq!(
+            err.to_string(),
+            "futex failed: Invalid argument (os error 22)"
+        );
+        // The cause is in the message, so it is not also a source a chain printer repeats.
+        assert!(std::error::Error::source(&err).is_none());
+    }
+}

@@ -23,27 +23,63 @@ pub enum StartMethod {
     Forkserver,
 }
 
-static CHOSEN: Mutex<Option<StartMethod>> = Mutex::new(None);
+/// The method set with [`set_start_method`], and the process that set it: a forked child
+/// inherits the memory, not the choice.
+static CHOSEN: Mutex<Option<(u32, StartMethod)>> = Mutex::new(None);
 
-/// The start method used when none is given: the one set with [`set_start_method`], or
-/// `Forkserver`.
+/// The start method used when none is given: the one this process set with
+/// [`set_start_method`]; else, in a child, the method it was started with (as in Python,
+/// whose child sees its own); else `Forkserver`.
+///
+/// ```
+/// use mp_spawn::{Process, StartMethod, get_start_method};
+///
+/// fn method(_: ()) -> StartMethod {
+///     get_start_method()
+/// }
+/// let mut child = Process::new(method, ()).method(StartMethod::Spawn).start()?;
+/// assert_eq!(child.join()?, StartMethod::Spawn);
+/// # Ok::<(), mp_spawn::Error>(())
+/// ```
 pub fn get_start_method() -> StartMethod {
-    CHOSEN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .unwrap_or(StartMethod::Forkserver)
+    let chosen = *CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
+    match chosen {
+        Some((pid, method)) if pid == crate::current::pid() => method,
+        _ => crate::current::start_method().unwrap_or(StartMethod::Forkserver),
+    }
 }
 
-/// Sets the default start method, once; a second call fails unless `force` is true.
+/// Every start method this platform offers, the default first (Python 3.14's
+/// `get_all_start_methods()`).
+///
+/// ```
+/// use mp_spawn::{StartMethod, get_all_start_methods};
+///
+/// assert_eq!(get_all_start_methods()[0], StartMethod::Forkserver);
+/// assert!(get_all_start_methods().contains(&StartMethod::Fork));
+/// ```
+pub fn get_all_start_methods() -> [StartMethod; 3] {
+    [
+        StartMethod::Forkserver,
+        StartMethod::Fork,
+        StartMethod::Spawn,
+    ]
+}
+
+/// Sets the default start method, once; a second call fails unless `force` is true. In a
+/// child the method it was started with counts as set already, as in Python.
 ///
 /// # Errors
 /// [`Error::StartMethodAlreadySet`].
 pub fn set_start_method(method: StartMethod, force: bool) -> Result<()> {
+    let pid = crate::current::pid();
+    let started_with = crate::current::start_method();
     let mut chosen = CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
-    if chosen.is_some() && !force {
+    let set_here = matches!(*chosen, Some((by, _)) if by == pid);
+    if !force && (set_here || started_with.is_some()) {
         return Err(Error::StartMethodAlreadySet);
     }
-    *chosen = Some(method);
+    *chosen = Some((pid, method));
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use std::{sync::MutexGuard, time::Duration};
 
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
-use crate::registry;
+use crate::{StartMethod, registry};
 
 /// This process as Python's `current_process()` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +24,18 @@ pub struct CurrentProcess {
 #[derive(Debug, Clone)]
 pub struct ParentProcess {
     pid: u32,
+    name: String,
     /// Whether it is also the kernel's parent (fork, spawn); a forkserver's child has the
     /// server for that.
     kernel_parent: bool,
 }
 
 impl ParentProcess {
+    /// The parent's name, as its `current_process().name` said when it started this one.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The parent's process id.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -78,6 +84,8 @@ pub(crate) struct Me {
     pub(crate) daemon: bool,
     pub(crate) children_started: u32,
     pub(crate) parent: Option<ParentProcess>,
+    /// How this process was started; `None` in a main process.
+    pub(crate) method: Option<StartMethod>,
     /// Started by `fork` (set by the parent before the fork): this process may have
     /// inherited locks of std's held by threads that do not exist here.
     pub(crate) forked: bool,
@@ -106,6 +114,7 @@ pub(crate) fn me() -> MutexGuard<'static, Option<Me>> {
             daemon: false,
             children_started: 0,
             parent: None,
+            method: None,
             forked: false,
         });
     }
@@ -118,10 +127,11 @@ pub(crate) fn become_child(
     name: String,
     identity: Vec<u32>,
     daemon: bool,
-    parent_pid: u32,
+    parent: (u32, String),
+    method: StartMethod,
     kernel_parent: bool,
 ) {
-    let mut me = prepare_child(name, identity, daemon, parent_pid);
+    let mut me = prepare_child(name, identity, daemon, parent, method);
     me.pid = pid();
     if let Some(parent) = &mut me.parent {
         parent.kernel_parent = kernel_parent;
@@ -131,7 +141,14 @@ pub(crate) fn become_child(
 
 /// A forked child's identity, built in the parent before the fork: the child then only has
 /// to [`install`] it, without allocating (every page a child writes costs a copy).
-pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, parent_pid: u32) -> Me {
+/// `parent`: the parent's pid and name.
+pub(crate) fn prepare_child(
+    name: String,
+    identity: Vec<u32>,
+    daemon: bool,
+    (parent_pid, parent_name): (u32, String),
+    method: StartMethod,
+) -> Me {
     Me {
         pid: 0,
         name,
@@ -140,10 +157,22 @@ pub(crate) fn prepare_child(name: String, identity: Vec<u32>, daemon: bool, pare
         children_started: 0,
         parent: Some(ParentProcess {
             pid: parent_pid,
+            name: parent_name,
             kernel_parent: true,
         }),
+        method: Some(method),
         forked: false,
     }
+}
+
+/// How this process was started, if it is a child of ours.
+pub(crate) fn start_method() -> Option<StartMethod> {
+    me().as_ref().and_then(|m| m.method)
+}
+
+/// This process's name (`MainProcess` unless it is a child of ours).
+pub(crate) fn name() -> String {
+    me().as_ref().map_or_else(String::new, |m| m.name.clone())
 }
 
 /// In a forked child: `fd` is its result socket, where its exit guard (`sys::exit_guard`)

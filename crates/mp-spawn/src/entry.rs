@@ -203,6 +203,10 @@ pub(crate) struct Header {
     pub(crate) identity: Vec<u32>,
     pub(crate) daemon: bool,
     pub(crate) parent_pid: u32,
+    /// The parent's name, for the child's `parent_process().name()`.
+    pub(crate) parent_name: String,
+    /// How the child was started: its `get_start_method()`.
+    pub(crate) method: crate::StartMethod,
 }
 
 fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
@@ -268,6 +272,7 @@ pub(crate) fn bootstrap_frame<F, A, R>(
     name: &str,
     identity: &[u32],
     daemon: bool,
+    method: crate::StartMethod,
 ) -> crate::Result<Frame>
 where
     F: Fn(A) -> R + Copy + 'static,
@@ -295,6 +300,8 @@ where
         identity: identity.to_vec(),
         daemon,
         parent_pid: std::process::id(),
+        parent_name: current::name(),
+        method,
     };
     let head = Frame::encode(&header)?;
     let mut frame = Frame::new();
@@ -411,7 +418,8 @@ pub(crate) fn run_frame(frame: Frame, outlet: Outlet<'_>, exec_child: bool) -> i
         header.name,
         header.identity,
         header.daemon,
-        header.parent_pid,
+        (header.parent_pid, header.parent_name),
+        header.method,
         exec_child, // a forkserver's child: its parent process is not its kernel's parent
     );
     trampoline(header.types, args, outlet)
@@ -571,7 +579,10 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
                 set_outcome(
                     &mut frame,
                     PANICKED,
-                    &format!("cannot encode the result: {err}"),
+                    &format!(
+                        "cannot encode the result, a {}: {err}",
+                        std::any::type_name::<R>()
+                    ),
                 );
                 1
             }
@@ -807,7 +818,15 @@ mod tests {
 
     #[test]
     fn a_forged_bootstrap_with_a_valid_checksum_does_not_run_its_target() {
-        let good = bootstrap_frame(&triple, &5u64, "forged", &[9], false).unwrap();
+        let good = bootstrap_frame(
+            &triple,
+            &5u64,
+            "forged",
+            &[9],
+            false,
+            crate::StartMethod::Spawn,
+        )
+        .unwrap();
         let (mut header, args) = split(good).unwrap();
         // The offset of a function that is no target, with a checksum to match.
         header.target = sys::offset_of(anchor(), evil as Trampoline as usize);
@@ -821,7 +840,15 @@ mod tests {
 
     #[test]
     fn a_bootstrap_naming_a_target_of_other_types_is_refused() {
-        let good = bootstrap_frame(&triple, &5u64, "forged", &[9], false).unwrap();
+        let good = bootstrap_frame(
+            &triple,
+            &5u64,
+            "forged",
+            &[9],
+            false,
+            crate::StartMethod::Spawn,
+        )
+        .unwrap();
         let (mut header, args) = split(good).unwrap();
         header.types ^= 1;
         header.check = checksum(&header.fingerprint, header.target, header.types);
@@ -839,7 +866,7 @@ mod tests {
             trampoline::<F, A, R>
         }
         let ours = trampoline_of(&triple);
-        bootstrap_frame(&triple, &1u64, "t", &[1], false).unwrap();
+        bootstrap_frame(&triple, &1u64, "t", &[1], false, crate::StartMethod::Spawn).unwrap();
         assert!(sys::targets().contains(&Some(ours)));
         assert!(!sys::targets().contains(&Some(evil as Trampoline)));
     }
@@ -1003,6 +1030,7 @@ mod tests {
             "stranger",
             &[1],
             false,
+            crate::StartMethod::Spawn,
         )
         .unwrap();
         // Named as our own pid: the peer (the maker) is not the parent named.

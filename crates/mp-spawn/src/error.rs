@@ -62,9 +62,10 @@ pub enum Error {
     /// Encoding the arguments or decoding the result failed.
     #[error(transparent)]
     Codec(#[from] mp_codec::Error),
-    /// A system call failed: which one, and what the kernel said.
-    #[error("{0} failed")]
-    Os(&'static str, #[source] io::Error),
+    /// A system call failed: which one, and what the kernel said (in the message, so the
+    /// top line says it all; the `io::Error` is there to match on, not a `source()`).
+    #[error("{0} failed: {1}")]
+    Os(&'static str, io::Error),
 }
 
 /// `Result` with this crate's [`Error`].
@@ -73,5 +74,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn os(op: &'static str, err: impl Into<io::Error>) -> Self {
         Error::Os(op, err.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_error_says_what_failed_and_why_on_its_top_line() {
+        let err = Error::os("futex", std::io::Error::from_raw_os_error(22));
+        assert_eq!(
+            err.to_string(),
+            "futex failed: Invalid argument (os error 22)"
+        );
+        // The cause is in the message, so it is not also a source a chain printer repeats.
+        assert!(std::error::Error::source(&err).is_none());
     }
 }

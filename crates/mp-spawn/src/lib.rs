@@ -28,6 +28,12 @@
 //! daemonic children are killed when it exits, and the others are joined, as in Python. No
 //! zombie is left behind by `join`, by dropping a `Process`, or at exit.
 //!
+//! As in Python, a child's stdin is `/dev/null` under every start method (stdout and stderr
+//! are the parent's): a child cannot take input meant for the parent, nor keep the parent's
+//! stdin pipe open (the forkserver would otherwise hold it for all its children). Hand a
+//! child its input over a pipe or a queue. A child's [`get_start_method`] is the method it
+//! was started with, and the default for the children it starts, as in Python.
+//!
 //! # What an exec'd child will run, and who can make it run anything
 //!
 //! An exec'd child (spawn, and the forkserver) learns what to run from a bootstrap message
@@ -72,7 +78,10 @@ mod start;
 mod sys;
 
 pub use crate::{
-    context::{Context, StartMethod, get_context, get_start_method, set_start_method},
+    context::{
+        Context, StartMethod, get_all_start_methods, get_context, get_start_method,
+        set_start_method,
+    },
     current::{
         ChildInfo, CurrentProcess, ParentProcess, active_children, cpu_count, current_process,
         parent_process,

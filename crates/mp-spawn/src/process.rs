@@ -18,7 +18,13 @@ use crate::{
 /// What a child runs: a zero-sized target with its argument, or (fork only) a closure.
 pub(crate) trait Job<R>: 'static {
     /// The bootstrap message that lets an exec'd child run this; `None` if it cannot.
-    fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>>;
+    fn bootstrap(
+        &self,
+        name: &str,
+        identity: &[u32],
+        daemon: bool,
+        method: StartMethod,
+    ) -> Option<Result<Frame>>;
     /// Runs the job, in a forked child.
     fn run(self) -> R
     where
@@ -47,13 +53,20 @@ where
     A: Message + 'static,
     R: Message + 'static,
 {
-    fn bootstrap(&self, name: &str, identity: &[u32], daemon: bool) -> Option<Result<Frame>> {
+    fn bootstrap(
+        &self,
+        name: &str,
+        identity: &[u32],
+        daemon: bool,
+        method: StartMethod,
+    ) -> Option<Result<Frame>> {
         Some(entry::bootstrap_frame(
             &self.target,
             &self.args,
             name,
             identity,
             daemon,
+            method,
         ))
     }
 
@@ -76,7 +89,7 @@ where
 struct ClosureJob<F>(F);
 
 impl<R: mp_codec::Encode + 'static, F: FnOnce() -> R + 'static> Job<R> for ClosureJob<F> {
-    fn bootstrap(&self, _: &str, _: &[u32], _: bool) -> Option<Result<Frame>> {
+    fn bootstrap(&self, _: &str, _: &[u32], _: bool, _: StartMethod) -> Option<Result<Frame>> {
         None
     }
 
@@ -157,7 +170,7 @@ fn start_exec<R: Message + 'static>(
     daemon: bool,
 ) -> Result<Process<R>> {
     let frame = job
-        .bootstrap(&name, &identity, daemon)
+        .bootstrap(&name, &identity, daemon, method)
         .ok_or(Error::ForkOnly)??;
     let mut started = if method == StartMethod::Spawn {
         start::spawn::start(frame)?
@@ -766,7 +779,7 @@ mod tests {
     #[test]
     fn a_corrupted_bootstrap_is_a_clean_error_on_both_sides() {
         for method in [StartMethod::Spawn, StartMethod::Forkserver] {
-            let good = bootstrap_frame(&triple, &5u64, "corrupt", &[9], false).unwrap();
+            let good = bootstrap_frame(&triple, &5u64, "corrupt", &[9], false, method).unwrap();
             let (mut header, rest) = header_and_rest(&good);
 
             // a flipped selector: the checksum catches it before anything is looked up

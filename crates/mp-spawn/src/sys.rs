@@ -49,6 +49,19 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// this one. Uses `posix_spawn`, which glibc implements with a
 /// `CLONE_VFORK` clone: no copy of the parent's page tables.
 /// See [posix_spawn(3)](https://man7.org/linux/man-pages/man3/posix_spawn.3.html).
+/// Points a forked child's stdin at `/dev/null`, as Python does for every child (an
+/// `openat` and a `dup2`, both async-signal-safe). Best effort, as Python's: a process without
+/// `/dev/null` keeps the stdin it had.
+pub(crate) fn null_stdin() {
+    if let Ok(null) = rustix::fs::open(
+        c"/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
+}
+
 pub(crate) fn spawn_self(
     args: &[&CStr],
     env: &[CString],
@@ -77,6 +90,15 @@ pub(crate) fn spawn_self(
                 actions.as_mut_ptr(),
                 keep.as_raw_fd(),
                 as_fd,
+            ))?;
+            // Stdin is /dev/null, as in Python: a child must not take the parent's input
+            // (nor a forkserver hold the parent's stdin pipe open for its children).
+            check(libc::posix_spawn_file_actions_addopen(
+                actions.as_mut_ptr(),
+                libc::STDIN_FILENO,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
             ))?;
             // Descriptors this process inherited without close-on-exec (a jobserver's, a
             // shell's) must not reach the child either.

@@ -1047,3 +1047,79 @@ fn fork_children_do_not_hang_while_other_threads_register_exit_handlers() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a child sees of Python's parity points: its start method, with the one a child of
+/// its own gets by default, its parent's name, and where its stdin leads.
+fn parity(_: ()) -> (StartMethod, StartMethod, String, String, String) {
+    let mut grandchild = Process::new(|_: ()| mp_spawn::get_start_method(), ())
+        .start()
+        .unwrap();
+    let stdin = std::fs::read_link("/proc/self/fd/0")
+        .map_or_else(|e| format!("unreadable: {e}"), |p| p.display().to_string());
+    let grandchild_method = join_in_time(&mut grandchild).unwrap();
+    let parent = parent_process().expect("a child has a parent");
+    (
+        mp_spawn::get_start_method(),
+        grandchild_method,
+        parent.name().to_string(),
+        current_process().name,
+        stdin,
+    )
+}
+
+#[test]
+fn a_child_sees_its_own_start_method_its_parents_name_and_a_null_stdin() {
+    for method in METHODS {
+        let mut p = Process::new(parity, ()).method(method).start().unwrap();
+        let (own, grandchild, parent, me, stdin) = join_in_time(&mut p).unwrap();
+        assert_eq!(own, method, "get_start_method() in a {method:?} child");
+        assert_eq!(
+            grandchild, method,
+            "the default start method in a {method:?} child"
+        );
+        assert_eq!(parent, "MainProcess", "{method:?}");
+        assert_eq!(me, p.name());
+        assert_eq!(stdin, "/dev/null", "a {method:?} child's stdin");
+    }
+}
+
+#[test]
+fn all_start_methods_are_listed_default_first() {
+    assert_eq!(
+        mp_spawn::get_all_start_methods(),
+        [
+            StartMethod::Forkserver,
+            StartMethod::Fork,
+            StartMethod::Spawn
+        ]
+    );
+}
+
+/// A result whose `Serialize` fails with serde's own custom error, as most impls do.
+#[derive(Debug, serde::Deserialize)]
+struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value stays home"))
+    }
+}
+
+fn unencodable(_: ()) -> Unencodable {
+    Unencodable
+}
+
+#[test]
+fn a_result_that_fails_to_encode_keeps_the_encoders_message_and_the_type() {
+    for method in METHODS {
+        let mut p = Process::new(unencodable, ())
+            .method(method)
+            .start()
+            .unwrap();
+        let err = join_in_time(&mut p).unwrap_err().to_string();
+        assert!(
+            err.contains("this value stays home") && err.contains("Unencodable"),
+            "{method:?}: {err}"
+        );
+    }
+}

@@ -117,12 +117,14 @@ impl Semaphore {
 }
 
 handle! {
-    /// Python's `multiprocessing.BoundedSemaphore`: releasing above the initial value is
-    /// [`Error::TooManyReleases`].
+    /// Python's `multiprocessing.BoundedSemaphore`: releasing above the initial value fails
+    /// with `TooManyReleases`, a variant of this crate's error,
+    /// [`mp_sync::Error`](crate::Error) (re-exported by the umbrella crate as
+    /// `multiprocessing::synchronize::Error`, and wrapped in its `Error::Sync`).
     ///
     /// ```
     /// let sem = mp_sync::BoundedSemaphore::new(1)?;
-    /// assert!(sem.release().is_err());
+    /// assert!(matches!(sem.release(), Err(mp_sync::Error::TooManyReleases)));
     /// assert!(sem.try_acquire());
     /// sem.release()?;
     /// # Ok::<(), mp_sync::Error>(())

@@ -102,8 +102,10 @@ impl RawSemaphore {
     /// Increments the value, waking one waiter.
     ///
     /// # Errors
-    /// [`Error::TooManyReleases`] past a bounded semaphore's bound, [`Error::Overflow`] past
-    /// [`MAX_SEMAPHORE_VALUE`]; the value is unchanged then.
+    /// `TooManyReleases` past a bounded semaphore's bound, `Overflow` past
+    /// [`MAX_SEMAPHORE_VALUE`]; the value is unchanged then. Both are variants of this
+    /// crate's error, [`mp_sync::Error`](crate::Error) (re-exported by the umbrella crate as
+    /// `multiprocessing::synchronize::Error`, and wrapped in its `Error::Sync`).
     pub fn release(&self) -> Result<()> {
         self.release_n(1)
     }

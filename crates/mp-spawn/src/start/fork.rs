@@ -47,7 +47,13 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
     entry::install_panic_hook();
     let main_thread = sys::on_main_thread(parent);
     // Everything the child needs is allocated here, before the fork.
-    let mut me = current::prepare_child(name, identity, daemon, parent);
+    let mut me = current::prepare_child(
+        name,
+        identity,
+        daemon,
+        (parent, current::name()),
+        StartMethod::Fork,
+    );
     me.forked = true;
     // The child gets a copy of every lock as it is at this instant. Hold ours (and stdio's)
     // across the fork, so none of them is held by a thread that does not exist there. And
@@ -91,6 +97,7 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
             if armed.is_err() {
                 entry::finish(entry::START_FAILED);
             }
+            sys::null_stdin();
             current::install(me);
             let socket = std::os::fd::AsFd::as_fd(&channel.theirs);
             current::set_forked_outlet(socket);
