@@ -57,6 +57,10 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 impl Owner {
+    /// No process: a frame reserved under the producers' lock, owned by whoever holds it
+    /// (never judged dead here: the lock's own take-over finds its holder's death).
+    pub(crate) const LOCK_HOLDER: Owner = Owner([0, 0]);
+
     /// The calling process.
     pub(crate) fn me() -> Owner {
         mine()
@@ -69,6 +73,9 @@ impl Owner {
     /// Whether this owner has surely exited. Unknown answers (another pid namespace, an
     /// unreadable `/proc`) are "alive": a frame is never taken from a live owner.
     pub(crate) fn is_dead(self) -> bool {
+        if self == Owner::LOCK_HOLDER {
+            return false;
+        }
         let me = Owner::me();
         if self.0[0] >> 32 != me.0[0] >> 32 || me.0[1] == 0 {
             return false; // another namespace, or no /proc to ask

@@ -371,7 +371,6 @@ impl<T: Message> Queue<T> {
             }
             if len <= ring::SMALL {
                 let first = self.room(deadline, || ring.put_small(&frame.bytes))?;
-                ring.wake_consumers();
                 if first {
                     self.ring_bell();
                 }
@@ -653,7 +652,11 @@ impl<T: Message> Queue<T> {
         let ring = self.ring();
         let get = ring.get_lock().acquire();
         let put = ring.put_lock().acquire();
-        if ring.recount().is_err() {
+        if ring
+            .bury_lock_holders()
+            .and_then(|()| ring.recount())
+            .is_err()
+        {
             ring.reset();
         }
         if put.is_held() {
@@ -1079,5 +1082,30 @@ mod tests {
         let _ = q.ring().get_lock().release();
         assert_eq!(outcome, Ok((true, true, true)), "timed calls overstayed");
         assert_eq!(q.get().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_producer_killed_inside_a_small_put_leaves_nothing_and_wedges_nobody() {
+        let q = Queue::<u64>::new().unwrap();
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            let ring = theirs.ring();
+            assert!(ring.put_lock().acquire().is_held());
+            // Half a small put: reserved, past `tail`, never filled. The child then ends
+            // holding the producers' lock.
+            ring.begin_small_for_tests(8);
+        })
+        .start()
+        .unwrap();
+        child.join().unwrap();
+        assert!(
+            q.ring().put_lock().is_locked(),
+            "the dead child holds the lock"
+        );
+        // The next put takes the lock from the dead and buries its frame.
+        q.put_timeout(7, Duration::from_secs(30)).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
+        assert_eq!(q.qsize(), 0, "the half-put frame counts for nothing");
     }
 }

@@ -288,24 +288,60 @@ impl Ring {
         Ok(Some(Slot { pos, len, first }))
     }
 
-    /// Puts a small item (at most [`SMALL`] bytes) whole, under the producers' lock: its
-    /// frame is `READY` before `tail` moves past it, so a producer killed in here leaves
-    /// nothing anyone sees, and no owner needs recording. `None` when there is no room;
-    /// else whether the queue was empty. The caller wakes sleeping consumers after letting
-    /// go of the lock ([`Ring::wake_consumers`]).
+    /// Puts a small item (at most [`SMALL`] bytes) whole, under the producers' lock. Its
+    /// frame is reserved as usual, `tail` moving past it before the copy, but with no owner
+    /// ([`Owner::LOCK_HOLDER`]): whoever holds the producers' lock owns it, and a producer
+    /// killed in here is found by the next one, which gets the lock as `OwnerDied` and buries
+    /// the frame ([`Ring::bury_lock_holders`]). `None` when there is no room; else whether the
+    /// queue was empty. Wakes sleeping consumers.
     pub(crate) fn put_small(&self, bytes: &[u8]) -> Result<Option<bool>, Corrupt> {
         debug_assert!(bytes.len() <= SMALL);
-        let Some(pos) = self.room_for(bytes.len())? else {
+        let Some(pos) = self.begin_small(bytes.len())? else {
             return Ok(None);
         };
-        self.len_word(pos)
-            .store(bytes.len() as u32, Ordering::Relaxed);
         self.mem.copy_in(self.at(pos) + HDR, bytes);
-        self.state(pos).store(READY, Ordering::Release);
-        // SeqCst: ordered before the look at sleeping consumers in `wake_consumers`.
+        let first = self.count_one_more();
+        // SeqCst: ordered before the look at sleeping consumers.
+        self.state(pos).store(READY, Ordering::SeqCst);
+        self.wake_consumers();
+        Ok(Some(first))
+    }
+
+    /// The first half of [`Ring::put_small`]: a frame reserved for the producers' lock
+    /// holder, `tail` past it; where it is.
+    fn begin_small(&self, len: usize) -> Result<Option<u64>, Corrupt> {
+        let Some(pos) = self.room_for(len)? else {
+            return Ok(None);
+        };
+        self.len_word(pos).store(len as u32, Ordering::Relaxed);
+        self.set_owner(pos, Owner::LOCK_HOLDER);
+        self.state(pos).store(RESERVED, Ordering::Release);
+        // Early, so the line consumers poll moves while the payload is copied.
         self.word(TAIL)
-            .store(pos + frame_size(bytes.len()) as u64, Ordering::SeqCst);
-        Ok(Some(self.count_one_more()))
+            .store(pos + frame_size(len) as u64, Ordering::Release);
+        Ok(Some(pos))
+    }
+
+    /// The first half of a small put, for a test that kills a producer between the halves.
+    #[cfg(test)]
+    pub(crate) fn begin_small_for_tests(&self, len: usize) {
+        assert!(self.begin_small(len).unwrap().is_some());
+    }
+
+    /// Marks `DEAD` the frame a producer killed inside [`Ring::put_small`] left `RESERVED`.
+    /// The caller holds both locks, having found the producers' lock's owner dead: no live
+    /// small put is under way.
+    pub(crate) fn bury_lock_holders(&self) -> Result<(), Corrupt> {
+        let (head, tail) = self.ends()?;
+        let mut pos = head;
+        while pos < tail {
+            let (state, size) = self.frame_at(pos, tail)?;
+            if state == RESERVED && self.owner(pos) == Owner::LOCK_HOLDER {
+                self.state(pos).store(DEAD, Ordering::Release);
+            }
+            pos += size;
+        }
+        Ok(())
     }
 
     /// Where a frame of `len` payload bytes can go, padding the rest of the lap first if it
