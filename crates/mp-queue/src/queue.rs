@@ -553,6 +553,9 @@ impl<T: Message> Queue<T> {
                 ring.get_sleepers(),
                 deadline,
                 |waited_long| {
+                    if waited_long {
+                        self.rescue_put_lock();
+                    }
                     with_lock_until(self, ring.get_lock(), deadline, || {
                         if waited_long {
                             // Frames of the dead still count in `qsize` until buried.
@@ -643,6 +646,27 @@ impl<T: Message> Queue<T> {
             }
             let memfd = fds.remove(0);
             return Ok(Taken::Big { memfd, len, fds });
+        }
+    }
+
+    /// For a consumer that has waited a while: if a producer died holding the producers'
+    /// lock (inside a small put), takes the lock over and repairs the ring, so its half-put
+    /// frame stops counting as an item even when no producer comes to need its room.
+    fn rescue_put_lock(&self) {
+        let lock = self.ring().put_lock();
+        if !lock.is_locked() {
+            return;
+        }
+        // Long enough for the lock to look at its owner's liveness (after 10 ms).
+        match lock.acquire_timeout(Duration::from_millis(30)) {
+            Acquire::OwnerDied => {
+                let _ = lock.release();
+                self.repair();
+            }
+            Acquire::Acquired => {
+                let _ = lock.release();
+            }
+            Acquire::TimedOut => {}
         }
     }
 
@@ -1107,5 +1131,27 @@ mod tests {
         assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
         assert!(matches!(q.try_get(), Err(Error::Empty)));
         assert_eq!(q.qsize(), 0, "the half-put frame counts for nothing");
+    }
+
+    #[test]
+    fn a_waiting_consumer_clears_a_small_put_whose_producer_died_holding_the_lock() {
+        // As above, but no producer comes after: the consumer that waits takes over.
+        let q = Queue::<u64>::new().unwrap();
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            let ring = theirs.ring();
+            assert!(ring.put_lock().acquire().is_held());
+            ring.begin_small_for_tests(8);
+        })
+        .start()
+        .unwrap();
+        child.join().unwrap();
+        assert_eq!(q.qsize(), 1, "the half-put frame, before anyone looks");
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(300)),
+            Err(Error::Empty)
+        ));
+        assert_eq!(q.qsize(), 0, "the waiting consumer buried it");
+        assert!(!q.ring().put_lock().is_locked());
     }
 }
