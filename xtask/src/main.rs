@@ -18,7 +18,8 @@ fn main() -> ExitCode {
     // procspawn's children re-enter here and are dispatched by this call.
     procspawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
+    if args.first().is_some_and(|a| a == "help") || args.iter().any(|a| a == "--help" || a == "-h")
+    {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
