@@ -1108,15 +1108,14 @@ mod tests {
         assert_eq!(q.get().unwrap(), 1);
     }
 
-    #[test]
-    fn a_producer_killed_inside_a_small_put_leaves_nothing_and_wedges_nobody() {
+    /// A queue whose producers' lock a child died holding, inside a small put: its frame
+    /// reserved, past `tail`, never filled.
+    fn half_put_by_a_dead_producer() -> Queue<u64> {
         let q = Queue::<u64>::new().unwrap();
         let theirs = q.clone();
         let mut child = mp_spawn::Process::fork(move || {
             let ring = theirs.ring();
             assert!(ring.put_lock().acquire().is_held());
-            // Half a small put: reserved, past `tail`, never filled. The child then ends
-            // holding the producers' lock.
             ring.begin_small_for_tests(8);
         })
         .start()
@@ -1126,6 +1125,12 @@ mod tests {
             q.ring().put_lock().is_locked(),
             "the dead child holds the lock"
         );
+        q
+    }
+
+    #[test]
+    fn a_producer_killed_inside_a_small_put_leaves_nothing_and_wedges_nobody() {
+        let q = half_put_by_a_dead_producer();
         // The next put takes the lock from the dead and buries its frame.
         q.put_timeout(7, Duration::from_secs(30)).unwrap();
         assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
@@ -1136,16 +1141,7 @@ mod tests {
     #[test]
     fn a_waiting_consumer_clears_a_small_put_whose_producer_died_holding_the_lock() {
         // As above, but no producer comes after: the consumer that waits takes over.
-        let q = Queue::<u64>::new().unwrap();
-        let theirs = q.clone();
-        let mut child = mp_spawn::Process::fork(move || {
-            let ring = theirs.ring();
-            assert!(ring.put_lock().acquire().is_held());
-            ring.begin_small_for_tests(8);
-        })
-        .start()
-        .unwrap();
-        child.join().unwrap();
+        let q = half_put_by_a_dead_producer();
         assert_eq!(q.qsize(), 1, "the half-put frame, before anyone looks");
         assert!(matches!(
             q.get_timeout(Duration::from_millis(300)),

@@ -810,6 +810,15 @@ pub(crate) mod tests {
             Claimed,
         }
 
+        /// Whether a frame for `len` bytes fits in the 4 KiB test ring now, padding included.
+        fn fits(r: &Ring, len: usize) -> bool {
+            let (head, tail) = r.ends().unwrap();
+            let size = frame_size(len) as u64;
+            let left = 4096 - tail % 4096;
+            let needed = size + if left < size { left } else { 0 };
+            tail - head + needed <= 4096
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -831,11 +840,7 @@ pub(crate) mod tests {
                         Op::Reserve(len) => {
                             let payload: Vec<u8> =
                                 (0..len).map(|i| (next_id as usize + i) as u8).collect();
-                            let (head, tail) = r.ends().unwrap();
-                            let size = frame_size(len) as u64;
-                            let left = 4096 - tail % 4096;
-                            let needed = size + if left < size { left } else { 0 };
-                            let fits = tail - head + needed <= 4096;
+                            let fits = fits(r, len);
                             match r.reserve_small(len, me).unwrap() {
                                 Some(slot) => {
                                     prop_assert!(fits);
@@ -849,11 +854,7 @@ pub(crate) mod tests {
                         Op::PutSmall(len) => {
                             let payload: Vec<u8> =
                                 (0..len).map(|i| (next_id as usize + i) as u8).collect();
-                            let (head, tail) = r.ends().unwrap();
-                            let size = frame_size(len) as u64;
-                            let left = 4096 - tail % 4096;
-                            let needed = size + if left < size { left } else { 0 };
-                            let fits = tail - head + needed <= 4096;
+                            let fits = fits(r, len);
                             match r.put_small(&payload).unwrap() {
                                 Some(_) => {
                                     prop_assert!(fits);
