@@ -259,8 +259,10 @@ impl<R: Message + 'static> Process<R> {
     /// A process that will run `target(args)`. The target is a function item (`square`) or a
     /// closure that captures nothing (`|x: u8| x + 1`): a type with no bytes, which names
     /// one function at compile time. A function *pointer* (`fn(A) -> R`) or a closure with
-    /// captures is refused at compile time; use [`Process::fork`] for a closure with
-    /// captures.
+    /// captures of any size is refused at compile time; use [`Process::fork`] for a closure
+    /// with captures. (A closure whose captures are all zero-sized and `Copy` has no bytes
+    /// and passes: the child makes its own copy of those values, as `Copy` allows. Do not
+    /// capture a zero-sized token that stands for "this was done in this process".)
     ///
     /// Why: an exec'd child (spawn, forkserver) learns what to run from bytes it receives,
     /// and whoever can start this program could write those bytes. So the child never calls

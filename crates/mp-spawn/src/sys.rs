@@ -405,10 +405,15 @@ where
 ///
 /// `F` is `Copy` and zero-sized (checked at compile time here and in `Process::new`): it
 /// has no bytes, so every value of it is the same value, and copying one is what its own
-/// `Copy` allows anywhere. The parent held one (a table entry for `F` exists only where
-/// `Process::new` was given an `F`), and this is that copy, as `let g = f;` would make it.
-/// What `F` can be: a fn item or a closure whose captures are all zero-sized and `Copy` (the
-/// bound `Fn + Copy + 'static`; nobody else can implement `Fn` on stable Rust).
+/// `Copy` allows anywhere. In an honest start the parent held one, and this is that copy,
+/// as `let g = f;` would make it. A forged bootstrap (made by a process of the same user,
+/// see `entry::judge_peer`) may select any entry of the table, including one whose `F` the
+/// program never actually made at run time (an entry exists wherever `Process::new::<F>` is
+/// compiled). What `F` can be bounds what that gives: a fn item or a capture-free closure
+/// (one value, nothing to forge), or a closure whose captures are all zero-sized and `Copy`
+/// (the bound `Fn + Copy + 'static`; nobody else can implement `Fn` on stable Rust), whose
+/// captured values are then conjured too: `Process::new`'s docs tell users not to capture a
+/// zero-sized token with a meaning beyond its type.
 pub(crate) fn copy_of_zero_sized<F: Copy>() -> F {
     const { assert!(size_of::<F>() == 0) };
     // SAFETY: `F` has no bytes, so the all-zero `F` (zero bytes) is every value `F` has,
