@@ -130,7 +130,7 @@ fn workloads<'a>(rows: &[&'a Row]) -> Vec<&'a str> {
     names
 }
 
-fn rows_of<'a>(rows: &'a [Row], keep: impl Fn(&Row) -> bool) -> Vec<&'a Row> {
+fn rows_of(rows: &[Row], keep: impl Fn(&Row) -> bool) -> Vec<&Row> {
     rows.iter().filter(|r| keep(r)).collect()
 }
 
@@ -145,26 +145,27 @@ fn better(unit: Unit) -> &'static str {
     }
 }
 
-/// A value in its unit, to three significant digits: times scaled to ns/µs/ms/s, rates
-/// given SI prefixes.
+/// A value in its unit, to three significant digits: times scaled to ns/µs/ms/s, bandwidth
+/// to MB/s or GB/s, operation rates given k/M/G.
 fn format_value(value: f64, unit: Unit) -> String {
-    let (scaled, prefix) = match unit {
-        Unit::NsPerOp => {
-            return match value {
-                v if v >= 1e9 => format!("{} s", sig3(v / 1e9)),
-                v if v >= 1e6 => format!("{} ms", sig3(v / 1e6)),
-                v if v >= 1e3 => format!("{} µs", sig3(v / 1e3)),
-                v => format!("{} ns", sig3(v)),
-            };
-        }
-        _ => match value {
-            v if v >= 1e9 => (v / 1e9, "G"),
-            v if v >= 1e6 => (v / 1e6, "M"),
-            v if v >= 1e3 => (v / 1e3, "k"),
-            v => (v, ""),
+    match unit {
+        Unit::NsPerOp => match value {
+            v if v >= 1e9 => format!("{} s", sig3(v / 1e9)),
+            v if v >= 1e6 => format!("{} ms", sig3(v / 1e6)),
+            v if v >= 1e3 => format!("{} µs", sig3(v / 1e3)),
+            v => format!("{} ns", sig3(v)),
         },
-    };
-    format!("{} {prefix}{}", sig3(scaled), unit.label())
+        Unit::MegabytesPerSec => match value {
+            v if v >= 1e3 => format!("{} GB/s", sig3(v / 1e3)),
+            v => format!("{} MB/s", sig3(v)),
+        },
+        Unit::OpsPerSec => match value {
+            v if v >= 1e9 => format!("{} G ops/s", sig3(v / 1e9)),
+            v if v >= 1e6 => format!("{} M ops/s", sig3(v / 1e6)),
+            v if v >= 1e3 => format!("{} k ops/s", sig3(v / 1e3)),
+            v => format!("{} ops/s", sig3(v)),
+        },
+    }
 }
 
 /// Three significant digits, without trailing exponent notation.
@@ -185,8 +186,8 @@ fn markdown(machine: &Machine, rows: &[Row], targets: &[String], command: &str) 
         md,
         "Made by `cargo xtask {command}` on {}. Each implementation runs once to warm up, \
          then once per round; the rounds interleave the implementations, so a noisy moment \
-         slows them alike. Our rows are in bold (orange in the charts); the ratio is each \
-         median over the workload's first row.\n",
+         slows them alike. Our rows are in bold (orange in the charts; each bar is a median, its \
+         black line spans min – max); the ratio is each median over the workload's first row.\n",
         machine.date
     );
     let _ = writeln!(md, "## Machine\n");
@@ -343,7 +344,7 @@ where
         .y_label_formatter(&label)
         .x_labels(6)
         .x_label_formatter(&format_x)
-        .label_style(("sans-serif", 13))
+        .label_style(("sans-serif", 16))
         .draw()?;
     chart.draw_series(rows.iter().enumerate().map(|(i, row)| {
         let color = if is_ours(row) { OURS } else { PEER };
@@ -423,11 +424,13 @@ mod tests {
         );
         assert!(md.contains("Linux 6.1.0"), "{md}");
         assert!(
-            md.contains("| `cpython/Queue` | 1.00 kops/s | 900 ops/s – 1.10 kops/s | 11 | 1.000 |"),
+            md.contains(
+                "| `cpython/Queue` | 1.00 k ops/s | 900 ops/s – 1.10 k ops/s | 11 | 1.000 |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("| **`ours/mp-queue`** | **5.00 Mops/s** |"),
+            md.contains("| **`ours/mp-queue`** | **5.00 M ops/s** |"),
             "{md}"
         );
         assert!(md.contains("**5000.000**"), "{md}");
@@ -479,7 +482,8 @@ mod tests {
     fn values_keep_three_significant_digits_in_their_unit() {
         assert_eq!(format_value(1234.0, Unit::NsPerOp), "1.23 µs");
         assert_eq!(format_value(87.65, Unit::NsPerOp), "87.7 ns");
-        assert_eq!(format_value(2_500_000.0, Unit::OpsPerSec), "2.50 Mops/s");
+        assert_eq!(format_value(2_500_000.0, Unit::OpsPerSec), "2.50 M ops/s");
         assert_eq!(format_value(640.0, Unit::MegabytesPerSec), "640 MB/s");
+        assert_eq!(format_value(70_520.0, Unit::MegabytesPerSec), "70.5 GB/s");
     }
 }
