@@ -6,10 +6,14 @@
 //! shows median, min and max, and the ratio of each median to the first (reference) row.
 //! After the table come the targets an issue set (a row's median over another's) for the
 //! rows measured, each marked met or MISSED.
+//!
+//! With `--report DIR` the same results are also written as `DIR/REPORT.md` (with the
+//! machine they were measured on) and one SVG chart per group: see [`report`].
 
 mod codec;
 mod pipe;
 mod queue;
+mod report;
 mod shm;
 mod spawn;
 
@@ -26,6 +30,8 @@ pub struct Options {
     filter: Option<String>,
     json: bool,
     runs: usize,
+    /// Where `--report` writes REPORT.md and the charts.
+    report: Option<PathBuf>,
 }
 
 impl Options {
@@ -34,11 +40,16 @@ impl Options {
             filter: None,
             json: false,
             runs: 11,
+            report: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--json" => options.json = true,
+                "--report" => {
+                    let dir = args.next().ok_or("--report needs a directory")?;
+                    options.report = Some(PathBuf::from(dir));
+                }
                 "--runs" => {
                     let n = args.next().ok_or("--runs needs a number")?;
                     options.runs = n
@@ -175,6 +186,8 @@ impl Bound {
 
 /// One row of results.
 struct Row {
+    /// The group the workload belongs to (codec, pipe, …).
+    group: &'static str,
     workload: &'static str,
     imp: String,
     unit: Unit,
@@ -199,11 +212,11 @@ pub fn run(options: Options) -> Result<(), String> {
     ];
     let filter = options.filter.as_deref();
     let whole_group = filter.is_some_and(|f| groups.iter().any(|(g, _)| *g == f));
-    let workloads: Vec<Workload> = groups
+    let workloads: Vec<(&'static str, Workload)> = groups
         .into_iter()
         .filter(|(group, _)| !whole_group || filter == Some(*group))
-        .flat_map(|(_, make)| make())
-        .filter(|w| whole_group || filter.is_none_or(|f| w.name.contains(f)))
+        .flat_map(|(group, make)| make().into_iter().map(move |w| (group, w)))
+        .filter(|(_, w)| whole_group || filter.is_none_or(|f| w.name.contains(f)))
         .collect();
     if workloads.is_empty() {
         return Err(format!(
@@ -217,25 +230,35 @@ pub fn run(options: Options) -> Result<(), String> {
             "workload", "impl", "median", "min", "max", "unit", "ratio"
         );
     }
+    // The load average before the first measurement, so the report shows what else ran.
+    let machine = options.report.as_ref().map(|_| report::Machine::now());
     let mut rows = Vec::new();
-    for workload in workloads {
-        for row in measure(workload, options.runs) {
+    for (group, workload) in workloads {
+        for row in measure(group, workload, options.runs) {
             print_row(&row, options.json);
             rows.push(row);
         }
     }
-    check_targets(&rows, options.json);
+    let targets = check_targets(&rows, options.json);
+    if let (Some(dir), Some(machine)) = (options.report, machine) {
+        let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+        report::write(&dir, &machine.finished(), &rows, &targets, &command)?;
+        if !options.json {
+            println!("\nreport written to {}", dir.join("REPORT.md").display());
+        }
+    }
     Ok(())
 }
 
 /// Prints each target whose rows were both measured: the ratio, and whether it is met.
-fn check_targets(rows: &[Row], json: bool) {
+/// Returns the lines printed without `--json`, for the report.
+fn check_targets(rows: &[Row], json: bool) -> Vec<String> {
     let median = |workload: &str, imp: &str| {
         rows.iter()
             .find(|r| r.workload == workload && r.imp == imp)
             .map(|r| r.median)
     };
-    let mut first = true;
+    let mut lines = Vec::new();
     for target in queue::targets() {
         let (Some(value), Some(reference)) = (
             median(target.workload, target.imp),
@@ -253,24 +276,27 @@ fn check_targets(rows: &[Row], json: bool) {
                 target.reference,
                 target.bound.describe()
             );
-        } else {
-            if std::mem::take(&mut first) {
-                println!("\ntargets (ratio of medians):");
-            }
-            println!(
-                "  {:<16} {} / {} = {:.3} (want {}): {}",
-                target.workload,
-                target.imp,
-                target.reference,
-                ratio,
-                target.bound.describe(),
-                if met { "met" } else { "MISSED" }
-            );
+        }
+        lines.push(format!(
+            "{:<16} {} / {} = {:.3} (want {}): {}",
+            target.workload,
+            target.imp,
+            target.reference,
+            ratio,
+            target.bound.describe(),
+            if met { "met" } else { "MISSED" }
+        ));
+    }
+    if !json && !lines.is_empty() {
+        println!("\ntargets (ratio of medians):");
+        for line in &lines {
+            println!("  {line}");
         }
     }
+    lines
 }
 
-fn measure(mut workload: Workload, runs: usize) -> Vec<Row> {
+fn measure(group: &'static str, mut workload: Workload, runs: usize) -> Vec<Row> {
     let n = workload.impls.len();
     let mut samples: Vec<Result<Vec<f64>, String>> = vec![Ok(Vec::new()); n];
     // Each implementation places itself (or not) on CPUs; none leaks its placement into the
@@ -307,6 +333,7 @@ fn measure(mut workload: Workload, runs: usize) -> Vec<Row> {
         let median = median(&values);
         let reference = *reference.get_or_insert(median);
         rows.push(Row {
+            group,
             workload: workload.name,
             imp: imp.name.clone(),
             unit: workload.unit,

@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask ci`: what `.ci/run` runs: fmt, clippy, tests, docs.
 //! - `cargo xtask bench [FILTER] [--json] [--runs N]`: our crates side by side with bare
-//!   libraries, raw syscalls, CPython's multiprocessing and the Rust peers, in one run.
+//!   libraries, raw syscalls, CPython's multiprocessing and the Rust peers, in one run;
+//!   `--report DIR` also writes `DIR/REPORT.md` and one SVG chart per group.
 
 mod bench;
 mod ci;
@@ -10,9 +11,11 @@ mod ci;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask ci
-       cargo xtask bench [FILTER] [--json] [--runs N]
+       cargo xtask bench [FILTER] [--json] [--runs N] [--report DIR]
 
-FILTER is a group (codec, pipe, spawn, shm, queue) or part of a workload's name.";
+FILTER is a group (codec, pipe, spawn, shm, queue) or part of a workload's name.
+--report DIR also writes DIR/REPORT.md (every row, the targets, the machine) and
+one SVG chart per group, linked from it.";
 
 fn main() -> ExitCode {
     // procspawn's children re-enter here and are dispatched by this call.
