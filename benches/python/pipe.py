@@ -6,19 +6,11 @@ CPU 0 and the child on CPU 1 (as the Rust implementations are placed).
 """
 
 import multiprocessing as mp
-import os
 import sys
-import time
+from timing import pin, measure
 
 MIB = 1 << 20
-TARGET_NS = 0.1e9
 
-
-def pin(cpu):
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        pass
 
 
 def echo(conn, parents_end):
@@ -43,17 +35,6 @@ def sink(conn, parents_end):
     except EOFError:
         pass
 
-
-def measure(batch):
-    """Nanoseconds per operation of batch(n), doubling n until a batch takes TARGET_NS."""
-    n = 1
-    while True:
-        start = time.perf_counter_ns()
-        batch(n)
-        took = time.perf_counter_ns() - start
-        if took >= TARGET_NS:
-            return took / n
-        n *= 2
 
 
 def main(workload):

@@ -16,32 +16,13 @@ library's queue module, which multiprocessing imports.)
 """
 
 import multiprocessing as mp
-import os
 import sys
-import time
+from timing import pin, measure
 
 LARGE = 64 << 10
-TARGET_NS = 0.1e9
 ctx = mp.get_context("fork")
 
 
-def pin(cpu):
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        pass
-
-
-def measure(batch):
-    """Nanoseconds per call of batch(n)'s unit, doubling n until a batch takes TARGET_NS."""
-    n = 1
-    while True:
-        start = time.perf_counter_ns()
-        batch(n)
-        took = time.perf_counter_ns() - start
-        if took >= TARGET_NS:
-            return took / n
-        n *= 2
 
 
 def producer(q, control, large):

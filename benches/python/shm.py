@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from multiprocessing import shared_memory
+from timing import pin
 
 INCREMENTS = 200_000
 ELEMENTS = 1 << 20
@@ -15,12 +16,6 @@ PASSES = 5
 TARGET_NS = 0.2e9
 ctx = mp.get_context("fork")
 
-
-def pin(cpu):
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        pass
 
 
 def increment(value, cpu):
