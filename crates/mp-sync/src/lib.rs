@@ -49,6 +49,7 @@ mod error;
 mod event;
 mod handles;
 mod lock;
+mod process_id;
 mod region;
 mod rlock;
 mod semaphore;
@@ -67,16 +68,6 @@ const _: () = {
     assert!(size_of::<RawBarrier>() == 72 + 12 * barrier::ROSTER);
 };
 
-/// This process's id, without a system call after the first in each process (a fork handler
-/// forgets it in every child): for code that stamps shared memory with its pid on a hot path.
-///
-/// ```
-/// assert_eq!(mp_sync::current_pid(), std::process::id());
-/// ```
-pub fn current_pid() -> u32 {
-    sys::me().pid
-}
-
 pub use crate::{
     barrier::{Enrollment, RawBarrier},
     condition::RawCondition,
@@ -84,6 +75,7 @@ pub use crate::{
     event::RawEvent,
     handles::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore},
     lock::{Acquire, LockGuard, LockResult, OwnerDied, RawLock, TryLockError, TryLockResult},
+    process_id::ProcessId,
     region::{Placeable, Region, Shared, Spec},
     rlock::{RLockGuard, RawRLock},
     semaphore::{MAX_SEMAPHORE_VALUE, RawSemaphore},
