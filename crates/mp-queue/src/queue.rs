@@ -36,7 +36,7 @@ pub const DEFAULT_CAPACITY: usize = 1 << 20;
 /// size fits (a memfd costs a few system calls: noise next to copying 128 KiB or more).
 const BIG_SHARE: usize = 8;
 
-/// How long a waiter spins (watching the word it would sleep on) before sleeping: waking an
+/// How long a waiter spins (trying again) before sleeping: waking an
 /// idle CPU costs 30–45 µs on a VM, so a hand-off between busy processes should never sleep.
 const SPIN: Duration = Duration::from_micros(20);
 /// A producer waiting for room first asks whether a frame's owner died after this long…
@@ -779,10 +779,10 @@ fn with_lock_until<T: Message, R>(
     })
 }
 
-/// Tries `attempt` until it gives a value or `deadline` passes (`None`: never). Between
-/// tries it spins for [`SPIN`] watching `word` (bumped by whoever may have made the attempt
-/// succeed), then sleeps on it, counted in `sleepers` so wakers know to wake. `attempt`
-/// gets `true` when the caller has waited long enough to ask the kernel about dead owners.
+/// Tries `attempt` until it gives a value or `deadline` passes (`None`: never). For the
+/// first [`SPIN`] it tries again after growing pauses; then it sleeps on `word`, counted in
+/// `sleepers`, so that whoever may make the attempt succeed bumps `word` and wakes it.
+/// `attempt` gets `true` when the caller has waited long enough to ask about dead owners.
 fn wait<R>(
     word: &AtomicU32,
     sleepers: &AtomicU32,

@@ -18,15 +18,20 @@
 //!   owner and moves `tail` past it; then, without the lock, copies the payload and switches
 //!   the state to `READY`. Consumers never read a frame before it is `READY`, so a producer
 //!   killed during its copy leaves a `RESERVED` frame nobody ever reads: no torn item.
-//! - A consumer, under its lock, takes the first `READY` frame from `head` on (frames still
-//!   `RESERVED` by a slow producer are passed over: order is FIFO per producer, as in
-//!   Python), marks it `CLAIMED` with itself as owner, and lets go of the lock; then copies
-//!   the payload out and marks it `DONE`.
-//! - Space comes back when `head` moves over `DONE`, `DEAD` and `PAD` frames (reclaiming).
-//!   A frame whose owner died stays `RESERVED` or `CLAIMED`; when it holds up reclaiming,
-//!   a producer that needs the space asks whether the owner is alive and, if not, marks the
-//!   frame `DEAD`: the item of a producer killed mid-put never existed (its `put` did not
-//!   return), and a consumer killed mid-get loses the one item it was taking.
+//! - A consumer, under its lock, takes the first `READY` frame from its cursor on (every
+//!   frame before the cursor is settled; frames still `RESERVED` by a slow producer are
+//!   passed over: order is FIFO per producer, as in Python), marks it `CLAIMED` with itself
+//!   as owner, and lets go of the lock; then copies the payload out and marks it `DONE`.
+//! - Small items ([`SMALL`] bytes at most) do both copies under the lock: the producer's
+//!   frame is owned by whoever holds the producers' lock ([`Owner::LOCK_HOLDER`]), and the
+//!   consumer copies and marks `DONE` in one step, so a consumer killed while copying leaves
+//!   the item `READY` for the next.
+//! - Space comes back when `head` moves over `DONE`, `DEAD` and `PAD` frames (reclaiming:
+//!   now and then by consumers, and by any producer short of room). A frame whose owner
+//!   died stays `RESERVED` or `CLAIMED`; a process that has waited 10 ms asks whether the
+//!   owner is alive and, if not, marks the frame `DEAD`: the item of a producer killed
+//!   mid-put never existed (its `put` did not return), and a consumer killed mid-get loses
+//!   the one item it was taking.
 //! - Each step that other processes rely on is one atomic store made after the data it
 //!   publishes, so a process killed between two steps leaves a state the next one handles.
 //!   The only counter kept outside a frame, `items` (frames `RESERVED` or `READY`), can be
