@@ -102,7 +102,7 @@ const DONE: u32 = 4;
 const DEAD: u32 = 5;
 const PAD: u32 = 6;
 
-/// In a frame's length word: the payload is not the item but a [`BigRef`], and the item's
+/// In a frame's length word: the payload is not the item but a 16-byte reference (number, length), and the item's
 /// bytes (and descriptors) travel through the side channel.
 const BIG: u32 = 1 << 31;
 
