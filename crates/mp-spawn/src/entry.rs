@@ -24,7 +24,7 @@ pub(crate) const START_FAILED: i32 = 1;
 
 /// The point every function offset is measured from.
 #[inline(never)]
-fn anchor() -> usize {
+pub(crate) fn anchor() -> usize {
     anchor as fn() -> usize as usize
 }
 
@@ -215,7 +215,7 @@ fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-fn checksum(f: &Fingerprint, target: u64, types: u64) -> u64 {
+pub(crate) fn checksum(f: &Fingerprint, target: u64, types: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for word in [
         f.dev,
@@ -233,7 +233,7 @@ fn checksum(f: &Fingerprint, target: u64, types: u64) -> u64 {
 }
 
 /// A hash of the names of a target's type, its argument's and its result's.
-fn types_of<F, A, R>() -> u64 {
+pub(crate) fn types_of<F, A, R>() -> u64 {
     fnv1a(
         0xcbf2_9ce4_8422_2325,
         std::any::type_name::<(F, A, R)>().as_bytes(),
@@ -588,11 +588,7 @@ pub(crate) fn run_target<R: Encode>(outlet: Outlet<'_>, body: impl FnOnce() -> R
             }
         },
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "Box<dyn Any>".into());
+            let message = crate::call::panic_message(&*payload);
             set_outcome(&mut frame, PANICKED, &message);
             1
         }

@@ -52,6 +52,10 @@ pub enum Error {
     /// fork start method.
     #[error("the target is not in the executable (a shared library?): use the fork start method")]
     NotInExecutable,
+    /// A [`TargetId`](crate::TargetId) that names no target of this executable: made by
+    /// another build, corrupted, or forged.
+    #[error("unknown target: {0}")]
+    UnknownTarget(String),
     /// This process was started as a child but its entry point did not run (the constructor
     /// was not linked); refusing to start more processes rather than recursing.
     #[error("child entry did not run in this process; refusing to spawn recursively")]

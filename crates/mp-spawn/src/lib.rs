@@ -67,6 +67,7 @@
 //!   pipe, another process's socket or a silent one is removed, and `main` runs as usual.
 #![deny(missing_docs, unsafe_code)]
 
+mod call;
 mod context;
 mod current;
 mod entry;
@@ -78,6 +79,7 @@ mod start;
 mod sys;
 
 pub use crate::{
+    call::{CallError, Target, TargetId},
     context::{
         Context, StartMethod, get_all_start_methods, get_context, get_start_method,
         set_start_method,

@@ -401,6 +401,57 @@ where
     }
 }
 
+/// The table of callable targets ([`crate::TargetId`]): as [`targets`], in the section
+/// `mp_spawn_calls`, whose entries are `crate::call::call_entry` instances.
+pub(crate) fn calls() -> &'static [Option<crate::call::CallFn>] {
+    unsafe extern "C" {
+        static __start_mp_spawn_calls: [u8; 0];
+        static __stop_mp_spawn_calls: [u8; 0];
+    }
+    // SAFETY: no instructions: the block only places a null entry in the section, so that
+    // it and its bounds exist in every executable that links this function.
+    unsafe {
+        std::arch::asm!(
+            ".pushsection mp_spawn_calls,\"awR\",%progbits",
+            ".balign 8",
+            ".quad 0",
+            ".popsection",
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    let start = (&raw const __start_mp_spawn_calls).cast::<Option<crate::call::CallFn>>();
+    let stop = (&raw const __stop_mp_spawn_calls).cast::<Option<crate::call::CallFn>>();
+    let len = (stop as usize - start as usize) / size_of::<Option<crate::call::CallFn>>();
+    // SAFETY: as in `targets`: the linker's bounds of our own section, which holds only
+    // 8-byte-aligned words put there by this crate's `asm!` blocks, each null or the address
+    // of a `crate::call::call_entry` instance relocated by the loader before any constructor
+    // ran, and never written after: valid `Option<CallFn>` values for the process's life.
+    unsafe { std::slice::from_raw_parts(start, len) }
+}
+
+/// Adds `call_entry::<F, A, R>` to the table of callable targets (see [`calls`]); as
+/// [`register_target`], it emits at compile time and does nothing when run.
+#[inline(always)]
+pub(crate) fn register_call<F, A, R>()
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: mp_codec::Decode + 'static,
+    R: mp_codec::Encode + 'static,
+{
+    // SAFETY: no instructions: the block only adds the entry's address, a word, to our own
+    // section (see `calls` for what may be there).
+    unsafe {
+        std::arch::asm!(
+            ".pushsection mp_spawn_calls,\"awR\",%progbits",
+            ".balign 8",
+            ".quad {t}",
+            ".popsection",
+            t = sym crate::call::call_entry::<F, A, R>,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+}
+
 /// A copy of the zero-sized target `F` of a trampoline, in an exec'd child.
 ///
 /// `F` is `Copy` and zero-sized (checked at compile time here and in `Process::new`): it
