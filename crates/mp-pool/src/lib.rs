@@ -45,3 +45,12 @@ pub use crate::{
     pool::{Builder, Pool, StarFn},
     result::{AsyncResult, Imap},
 };
+
+/// Support for tests of this crate and of crates built on it. Not part of the API.
+#[doc(hidden)]
+pub mod __testing {
+    /// In a task: dies by SIGKILL while holding the lock of the queue all workers reply on.
+    pub fn die_holding_the_reply_lock() {
+        crate::worker::die_holding_the_reply_lock();
+    }
+}

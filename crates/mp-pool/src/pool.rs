@@ -129,9 +129,7 @@ impl Builder {
     pub fn build(self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(mp_spawn::cpu_count);
         if processes == 0 {
-            return Err(Error::InvalidArgument(
-                "a pool needs at least one process",
-            ));
+            return Err(Error::InvalidArgument("a pool needs at least one process"));
         }
         if self.maxtasks == Some(0) {
             return Err(Error::InvalidArgument(
@@ -155,13 +153,16 @@ fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(4 * processes).max(1)
 }
 
+/// A chunk: its count of items, and their encodings.
+pub(crate) type Chunk = (u32, Frame);
+
 /// Encodes up to `chunksize` items from `items` as one chunk; `None` when there are none
 /// left. On an item that cannot be encoded: the chunk of the items before it (if any),
 /// then the error.
 pub(crate) fn encode_chunk<A: Encode>(
     items: &mut impl Iterator<Item = A>,
     chunksize: usize,
-) -> Option<Result<(u32, Frame), (Option<(u32, Frame)>, Error)>> {
+) -> Option<Result<Chunk, (Option<Chunk>, Error)>> {
     let mut frame = Frame::new();
     let mut writer = ChunkWriter::new(&mut frame);
     for item in items.take(chunksize) {
@@ -219,6 +220,13 @@ impl Pool {
         self.shared.pids()
     }
 
+    /// Runs a call that waits for results, counted as waiting from its start: a SIGINT
+    /// while it submits interrupts it too.
+    fn blocking<T>(&self, call: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _waiting = crate::sys::Waiting::new(&self.shared.waiting);
+        call()
+    }
+
     /// Submits `f` over the chunks: the job's cell.
     fn start<F, A, R>(
         &self,
@@ -237,7 +245,8 @@ impl Pool {
         }
         let target = TargetId::of(f)?;
         let items: Vec<A> = items.into_iter().collect();
-        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
+        let chunksize =
+            chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
         let mut items = items.into_iter();
         let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
         while let Some(chunk) = encode_chunk(&mut items, chunksize) {
@@ -270,7 +279,7 @@ impl Pool {
         A: Message + 'static,
         R: Message + 'static,
     {
-        self.apply_async(f, args)?.get()
+        self.blocking(|| self.apply_async(f, args)?.get())
     }
 
     /// Runs `f(args)` in a worker; the value comes later (Python's `apply_async`).
@@ -311,7 +320,7 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.start(&f, items, None, true)?.get()
+        self.blocking(|| self.start(&f, items, None, true)?.get())
     }
 
     /// [`map`](Pool::map) in chunks of `chunksize` items.
@@ -325,7 +334,7 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.start(&f, items, Some(chunksize), true)?.get()
+        self.blocking(|| self.start(&f, items, Some(chunksize), true)?.get())
     }
 
     /// [`map`](Pool::map) whose values come later: Python's `map_async`.
@@ -422,7 +431,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), 1, Order::Ordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            1,
+            Order::Ordered,
+        )
     }
 
     /// [`imap`](Pool::imap) in chunks of `chunksize` items.
@@ -441,7 +456,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), chunksize, Order::Ordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            chunksize,
+            Order::Ordered,
+        )
     }
 
     /// [`imap`](Pool::imap) with results in the order they finish (Python's
@@ -456,7 +477,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), 1, Order::Unordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            1,
+            Order::Unordered,
+        )
     }
 
     /// [`imap_unordered`](Pool::imap_unordered) in chunks of `chunksize` items.
@@ -475,7 +502,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), chunksize, Order::Unordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            chunksize,
+            Order::Unordered,
+        )
     }
 
     /// Takes no new work; work already submitted goes on (Python's `close`).

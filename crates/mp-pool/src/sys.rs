@@ -24,6 +24,11 @@ pub(crate) static WAITERS: AtomicUsize = AtomicUsize::new(0);
 /// The eventfd the handler writes to; -1 until installed.
 static BELL: AtomicI32 = AtomicI32::new(-1);
 
+/// The process whose thread listens on [`BELL`]. In any other (a fork child that made no
+/// pool: it inherits the handler, the counts and the eventfd), SIGINT means what it meant
+/// before us.
+static LISTENING: AtomicI32 = AtomicI32::new(0);
+
 /// The disposition SIGINT had before ours.
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
@@ -41,16 +46,28 @@ pub(crate) fn ignore_sigint() {
     }
 }
 
-/// Installs the handler and starts the thread that acts on it, once per process.
+/// Installs the handler and starts the thread that acts on it, once per process (again in
+/// a forked child, which has the parent's memory but not its thread).
 pub(crate) fn watch_sigint() -> std::io::Result<()> {
-    static ONCE: OnceLock<std::io::Result<()>> = OnceLock::new();
-    ONCE.get_or_init(install)
-        .as_ref()
-        .map(|_| ())
-        .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
+    static INSTALLED_IN: Mutex<u32> = Mutex::new(0);
+    let mut installed_in = INSTALLED_IN.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    if *installed_in == me {
+        return Ok(());
+    }
+    if *installed_in != 0 {
+        // A fork child: the parent's waiters and pools are not ours.
+        WAITERS.store(0, Ordering::SeqCst);
+        POOLS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+    install(*installed_in == 0)?;
+    *installed_in = me;
+    LISTENING.store(me as i32, Ordering::SeqCst);
+    Ok(())
 }
 
-fn install() -> std::io::Result<()> {
+/// `first`: in the process that installed nothing yet (not a fork child of one that did).
+fn install(first: bool) -> std::io::Result<()> {
     let bell: OwnedFd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
     let listener = bell.try_clone()?;
     std::thread::Builder::new()
@@ -58,7 +75,12 @@ fn install() -> std::io::Result<()> {
         .spawn(move || listen(listener))?;
     use std::os::fd::IntoRawFd;
     // Never closed: the handler may write to it at any moment for the life of the process.
+    // (A fork child's old one, inherited, stays open too: the handler might hold its number.)
     BELL.store(bell.into_raw_fd(), Ordering::SeqCst);
+    if !first {
+        // The handler is installed already (inherited), and PREVIOUS is the parent's.
+        return Ok(());
+    }
     // SAFETY: `previous` is an out-parameter; `on_sigint` is an `extern "C" fn(c_int)` that
     // only does async-signal-safe work (see the module docs); SA_RESTART keeps other
     // threads' system calls from failing with EINTR.
@@ -78,7 +100,9 @@ fn install() -> std::io::Result<()> {
 
 extern "C" fn on_sigint(signal: libc::c_int) {
     let bell = BELL.load(Ordering::SeqCst);
-    if WAITERS.load(Ordering::SeqCst) > 0 && bell >= 0 {
+    // SAFETY: getpid is async-signal-safe and cannot fail.
+    let mine = unsafe { libc::getpid() } == LISTENING.load(Ordering::SeqCst);
+    if mine && WAITERS.load(Ordering::SeqCst) > 0 && bell >= 0 {
         let one = 1u64.to_ne_bytes();
         // SAFETY: `bell` is an eventfd never closed (see `install`); `write` is
         // async-signal-safe and reads 8 bytes from `one`, which lives on this stack.

@@ -24,6 +24,25 @@ pub(crate) struct Boot {
     pub(crate) init: Option<(TargetId, Vec<u8>)>,
 }
 
+/// This worker's reply queue (for [`crate::__testing`]).
+static REPLIES: std::sync::OnceLock<Queue<Msg>> = std::sync::OnceLock::new();
+
+/// Kills this worker with SIGKILL while it holds the lock of the reply queue that every
+/// worker puts its results on: the moment a death hurts the others most.
+pub(crate) fn die_holding_the_reply_lock() {
+    let kill = || {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    };
+    if let Some(replies) = REPLIES.get() {
+        let _ = replies.__with_put_lock(|| {
+            loop {
+                kill();
+            }
+        });
+    }
+}
+
 /// Exit code of a worker that could not put a reply.
 const CANNOT_REPLY: i32 = 3;
 
@@ -57,6 +76,7 @@ pub(crate) fn main(boot: Boot) {
             return;
         }
     }
+    let _ = REPLIES.set(replies.clone());
     let mut known: Option<(TargetId, Target)> = None;
     let mut scratch = Frame::new();
     // Any error on the inbox (it cannot be closed by anyone but us, so it is corrupted
@@ -69,7 +89,9 @@ pub(crate) fn main(boot: Boot) {
         };
         let resolved = match known {
             Some((id, t)) if id == target => Ok(t),
-            _ => target.resolve().map_err(|e| CallError::Unknown(e.to_string())),
+            _ => target
+                .resolve()
+                .map_err(|e| CallError::Unknown(e.to_string())),
         };
         if let Ok(t) = resolved {
             known = Some((target, t));

@@ -350,6 +350,14 @@ impl<T: Message> Queue<T> {
         self.inner.closed.load(Ordering::Relaxed)
     }
 
+    /// Runs `f` holding the producers' lock, as a `put` does while it reserves room: for
+    /// tests of crates built on queues that kill a process at that moment. Not part of the
+    /// API.
+    #[doc(hidden)]
+    pub fn __with_put_lock<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        with_lock(self, self.ring().put_lock(), || Ok(f()))
+    }
+
     fn put_until(&self, item: T, deadline: Option<Instant>) -> Result<(), PutError<T>> {
         match self.put_frame(&item, deadline) {
             Ok(()) => Ok(()),

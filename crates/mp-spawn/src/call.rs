@@ -42,21 +42,22 @@ pub struct TargetId {
     check: u64,
 }
 
-/// How a process calls a table entry: check the types, decode `A`, run, encode `R`.
-pub(crate) type CallFn = fn(u64, &mut Frame, &mut Frame) -> Result<(), CallError>;
+/// A table entry: checks the types a name was made for against its own, and hands back
+/// the function that calls its target (so a call checks nothing: it was checked once).
+pub(crate) type CallFn = fn(u64) -> Result<Invoke, CallError>;
+
+/// Decodes `A`, runs the target, encodes `R`.
+type Invoke = fn(&mut Frame, &mut Frame) -> Result<(), CallError>;
 
 /// A target found in this executable's table, ready to call.
 #[derive(Clone, Copy)]
 pub struct Target {
-    call: CallFn,
-    types: u64,
+    invoke: Invoke,
 }
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target")
-            .field("types", &self.types)
-            .finish_non_exhaustive()
+        f.debug_struct("Target").finish_non_exhaustive()
     }
 }
 
@@ -103,11 +104,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// The table entry of target `F`: its address is what `sys::register_call` puts in the
 /// table, and `F` (zero-sized) fixes the target.
-pub(crate) fn call_entry<F, A, R>(
-    types: u64,
-    args: &mut Frame,
-    out: &mut Frame,
-) -> Result<(), CallError>
+pub(crate) fn call_entry<F, A, R>(types: u64) -> Result<Invoke, CallError>
 where
     F: Fn(A) -> R + Copy + 'static,
     A: Decode + 'static,
@@ -116,6 +113,15 @@ where
     if types != entry::types_of::<F, A, R>() {
         return Err(CallError::WrongTypes);
     }
+    Ok(invoke::<F, A, R>)
+}
+
+fn invoke<F, A, R>(args: &mut Frame, out: &mut Frame) -> Result<(), CallError>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: Decode + 'static,
+    R: Encode + 'static,
+{
     let args = A::decode(args).map_err(|err| CallError::Decode {
         type_name: std::any::type_name::<A>().into(),
         reason: err.to_string(),
@@ -168,7 +174,7 @@ impl TargetId {
     ///
     /// # Errors
     /// [`Error::UnknownTarget`] if the name was made by another executable (or is
-    /// corrupted), or names no entry of this one.
+    /// corrupted), names no entry of this one, or names one of other types.
     pub fn resolve(self) -> Result<Target> {
         let unknown = |why: &str| Error::UnknownTarget(why.to_string());
         if self.check != entry::checksum(entry::fingerprint(), self.entry, self.types) {
@@ -181,11 +187,11 @@ impl TargetId {
             .flatten()
             .copied()
             .find(|&c| sys::offset_of(entry::anchor(), c as usize) == self.entry)
-            .map(|call| Target {
-                call,
-                types: self.types,
-            })
-            .ok_or_else(|| unknown("the name is no entry of this executable's table"))
+            .ok_or_else(|| unknown("the name is no entry of this executable's table"))?(
+            self.types
+        )
+        .map(|invoke| Target { invoke })
+        .map_err(|_| unknown("the entry is a target of other argument or result types"))
     }
 }
 
@@ -198,7 +204,7 @@ impl Target {
     /// that does not encode (`out` may then hold part of it: clear it).
     #[inline]
     pub fn call(&self, args: &mut Frame, out: &mut Frame) -> Result<(), CallError> {
-        (self.call)(self.types, args, out)
+        (self.invoke)(args, out)
     }
 }
 
@@ -267,19 +273,16 @@ mod tests {
             ..id
         };
         assert!(matches!(stray.resolve(), Err(Error::UnknownTarget(_))));
-        // Another entry's offset with this entry's types: the entry refuses the call.
+        // Another entry's offset with this entry's types: the entry refuses.
         let other = TargetId::of(&boom).unwrap();
         let swapped = TargetId {
             entry: other.entry,
             check: entry::checksum(entry::fingerprint(), other.entry, id.types),
             ..id
         };
-        let mut out = Frame::new();
-        let err = swapped
-            .resolve()
-            .unwrap()
-            .call(&mut Frame::encode(&3u64).unwrap(), &mut out)
-            .unwrap_err();
-        assert_eq!(err, CallError::WrongTypes);
+        match swapped.resolve() {
+            Err(Error::UnknownTarget(why)) => assert!(why.contains("other"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

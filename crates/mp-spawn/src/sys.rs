@@ -475,6 +475,14 @@ pub(crate) fn copy_of_zero_sized<F: Copy>() -> F {
     unsafe { std::mem::zeroed::<F>() }
 }
 
+/// Ignores SIGINT (`true`), or gives it its default action back (`false`).
+pub(crate) fn ignore_sigint(ignore: bool) {
+    let disposition = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: SIG_IGN and SIG_DFL run no code of ours; `signal` is async-signal-safe, so a
+    // forked child of a multi-threaded process may call it.
+    unsafe { libc::signal(libc::SIGINT, disposition) };
+}
+
 /// Who this process runs as, for `entry::may_act_as_child`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Credentials {

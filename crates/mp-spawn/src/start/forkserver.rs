@@ -296,6 +296,10 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     if sys::die_with_parent(parent).is_err() {
         sys::exit_now(entry::START_FAILED);
     }
+    // Ctrl-C reaches the whole process group; the server serves the group's other members
+    // and is not itself a program to interrupt (as in CPython's forkserver). Its children get
+    // the default back.
+    sys::ignore_sigint(true);
     sys::raise_fd_limit();
     // Worked out once here, so that no child works it out again (each page a child writes
     // costs it a copy): the fingerprint, the panic hook, this thread's id, stdout's buffer.
@@ -374,6 +378,7 @@ fn handle(
         Ok(None) => {
             // The new child: keep only its own socket, and the limits its parent had.
             sys::restore_fd_limit();
+            sys::ignore_sigint(false);
             drop(conn.take());
             children.clear();
             drop(status_w);
