@@ -84,6 +84,9 @@ pub enum CallError {
         /// What the codec said.
         reason: String,
     },
+    /// The name finds no target here (see [`TargetId::resolve`]).
+    #[error("no such target: {0}")]
+    Unknown(String),
     /// The entry's types are not the ones the name was made for.
     #[error("the target was named with other argument or result types")]
     WrongTypes,

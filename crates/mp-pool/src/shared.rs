@@ -1,0 +1,731 @@
+//! The pool's state, its two threads, and what they do with workers and replies.
+//!
+//! - **Dispatch.** Each worker has an inbox of its own; the pool sends it a task when it
+//!   has fewer than its depth in hand. The depth adapts to how long tasks take: one at a
+//!   time when they take a millisecond or more (so a long task never holds a short one
+//!   back while another worker idles), up to [`MAX_DEPTH`] when they take microseconds
+//!   (so a worker never waits for the pool between them).
+//! - **Replies** come on one queue shared by all workers. The *reply thread* takes them,
+//!   delivers each chunk's results to its job, and refills the worker's inbox.
+//! - **Deaths.** The *watcher thread* polls the workers' pidfds (and kills a worker whose
+//!   task is past its timeout). When a worker has ended, it puts an `Ended` notice on the
+//!   reply queue: every reply the worker put before it died is ahead of the notice, so when
+//!   the reply thread reaches it, the tasks the worker still holds have no reply coming. The
+//!   first (the one it was running) fails with `WorkerLost`; the others never started and go
+//!   to other workers. A replacement is started.
+//!
+//! Lock order: the state, then a job's cell. Callbacks run with neither held.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::fd::{AsFd, OwnedFd},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::AtomicUsize,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use mp_queue::Queue;
+use mp_spawn::{Process, StartMethod, TargetId};
+
+use crate::{
+    Error, ExitStatus, Result,
+    cell::{Arrival, Callback, Cell},
+    sys,
+    wire::{Head, Msg},
+    worker::{self, Boot},
+};
+
+/// The most tasks a worker holds at once (for tasks of a few microseconds).
+pub(crate) const MAX_DEPTH: usize = 32;
+/// A worker holds about this much work ahead.
+const AHEAD: Duration = Duration::from_micros(200);
+/// Bytes of a worker's inbox ring (a chunk bigger than an eighth goes beside it).
+const INBOX: usize = 256 << 10;
+/// Bytes of the reply queue's ring.
+const REPLIES: usize = 1 << 20;
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) init: Option<(TargetId, Vec<u8>)>,
+    pub(crate) maxtasks: Option<usize>,
+    pub(crate) method: Option<StartMethod>,
+    pub(crate) task_timeout: Option<Duration>,
+}
+
+/// A task not yet sent, or sent and not answered.
+pub(crate) struct Task {
+    pub(crate) job: u64,
+    pub(crate) chunk: u32,
+    pub(crate) count: u32,
+    pub(crate) msg: Msg,
+}
+
+struct Slot {
+    generation: u64,
+    process: Option<Process<()>>,
+    pid: u32,
+    sentinel: Arc<OwnedFd>,
+    inbox: Queue<Msg>,
+    /// Sent, not answered, oldest first: the first is the one it runs.
+    held: VecDeque<Task>,
+    /// When the first held task began (about: when the one before it was answered).
+    since: Instant,
+    /// Smoothed time a task takes, in nanoseconds (0: none seen yet).
+    service: u64,
+    /// Tasks it may still be given (`maxtasksperchild`).
+    left: Option<usize>,
+    /// Sent `Stop`: takes no more tasks.
+    stopped: bool,
+    /// The watcher saw it end and posted the notice.
+    ended: bool,
+    /// Killed by the watcher for its first task's timeout.
+    timed_out: bool,
+}
+
+impl Slot {
+    fn depth(&self) -> usize {
+        if self.service == 0 {
+            return 1;
+        }
+        (AHEAD.as_nanos() as u64 / self.service + 1).min(MAX_DEPTH as u64) as usize
+    }
+
+    fn takes_more(&self) -> bool {
+        self.process.is_some()
+            && !self.stopped
+            && !self.ended
+            && self.left != Some(0)
+            && self.held.len() < self.depth()
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum Phase {
+    Running,
+    /// `close`d: no new jobs; jobs under way go on.
+    Closed,
+    /// Terminated, interrupted or broken: every job fails with this.
+    Ended(Error),
+}
+
+pub(crate) struct State {
+    pub(crate) phase: Phase,
+    slots: Vec<Slot>,
+    pending: VecDeque<Task>,
+    jobs: HashMap<u64, Arc<Cell>>,
+    next_job: u64,
+    next_generation: u64,
+    /// `join` is done with the workers: the threads leave.
+    shutdown: bool,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Notified when the pool has no task in flight, or a worker was reaped.
+    idle: Condvar,
+    replies: Queue<Msg>,
+    /// Wakes the watcher (an eventfd).
+    wake: OwnedFd,
+    config: Config,
+    /// Threads waiting on this pool's results now (for SIGINT).
+    pub(crate) waiting: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    pub(crate) fn start(config: Config) -> Result<Arc<Shared>> {
+        let replies = Queue::builder().capacity(REPLIES).build()?;
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| Error::os("eventfd", e))?;
+        sys::watch_sigint().map_err(|e| Error::os("installing the SIGINT handler", e))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                phase: Phase::Running,
+                slots: Vec::with_capacity(config.processes),
+                pending: VecDeque::new(),
+                jobs: HashMap::new(),
+                next_job: 0,
+                next_generation: 0,
+                shutdown: false,
+            }),
+            idle: Condvar::new(),
+            replies,
+            wake,
+            config,
+            waiting: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+        {
+            let mut state = shared.lock();
+            for slot in 0..shared.config.processes {
+                let started = shared.spawn(&mut state, slot as u32);
+                match started {
+                    Ok(s) => state.slots.push(s),
+                    Err(err) => {
+                        drop(state);
+                        shared.end(Error::Terminated);
+                        shared.join_threads();
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        let threads = [
+            ("mp-pool-replies", Shared::reply_thread as fn(Arc<Shared>)),
+            ("mp-pool-watcher", Shared::watcher_thread),
+        ]
+        .into_iter()
+        .map(|(name, body)| {
+            let me = shared.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(me))
+        })
+        .collect::<std::io::Result<Vec<_>>>();
+        match threads {
+            Ok(threads) => *shared.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads,
+            Err(err) => {
+                shared.end(Error::Terminated);
+                return Err(Error::os("starting the pool's threads", err));
+            }
+        }
+        sys::POOLS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&shared));
+        Ok(shared)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts the worker for `slot`.
+    fn spawn(&self, state: &mut State, slot: u32) -> Result<Slot> {
+        let generation = state.next_generation;
+        state.next_generation += 1;
+        let inbox = Queue::builder().capacity(INBOX).build()?;
+        let boot = Boot {
+            slot,
+            generation,
+            inbox: inbox.clone(),
+            replies: self.replies.clone(),
+            init: self.config.init.clone(),
+        };
+        let mut builder = Process::new(worker::main, boot)
+            .daemon(true)
+            .name(format!("PoolWorker-{}", generation + 1));
+        if let Some(method) = self.config.method {
+            builder = builder.method(method);
+        }
+        let process = builder.start()?;
+        let sentinel = process
+            .sentinel()?
+            .try_clone_to_owned()
+            .map_err(|e| Error::os("dup", e))?;
+        Ok(Slot {
+            generation,
+            pid: process.pid(),
+            process: Some(process),
+            sentinel: Arc::new(sentinel),
+            inbox,
+            held: VecDeque::new(),
+            since: Instant::now(),
+            service: 0,
+            left: self.config.maxtasks,
+            stopped: false,
+            ended: false,
+            timed_out: false,
+        })
+    }
+
+    /// Opens a job: its cell, on the books. Fails if the pool takes no new work.
+    pub(crate) fn open_job(
+        &self,
+        state: &mut State,
+        fail_fast: bool,
+        chunks: u32,
+        sealed: bool,
+    ) -> Result<(u64, Arc<Cell>)> {
+        match &state.phase {
+            Phase::Running => {}
+            Phase::Closed => return Err(Error::Closed),
+            Phase::Ended(err) => return Err(err.clone()),
+        }
+        let job = state.next_job;
+        state.next_job += 1;
+        let cell = Cell::new(fail_fast, chunks, sealed);
+        if !(sealed && chunks == 0) {
+            state.jobs.insert(job, cell.clone());
+        }
+        Ok((job, cell))
+    }
+
+    /// Queues tasks of a job already open, and sends what the workers can take.
+    pub(crate) fn submit(&self, state: &mut State, tasks: impl IntoIterator<Item = Task>) {
+        if matches!(state.phase, Phase::Ended(_)) {
+            return;
+        }
+        state.pending.extend(tasks);
+        self.pump(state);
+    }
+
+    /// Takes a job off the books (its owner lost interest); its queued tasks are dropped.
+    pub(crate) fn forget_job(&self, job: u64) {
+        let mut state = self.lock();
+        state.jobs.remove(&job);
+        state.pending.retain(|t| t.job != job);
+        self.notify_if_idle(&state);
+    }
+
+    /// Sends queued tasks to workers with room, the least loaded first.
+    fn pump(&self, state: &mut State) {
+        while !state.pending.is_empty() {
+            let Some(slot) = state
+                .slots
+                .iter_mut()
+                .filter(|s| s.takes_more())
+                .min_by_key(|s| s.held.len())
+            else {
+                return;
+            };
+            let task = state.pending.pop_front().expect("not empty");
+            if !state.jobs.contains_key(&task.job) {
+                continue;
+            }
+            match slot.inbox.try_put(task.msg.clone()) {
+                Ok(()) => {
+                    if slot.held.is_empty() {
+                        slot.since = Instant::now();
+                    }
+                    slot.held.push_back(task);
+                    if let Some(left) = &mut slot.left {
+                        *left -= 1;
+                        if *left == 0 {
+                            // Its last task: the worker leaves once it is done.
+                            slot.stopped = slot.inbox.try_put(Msg::bare(Head::Stop)).is_ok();
+                        }
+                    }
+                }
+                Err(err) => {
+                    state.pending.push_front(task);
+                    if !matches!(err.error, mp_queue::Error::Full) {
+                        // A task that cannot go through a queue at all fails alone.
+                        let task = state.pending.pop_front().expect("just pushed");
+                        let why = Error::from(mp_queue::Error::from(err));
+                        let callbacks = self.deliver_error(state, &task, why);
+                        if !callbacks.is_empty() {
+                            // Run later by whoever holds no lock: rare enough to spawn for.
+                            std::thread::spawn(move || callbacks.into_iter().for_each(|c| c()));
+                        }
+                        continue;
+                    }
+                    // This worker's inbox is full: try the next one, or stop.
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deliver_error(&self, state: &mut State, task: &Task, error: Error) -> Vec<Callback> {
+        self.deliver(
+            state,
+            Arrival {
+                chunk: task.chunk,
+                count: task.count,
+                outcome: Err(error),
+                failed: None,
+            },
+            task.job,
+        )
+    }
+
+    fn deliver(&self, state: &mut State, arrival: Arrival, job: u64) -> Vec<Callback> {
+        let Some(cell) = state.jobs.get(&job) else {
+            return Vec::new();
+        };
+        let (done, callbacks) = cell.arrive(arrival);
+        if done {
+            state.jobs.remove(&job);
+            state.pending.retain(|t| t.job != job);
+        }
+        callbacks
+    }
+
+    fn notify_if_idle(&self, state: &State) {
+        if state.pending.is_empty() && state.slots.iter().all(|s| s.held.is_empty()) {
+            self.idle.notify_all();
+        }
+    }
+
+    /// The reply thread: delivers results, handles ended workers, refills inboxes.
+    fn reply_thread(self: Arc<Self>) {
+        loop {
+            let msg = self.replies.get();
+            let mut state = self.lock();
+            if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                return;
+            }
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(err) => {
+                    // Only memory scribbled over by another process gets here: which task
+                    // the lost reply answered is unknown, so the pool stops rather than
+                    // leave a job waiting for ever.
+                    drop(state);
+                    self.end(Error::from(err));
+                    return;
+                }
+            };
+            let callbacks = self.handle(&mut state, msg);
+            self.pump(&mut state);
+            self.notify_if_idle(&state);
+            drop(state);
+            callbacks.into_iter().for_each(|c| c());
+        }
+    }
+
+    fn handle(&self, state: &mut State, msg: Msg) -> Vec<Callback> {
+        match msg.head {
+            Head::Done {
+                slot,
+                generation,
+                job,
+                chunk,
+                failed,
+            } => {
+                let Some(s) = state.slots.get_mut(slot as usize) else {
+                    return Vec::new();
+                };
+                if s.generation != generation {
+                    return Vec::new();
+                }
+                let Some(at) = s.held.iter().position(|t| t.job == job && t.chunk == chunk)
+                else {
+                    return Vec::new();
+                };
+                let task = s.held.remove(at).expect("found");
+                let now = Instant::now();
+                let took = now.saturating_duration_since(s.since).as_nanos() as u64;
+                s.service = match s.service {
+                    0 => took.max(1),
+                    old => (old * 3 + took) / 4,
+                }
+                .max(1);
+                s.since = now;
+                self.deliver(
+                    state,
+                    Arrival {
+                        chunk,
+                        count: task.count,
+                        outcome: Ok(msg.payload),
+                        failed,
+                    },
+                    job,
+                )
+            }
+            Head::Ended { slot, generation } => self.ended(state, slot, generation),
+            Head::InitFailed {
+                slot,
+                generation,
+                message,
+            } => {
+                let pid = state
+                    .slots
+                    .get(slot as usize)
+                    .filter(|s| s.generation == generation)
+                    .map_or(0, |s| s.pid);
+                let err = Error::Initializer { pid, message };
+                let (processes, cells) = Self::take_all(state, err.clone());
+                Self::kill_all(processes);
+                cells.into_iter().flat_map(|c| c.fail(err.clone())).collect()
+            }
+            // Stop, Task: not for us; Wake: only to look at the state.
+            _ => Vec::new(),
+        }
+    }
+
+    /// A worker has ended: fail the task it ran, send the others elsewhere, replace it.
+    fn ended(&self, state: &mut State, slot: u32, generation: u64) -> Vec<Callback> {
+        let Some(s) = state.slots.get_mut(slot as usize) else {
+            return Vec::new();
+        };
+        if s.generation != generation {
+            return Vec::new();
+        }
+        let mut process = s.process.take();
+        let status = process
+            .as_mut()
+            .and_then(|p| p.exitcode())
+            .map_or(ExitStatus::Signal(libc::SIGKILL), ExitStatus::from_exitcode);
+        drop(process);
+        let pid = s.pid;
+        let timed_out = s.timed_out;
+        let mut held = std::mem::take(&mut s.held);
+        let mut callbacks = Vec::new();
+        if let Some(task) = held.pop_front() {
+            let error = match (timed_out, self.config.task_timeout) {
+                (true, Some(after)) => Error::TaskTimeout { pid, after },
+                _ => Error::WorkerLost { pid, status },
+            };
+            callbacks = self.deliver_error(state, &task, error);
+        }
+        // Never started: first in line again, in their order.
+        for task in held.into_iter().rev() {
+            state.pending.push_front(task);
+        }
+        let wanted = match state.phase {
+            Phase::Running => true,
+            Phase::Closed => !state.pending.is_empty(),
+            Phase::Ended(_) => false,
+        };
+        if wanted && !state.shutdown {
+            match self.spawn(state, slot) {
+                Ok(fresh) => state.slots[slot as usize] = fresh,
+                Err(err) => {
+                    let err = Error::Spawn(Arc::new(mp_spawn::Error::StartFailed {
+                        name: format!("PoolWorker for slot {slot}"),
+                        message: err.to_string(),
+                    }));
+                    let (processes, cells) = Self::take_all(state, err.clone());
+                    Self::kill_all(processes);
+                    callbacks.extend(cells.into_iter().flat_map(|c| c.fail(err.clone())));
+                }
+            }
+        }
+        self.idle.notify_all();
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        callbacks
+    }
+
+    /// The watcher thread: posts `Ended` for workers that ended, kills timed-out ones.
+    fn watcher_thread(self: Arc<Self>) {
+        let mut buf = [0u8; 8];
+        loop {
+            let (watched, deadline) = {
+                let mut state = self.lock();
+                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                    return;
+                }
+                let timeout = self.config.task_timeout;
+                let now = Instant::now();
+                let mut deadline: Option<Instant> = None;
+                for s in state.slots.iter_mut().filter(|s| s.process.is_some() && !s.ended) {
+                    let (Some(after), false) = (timeout, s.held.is_empty()) else {
+                        continue;
+                    };
+                    let at = s.since + after;
+                    if at <= now && !s.timed_out {
+                        s.timed_out = true;
+                        if let Some(p) = &s.process {
+                            let _ = p.kill();
+                        }
+                    } else if !s.timed_out {
+                        deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                    }
+                }
+                let watched: Vec<(u32, u64, Arc<OwnedFd>)> = state
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.process.is_some() && !s.ended)
+                    .map(|(i, s)| (i as u32, s.generation, s.sentinel.clone()))
+                    .collect();
+                (watched, deadline)
+            };
+            let mut fds: Vec<rustix::event::PollFd<'_>> = watched
+                .iter()
+                .map(|(_, _, fd)| rustix::event::PollFd::new(&**fd, rustix::event::PollFlags::IN))
+                .collect();
+            fds.push(rustix::event::PollFd::new(
+                &self.wake,
+                rustix::event::PollFlags::IN,
+            ));
+            let timeout = deadline.map(|at| {
+                let left = at.saturating_duration_since(Instant::now());
+                rustix::time::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()) + 999, // round up: never early
+                }
+            });
+            let _ = rustix::event::poll(&mut fds, timeout.as_ref().map(normalize).as_ref());
+            let ended: Vec<(u32, u64)> = fds
+                .iter()
+                .zip(&watched)
+                .filter(|(fd, _)| !fd.revents().is_empty())
+                .map(|(_, &(slot, generation, _))| (slot, generation))
+                .collect();
+            let _ = rustix::io::read(&self.wake, &mut buf);
+            if ended.is_empty() {
+                continue;
+            }
+            {
+                let mut state = self.lock();
+                for &(slot, generation) in &ended {
+                    if let Some(s) = state.slots.get_mut(slot as usize) {
+                        if s.generation == generation {
+                            s.ended = true;
+                        }
+                    }
+                }
+            }
+            for (slot, generation) in ended {
+                // Behind every reply the worker put before it ended. Not under the state
+                // lock: the reply thread needs it to make room.
+                let _ = self
+                    .replies
+                    .put(Msg::bare(Head::Ended { slot, generation }));
+            }
+        }
+    }
+
+    /// Ends the pool: every worker killed and reaped, every job failed with `error`, the
+    /// threads told to leave. Does nothing if the pool has ended already.
+    pub(crate) fn end(&self, error: Error) {
+        let (processes, cells) = {
+            let mut state = self.lock();
+            if matches!(state.phase, Phase::Ended(_)) {
+                return;
+            }
+            Self::take_all(&mut state, error.clone())
+        };
+        Self::kill_all(processes);
+        self.idle.notify_all();
+        let callbacks: Vec<Callback> = cells.into_iter().flat_map(|c| c.fail(error.clone())).collect();
+        self.wake_threads();
+        callbacks.into_iter().for_each(|c| c());
+    }
+
+    fn take_all(state: &mut State, error: Error) -> (Vec<Process<()>>, Vec<Arc<Cell>>) {
+        state.phase = Phase::Ended(error);
+        state.pending.clear();
+        let processes = state
+            .slots
+            .iter_mut()
+            .flat_map(|s| {
+                s.held.clear();
+                s.process.take()
+            })
+            .collect();
+        (processes, state.jobs.drain().map(|(_, c)| c).collect())
+    }
+
+    /// Kills the processes and reaps them.
+    fn kill_all(processes: Vec<Process<()>>) {
+        for p in &processes {
+            let _ = p.kill();
+        }
+        for mut p in processes {
+            // Dead or dying: reaped now, so nothing of the pool outlives this call.
+            let _ = p.join_timeout(Duration::from_secs(5));
+        }
+    }
+
+    fn wake_threads(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        let _ = self
+            .replies
+            .put_timeout(Msg::bare(Head::Wake), Duration::from_secs(1));
+    }
+
+    /// Waits for the threads to leave (not from one of them).
+    pub(crate) fn join_threads(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// `close`: no new jobs.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        if matches!(state.phase, Phase::Running) {
+            state.phase = Phase::Closed;
+        }
+    }
+
+    /// `join`: after `close`, waits for every task sent to finish, stops the workers and
+    /// reaps them; after `terminate`, only reaps. Not for a running pool.
+    pub(crate) fn join(&self) -> Result<()> {
+        let mut state = self.lock();
+        match state.phase {
+            Phase::Running => return Err(Error::Running),
+            Phase::Ended(_) => {
+                drop(state);
+                self.join_threads();
+                return Ok(());
+            }
+            Phase::Closed => {}
+        }
+        let _waiting = sys::Waiting::new(&self.waiting);
+        // Every task sent (and queued) answered.
+        while matches!(state.phase, Phase::Closed)
+            && !(state.pending.is_empty() && state.slots.iter().all(|s| s.held.is_empty()))
+        {
+            state = self.idle.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Phase::Ended(err) = &state.phase {
+            let err = err.clone();
+            drop(state);
+            self.join_threads();
+            return match err {
+                Error::Interrupted => Err(err),
+                _ => Ok(()),
+            };
+        }
+        // Stop every worker; the reply thread reaps each as its notice comes.
+        for s in &mut state.slots {
+            if s.process.is_some() && !s.stopped {
+                s.stopped = s.inbox.put(Msg::bare(Head::Stop)).is_ok();
+            }
+        }
+        while matches!(state.phase, Phase::Closed) && state.slots.iter().any(|s| s.process.is_some()) {
+            state = self.idle.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.shutdown = true;
+        drop(state);
+        self.wake_threads();
+        self.join_threads();
+        Ok(())
+    }
+
+    /// The pids of the workers now running.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let state = self.lock();
+        state
+            .slots
+            .iter()
+            .filter(|s| s.process.is_some())
+            .map(|s| s.pid)
+            .collect()
+    }
+}
+
+fn normalize(t: &rustix::time::Timespec) -> rustix::time::Timespec {
+    let mut t = *t;
+    if t.tv_nsec >= 1_000_000_000 {
+        t.tv_sec += 1;
+        t.tv_nsec -= 1_000_000_000;
+    }
+    t
+}
+
+impl AsFd for Shared {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+}

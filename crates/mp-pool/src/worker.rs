@@ -1,0 +1,151 @@
+//! A worker process: takes tasks from its own inbox, runs each chunk's items, puts one reply
+//! per task on the pool's shared reply queue.
+
+use std::sync::Arc;
+
+use mp_codec::{Encode, Frame};
+use mp_queue::Queue;
+use mp_spawn::{CallError, Target, TargetId};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    sys,
+    wire::{ChunkReader, ChunkWriter, Head, Msg, load},
+};
+
+/// What a worker is started with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Boot {
+    pub(crate) slot: u32,
+    pub(crate) generation: u64,
+    pub(crate) inbox: Queue<Msg>,
+    pub(crate) replies: Queue<Msg>,
+    /// The initializer and its encoded argument.
+    pub(crate) init: Option<(TargetId, Vec<u8>)>,
+}
+
+/// Exit code of a worker that could not put a reply.
+const CANNOT_REPLY: i32 = 3;
+
+/// The worker's body (a `Process` target).
+pub(crate) fn main(boot: Boot) {
+    // Ctrl-C reaches the whole process group: the pool, not each worker, decides what it
+    // means (it kills its workers and returns an error from the wait).
+    sys::ignore_sigint();
+    let Boot {
+        slot,
+        generation,
+        inbox,
+        replies,
+        init,
+    } = boot;
+    if let Some((id, args)) = init {
+        let ran = id.resolve().map_err(|e| e.to_string()).and_then(|t| {
+            let mut args = Frame {
+                bytes: args,
+                fds: Vec::new(),
+            };
+            t.call(&mut args, &mut Frame::new())
+                .map_err(|e| e.to_string())
+        });
+        if let Err(message) = ran {
+            let _ = replies.put(Msg::bare(Head::InitFailed {
+                slot,
+                generation,
+                message,
+            }));
+            return;
+        }
+    }
+    let mut known: Option<(TargetId, Target)> = None;
+    let mut scratch = Frame::new();
+    // Any error on the inbox (it cannot be closed by anyone but us, so it is corrupted
+    // memory or a task that does not decode) ends the worker: the pool then treats the
+    // task it held as lost and sends the others elsewhere, rather than wait for a reply
+    // that would never come.
+    while let Ok(msg) = inbox.get() {
+        let Head::Task { job, chunk, target } = msg.head else {
+            return;
+        };
+        let resolved = match known {
+            Some((id, t)) if id == target => Ok(t),
+            _ => target.resolve().map_err(|e| CallError::Unknown(e.to_string())),
+        };
+        if let Ok(t) = resolved {
+            known = Some((target, t));
+        }
+        let payload = Arc::try_unwrap(msg.payload).unwrap_or_default();
+        let (out, failed) = run_chunk(resolved, payload, &mut scratch);
+        let reply = Msg {
+            head: Head::Done {
+                slot,
+                generation,
+                job,
+                chunk,
+                failed: failed.clone(),
+            },
+            payload: Arc::new(out),
+        };
+        if let Err(err) = replies.put(reply) {
+            // The results could not be sent (a descriptor that cannot be duplicated, say):
+            // the task still fails, with why, rather than leave the pool waiting.
+            let why = CallError::Encode {
+                type_name: "the task's results".into(),
+                reason: err.to_string(),
+            };
+            let head = Head::Done {
+                slot,
+                generation,
+                job,
+                chunk,
+                failed: Some((failed.map_or(0, |(i, _)| i), why)),
+            };
+            if replies.put(Msg::bare(head)).is_err() {
+                std::process::exit(CANNOT_REPLY);
+            }
+        }
+    }
+}
+
+/// Runs every item of a chunk: the reply's payload (one result item per item, in order, up
+/// to the first that could not be read) and the first failure.
+fn run_chunk(
+    target: Result<Target, CallError>,
+    payload: Frame,
+    scratch: &mut Frame,
+) -> (Frame, Option<(u32, CallError)>) {
+    let mut out = Frame::new();
+    let mut failed = None;
+    let target = match target {
+        Ok(t) => t,
+        Err(why) => return (out, Some((0, why))),
+    };
+    let mut writer = ChunkWriter::new(&mut out);
+    let mut reader = ChunkReader::new(&payload.bytes, payload.fds.len());
+    let mut fds = payload.fds.into_iter();
+    let mut index = 0u32;
+    loop {
+        let item = match reader.next_item() {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(why) => {
+                failed.get_or_insert((
+                    index,
+                    CallError::Decode {
+                        type_name: "a task's chunk of items".into(),
+                        reason: why.into(),
+                    },
+                ));
+                break;
+            }
+        };
+        load(scratch, &item, &mut fds);
+        if let Err(why) = writer.item(|f| target.call(scratch, f).map(|()| false)) {
+            // The item's error instead of its result (a CallError always encodes).
+            let _ = writer.item(|f| why.encode(f).map(|()| true));
+            failed.get_or_insert((index, why));
+        }
+        index += 1;
+    }
+    (out, failed)
+}
