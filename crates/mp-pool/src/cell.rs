@@ -163,7 +163,9 @@ pub(crate) fn decode_items<R: Decode>(arrival: &Arrival, out: &mut impl FnMut(Re
     // Items the worker never got to (it could not read its chunk, or not send its results).
     let why: Error = match &arrival.failed {
         Some((_, why)) => why.clone().into(),
-        None => Error::decode::<R>("the worker's reply holds fewer results than its task had items"),
+        None => {
+            Error::decode::<R>("the worker's reply holds fewer results than its task had items")
+        }
     };
     (seen..arrival.count).for_each(|_| out(Err(why.clone())));
 }

@@ -129,9 +129,7 @@ impl Builder {
     pub fn build(self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(mp_spawn::cpu_count);
         if processes == 0 {
-            return Err(Error::InvalidArgument(
-                "a pool needs at least one process",
-            ));
+            return Err(Error::InvalidArgument("a pool needs at least one process"));
         }
         if self.maxtasks == Some(0) {
             return Err(Error::InvalidArgument(
@@ -237,7 +235,8 @@ impl Pool {
         }
         let target = TargetId::of(f)?;
         let items: Vec<A> = items.into_iter().collect();
-        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
+        let chunksize =
+            chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
         let mut items = items.into_iter();
         let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
         while let Some(chunk) = encode_chunk(&mut items, chunksize) {
@@ -422,7 +421,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), 1, Order::Ordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            1,
+            Order::Ordered,
+        )
     }
 
     /// [`imap`](Pool::imap) in chunks of `chunksize` items.
@@ -441,7 +446,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), chunksize, Order::Ordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            chunksize,
+            Order::Ordered,
+        )
     }
 
     /// [`imap`](Pool::imap) with results in the order they finish (Python's
@@ -456,7 +467,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), 1, Order::Unordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            1,
+            Order::Unordered,
+        )
     }
 
     /// [`imap_unordered`](Pool::imap_unordered) in chunks of `chunksize` items.
@@ -475,7 +492,13 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self.shared.clone(), &f, items.into_iter(), chunksize, Order::Unordered)
+        Imap::new(
+            self.shared.clone(),
+            &f,
+            items.into_iter(),
+            chunksize,
+            Order::Unordered,
+        )
     }
 
     /// Takes no new work; work already submitted goes on (Python's `close`).

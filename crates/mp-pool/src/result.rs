@@ -47,7 +47,11 @@ impl<T> std::fmt::Debug for AsyncResult<T> {
 }
 
 impl<T> AsyncResult<T> {
-    pub(crate) fn new(shared: Arc<Shared>, cell: Arc<Cell>, finish: fn(&Inner) -> Result<T>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        cell: Arc<Cell>,
+        finish: fn(&Inner) -> Result<T>,
+    ) -> Self {
         AsyncResult {
             shared,
             cell,
@@ -73,9 +77,13 @@ impl<T> AsyncResult<T> {
     /// `ValueError`).
     pub fn successful(&self) -> Option<bool> {
         let inner = self.cell.lock();
-        inner
-            .done()
-            .then(|| inner.error.is_none() && inner.arrived.iter().all(|a| a.outcome.is_ok() && a.failed.is_none()))
+        inner.done().then(|| {
+            inner.error.is_none()
+                && inner
+                    .arrived
+                    .iter()
+                    .all(|a| a.outcome.is_ok() && a.failed.is_none())
+        })
     }
 
     /// Waits until the value (or the error) is there.
@@ -357,7 +365,9 @@ where
                 inner = cell.lock();
                 continue;
             }
-            inner = cell.wait_until(inner, None, |i| !i.arrived.is_empty() || i.error.is_some()).0;
+            inner = cell
+                .wait_until(inner, None, |i| !i.arrived.is_empty() || i.error.is_some())
+                .0;
         }
     }
 }

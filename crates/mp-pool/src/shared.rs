@@ -19,10 +19,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     os::fd::{AsFd, OwnedFd},
-    sync::{
-        Arc, Condvar, Mutex, MutexGuard,
-        atomic::AtomicUsize,
-    },
+    sync::{Arc, Condvar, Mutex, MutexGuard, atomic::AtomicUsize},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -411,8 +408,7 @@ impl Shared {
                 if s.generation != generation {
                     return Vec::new();
                 }
-                let Some(at) = s.held.iter().position(|t| t.job == job && t.chunk == chunk)
-                else {
+                let Some(at) = s.held.iter().position(|t| t.job == job && t.chunk == chunk) else {
                     return Vec::new();
                 };
                 let task = s.held.remove(at).expect("found");
@@ -449,7 +445,10 @@ impl Shared {
                 let err = Error::Initializer { pid, message };
                 let (processes, cells) = Self::take_all(state, err.clone());
                 Self::kill_all(processes);
-                cells.into_iter().flat_map(|c| c.fail(err.clone())).collect()
+                cells
+                    .into_iter()
+                    .flat_map(|c| c.fail(err.clone()))
+                    .collect()
             }
             // Stop, Task: not for us; Wake: only to look at the state.
             _ => Vec::new(),
@@ -521,7 +520,11 @@ impl Shared {
                 let timeout = self.config.task_timeout;
                 let now = Instant::now();
                 let mut deadline: Option<Instant> = None;
-                for s in state.slots.iter_mut().filter(|s| s.process.is_some() && !s.ended) {
+                for s in state
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.process.is_some() && !s.ended)
+                {
                     let (Some(after), false) = (timeout, s.held.is_empty()) else {
                         continue;
                     };
@@ -602,7 +605,10 @@ impl Shared {
         };
         Self::kill_all(processes);
         self.idle.notify_all();
-        let callbacks: Vec<Callback> = cells.into_iter().flat_map(|c| c.fail(error.clone())).collect();
+        let callbacks: Vec<Callback> = cells
+            .into_iter()
+            .flat_map(|c| c.fail(error.clone()))
+            .collect();
         self.wake_threads();
         callbacks.into_iter().for_each(|c| c());
     }
@@ -693,7 +699,9 @@ impl Shared {
                 s.stopped = s.inbox.put(Msg::bare(Head::Stop)).is_ok();
             }
         }
-        while matches!(state.phase, Phase::Closed) && state.slots.iter().any(|s| s.process.is_some()) {
+        while matches!(state.phase, Phase::Closed)
+            && state.slots.iter().any(|s| s.process.is_some())
+        {
             state = self.idle.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.shutdown = true;

@@ -228,7 +228,8 @@ impl Encode for Msg {
 
 impl Decode for Msg {
     fn decode(frame: &mut Frame) -> mp_codec::Result<Self> {
-        let malformed = |why: &str| mp_codec::Error::Malformed(format!("a pool message: {why}").into());
+        let malformed =
+            |why: &str| mp_codec::Error::Malformed(format!("a pool message: {why}").into());
         let total = frame.bytes.len();
         let len = frame
             .bytes

@@ -69,7 +69,9 @@ pub(crate) fn main(boot: Boot) {
         };
         let resolved = match known {
             Some((id, t)) if id == target => Ok(t),
-            _ => target.resolve().map_err(|e| CallError::Unknown(e.to_string())),
+            _ => target
+                .resolve()
+                .map_err(|e| CallError::Unknown(e.to_string())),
         };
         if let Ok(t) = resolved {
             known = Some((target, t));

@@ -14,9 +14,17 @@ fn square(x: u64) -> u64 {
 
 #[test]
 fn map_squares_in_order_under_every_start_method() {
-    for method in [StartMethod::Fork, StartMethod::Spawn, StartMethod::Forkserver] {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ] {
         let pool = Pool::builder().processes(3).method(method).build().unwrap();
-        assert_eq!(pool.map(square, 1..=5).unwrap(), [1, 4, 9, 16, 25], "{method:?}");
+        assert_eq!(
+            pool.map(square, 1..=5).unwrap(),
+            [1, 4, 9, 16, 25],
+            "{method:?}"
+        );
         let many: Vec<u64> = (0..10_000).collect();
         let out = pool.map(square, many.iter().copied()).unwrap();
         assert!(out.iter().zip(&many).all(|(y, x)| *y == x * x));

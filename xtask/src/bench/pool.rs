@@ -31,6 +31,14 @@
 //! with its consumer) would leave the 2 workers sharing one. The CPython script inherits the
 //! placement.
 //!
+//! Our rows (`ours/mp-pool`) fork their workers, as CPython's rows and the raw floors do;
+//! `pool_startup` also has `ours/mp-pool forkserver`, the default start method, its server
+//! already running after the warm-up. (The server keeps the CPU placement of the moment it
+//! started, and so do the workers it forks: in a run of every group, that is the spawn
+//! group's single CPU, which is why the other rows do not use it.) Forking from the bench
+//! process while rayon's or procspawn's idle threads exist is safe enough for a bench:
+//! they hold no lock a worker needs.
+//!
 //! Pools are created once per implementation (outside the clock, on the first, warm-up run)
 //! and dropped with the workload, except in `pool_startup`. Every result is checked (the sum
 //! of the squares, or of the [`burn`] results against the serial run's), so a broken run
@@ -48,6 +56,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mp_pool::Pool;
+use mp_spawn::StartMethod;
 use rayon::prelude::*;
 
 use super::{Bound, Impl, Target, Unit, Workload, cpython_with, queue::per_item};
@@ -123,6 +133,8 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::NsPerOp,
             impls: [
                 Impl::new("raw/2 forks+pipe rtt", timed_each(raw::startup)),
+                ours_startup("ours/mp-pool", Some(StartMethod::Fork)),
+                ours_startup("ours/mp-pool forkserver", None),
                 cpython("pool_startup"),
                 procspawn_startup(),
                 rayon_startup(),
@@ -136,6 +148,7 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::NsPerOp,
             impls: [
                 raw_chunk1(),
+                ours_chunk1(),
                 cpython("pool_task_chunk1"),
                 procspawn_chunk1(),
                 rayon_chunk1(),
@@ -149,6 +162,7 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::NsPerOp,
             impls: [
                 raw_map(),
+                ours_map(),
                 cpython("pool_map_1m"),
                 procspawn_map(),
                 rayon_map(),
@@ -162,6 +176,7 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::Speedup,
             impls: [
                 rayon_cpu16(),
+                ours_cpu16(),
                 cpython("pool_cpu16_speedup"),
                 procspawn_cpu16(),
             ]
@@ -231,6 +246,15 @@ fn per_task(name: &str, mut run: impl FnMut(u64) -> Result<Duration, String> + '
     })
 }
 
+/// A fresh pool of ours, its workers forked (as CPython's here, and as the raw floors').
+fn ours_pool() -> Result<Pool, String> {
+    Pool::builder()
+        .processes(WORKERS)
+        .method(StartMethod::Fork)
+        .build()
+        .map_err(|e| format!("Pool: {e}"))
+}
+
 /// A fresh process pool of procspawn's.
 fn procspawn_pool() -> Result<procspawn::Pool, String> {
     procspawn::Pool::new(WORKERS).map_err(|e| format!("procspawn Pool::new: {e}"))
@@ -242,6 +266,27 @@ fn rayon_pool() -> Result<rayon::ThreadPool, String> {
         .num_threads(WORKERS)
         .build()
         .map_err(|e| format!("rayon ThreadPoolBuilder: {e}"))
+}
+
+/// Our pool's start-up with `method` (`None`: the default, the forkserver).
+fn ours_startup(name: &str, method: Option<StartMethod>) -> Impl {
+    Impl::new(
+        name,
+        timed_each(move || {
+            let start = Instant::now();
+            let builder = Pool::builder().processes(WORKERS);
+            let pool = match method {
+                Some(method) => builder.method(method),
+                None => builder,
+            }
+            .build()
+            .map_err(|e| format!("Pool: {e}"))?;
+            let answer = pool.apply(square, 3).map_err(|e| format!("apply: {e}"))?;
+            let took = start.elapsed();
+            drop(pool);
+            check_nine(answer).map(|()| took)
+        }),
+    )
 }
 
 fn procspawn_startup() -> Impl {
@@ -290,6 +335,24 @@ fn raw_chunk1() -> Impl {
             region = Some(raw::chunk1_region()?);
         }
         raw::chunk1(region.as_ref().unwrap(), n, sum_of_squares(n))
+    })
+}
+
+fn ours_chunk1() -> Impl {
+    let mut pool = None;
+    per_task("ours/mp-pool", move |n| {
+        if pool.is_none() {
+            pool = Some(ours_pool()?);
+        }
+        let expected = sum_of_squares(n);
+        let start = Instant::now();
+        let squares = pool
+            .as_ref()
+            .unwrap()
+            .map_chunked(square, 0..n, 1)
+            .map_err(|e| format!("map_chunked: {e}"))?;
+        let took = start.elapsed();
+        raw::check_sum(wrapping_sum(squares), expected).map(|()| took)
     })
 }
 
@@ -369,6 +432,23 @@ fn raw_map() -> Impl {
             region = Some(raw::map_region()?);
         }
         raw::map_1m(region.as_ref().unwrap(), map_expected())
+    })
+}
+
+fn ours_map() -> Impl {
+    let mut pool = None;
+    per_map_item("ours/mp-pool", move || {
+        if pool.is_none() {
+            pool = Some(ours_pool()?);
+        }
+        let start = Instant::now();
+        let squares = pool
+            .as_ref()
+            .unwrap()
+            .map(square, 0..MAP_ITEMS)
+            .map_err(|e| format!("map: {e}"))?;
+        let took = start.elapsed();
+        check_map(&squares).map(|()| took)
     })
 }
 
@@ -454,6 +534,22 @@ fn rayon_cpu16() -> Impl {
             .as_ref()
             .unwrap()
             .install(|| tasks.par_iter().map(|&task| burn(task)).collect());
+        Ok((results, start.elapsed()))
+    })
+}
+
+fn ours_cpu16() -> Impl {
+    let mut pool = None;
+    speedup("ours/mp-pool", move |tasks| {
+        if pool.is_none() {
+            pool = Some(ours_pool()?);
+        }
+        let start = Instant::now();
+        let results = pool
+            .as_ref()
+            .unwrap()
+            .map(burn, tasks.iter().copied())
+            .map_err(|e| format!("map: {e}"))?;
         Ok((results, start.elapsed()))
     })
 }
