@@ -12,6 +12,7 @@
 
 mod codec;
 mod pipe;
+mod pool;
 mod queue;
 mod report;
 mod shm;
@@ -76,6 +77,9 @@ pub enum Unit {
     MegabytesPerSec,
     /// Operations per second: higher is better, and so is a ratio above 1.
     OpsPerSec,
+    /// A speed-up (a serial time over a parallel one, ×): higher is better, and so is a
+    /// ratio above 1.
+    Speedup,
 }
 
 impl Unit {
@@ -84,6 +88,7 @@ impl Unit {
             Unit::NsPerOp => "ns/op",
             Unit::MegabytesPerSec => "MB/s",
             Unit::OpsPerSec => "ops/s",
+            Unit::Speedup => "x",
         }
     }
 }
@@ -110,18 +115,28 @@ impl Impl {
     /// on one CPU alone: the first this process may use. A measurement fails if it cannot
     /// be placed so.
     pub fn on_one_cpu(self) -> Self {
+        self.on_first_cpus(1)
+    }
+
+    /// This implementation measured with the bench thread (and so every thread and process
+    /// it starts) on the first `count` CPUs this process may use, and on no other. A
+    /// measurement fails if there are fewer.
+    pub fn on_first_cpus(self, count: usize) -> Self {
         let mut measure = self.measure;
         Impl {
             name: self.name,
             measure: Box::new(move || {
                 let allowed = rustix::thread::sched_getaffinity(None)
                     .map_err(|e| format!("sched_getaffinity: {e}"))?;
-                let cpu = (0..rustix::thread::CpuSet::MAX_CPU)
-                    .find(|&cpu| allowed.is_set(cpu))
-                    .ok_or("no CPU to run on")?;
-                let mut one = rustix::thread::CpuSet::new();
-                one.set(cpu);
-                rustix::thread::sched_setaffinity(None, &one)
+                let mut chosen = rustix::thread::CpuSet::new();
+                let cpus = (0..rustix::thread::CpuSet::MAX_CPU).filter(|&cpu| allowed.is_set(cpu));
+                for cpu in cpus.take(count) {
+                    chosen.set(cpu);
+                }
+                if chosen.count() as usize != count {
+                    return Err(format!("fewer than {count} CPUs to run on"));
+                }
+                rustix::thread::sched_setaffinity(None, &chosen)
                     .map_err(|e| format!("sched_setaffinity: {e}"))?;
                 measure()
             }),
@@ -136,12 +151,13 @@ pub struct Workload {
     pub impls: Vec<Impl>,
 }
 
-/// A goal for one row of a workload, as a ratio to another row of the same workload;
-/// checked and printed after the table when both rows were measured.
+/// A goal for one row of a workload, as a ratio to another row of the same workload, or
+/// for its median itself; checked and printed after the table when the rows were measured.
 pub struct Target {
     workload: &'static str,
     imp: &'static str,
-    reference: &'static str,
+    /// The row the median is divided by; `None` bounds the median itself, in its unit.
+    reference: Option<&'static str>,
     bound: Bound,
 }
 
@@ -155,7 +171,17 @@ impl Target {
         Target {
             workload,
             imp,
-            reference,
+            reference: Some(reference),
+            bound,
+        }
+    }
+
+    /// A bound on the row's median itself, in the workload's unit.
+    pub fn absolute(workload: &'static str, imp: &'static str, bound: Bound) -> Self {
+        Target {
+            workload,
+            imp,
+            reference: None,
             bound,
         }
     }
@@ -203,12 +229,13 @@ type Group = fn() -> Vec<Workload>;
 
 pub fn run(options: Options) -> Result<(), String> {
     // A filter matches a workload's name or its group (the module's name).
-    let groups: [(&str, Group); 5] = [
+    let groups: [(&str, Group); 6] = [
         ("codec", codec::workloads),
         ("pipe", pipe::workloads),
         ("spawn", spawn::workloads),
         ("shm", shm::workloads),
         ("queue", queue::workloads),
+        ("pool", pool::workloads),
     ];
     let filter = options.filter.as_deref();
     let whole_group = filter.is_some_and(|f| groups.iter().any(|(g, _)| *g == f));
@@ -250,45 +277,51 @@ pub fn run(options: Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Prints each target whose rows were both measured: the ratio, and whether it is met.
-/// Returns the lines printed without `--json`, for the report.
+/// Prints each target whose rows were measured: the ratio (or the median itself, for an
+/// absolute target), and whether it is met. Returns the lines printed without `--json`, for
+/// the report.
 fn check_targets(rows: &[Row], json: bool) -> Vec<String> {
-    let median = |workload: &str, imp: &str| {
-        rows.iter()
-            .find(|r| r.workload == workload && r.imp == imp)
-            .map(|r| r.median)
-    };
+    let row =
+        |workload: &str, imp: &str| rows.iter().find(|r| r.workload == workload && r.imp == imp);
     let mut lines = Vec::new();
-    for target in queue::targets() {
-        let (Some(value), Some(reference)) = (
-            median(target.workload, target.imp),
-            median(target.workload, target.reference),
-        ) else {
+    for target in queue::targets().into_iter().chain(pool::targets()) {
+        let Some(value) = row(target.workload, target.imp) else {
             continue;
         };
-        let ratio = value / reference;
-        let met = target.bound.met(ratio);
+        let (measured, what) = match target.reference {
+            Some(reference) => {
+                let Some(reference) = row(target.workload, reference) else {
+                    continue;
+                };
+                (
+                    value.median / reference.median,
+                    format!("{} / {}", target.imp, reference.imp),
+                )
+            }
+            None => (
+                value.median,
+                format!("{} in {}", target.imp, value.unit.label()),
+            ),
+        };
+        let met = target.bound.met(measured);
         if json {
             println!(
-                "{{\"target\":\"{}\",\"impl\":\"{}\",\"reference\":\"{}\",\"ratio\":{ratio:.4},\"want\":\"{}\",\"met\":{met}}}",
+                "{{\"target\":\"{}\",\"impl\":\"{}\",\"reference\":\"{}\",\"ratio\":{measured:.4},\"want\":\"{}\",\"met\":{met}}}",
                 target.workload,
                 target.imp,
-                target.reference,
+                target.reference.unwrap_or(""),
                 target.bound.describe()
             );
         }
         lines.push(format!(
-            "{:<16} {} / {} = {:.3} (want {}): {}",
+            "{:<18} {what} = {measured:.3} (want {}): {}",
             target.workload,
-            target.imp,
-            target.reference,
-            ratio,
             target.bound.describe(),
             if met { "met" } else { "MISSED" }
         ));
     }
     if !json && !lines.is_empty() {
-        println!("\ntargets (ratio of medians):");
+        println!("\ntargets (ratio of medians, or a median itself):");
         for line in &lines {
             println!("  {line}");
         }
@@ -452,4 +485,52 @@ pub fn cpython_with(name: &str, script: &str, args: &[&str]) -> Impl {
             .parse()
             .map_err(|_| format!("{} printed {text:?}, not a number", path.display()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(workload: &'static str, imp: &str, median: f64) -> Row {
+        Row {
+            group: "pool",
+            workload,
+            imp: imp.to_string(),
+            unit: Unit::NsPerOp,
+            median,
+            min: median,
+            max: median,
+            runs: 5,
+            ratio: 1.0,
+        }
+    }
+
+    #[test]
+    fn absolute_target_bounds_the_median_itself() {
+        let lines = |median| check_targets(&[row("pool_map_1m", "ours/mp-pool", median)], true);
+        let met = lines(19.0);
+        assert_eq!(met.len(), 1);
+        assert!(met[0].ends_with(": met"), "{}", met[0]);
+        assert!(
+            met[0].contains("ours/mp-pool in ns/op = 19.000 (want <= 20)"),
+            "{}",
+            met[0]
+        );
+        assert!(lines(21.0)[0].ends_with(": MISSED"));
+    }
+
+    #[test]
+    fn ratio_target_needs_both_rows() {
+        let ours = row("pool_task_chunk1", "ours/mp-pool", 2_000.0);
+        let cpython = row("pool_task_chunk1", "cpython/Pool", 30_000.0);
+        let lines = check_targets(&[ours, cpython], true);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("cpython/Pool / ours/mp-pool = 15.000 (want >= 7): met")),
+            "{lines:?}"
+        );
+        let alone = check_targets(&[row("pool_task_chunk1", "cpython/Pool", 1.0)], true);
+        assert!(alone.is_empty(), "{alone:?}");
+    }
 }

@@ -33,7 +33,7 @@
 //! deadline ([`DEADLINE`]), so a stuck peer fails its run, and a child whose parent dies is
 //! killed (`PR_SET_PDEATHSIG`).
 
-mod raw;
+pub(super) mod raw;
 
 use std::{
     cell::Cell,
@@ -221,7 +221,7 @@ impl Tally {
 /// Calibrates `run(n)` on the first call (kept in `n`) so it takes about [`RUN`], then runs
 /// it; `run(n)` moves `n` items per producer and says how long that took. Returns the
 /// seconds it took per item moved, of the `n * producers`.
-fn per_item(
+pub(super) fn per_item(
     n: &mut u64,
     producers: usize,
     mut run: impl FnMut(u64) -> Result<Duration, String>,
@@ -251,7 +251,7 @@ fn rate(size: usize, seconds_per_item: f64) -> f64 {
 }
 
 /// Waits, yielding the CPU, until `done()`; fails after [`DEADLINE`].
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<(), String> {
+pub(super) fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<(), String> {
     let start = Instant::now();
     while !done() {
         if start.elapsed() > DEADLINE {
@@ -334,7 +334,7 @@ fn in_processes(
 }
 
 /// Kills the children first if `kill`, then reaps them all; the first failure, if any.
-fn finish(children: &[libc::pid_t], kill: bool) -> Result<(), String> {
+pub(super) fn finish(children: &[libc::pid_t], kill: bool) -> Result<(), String> {
     let mut result = Ok(());
     for &pid in children {
         if kill {

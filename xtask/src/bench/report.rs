@@ -141,12 +141,12 @@ fn is_ours(row: &Row) -> bool {
 fn better(unit: Unit) -> &'static str {
     match unit {
         Unit::NsPerOp => "lower is better",
-        Unit::MegabytesPerSec | Unit::OpsPerSec => "higher is better",
+        Unit::MegabytesPerSec | Unit::OpsPerSec | Unit::Speedup => "higher is better",
     }
 }
 
 /// A value in its unit, to three significant digits: times scaled to ns/µs/ms/s, bandwidth
-/// to MB/s or GB/s, operation rates given k/M/G.
+/// to MB/s or GB/s, operation rates given k/M/G, speed-ups as a factor.
 fn format_value(value: f64, unit: Unit) -> String {
     match unit {
         Unit::NsPerOp => match value {
@@ -165,6 +165,7 @@ fn format_value(value: f64, unit: Unit) -> String {
             v if v >= 1e3 => format!("{} k ops/s", sig3(v / 1e3)),
             v => format!("{} ops/s", sig3(v)),
         },
+        Unit::Speedup => format!("{}×", sig3(value)),
     }
 }
 
@@ -485,5 +486,6 @@ mod tests {
         assert_eq!(format_value(2_500_000.0, Unit::OpsPerSec), "2.50 M ops/s");
         assert_eq!(format_value(640.0, Unit::MegabytesPerSec), "640 MB/s");
         assert_eq!(format_value(70_520.0, Unit::MegabytesPerSec), "70.5 GB/s");
+        assert_eq!(format_value(1.874, Unit::Speedup), "1.87×");
     }
 }

@@ -65,6 +65,15 @@ impl Shared {
         unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
     }
 
+    /// The `count` `AtomicU64`s from `offset` on (8-aligned, in bounds: asserted).
+    pub fn words(&self, offset: usize, count: usize) -> &[AtomicU64] {
+        assert!(offset.is_multiple_of(8) && offset + count * 8 <= self.len);
+        // SAFETY: in bounds and aligned (asserted; the mapping is page-aligned), and it
+        // stays mapped while `self` is borrowed; any bytes are valid `AtomicU64`s, and every
+        // process touches these words only atomically.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset).cast(), count) }
+    }
+
     fn at(&self, offset: usize, len: usize) -> *mut u8 {
         assert!(offset + len <= self.len);
         // SAFETY: in bounds (asserted).
