@@ -64,7 +64,7 @@ impl AsRawFd for Fd {
 }
 
 #[cfg(feature = "serde")]
-pub(crate) use with_serde::{decode_serde, encode_serde, too_deep};
+pub(crate) use with_serde::{decode_serde, decode_serde_bytes, encode_serde, too_deep};
 #[cfg(feature = "serde")]
 pub use with_serde::{deserialize, refused, rejected, serialize};
 
@@ -186,7 +186,21 @@ mod with_serde {
 
         #[inline]
         fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-            self.0.extend_from_slice(data);
+            // A varint or a small field: copies of a size known at compile time, made with a
+            // few stores, rather than a call of memcpy (which costs more than such a copy, for
+            // every integer of a big message).
+            macro_rules! fixed {
+                ($($n:literal)*) => {
+                    match data.len() {
+                        $($n => {
+                            let bytes: [u8; $n] = data.try_into().expect("length matched");
+                            self.0.extend_from_slice(&bytes);
+                        })*
+                        _ => self.0.extend_from_slice(data),
+                    }
+                };
+            }
+            fixed!(1 2 3 4 5 6 7 8 9 10);
             Ok(())
         }
 
@@ -317,6 +331,19 @@ mod with_serde {
             return decode_with_fds(frame);
         }
         match take_from_bytes::<T>(&frame.bytes) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(Error::TrailingBytes {
+                expected: std::any::type_name::<T>(),
+                left: rest.len(),
+            }),
+            Err(err) => Err(decode_error(err)),
+        }
+    }
+
+    /// [`decode_serde`] from bytes that own no descriptors.
+    #[inline(always)]
+    pub(crate) fn decode_serde_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+        match take_from_bytes::<T>(bytes) {
             Ok((value, [])) => Ok(value),
             Ok((_, rest)) => Err(Error::TrailingBytes {
                 expected: std::any::type_name::<T>(),

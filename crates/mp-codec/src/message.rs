@@ -106,6 +106,26 @@ pub trait Decode: Sized {
     /// [`Error::MissingFd`] when the frame is not an encoding of `Self`, [`Error::TooDeep`]
     /// when it nests past [`MAX_DEPTH`](crate::MAX_DEPTH).
     fn decode(frame: &mut Frame) -> Result<Self>;
+
+    /// Decodes a value from all of `bytes`: an encoding that owns no descriptors (one that
+    /// refers to some is an error). For a caller holding many small encodings back to back:
+    /// serde types decode in place; the default copies the bytes into a frame first.
+    ///
+    /// ```
+    /// use mp_codec::{Decode, Frame};
+    ///
+    /// let frame = Frame::encode(&(7u8, "seven"))?;
+    /// assert_eq!(<(u8, String)>::decode_bytes(&frame.bytes)?, (7, "seven".to_string()));
+    /// # Ok::<(), mp_codec::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Decode::decode`].
+    fn decode_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut frame = Frame::new();
+        frame.bytes.extend_from_slice(bytes);
+        Self::decode(&mut frame)
+    }
 }
 
 /// A value that can be sent to another process and received there: [`Encode`] + [`Decode`].
@@ -147,6 +167,11 @@ impl<T: serde::de::DeserializeOwned> Decode for T {
     #[inline]
     fn decode(frame: &mut Frame) -> Result<Self> {
         crate::fd::decode_serde(frame)
+    }
+
+    #[inline]
+    fn decode_bytes(bytes: &[u8]) -> Result<Self> {
+        crate::fd::decode_serde_bytes(bytes)
     }
 }
 
@@ -279,6 +304,26 @@ mod tests {
             assert_eq!(frame.bytes, payload);
             assert_eq!(frame.decode::<Bytes>().unwrap().0, payload);
         }
+    }
+
+    #[test]
+    fn decode_bytes_is_decode_for_values_without_descriptors() {
+        for value in [0u64, 127, 128, 1 << 35, u64::MAX] {
+            let frame = Frame::encode(&(value, "x", [value; 3])).unwrap();
+            type T = (u64, String, [u64; 3]);
+            assert_eq!(
+                T::decode_bytes(&frame.bytes).unwrap(),
+                frame.decode::<T>().unwrap()
+            );
+        }
+        assert!(matches!(
+            u8::decode_bytes(&[1, 2]),
+            Err(Error::TrailingBytes { left: 1, .. })
+        ));
+        // An encoding that refers to a descriptor, given without it.
+        let pipe = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let frame = Frame::encode(&crate::Fd::from(pipe)).unwrap();
+        assert!(crate::Fd::decode_bytes(&frame.bytes).is_err());
     }
 
     #[test]

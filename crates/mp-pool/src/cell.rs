@@ -73,6 +73,11 @@ impl Cell {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wakes the waiters (after a change made under [`Cell::lock`]).
+    pub(crate) fn notify(&self) {
+        self.changed.notify_all();
+    }
+
     /// Records a chunk's outcome: whether the job is now done (and so off the pool's
     /// books), and the callbacks to run.
     pub(crate) fn arrive(&self, arrival: Arrival) -> (bool, Vec<Callback>) {
@@ -175,6 +180,9 @@ fn decode_item<'a, R: Decode>(
     fds: &mut impl Iterator<Item = &'a std::os::fd::OwnedFd>,
     scratch: &mut Frame,
 ) -> Result<R> {
+    if item.fds == 0 && !item.err {
+        return R::decode_bytes(item.bytes).map_err(Error::decode::<R>);
+    }
     scratch.clear();
     scratch.bytes.extend_from_slice(item.bytes);
     for fd in fds.take(item.fds) {

@@ -166,6 +166,11 @@ pub(crate) fn encode_chunk<A: Encode>(
     let mut frame = Frame::new();
     let mut writer = ChunkWriter::new(&mut frame);
     for item in items.take(chunksize) {
+        if writer.count == 1 {
+            // Room for the rest, at the size of the first (growing by doubling would copy
+            // the chunk over and over).
+            writer.reserve_like_first(chunksize);
+        }
         if let Err(err) = writer.item(|f| item.encode(f).map(|()| false)) {
             let count = writer.count;
             let before = (count > 0).then_some((count, frame));
@@ -244,24 +249,58 @@ impl Pool {
             return Err(Error::InvalidArgument("chunksize must be at least 1"));
         }
         let target = TargetId::of(f)?;
-        let items: Vec<A> = items.into_iter().collect();
-        let chunksize =
-            chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes()));
-        let mut items = items.into_iter();
-        let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize));
-        while let Some(chunk) = encode_chunk(&mut items, chunksize) {
-            chunks.push(chunk.map_err(|(_, err)| err)?);
+        let items = items.into_iter();
+        match items.size_hint() {
+            // An input that knows its length (most do) is encoded as it is read.
+            (low, Some(high)) if low == high => {
+                self.start_sized(target, items, low, chunksize, fail_fast)
+            }
+            _ => {
+                let items: Vec<A> = items.collect();
+                let len = items.len();
+                self.start_sized(target, items.into_iter(), len, chunksize, fail_fast)
+            }
         }
-        let mut state = self.shared.lock();
-        let (job, cell) = self
-            .shared
-            .open_job(&mut state, fail_fast, chunks.len() as u32, true)?;
-        let tasks = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, (count, frame))| task(job, i as u32, count, target, frame));
-        self.shared.submit(&mut state, tasks);
-        drop(state);
+    }
+
+    /// Encodes `len` items chunk by chunk, sending each as soon as it is made, so the
+    /// workers start on the first while the rest are encoded. (A length that proves wrong
+    /// only changes the chunks' sizes.)
+    fn start_sized<A, R>(
+        &self,
+        target: TargetId,
+        mut items: impl Iterator<Item = A>,
+        len: usize,
+        chunksize: Option<usize>,
+        fail_fast: bool,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        A: Message + 'static,
+        R: Message + 'static,
+    {
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, self.processes()));
+        let (job, cell) = {
+            let mut state = self.shared.lock();
+            self.shared.open_job(&mut state, fail_fast, 0, false)?
+        };
+        let mut chunk = 0u32;
+        loop {
+            match encode_chunk(&mut items, chunksize) {
+                None => break,
+                Some(Ok((count, frame))) => {
+                    cell.lock().outstanding += 1;
+                    let mut state = self.shared.lock();
+                    self.shared
+                        .submit(&mut state, [task(job, chunk, count, target, frame)]);
+                    chunk += 1;
+                }
+                Some(Err((_, err))) => {
+                    self.shared.forget_job(job);
+                    return Err(err);
+                }
+            }
+        }
+        self.shared.seal(job, &cell);
         Ok(AsyncResult::new(
             self.shared.clone(),
             cell,
@@ -320,7 +359,7 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.blocking(|| self.start(&f, items, None, true)?.get())
+        self.blocking(|| self.start(&f, items, None, true)?.collect())
     }
 
     /// [`map`](Pool::map) in chunks of `chunksize` items.
@@ -334,7 +373,7 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.blocking(|| self.start(&f, items, Some(chunksize), true)?.get())
+        self.blocking(|| self.start(&f, items, Some(chunksize), true)?.collect())
     }
 
     /// [`map`](Pool::map) whose values come later: Python's `map_async`.

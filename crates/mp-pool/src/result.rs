@@ -160,6 +160,50 @@ impl<T> AsyncResult<T> {
     }
 }
 
+impl<R: Decode> AsyncResult<Vec<R>> {
+    /// A blocking `map`'s values: each chunk decoded as soon as it and those before it have
+    /// arrived, while the workers run the rest.
+    pub(crate) fn collect(self) -> Result<Vec<R>> {
+        let mut values = Vec::new();
+        let mut next = 0u32;
+        let mut parked: BTreeMap<u32, Arrival> = BTreeMap::new();
+        let _waiting = Waiting::new(&self.shared.waiting);
+        loop {
+            let (batch, done) = {
+                let inner = self.cell.lock();
+                let (mut inner, _) = self
+                    .cell
+                    .wait_until(inner, None, |i| !i.arrived.is_empty() || i.done());
+                if let Some(err) = &inner.error {
+                    return Err(err.clone());
+                }
+                (inner.arrived.drain(..).collect::<Vec<_>>(), inner.done())
+            };
+            parked.extend(batch.into_iter().map(|a| (a.chunk, a)));
+            while let Some(arrival) = parked.remove(&next) {
+                let mut failed = None;
+                values.reserve(arrival.count as usize);
+                decode_items::<R>(&arrival, &mut |item: Result<R>| match item {
+                    Ok(value) => values.push(value),
+                    Err(err) => {
+                        failed.get_or_insert(err);
+                    }
+                });
+                if let Some(err) = failed {
+                    return Err(err);
+                }
+                next += 1;
+            }
+            if done {
+                return match parked.is_empty() {
+                    true => Ok(values),
+                    false => Err(Error::decode::<R>("a chunk of the map never arrived")),
+                };
+            }
+        }
+    }
+}
+
 /// A `map`'s values, in order; the first failure (by completion) if any.
 pub(crate) fn finish_map<R: Decode>(inner: &Inner) -> Result<Vec<R>> {
     if let Some(err) = &inner.error {

@@ -278,6 +278,21 @@ impl Shared {
         self.pump(state);
     }
 
+    /// Says no more chunks of `job` will come; takes it off the books if it is done.
+    pub(crate) fn seal(&self, job: u64, cell: &Cell) {
+        let done = {
+            let mut inner = cell.lock();
+            inner.sealed = true;
+            let done = inner.done();
+            // Waiters wait for "done", which sealing can make true.
+            cell.notify();
+            done
+        };
+        if done {
+            self.forget_job(job);
+        }
+    }
+
     /// Takes a job off the books (its owner lost interest); its queued tasks are dropped.
     pub(crate) fn forget_job(&self, job: u64) {
         let mut state = self.lock();

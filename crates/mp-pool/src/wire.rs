@@ -55,6 +55,13 @@ impl<'a> ChunkWriter<'a> {
         ChunkWriter { frame, count: 0 }
     }
 
+    /// Reserves room for `total` items as big as the first (capped at 64 MiB).
+    pub(crate) fn reserve_like_first(&mut self, total: usize) {
+        let first = self.frame.bytes.len();
+        let room = first.saturating_mul(total.saturating_sub(1)).min(64 << 20);
+        self.frame.bytes.reserve(room);
+    }
+
     /// Runs `encode` to append one item's bytes and descriptors, then writes its header.
     /// `encode` says whether what it wrote is an error item. On its failure the item is
     /// removed again and the error returned.

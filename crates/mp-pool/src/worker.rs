@@ -79,6 +79,9 @@ pub(crate) fn main(boot: Boot) {
     let _ = REPLIES.set(replies.clone());
     let mut known: Option<(TargetId, Target)> = None;
     let mut scratch = Frame::new();
+    // The last reply's payload, emptied: its buffer serves the next (a fresh one would cost
+    // a page fault per 4 KiB of results).
+    let mut spare = Frame::new();
     // Any error on the inbox (it cannot be closed by anyone but us, so it is corrupted
     // memory or a task that does not decode) ends the worker: the pool then treats the
     // task it held as lost and sends the others elsewhere, rather than wait for a reply
@@ -97,7 +100,7 @@ pub(crate) fn main(boot: Boot) {
             known = Some((target, t));
         }
         let payload = Arc::try_unwrap(msg.payload).unwrap_or_default();
-        let (out, failed) = run_chunk(resolved, payload, &mut scratch);
+        let (out, failed) = run_chunk(resolved, payload, &mut scratch, std::mem::take(&mut spare));
         let reply = Msg {
             head: Head::Done {
                 slot,
@@ -108,7 +111,12 @@ pub(crate) fn main(boot: Boot) {
             },
             payload: Arc::new(out),
         };
-        if let Err(err) = replies.put(reply) {
+        let put = replies.put(reply.clone());
+        if let Ok(mut out) = Arc::try_unwrap(reply.payload) {
+            out.clear();
+            spare = out;
+        }
+        if let Err(err) = put {
             // The results could not be sent (a descriptor that cannot be duplicated, say):
             // the task still fails, with why, rather than leave the pool waiting.
             let why = CallError::Encode {
@@ -135,8 +143,11 @@ fn run_chunk(
     target: Result<Target, CallError>,
     payload: Frame,
     scratch: &mut Frame,
+    mut out: Frame,
 ) -> (Frame, Option<(u32, CallError)>) {
-    let mut out = Frame::new();
+    // Results take about the room their arguments took.
+    out.bytes
+        .reserve(payload.bytes.len() + payload.bytes.len() / 2);
     let mut failed = None;
     let target = match target {
         Ok(t) => t,
@@ -161,8 +172,13 @@ fn run_chunk(
                 break;
             }
         };
-        load(scratch, &item, &mut fds);
-        if let Err(why) = writer.item(|f| target.call(scratch, f).map(|()| false)) {
+        let called = if item.fds == 0 {
+            writer.item(|f| target.call_bytes(item.bytes, f).map(|()| false))
+        } else {
+            load(scratch, &item, &mut fds);
+            writer.item(|f| target.call(scratch, f).map(|()| false))
+        };
+        if let Err(why) = called {
             // The item's error instead of its result (a CallError always encodes).
             let _ = writer.item(|f| why.encode(f).map(|()| true));
             failed.get_or_insert((index, why));

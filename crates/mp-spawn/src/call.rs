@@ -46,8 +46,14 @@ pub struct TargetId {
 /// the function that calls its target (so a call checks nothing: it was checked once).
 pub(crate) type CallFn = fn(u64) -> Result<Invoke, CallError>;
 
-/// Decodes `A`, runs the target, encodes `R`.
-type Invoke = fn(&mut Frame, &mut Frame) -> Result<(), CallError>;
+/// Decodes `A` (from a frame, or from bytes that own no descriptors), runs the target,
+/// encodes `R`.
+pub(crate) type Invoke = fn(Args<'_>, &mut Frame) -> Result<(), CallError>;
+
+pub(crate) enum Args<'a> {
+    Frame(&'a mut Frame),
+    Bytes(&'a [u8]),
+}
 
 /// A target found in this executable's table, ready to call.
 #[derive(Clone, Copy)]
@@ -116,13 +122,17 @@ where
     Ok(invoke::<F, A, R>)
 }
 
-fn invoke<F, A, R>(args: &mut Frame, out: &mut Frame) -> Result<(), CallError>
+fn invoke<F, A, R>(args: Args<'_>, out: &mut Frame) -> Result<(), CallError>
 where
     F: Fn(A) -> R + Copy + 'static,
     A: Decode + 'static,
     R: Encode + 'static,
 {
-    let args = A::decode(args).map_err(|err| CallError::Decode {
+    let args = match args {
+        Args::Frame(frame) => A::decode(frame),
+        Args::Bytes(bytes) => A::decode_bytes(bytes),
+    };
+    let args = args.map_err(|err| CallError::Decode {
         type_name: std::any::type_name::<A>().into(),
         reason: err.to_string(),
     })?;
@@ -204,7 +214,17 @@ impl Target {
     /// that does not encode (`out` may then hold part of it: clear it).
     #[inline]
     pub fn call(&self, args: &mut Frame, out: &mut Frame) -> Result<(), CallError> {
-        (self.invoke)(args, out)
+        (self.invoke)(Args::Frame(args), out)
+    }
+
+    /// [`call`](Self::call) with an argument encoded in `args`, which owns no descriptors
+    /// (one that refers to some fails to decode): for many small arguments back to back.
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    #[inline]
+    pub fn call_bytes(&self, args: &[u8], out: &mut Frame) -> Result<(), CallError> {
+        (self.invoke)(Args::Bytes(args), out)
     }
 }
 
