@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use multiprocessing::{
-    Connection, Lock, Process, Queue, StartMethod, Value,
+    Connection, Lock, Pool, Process, Queue, StartMethod, Value,
     codec::{Frame, Pod},
     cpu_count, pipe,
     process::Builder,
@@ -49,6 +49,22 @@ fn put_squares((queue, from, to): (Queue<u64>, u64, u64)) {
     for n in from..to {
         queue.put(n * n).expect("the queue is open");
     }
+}
+
+fn collatz_steps(mut n: u64) -> u32 {
+    let mut steps = 0;
+    while n != 1 {
+        n = if n.is_multiple_of(2) { n / 2 } else { 3 * n + 1 };
+        steps += 1;
+    }
+    steps
+}
+
+fn crash(x: u64) -> u64 {
+    if x == 3 {
+        std::process::abort(); // the worker dies mid-task
+    }
+    x
 }
 
 fn timed<R: multiprocessing::Message + 'static>(
@@ -145,5 +161,30 @@ fn main() -> Result<(), multiprocessing::Error> {
         start.elapsed().as_secs_f64() * 1e3
     );
     assert_eq!(how, Acquire::OwnerDied);
+
+    // 8. A pool: map in chunks across worker processes; a worker that dies fails only its
+    //    task, and is replaced.
+    let pool = Pool::new(cpu_count())?;
+    let start = Instant::now();
+    let steps = pool.map(collatz_steps, 1..=200_000)?;
+    let (longest, at) = steps.iter().zip(1..).max().expect("not empty");
+    println!(
+        "Pool.map: the longest Collatz chain below 200000 starts at {at} ({longest} steps), \
+         {:.1} ms on {} workers",
+        start.elapsed().as_secs_f64() * 1e3,
+        pool.processes()
+    );
+    let each: Vec<_> = pool.imap(crash, 1..=5)?.collect();
+    println!("imap with a worker that aborts on 3:");
+    for (x, outcome) in (1..).zip(each) {
+        match outcome {
+            Ok(v) => println!("  {x} -> {v}"),
+            Err(err) => println!("  {x} -> {err}"),
+        }
+    }
+    println!(
+        "and the pool goes on: {:?}",
+        pool.map(collatz_steps, [6, 7, 27])?
+    );
     Ok(())
 }

@@ -30,7 +30,8 @@
 //!
 //! Every crate's error is reachable from here, so a program that depends on this crate alone
 //! can match on what went wrong: [`process::Error`], [`connection::Error`],
-//! [`synchronize::Error`], [`sharedctypes::Error`], [`queues::Error`] and [`codec::Error`], each
+//! [`synchronize::Error`], [`sharedctypes::Error`], [`queues::Error`], [`pool::Error`] and
+//! [`codec::Error`], each
 //! also wrapped in the umbrella [`Error`]. A child that panics, matched:
 //!
 //! ```
@@ -53,6 +54,114 @@
 //! Errors say what failed and why in their own message (`{}`): a failed system call names
 //! the call, the address or name it was given where there is one, and the kernel's reason, so
 //! printing an error's top line is enough; nothing needs its `source()` chain walked.
+//!
+//! # From Python: the five programs of Python's docs
+//!
+//! Each program of the [`multiprocessing` docs' introduction][docs], and its Rust. The
+//! differences are the same everywhere: a target is a function item (or a closure without
+//! captures) taking one argument (a tuple for several) that is a [`Message`]; `start` and
+//! `join` return `Result`s; and `join` hands back the target's return value.
+//!
+//! [docs]: https://docs.python.org/3/library/multiprocessing.html
+//!
+//! **1. A process** (`Process(target=count, args=(5,)).start(); p.join()`):
+//!
+//! ```
+//! use multiprocessing::Process;
+//!
+//! fn count(n: u32) -> u32 {
+//!     (0..n).inspect(|i| println!("{i}")).count() as u32
+//! }
+//!
+//! let mut child = Process::new(count, 5).start()?;
+//! assert_eq!(child.join()?, 5); // Python's join returns None; ours, the value
+//! # Ok::<(), multiprocessing::Error>(())
+//! ```
+//!
+//! **2. A queue** (five processes each `q.put(n * n)`; the parent gets them all):
+//!
+//! ```
+//! use multiprocessing::{Process, Queue};
+//!
+//! fn square((q, n): (Queue<u64>, u64)) {
+//!     q.put(n * n).expect("the queue is open");
+//! }
+//!
+//! let q = Queue::<u64>::new()?;
+//! let children = (1..=5)
+//!     .map(|n| Process::new(square, (q.clone(), n)).start())
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let mut squares: Vec<u64> = (0..5).map(|_| q.get()).collect::<Result<_, _>>()?;
+//! squares.sort(); // they arrive in any order, as in Python
+//! assert_eq!(squares, [1, 4, 9, 16, 25]);
+//! for mut child in children {
+//!     child.join()?;
+//! }
+//! # Ok::<(), multiprocessing::Error>(())
+//! ```
+//!
+//! **3. A pool** (`with Pool(3) as p: print(p.map(square, [1, 2, 3, 4, 5]))`):
+//!
+//! ```
+//! use multiprocessing::Pool;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = Pool::new(3)?; // dropped at the end of the scope: terminated, as `with` does
+//! assert_eq!(pool.map(square, [1, 2, 3, 4, 5])?, [1, 4, 9, 16, 25]);
+//! # Ok::<(), multiprocessing::Error>(())
+//! ```
+//!
+//! **4. Shared memory** (`Value('i', 0)`, incremented under its lock in a child):
+//!
+//! ```
+//! use multiprocessing::{Process, Value};
+//!
+//! fn increment(counter: Value<i32>) {
+//!     *counter.lock().expect("no holder died") += 1;
+//! }
+//!
+//! let counter = Value::new(0i32)?;
+//! Process::new(increment, counter.clone()).start()?.join()?;
+//! assert_eq!(counter.get(), 1);
+//! # Ok::<(), multiprocessing::Error>(())
+//! ```
+//!
+//! **5. A pipe** (`parent_conn, child_conn = Pipe()`; the child sends, the parent receives):
+//!
+//! ```
+//! use multiprocessing::{Connection, Process, pipe};
+//!
+//! fn greet(conn: Connection) {
+//!     conn.send(&(42, "hello")).expect("the parent listens");
+//! }
+//!
+//! let (parent, child) = pipe(true)?;
+//! let mut p = Process::new(greet, child).start()?;
+//! assert_eq!(parent.recv::<(i32, String)>()?, (42, "hello".to_string()));
+//! p.join()?;
+//! # Ok::<(), multiprocessing::Error>(())
+//! ```
+//!
+//! # Python → Rust
+//!
+//! | Python | Rust (this crate) |
+//! |---|---|
+//! | `Process(target=f, args=a)`, `start`, `join(timeout)`, `is_alive`, `terminate`, `kill`, `exitcode`, `pid`, `name`, `daemon`, `sentinel` | [`Process`] (a builder; `join` returns the target's value) |
+//! | `get_context`, `set_start_method`, `get_start_method` | [`get_context`], [`set_start_method`], [`get_start_method`], [`StartMethod`] |
+//! | `Pipe(duplex)`, `Connection.send/recv/send_bytes/recv_bytes/recv_bytes_into/poll/close` | [`pipe`] → two [`Connection`]s |
+//! | `connection.Listener/Client/wait` | [`connection::Listener`], [`connection::Client`], [`connection::wait`] |
+//! | `Queue`, `SimpleQueue`, `JoinableQueue` | [`Queue`], [`SimpleQueue`], [`JoinableQueue`] |
+//! | `Value`, `Array`, `RawValue`, `RawArray` (`sharedctypes`) | [`Value`], [`Array`], [`RawValue`], [`RawArray`] |
+//! | `shared_memory.SharedMemory` | [`SharedMemory`] |
+//! | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier` | the same names |
+//! | `Pool(processes, initializer, initargs, maxtasksperchild)`, `map`, `imap`, `imap_unordered`, `starmap`, `apply`, `apply_async`, `map_async`, `close`, `terminate`, `join` | [`Pool`] (a builder for the options), [`AsyncResult`] |
+//! | `cpu_count`, `current_process`, `parent_process`, `active_children` | the same names |
+//!
+//! Modules carry Python's module names: [`connection`], [`pool`], [`process`], [`queues`],
+//! [`sharedctypes`], [`shared_memory`], [`synchronize`] (and [`codec`], for what crosses).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -72,9 +181,9 @@ pub mod connection {
 /// Python's `multiprocessing.process` and contexts: `Process`, start methods (`mp-spawn`).
 pub mod process {
     pub use mp_spawn::{
-        Builder, ChildInfo, Context, CurrentProcess, Error, ParentProcess, Process, StartMethod,
-        active_children, cpu_count, current_process, get_all_start_methods, get_context,
-        get_start_method, parent_process, set_start_method,
+        Builder, CallError, ChildInfo, Context, CurrentProcess, Error, ParentProcess, Process,
+        StartMethod, Target, TargetId, active_children, cpu_count, current_process,
+        get_all_start_methods, get_context, get_start_method, parent_process, set_start_method,
     };
 }
 
@@ -119,8 +228,15 @@ pub mod shared_memory {
     pub use mp_shm::{Error, SharedMemory};
 }
 
+/// Python's `multiprocessing.pool`: [`Pool`] and [`AsyncResult`]
+/// (`mp-pool`).
+pub mod pool {
+    pub use mp_pool::{AsyncResult, Builder, Error, ExitStatus, Imap, Pool, StarFn};
+}
+
 pub use mp_codec::{Decode, Encode, Message};
 pub use mp_pipe::{Connection, pipe};
+pub use mp_pool::{AsyncResult, Pool};
 pub use mp_queue::{JoinableQueue, Queue, SimpleQueue};
 pub use mp_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use mp_spawn::{
@@ -157,6 +273,9 @@ pub enum Error {
     /// A queue operation failed (`Empty`, `Full`, `Closed`, …).
     #[error(transparent)]
     Queue(#[from] mp_queue::Error),
+    /// A pool's task, or the pool itself, failed (`Panicked`, `WorkerLost`, `Terminated`, …).
+    #[error(transparent)]
+    Pool(#[from] mp_pool::Error),
 }
 
 impl<T> From<mp_queue::PutError<T>> for Error {

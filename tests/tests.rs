@@ -7,6 +7,8 @@ mod support;
 mod codec;
 // Interop with CPython's multiprocessing.connection, both directions, both handshakes.
 mod connection;
+// Pools through the facade; the documentation's pool program.
+mod pool;
 // Processes with pipes, and the documentation's example programs.
 mod process;
 // Queues between processes; the documentation's queue program.

@@ -71,18 +71,22 @@ impl<'a> ChunkWriter<'a> {
         encode: impl FnOnce(&mut Frame) -> Result<bool, E>,
     ) -> Result<(), E> {
         let start = self.frame.bytes.len();
-        let fds_before = self.frame.fds.len();
+        // The item's descriptors are numbered from 0 in its encoding, as its reader will
+        // hand them over: the chunk's go aside meanwhile.
+        let chunk_fds = std::mem::take(&mut self.frame.fds);
         self.frame.bytes.push(0);
-        let err = match encode(self.frame) {
+        let encoded = encode(self.frame);
+        let item_fds = std::mem::replace(&mut self.frame.fds, chunk_fds);
+        let err = match encoded {
             Ok(err) => err,
             Err(e) => {
                 self.frame.bytes.truncate(start);
-                self.frame.fds.truncate(fds_before);
                 return Err(e);
             }
         };
+        let nfds = item_fds.len();
+        self.frame.fds.extend(item_fds);
         let len = self.frame.bytes.len() - start - 1;
-        let nfds = self.frame.fds.len() - fds_before;
         let head = (len as u64) << 2 | u64::from(nfds > 0) << 1 | u64::from(err);
         if head < 0x80 && nfds == 0 {
             self.frame.bytes[start] = head as u8;

@@ -570,3 +570,24 @@ fn ctrl_c_during_map_returns_interrupted_with_no_worker_left() {
         assert!(left.is_empty(), "{method:?}: workers left {left:?}");
     }
 }
+
+fn read_one(conn: Connection) -> (u8, Connection) {
+    let byte = conn.recv::<u8>().unwrap_or(0);
+    (byte, conn)
+}
+
+#[test]
+fn items_that_own_descriptors_cross_both_ways_in_one_chunk() {
+    let pool = Pool::new(1).unwrap();
+    let (ours, theirs): (Vec<_>, Vec<_>) = (0..4).map(|_| pipe(true).unwrap()).unzip();
+    for (i, conn) in ours.iter().enumerate() {
+        conn.send(&(i as u8 + 10)).unwrap();
+    }
+    let back = pool.map_chunked(read_one, theirs, 4).unwrap();
+    for (i, (byte, conn)) in back.into_iter().enumerate() {
+        assert_eq!(byte, i as u8 + 10);
+        // The connection that came back is the same pipe.
+        conn.send(&(i as u8)).unwrap();
+        assert_eq!(ours[i].recv::<u8>().unwrap(), i as u8);
+    }
+}
