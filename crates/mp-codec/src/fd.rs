@@ -73,7 +73,6 @@ mod with_serde {
     use std::{
         cell::{Cell, RefCell},
         os::fd::OwnedFd,
-        sync::atomic::{AtomicBool, Ordering},
     };
 
     use std::os::fd::AsFd;
@@ -83,11 +82,12 @@ mod with_serde {
     use super::Fd;
     use crate::{Error, Frame, Result, depth::Depth};
 
-    /// Set once any `Fd` has been serialized in this process. Until then encoding skips the
-    /// side-channel set-up, so plain values pay nothing for it.
-    static FDS_SEEN: AtomicBool = AtomicBool::new(false);
-
     thread_local! {
+        /// Set when an `Fd` was serialized outside an encode that collects descriptors: the
+        /// plain attempt every encode makes first failed because of it, and is redone with
+        /// the side channel. (So values that own no descriptor never pay for one, whatever
+        /// else this process sends; one that owns some is serialized twice.)
+        static FD_MET: Cell<bool> = const { Cell::new(false) };
         /// The fd list of the frame being encoded on this thread, if any.
         static ENCODING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
         /// The descriptors of the frame being decoded on this thread, if any.
@@ -242,9 +242,6 @@ mod with_serde {
 
     #[inline(always)]
     pub(crate) fn encode_serde<T: Serialize + ?Sized>(value: &T, frame: &mut Frame) -> Result<()> {
-        if FDS_SEEN.load(Ordering::Relaxed) {
-            return encode_with_fds(value, frame);
-        }
         let start = frame.bytes.len();
         match postcard::serialize_with_flavor(value, Append(&mut frame.bytes)) {
             Ok(()) => Ok(()),
@@ -261,7 +258,7 @@ mod with_serde {
         start: usize,
         err: postcard::Error,
     ) -> Result<()> {
-        if !FDS_SEEN.load(Ordering::Relaxed) {
+        if !FD_MET.replace(false) {
             return Err(encode_failed(value, err));
         }
         FAULT.take();
@@ -338,6 +335,12 @@ mod with_serde {
             }),
             Err(err) => Err(decode_error(err)),
         }
+    }
+
+    /// Whether an `Fd` was met outside a collecting encode and not yet handed over (tests).
+    #[cfg(test)]
+    pub(crate) fn fd_met() -> bool {
+        FD_MET.get()
     }
 
     /// [`decode_serde`] from bytes that own no descriptors.
@@ -420,6 +423,7 @@ mod with_serde {
             let pushed = ENCODING.with(|cell| {
                 let mut slot = cell.borrow_mut();
                 let Some(fds) = slot.as_mut() else {
+                    FD_MET.set(true);
                     return Err("file descriptors can only be encoded by mp_codec");
                 };
                 match fd.as_fd().try_clone_to_owned() {
@@ -438,10 +442,7 @@ mod with_serde {
                     let index = u32::try_from(index).map_err(serde::ser::Error::custom)?;
                     serializer.serialize_u32(index)
                 }
-                Err(why) => {
-                    FDS_SEEN.store(true, Ordering::Relaxed);
-                    Err(serde::ser::Error::custom(why))
-                }
+                Err(why) => Err(serde::ser::Error::custom(why)),
             }
         }
     }
@@ -506,6 +507,28 @@ mod tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn plain_values_and_values_with_fds_alternate_and_plain_ones_never_take_the_fd_path() {
+        for round in 0..3 {
+            let plain = Frame::encode(&(round, "plain")).unwrap();
+            assert!(plain.fds.is_empty());
+            assert!(!super::with_serde::fd_met(), "a plain value met an Fd");
+            let (r, w) = pipe();
+            let frame = Frame::encode(&(round, w)).unwrap();
+            assert_eq!(frame.fds.len(), 1);
+            // The plain attempt that met the Fd handed over to the fd path, and said so once.
+            assert!(!super::with_serde::fd_met());
+            let (n, fd): (i32, Fd) = frame.decode().unwrap();
+            assert_eq!(n, round);
+            write_through(fd, b"x");
+            assert_eq!(read_all(r), b"x");
+            assert_eq!(
+                plain.decode::<(i32, String)>().unwrap(),
+                (round, "plain".into())
+            );
+        }
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub(crate) struct Inner {
     /// Why the job failed as a whole (fail-fast, or the pool ended).
     pub(crate) error: Option<Error>,
     pub(crate) callbacks: Vec<Callback>,
+    /// Threads waiting on the cell now.
+    waiters: u32,
+    /// Arrivals that wake them before the job is done (the least any of them asked for):
+    /// waking a thread costs a system call here and a few microseconds there, so a waiter
+    /// that takes results in batches is woken once a batch.
+    wake_after: u32,
 }
 
 impl Inner {
@@ -64,6 +70,8 @@ impl Cell {
                 sealed,
                 error: None,
                 callbacks: Vec::new(),
+                waiters: 0,
+                wake_after: 1,
             }),
             changed: Condvar::new(),
         })
@@ -73,9 +81,11 @@ impl Cell {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the waiters (after a change made under [`Cell::lock`]).
-    pub(crate) fn notify(&self) {
-        self.changed.notify_all();
+    /// Wakes the waiters, if any (after a change made under [`Cell::lock`], still held).
+    pub(crate) fn notify(&self, inner: &Inner) {
+        if inner.waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Records a chunk's outcome: whether the job is now done (and so off the pool's
@@ -108,7 +118,9 @@ impl Cell {
 
     /// Wakes the waiters; hands back the callbacks to run (outside the lock) once done.
     fn finish(&self, mut inner: MutexGuard<'_, Inner>) -> (bool, Vec<Callback>) {
-        self.changed.notify_all();
+        if inner.waiters > 0 && (inner.done() || inner.arrived.len() >= inner.wake_after as usize) {
+            self.changed.notify_all();
+        }
         if !inner.done() {
             return (false, Vec::new());
         }
@@ -116,28 +128,57 @@ impl Cell {
     }
 
     /// Waits until `ready` holds of the cell, or until `deadline`; `false` on the deadline.
+    /// Until the job is done, only `wake_after` arrivals (or a failure) wake the waiter to
+    /// look again (`u32::MAX`: only the end).
     pub(crate) fn wait_until<'a>(
         &'a self,
         mut inner: MutexGuard<'a, Inner>,
         deadline: Option<Instant>,
+        wake_after: u32,
         ready: impl Fn(&Inner) -> bool,
     ) -> (MutexGuard<'a, Inner>, bool) {
         loop {
             if ready(&inner) {
                 return (inner, true);
             }
+            inner.wake_after = match inner.waiters {
+                0 => wake_after.max(1),
+                _ => inner.wake_after.min(wake_after.max(1)),
+            };
+            inner.waiters += 1;
+            let waited = self.wait_once(inner, deadline);
+            inner = waited.0;
+            inner.waiters -= 1;
+            if !waited.1 {
+                let ready = ready(&inner);
+                return (inner, ready);
+            }
+        }
+    }
+
+    /// One wait on the condition variable; `false` once `deadline` has passed.
+    fn wait_once<'a>(
+        &'a self,
+        inner: MutexGuard<'a, Inner>,
+        deadline: Option<Instant>,
+    ) -> (MutexGuard<'a, Inner>, bool) {
+        {
             match deadline {
-                None => inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
+                None => (
+                    self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
+                    true,
+                ),
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return (inner, false);
                     }
-                    inner = self
+                    let inner = self
                         .changed
                         .wait_timeout(inner, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
+                    (inner, true)
                 }
             }
         }

@@ -232,6 +232,23 @@ impl Pool {
         call()
     }
 
+    /// A blocking map: results decoded as they come, between chunks being encoded.
+    fn map_blocking<F, A, R>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Message + 'static,
+        R: Message + 'static,
+    {
+        let mut collector = None;
+        let started = self.start_collecting(f, items, chunksize, true, Some(&mut collector))?;
+        started.collect(collector.unwrap_or_else(|| result::Collector::new(0)))
+    }
+
     /// Submits `f` over the chunks: the job's cell.
     fn start<F, A, R>(
         &self,
@@ -239,6 +256,24 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
         fail_fast: bool,
+    ) -> Result<AsyncResult<Vec<R>>>
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Message + 'static,
+        R: Message + 'static,
+    {
+        self.start_collecting(f, items, chunksize, fail_fast, None)
+    }
+
+    /// [`start`](Self::start), decoding what arrives between chunks into a collector made
+    /// in `collector` (a blocking map's).
+    fn start_collecting<F, A, R>(
+        &self,
+        f: &F,
+        items: impl IntoIterator<Item = A>,
+        chunksize: Option<usize>,
+        fail_fast: bool,
+        collector: Option<&mut Option<result::Collector<R>>>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
         F: Fn(A) -> R + Copy + 'static,
@@ -253,12 +288,19 @@ impl Pool {
         match items.size_hint() {
             // An input that knows its length (most do) is encoded as it is read.
             (low, Some(high)) if low == high => {
-                self.start_sized(target, items, low, chunksize, fail_fast)
+                self.start_sized(target, items, low, chunksize, fail_fast, collector)
             }
             _ => {
                 let items: Vec<A> = items.collect();
                 let len = items.len();
-                self.start_sized(target, items.into_iter(), len, chunksize, fail_fast)
+                self.start_sized(
+                    target,
+                    items.into_iter(),
+                    len,
+                    chunksize,
+                    fail_fast,
+                    collector,
+                )
             }
         }
     }
@@ -273,11 +315,13 @@ impl Pool {
         len: usize,
         chunksize: Option<usize>,
         fail_fast: bool,
+        collector: Option<&mut Option<result::Collector<R>>>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
         A: Message + 'static,
         R: Message + 'static,
     {
+        let mut collector = collector.map(|c| c.insert(result::Collector::new(len)));
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, self.processes()));
         let (job, cell) = {
             let mut state = self.shared.lock();
@@ -292,7 +336,15 @@ impl Pool {
                     let mut state = self.shared.lock();
                     self.shared
                         .submit(&mut state, [task(job, chunk, count, target, frame)]);
+                    drop(state);
                     chunk += 1;
+                    // What came back meanwhile, decoded now rather than after the last chunk.
+                    if let Some(collector) = collector.as_mut()
+                        && let Err(err) = collector.step(&cell, false)
+                    {
+                        self.shared.forget_job(job);
+                        return Err(err);
+                    }
                 }
                 Some(Err((_, err))) => {
                     self.shared.forget_job(job);
@@ -359,7 +411,7 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.blocking(|| self.start(&f, items, None, true)?.collect())
+        self.blocking(|| self.map_blocking(&f, items, None))
     }
 
     /// [`map`](Pool::map) in chunks of `chunksize` items.
@@ -373,7 +425,7 @@ impl Pool {
         R: Message + 'static,
         I: IntoIterator<Item = A>,
     {
-        self.blocking(|| self.start(&f, items, Some(chunksize), true)?.collect())
+        self.blocking(|| self.map_blocking(&f, items, Some(chunksize)))
     }
 
     /// [`map`](Pool::map) whose values come later: Python's `map_async`.

@@ -99,7 +99,9 @@ impl<T> AsyncResult<T> {
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let _waiting = Waiting::new(&self.shared.waiting);
         let inner = self.cell.lock();
-        self.cell.wait_until(inner, deadline, Inner::done).1
+        self.cell
+            .wait_until(inner, deadline, u32::MAX, Inner::done)
+            .1
     }
 
     /// Waits for the value.
@@ -160,47 +162,71 @@ impl<T> AsyncResult<T> {
     }
 }
 
-impl<R: Decode> AsyncResult<Vec<R>> {
-    /// A blocking `map`'s values: each chunk decoded as soon as it and those before it have
-    /// arrived, while the workers run the rest.
-    pub(crate) fn collect(self) -> Result<Vec<R>> {
-        let mut values = Vec::new();
-        let mut next = 0u32;
-        let mut parked: BTreeMap<u32, Arrival> = BTreeMap::new();
-        let _waiting = Waiting::new(&self.shared.waiting);
-        loop {
-            let (batch, done) = {
-                let inner = self.cell.lock();
-                let (mut inner, _) = self
-                    .cell
-                    .wait_until(inner, None, |i| !i.arrived.is_empty() || i.done());
-                if let Some(err) = &inner.error {
-                    return Err(err.clone());
-                }
-                (inner.arrived.drain(..).collect::<Vec<_>>(), inner.done())
-            };
-            parked.extend(batch.into_iter().map(|a| (a.chunk, a)));
-            while let Some(arrival) = parked.remove(&next) {
-                let mut failed = None;
-                values.reserve(arrival.count as usize);
-                decode_items::<R>(&arrival, &mut |item: Result<R>| match item {
-                    Ok(value) => values.push(value),
-                    Err(err) => {
-                        failed.get_or_insert(err);
-                    }
-                });
-                if let Some(err) = failed {
-                    return Err(err);
-                }
-                next += 1;
-            }
-            if done {
-                return match parked.is_empty() {
-                    true => Ok(values),
-                    false => Err(Error::decode::<R>("a chunk of the map never arrived")),
-                };
-            }
+/// A blocking `map`'s values, decoded chunk by chunk as soon as each and those before it
+/// have arrived: between the chunks being encoded, and while the workers run the rest.
+pub(crate) struct Collector<R> {
+    values: Vec<R>,
+    /// The next chunk to decode.
+    next: u32,
+    /// Chunks that arrived before one ahead of them.
+    parked: BTreeMap<u32, Arrival>,
+}
+
+impl<R: Decode> Collector<R> {
+    pub(crate) fn new(len: usize) -> Self {
+        Collector {
+            values: Vec::with_capacity(len),
+            next: 0,
+            parked: BTreeMap::new(),
         }
+    }
+
+    /// Takes what has arrived (waiting for something first if `wait`) and decodes what is
+    /// next in order. Whether the job is done; its first failure.
+    pub(crate) fn step(&mut self, cell: &Cell, wait: bool) -> Result<bool> {
+        let (batch, done) = {
+            let mut inner = cell.lock();
+            if wait {
+                // Woken about eight times a job, not for every chunk.
+                let batch = (inner.outstanding / 8).max(1);
+                inner = cell
+                    .wait_until(inner, None, batch, |i| !i.arrived.is_empty() || i.done())
+                    .0;
+            }
+            if let Some(err) = &inner.error {
+                return Err(err.clone());
+            }
+            (inner.arrived.drain(..).collect::<Vec<_>>(), inner.done())
+        };
+        self.parked.extend(batch.into_iter().map(|a| (a.chunk, a)));
+        while let Some(arrival) = self.parked.remove(&self.next) {
+            let mut failed = None;
+            let values = &mut self.values;
+            values.reserve(arrival.count as usize);
+            decode_items::<R>(&arrival, &mut |item: Result<R>| match item {
+                Ok(value) => values.push(value),
+                Err(err) => {
+                    failed.get_or_insert(err);
+                }
+            });
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            self.next += 1;
+        }
+        if done && !self.parked.is_empty() {
+            return Err(Error::decode::<R>("a chunk of the map never arrived"));
+        }
+        Ok(done)
+    }
+}
+
+impl<R: Decode> AsyncResult<Vec<R>> {
+    /// A blocking `map`'s values, with what `collector` decoded already.
+    pub(crate) fn collect(self, mut collector: Collector<R>) -> Result<Vec<R>> {
+        let _waiting = Waiting::new(&self.shared.waiting);
+        while !collector.step(&self.cell, true)? {}
+        Ok(collector.values)
     }
 }
 
@@ -410,7 +436,9 @@ where
                 continue;
             }
             inner = cell
-                .wait_until(inner, None, |i| !i.arrived.is_empty() || i.error.is_some())
+                .wait_until(inner, None, 1, |i| {
+                    !i.arrived.is_empty() || i.error.is_some()
+                })
                 .0;
         }
     }

@@ -285,7 +285,7 @@ impl Shared {
             inner.sealed = true;
             let done = inner.done();
             // Waiters wait for "done", which sealing can make true.
-            cell.notify();
+            cell.notify(&inner);
             done
         };
         if done {
@@ -383,24 +383,38 @@ impl Shared {
 
     /// The reply thread: delivers results, handles ended workers, refills inboxes.
     fn reply_thread(self: Arc<Self>) {
+        // A reply taken but not handled yet (the bound of a batch came first).
+        let mut carried = None;
         loop {
-            let msg = self.replies.get();
+            let mut next = carried.take().unwrap_or_else(|| self.replies.get());
             let mut state = self.lock();
-            if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
-                return;
-            }
-            let msg = match msg {
-                Ok(msg) => msg,
-                Err(err) => {
-                    // Only memory scribbled over by another process gets here: which task
-                    // the lost reply answered is unknown, so the pool stops rather than
-                    // leave a job waiting for ever.
-                    drop(state);
-                    self.end(Error::from(err));
+            // This reply, and the others already there (up to a bound), under one hold of
+            // the lock and with one refill of the inboxes after them.
+            let mut callbacks = Vec::new();
+            for _ in 0..256 {
+                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
                     return;
                 }
-            };
-            let callbacks = self.handle(&mut state, msg);
+                match next {
+                    Ok(msg) => callbacks.extend(self.handle(&mut state, msg)),
+                    Err(err) => {
+                        // Only memory scribbled over by another process gets here: which
+                        // task the lost reply answered is unknown, so the pool stops rather
+                        // than leave a job waiting for ever.
+                        drop(state);
+                        callbacks.into_iter().for_each(|c| c());
+                        self.end(Error::from(err));
+                        return;
+                    }
+                }
+                next = self.replies.try_get();
+                if matches!(next, Err(mp_queue::Error::Empty)) {
+                    break;
+                }
+            }
+            if !matches!(next, Err(mp_queue::Error::Empty)) {
+                carried = Some(next);
+            }
             self.pump(&mut state);
             self.notify_if_idle(&state);
             drop(state);

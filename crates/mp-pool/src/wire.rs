@@ -72,20 +72,25 @@ impl<'a> ChunkWriter<'a> {
     ) -> Result<(), E> {
         let start = self.frame.bytes.len();
         // The item's descriptors are numbered from 0 in its encoding, as its reader will
-        // hand them over: the chunk's go aside meanwhile.
-        let chunk_fds = std::mem::take(&mut self.frame.fds);
+        // hand them over: the chunk's (if it has any yet) go aside meanwhile. (Only then:
+        // moving even an empty list costs as much as encoding a small item.)
+        let chunk_fds = (!self.frame.fds.is_empty()).then(|| std::mem::take(&mut self.frame.fds));
         self.frame.bytes.push(0);
         let encoded = encode(self.frame);
-        let item_fds = std::mem::replace(&mut self.frame.fds, chunk_fds);
+        let nfds = self.frame.fds.len();
+        if let Some(chunk_fds) = chunk_fds {
+            let item_fds = std::mem::replace(&mut self.frame.fds, chunk_fds);
+            self.frame.fds.extend(item_fds);
+        }
         let err = match encoded {
             Ok(err) => err,
             Err(e) => {
                 self.frame.bytes.truncate(start);
+                let keep = self.frame.fds.len() - nfds;
+                self.frame.fds.truncate(keep);
                 return Err(e);
             }
         };
-        let nfds = item_fds.len();
-        self.frame.fds.extend(item_fds);
         let len = self.frame.bytes.len() - start - 1;
         let head = (len as u64) << 2 | u64::from(nfds > 0) << 1 | u64::from(err);
         if head < 0x80 && nfds == 0 {
