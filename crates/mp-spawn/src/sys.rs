@@ -339,117 +339,90 @@ pub(crate) fn remove_env_before_main(key: &str) {
     unsafe { std::env::remove_var(key) }
 }
 
-/// The table of targets: one entry per target type this executable can run in an exec'd
-/// child, emitted at compile time by [`register_target`] into the section
-/// `mp_spawn_targets`, between the linker's `__start_`/`__stop_` symbols for it. An entry is
-/// a function pointer, or null (the entry [`targets`] emits so that the section always
-/// exists); `Option<Trampoline>` has exactly that layout.
+/// A table of functions the linker builds into the executable: `$read()` returns its
+/// entries, `$register::<F, A, R>()` adds `$entry::<F, A, R>`. Entries live in the section
+/// `$section`, between the linker's `__start_`/`__stop_` symbols for it. An entry is a
+/// function pointer, or null (the entry `$read` emits so that the section always exists);
+/// `Option<$ty>` has exactly that layout.
 ///
 /// The section is `"awR"`: writable for the loader's relocations (absolute addresses in a
 /// position-independent executable), and retained (`SHF_GNU_RETAIN`): `--gc-sections` does
 /// not count the `__start_` symbols as references.
-pub(crate) fn targets() -> &'static [Option<crate::entry::Trampoline>] {
-    unsafe extern "C" {
-        static __start_mp_spawn_targets: [u8; 0];
-        static __stop_mp_spawn_targets: [u8; 0];
-    }
-    // SAFETY: no instructions: the block only places a null entry in the section, so that
-    // it and its bounds exist in every executable that links this function.
-    unsafe {
-        std::arch::asm!(
-            ".pushsection mp_spawn_targets,\"awR\",%progbits",
-            ".balign 8",
-            ".quad 0",
-            ".popsection",
-            options(nomem, nostack, preserves_flags),
-        );
-    }
-    let start = (&raw const __start_mp_spawn_targets).cast::<Option<crate::entry::Trampoline>>();
-    let stop = (&raw const __stop_mp_spawn_targets).cast::<Option<crate::entry::Trampoline>>();
-    let len = (stop as usize - start as usize) / size_of::<Option<crate::entry::Trampoline>>();
-    // SAFETY: the linker defines `__start_`/`__stop_mp_spawn_targets` as the bounds of the
-    // section, which holds only what this crate's `asm!` blocks put there (the name is
-    // ours): 8-byte-aligned 8-byte words, each null or the address of a
-    // `crate::entry::trampoline` instance, which the loader relocated before any
-    // constructor ran. Both kinds are valid `Option<Trampoline>` values (null is `None`).
-    // Nothing writes to the section after the loader: no code of ours, and it is named by
-    // no other symbol. So the words form a shared slice valid for the life of the process.
-    unsafe { std::slice::from_raw_parts(start, len) }
+macro_rules! table {
+    (
+        $(#[$doc:meta])*
+        $read:ident, $register:ident: $section:literal, $start:ident, $stop:ident,
+        $ty:ty, $($entry:tt)+
+    ) => {
+        $(#[$doc])*
+        pub(crate) fn $read() -> &'static [Option<$ty>] {
+            unsafe extern "C" {
+                static $start: [u8; 0];
+                static $stop: [u8; 0];
+            }
+            // SAFETY: no instructions: the block only places a null entry in the section, so
+            // that it and its bounds exist in every executable that links this function.
+            unsafe {
+                std::arch::asm!(
+                    concat!(".pushsection ", $section, ",\"awR\",%progbits"),
+                    ".balign 8",
+                    ".quad 0",
+                    ".popsection",
+                    options(nomem, nostack, preserves_flags),
+                );
+            }
+            let start = (&raw const $start).cast::<Option<$ty>>();
+            let stop = (&raw const $stop).cast::<Option<$ty>>();
+            let len = (stop as usize - start as usize) / size_of::<Option<$ty>>();
+            // SAFETY: the linker defines the `__start_`/`__stop_` symbols as the bounds of
+            // the section, which holds only what this crate's `asm!` blocks put there (the
+            // name is ours): 8-byte-aligned 8-byte words, each null or the address of an
+            // instance of the table's entry function, which the loader relocated before any
+            // constructor ran. Both kinds are valid `Option<fn>` values (null is `None`).
+            // Nothing writes to the section after the loader: no code of ours, and it is
+            // named by no other symbol. So the words form a shared slice valid for the life
+            // of the process.
+            unsafe { std::slice::from_raw_parts(start, len) }
+        }
+
+        /// Adds the entry for `F, A, R` to the table (see the reader). It emits at compile
+        /// time, once per instance of the generic function it is inlined into; running it
+        /// does nothing.
+        #[inline(always)]
+        pub(crate) fn $register<F, A, R>()
+        where
+            F: Fn(A) -> R + Copy + 'static,
+            A: mp_codec::Decode + 'static,
+            R: mp_codec::Encode + 'static,
+        {
+            // SAFETY: no instructions: the block only adds the entry's address, a word, to
+            // our own section (see the reader for what may be there).
+            unsafe {
+                std::arch::asm!(
+                    concat!(".pushsection ", $section, ",\"awR\",%progbits"),
+                    ".balign 8",
+                    ".quad {t}",
+                    ".popsection",
+                    t = sym $($entry)+::<F, A, R>,
+                    options(nomem, nostack, preserves_flags),
+                );
+            }
+        }
+    };
 }
 
-/// Adds `trampoline::<F, A, R>` to the table of targets (see [`targets`]). It emits at
-/// compile time, once per instance of the generic function it is inlined into; running it
-/// does nothing.
-#[inline(always)]
-pub(crate) fn register_target<F, A, R>()
-where
-    F: Fn(A) -> R + Copy + 'static,
-    A: mp_codec::Decode + 'static,
-    R: mp_codec::Encode + 'static,
-{
-    // SAFETY: no instructions: the block only adds the trampoline's address, a word, to our
-    // own section (see `targets` for what may be there).
-    unsafe {
-        std::arch::asm!(
-            ".pushsection mp_spawn_targets,\"awR\",%progbits",
-            ".balign 8",
-            ".quad {t}",
-            ".popsection",
-            t = sym crate::entry::trampoline::<F, A, R>,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
+table! {
+    /// The table of targets: one entry per target type this executable can run in an
+    /// exec'd child (`Process::new`), a `crate::entry::trampoline` instance each.
+    targets, register_target: "mp_spawn_targets", __start_mp_spawn_targets,
+    __stop_mp_spawn_targets, crate::entry::Trampoline, crate::entry::trampoline
 }
 
-/// The table of callable targets ([`crate::TargetId`]): as [`targets`], in the section
-/// `mp_spawn_calls`, whose entries are `crate::call::call_entry` instances.
-pub(crate) fn calls() -> &'static [Option<crate::call::CallFn>] {
-    unsafe extern "C" {
-        static __start_mp_spawn_calls: [u8; 0];
-        static __stop_mp_spawn_calls: [u8; 0];
-    }
-    // SAFETY: no instructions: the block only places a null entry in the section, so that
-    // it and its bounds exist in every executable that links this function.
-    unsafe {
-        std::arch::asm!(
-            ".pushsection mp_spawn_calls,\"awR\",%progbits",
-            ".balign 8",
-            ".quad 0",
-            ".popsection",
-            options(nomem, nostack, preserves_flags),
-        );
-    }
-    let start = (&raw const __start_mp_spawn_calls).cast::<Option<crate::call::CallFn>>();
-    let stop = (&raw const __stop_mp_spawn_calls).cast::<Option<crate::call::CallFn>>();
-    let len = (stop as usize - start as usize) / size_of::<Option<crate::call::CallFn>>();
-    // SAFETY: as in `targets`: the linker's bounds of our own section, which holds only
-    // 8-byte-aligned words put there by this crate's `asm!` blocks, each null or the address
-    // of a `crate::call::call_entry` instance relocated by the loader before any constructor
-    // ran, and never written after: valid `Option<CallFn>` values for the process's life.
-    unsafe { std::slice::from_raw_parts(start, len) }
-}
-
-/// Adds `call_entry::<F, A, R>` to the table of callable targets (see [`calls`]); as
-/// [`register_target`], it emits at compile time and does nothing when run.
-#[inline(always)]
-pub(crate) fn register_call<F, A, R>()
-where
-    F: Fn(A) -> R + Copy + 'static,
-    A: mp_codec::Decode + 'static,
-    R: mp_codec::Encode + 'static,
-{
-    // SAFETY: no instructions: the block only adds the entry's address, a word, to our own
-    // section (see `calls` for what may be there).
-    unsafe {
-        std::arch::asm!(
-            ".pushsection mp_spawn_calls,\"awR\",%progbits",
-            ".balign 8",
-            ".quad {t}",
-            ".popsection",
-            t = sym crate::call::call_entry::<F, A, R>,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
+table! {
+    /// The table of callable targets ([`crate::TargetId`]): a `crate::call::call_entry`
+    /// instance each.
+    calls, register_call: "mp_spawn_calls", __start_mp_spawn_calls, __stop_mp_spawn_calls,
+    crate::call::CallFn, crate::call::call_entry
 }
 
 /// A copy of the zero-sized target `F` of a trampoline, in an exec'd child.
