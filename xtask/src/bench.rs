@@ -227,6 +227,12 @@ struct Row {
 /// Makes a group's workloads.
 type Group = fn() -> Vec<Workload>;
 
+/// Whether `filters` select the workload `name` of `group`: none selects all; each is a
+/// group's name or a part of a workload's.
+fn selected(filters: &[&str], group: &str, name: &str) -> bool {
+    filters.is_empty() || filters.iter().any(|f| *f == group || name.contains(f))
+}
+
 pub fn run(options: Options) -> Result<(), String> {
     // A filter matches a workload's name or its group (the module's name).
     let groups: [(&str, Group); 6] = [
@@ -237,13 +243,20 @@ pub fn run(options: Options) -> Result<(), String> {
         ("queue", queue::workloads),
         ("pool", pool::workloads),
     ];
-    let filter = options.filter.as_deref();
-    let whole_group = filter.is_some_and(|f| groups.iter().any(|(g, _)| *g == f));
+    // Several filters, comma-separated, select what any of them selects.
+    let filters: Vec<&str> = options
+        .filter
+        .as_deref()
+        .map(|f| f.split(',').filter(|f| !f.is_empty()).collect())
+        .unwrap_or_default();
+    let selects = |group: &str, name: &str| selected(&filters, group, name);
+    // A group is made only if a filter might select one of its workloads.
+    let names_a_part = filters.iter().any(|f| groups.iter().all(|(g, _)| g != f));
     let workloads: Vec<(&'static str, Workload)> = groups
         .into_iter()
-        .filter(|(group, _)| !whole_group || filter == Some(*group))
+        .filter(|(group, _)| filters.is_empty() || names_a_part || filters.contains(group))
         .flat_map(|(group, make)| make().into_iter().map(move |w| (group, w)))
-        .filter(|(_, w)| whole_group || filter.is_none_or(|f| w.name.contains(f)))
+        .filter(|(group, w)| selects(group, w.name))
         .collect();
     if workloads.is_empty() {
         return Err(format!(
@@ -489,6 +502,15 @@ pub fn cpython_with(name: &str, script: &str, args: &[&str]) -> Impl {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn comma_separated_filters_select_what_any_of_them_selects() {
+        assert!(selected(&[], "pool", "pool_map_1m"));
+        assert!(selected(&["queue", "pool"], "pool", "pool_map_1m"));
+        assert!(selected(&["queue", "map_1m"], "pool", "pool_map_1m"));
+        assert!(!selected(&["queue"], "pool", "pool_map_1m"));
+        assert!(!selected(&["spawn", "rtt"], "pool", "pool_map_1m"));
+    }
+
     use super::*;
 
     fn row(workload: &'static str, imp: &str, median: f64) -> Row {

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask ci
        cargo xtask bench [FILTER] [--json] [--runs N] [--report DIR]
 
-FILTER is a group (codec, pipe, spawn, shm, queue, pool) or part of a workload's name.
+FILTER is a group (codec, pipe, spawn, shm, queue, pool) or part of a workload's name;
+several, comma-separated (queue,pool), select what any of them selects.
 --report DIR also writes DIR/REPORT.md (every row, the targets, the machine) and
 one SVG chart per group, linked from it.";
 
