@@ -12,7 +12,7 @@ use std::{
     },
 };
 
-use mp_sync::{Acquire, LockResult, OwnerDied, RawRLock, Region, Spec};
+use mp_sync::{Acquire, LockResult, OwnerDied, RLock, RawRLock, Region, Spec};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zerocopy::IntoBytes;
 
@@ -22,8 +22,11 @@ use crate::{Error, Plain, Result, mem};
 #[repr(C)]
 struct ArrayHead {
     lock: RawRLock,
-    /// 1 while an `ArrayGuard` lends out `&mut [T]` (set and cleared under `lock`).
+    /// 1 while an `ArrayGuard` lends out `&mut [T]` (set and cleared under the lock in use).
     lent: AtomicU32,
+    /// 1 if a lock the user supplied guards the elements instead of `lock` (set at
+    /// creation): every handle must then carry that lock.
+    supplied: AtomicU32,
 }
 
 /// Names the layout in the fingerprint: `Array<T>` and `RawArray<T>` regions differ.
@@ -64,26 +67,52 @@ fn spec<T>(len: usize, locked: bool) -> Result<Spec> {
 struct Elements<T> {
     region: Arc<Region>,
     locked: bool,
+    /// The lock the user supplied ([`Array::with_lock`]); `None`: the array's own, if any.
+    supplied: Option<RLock>,
     _type: PhantomData<T>,
 }
 
 impl<T: Plain> Elements<T> {
-    fn create(len: usize, locked: bool) -> Result<Self> {
-        Ok(Elements {
+    fn create(len: usize, locked: bool, supplied: Option<RLock>) -> Result<Self> {
+        let elements = Elements {
             region: Arc::new(Region::create(spec::<T>(len, locked)?)?),
             locked,
+            supplied,
             _type: PhantomData,
-        })
+        };
+        if locked {
+            let flag = u32::from(elements.supplied.is_some());
+            elements.head().supplied.store(flag, Ordering::Relaxed);
+        }
+        Ok(elements)
     }
 
-    fn attach(region: Region, locked: bool) -> Result<Self> {
+    fn attach(region: Region, locked: bool, supplied: Option<RLock>) -> Result<Self> {
         let len = region.spec().len;
         region.expect(spec::<T>(len, locked)?)?;
-        Ok(Elements {
+        let elements = Elements {
             region: Arc::new(region),
             locked,
+            supplied,
             _type: PhantomData,
-        })
+        };
+        // An array guarded by a supplied lock must arrive with a lock, and one with its own
+        // lock (or none) without: else two processes would guard it with different locks.
+        let expects = locked && elements.head().supplied.load(Ordering::Relaxed) != 0;
+        if expects != elements.supplied.is_some() {
+            return Err(Error::Sync(mp_sync::Error::BadRegion(
+                "an array's handle does not carry the lock its memory says guards it".into(),
+            )));
+        }
+        Ok(elements)
+    }
+
+    /// The lock that guards a locked array: the supplied one, or its own.
+    fn the_lock(&self) -> &RawRLock {
+        match &self.supplied {
+            Some(lock) => lock,
+            None => &self.head().lock,
+        }
     }
 
     fn len(&self) -> usize {
@@ -145,6 +174,7 @@ impl<T> Clone for Elements<T> {
         Elements {
             region: self.region.clone(),
             locked: self.locked,
+            supplied: self.supplied.clone(),
             _type: PhantomData,
         }
     }
@@ -174,7 +204,27 @@ impl<T: Plain> Array<T> {
     /// If the size overflows or the region cannot be created.
     pub fn new(len: usize) -> Result<Self> {
         Ok(Array {
-            elements: Elements::create(len, true)?,
+            elements: Elements::create(len, true, None)?,
+        })
+    }
+
+    /// `len` zeroed elements guarded by `lock` instead of a lock of their own (Python's
+    /// `Array(typecode, size, lock=lock)`).
+    ///
+    /// ```
+    /// let lock = mp_sync::RLock::new()?;
+    /// let xs = mp_shm::Array::<u8>::with_lock(4, lock.clone())?;
+    /// let _held = lock.lock().expect("nobody died");
+    /// assert!(xs.get_lock().is_owned()); // the same lock
+    /// xs.set(0, 7)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_lock(len: usize, lock: RLock) -> Result<Self> {
+        Ok(Array {
+            elements: Elements::create(len, true, Some(lock))?,
         })
     }
 
@@ -200,7 +250,7 @@ impl<T: Plain> Array<T> {
 
     /// Python's `get_lock()`: the recursive lock guarding the elements.
     pub fn get_lock(&self) -> &RawRLock {
-        &self.elements.head().lock
+        self.elements.the_lock()
     }
 
     /// Holds the lock and lends `&mut [T]` until the guard drops.
@@ -214,7 +264,7 @@ impl<T: Plain> Array<T> {
         let died = self.enter();
         let head = self.elements.head();
         if head.lent.load(Ordering::Relaxed) != 0 {
-            let _ = head.lock.release();
+            let _ = self.elements.the_lock().release();
             panic!("Array::lock: this thread already holds a guard on this array");
         }
         head.lent.store(1, Ordering::Relaxed);
@@ -298,17 +348,17 @@ impl<T: Plain> Array<T> {
         self.enter();
         let head = self.elements.head();
         if head.lent.load(Ordering::Relaxed) != 0 {
-            let _ = head.lock.release();
+            let _ = self.elements.the_lock().release();
             panic!("Array: this thread holds a guard on this array; use the guard");
         }
         let result = f(&self.elements);
-        let _ = head.lock.release();
+        let _ = self.elements.the_lock().release();
         result
     }
 
     fn enter(&self) -> bool {
         let head = self.elements.head();
-        let died = head.lock.acquire() == Acquire::OwnerDied;
+        let died = self.elements.the_lock().acquire() == Acquire::OwnerDied;
         if died {
             head.lent.store(0, Ordering::Relaxed);
         }
@@ -347,7 +397,7 @@ impl<T: Plain> Drop for ArrayGuard<'_, T> {
     fn drop(&mut self) {
         let head = self.array.elements.head();
         head.lent.store(0, Ordering::Relaxed);
-        let _ = head.lock.release();
+        let _ = self.array.elements.the_lock().release();
     }
 }
 
@@ -374,7 +424,7 @@ impl<T: Plain> RawArray<T> {
     /// If the size overflows or the region cannot be created.
     pub fn new(len: usize) -> Result<Self> {
         Ok(RawArray {
-            elements: Elements::create(len, false)?,
+            elements: Elements::create(len, false, None)?,
         })
     }
 
@@ -520,7 +570,7 @@ macro_rules! region_handle {
                 &self,
                 serializer: S,
             ) -> std::result::Result<S::Ok, S::Error> {
-                self.elements.region.serialize(serializer)
+                (&*self.elements.region, &self.elements.supplied).serialize(serializer)
             }
         }
 
@@ -528,9 +578,10 @@ macro_rules! region_handle {
             fn deserialize<D: Deserializer<'de>>(
                 deserializer: D,
             ) -> std::result::Result<Self, D::Error> {
-                let region = Region::deserialize(deserializer)?;
+                let (region, supplied) = <(Region, Option<RLock>)>::deserialize(deserializer)?;
                 Ok($name {
-                    elements: Elements::attach(region, $locked).map_err(mp_codec::fd::rejected)?,
+                    elements: Elements::attach(region, $locked, supplied)
+                        .map_err(mp_codec::fd::rejected)?,
                 })
             }
         }
@@ -543,6 +594,25 @@ region_handle!(RawArray, locked: false);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_array_on_a_supplied_lock_is_guarded_by_it_and_carries_it_along() {
+        let lock = RLock::new().unwrap();
+        let xs = Array::<u32>::with_lock(3, lock.clone()).unwrap();
+        let held = lock.lock().unwrap();
+        let other = xs.clone();
+        let locked =
+            std::thread::spawn(move || other.get_lock().try_acquire() == Acquire::TimedOut);
+        assert!(locked.join().unwrap());
+        xs.set(1, 5).unwrap(); // re-entrant: the same RLock
+        drop(held);
+        let copy: Array<u32> = mp_codec::Frame::encode(&xs).unwrap().decode().unwrap();
+        assert_eq!(copy.to_vec(), [0, 5, 0]);
+        let _held = lock.lock().unwrap();
+        assert!(copy.get_lock().is_owned());
+        let bare = mp_codec::Frame::encode(&(&*xs.elements.region, None::<RLock>)).unwrap();
+        assert!(bare.decode::<Array<u32>>().is_err());
+    }
 
     #[test]
     fn zero_filled_with_checked_indices() {

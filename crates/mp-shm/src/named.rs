@@ -51,8 +51,9 @@ const MAX_NAME: usize = 254;
 /// extend the segment again to the end of the write (the gap reads as zeros). That is the
 /// truncating process's race to lose, and it is never a fault or undefined behaviour here.
 ///
-/// [`as_slice`](Self::as_slice), [`as_mut_slice`](Self::as_mut_slice) and
-/// [`as_ptr`](Self::as_ptr) reach the mapping directly, as fast as memory goes: their
+/// [`buf`](Self::buf) works in place, safely, on atomic bytes (Python's `.buf`); its one
+/// hazard is a shrink by another process (`SIGBUS`). [`as_slice`](Self::as_slice),
+/// [`as_mut_slice`](Self::as_mut_slice) and [`as_ptr`](Self::as_ptr) reach the mapping directly, as fast as memory goes: their
 /// callers exclude concurrent writers and must also know that nobody shrinks the segment.
 ///
 /// # Opening a name
@@ -232,7 +233,44 @@ impl SharedMemory {
         sys::write_at(&self.fd, src, offset).map_err(|e| Error::Os("pwrite", e))
     }
 
-    /// The bytes as a slice (Python's `.buf`).
+    /// The bytes as atomic bytes, for use in place (Python's `.buf`): safe, since other
+    /// processes may write them at any time and atomics are made for that; loads and
+    /// stores of single bytes are as fast as plain ones (`Relaxed`).
+    ///
+    /// The one hazard is the segment's: if another process shrinks it below
+    /// [`size`](Self::size), touching a byte past the new end raises `SIGBUS`, which ends
+    /// this process (as it ends a Python process using `.buf`). It is never a wrong value.
+    /// Where that matters, use [`read`](Self::read) and [`write`](Self::write), which report
+    /// [`Error::Truncated`] instead.
+    ///
+    /// ```
+    /// use std::sync::atomic::Ordering;
+    ///
+    /// let block = mp_shm::SharedMemory::new(4)?;
+    /// let buf = block.buf();
+    /// buf[0].store(7, Ordering::Relaxed);
+    /// buf[1].fetch_add(2, Ordering::Relaxed);
+    /// let mut out = [0; 2];
+    /// block.read(0, &mut out)?;
+    /// assert_eq!(out, [7, 2]);
+    /// # Ok::<(), mp_shm::Error>(())
+    /// ```
+    pub fn buf(&self) -> &[std::sync::atomic::AtomicU8] {
+        // SAFETY: the mapping is `size` bytes, readable and writable, from `as_ptr` (dangling
+        // and aligned for an empty block) for as long as `self` lives (unmapped only in
+        // `drop`). `AtomicU8` has `u8`'s size and alignment and any byte is a valid one;
+        // every access through the slice is atomic, so writes by other threads or processes
+        // cannot race with it. A shrink of the file by another process makes later accesses
+        // past its end fault with SIGBUS (the process ends); it never yields a value.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.as_ptr().cast::<std::sync::atomic::AtomicU8>(),
+                self.size,
+            )
+        }
+    }
+
+    /// The bytes as a slice.
     ///
     /// # Safety
     /// While the slice lives, no thread or process may write the block, nor shrink it below
@@ -356,6 +394,28 @@ impl<'de> Deserialize<'de> for SharedMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_atomic_view_is_the_segment_for_every_handle_and_adds_exactly() {
+        use std::sync::atomic::Ordering;
+        let block = SharedMemory::new(8).unwrap();
+        let other = SharedMemory::open(block.name()).unwrap(); // a mapping of its own
+        block.buf()[3].store(42, Ordering::Relaxed);
+        assert_eq!(other.buf()[3].load(Ordering::Relaxed), 42);
+        std::thread::scope(|s| {
+            for view in [&block, &other] {
+                s.spawn(move || {
+                    for _ in 0..100 {
+                        view.buf()[0].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let mut out = [0u8; 1];
+        block.read(0, &mut out).unwrap();
+        assert_eq!(out[0], 200);
+        assert!(SharedMemory::new(1).unwrap().buf().len() == 1);
+    }
 
     fn unique(tag: &str) -> String {
         format!("mp_shm_test_{tag}_{}", std::process::id())

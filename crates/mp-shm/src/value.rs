@@ -12,7 +12,7 @@ use std::{
     },
 };
 
-use mp_sync::{Acquire, LockResult, OwnerDied, RawRLock, Region, Spec};
+use mp_sync::{Acquire, LockResult, OwnerDied, RLock, RawRLock, Region, Spec};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{Plain, Result, mem};
@@ -21,8 +21,11 @@ use crate::{Plain, Result, mem};
 #[repr(C)]
 struct ValueCell<T> {
     lock: RawRLock,
-    /// 1 while a `ValueGuard` lends out `&mut T` (set and cleared under `lock`).
+    /// 1 while a `ValueGuard` lends out `&mut T` (set and cleared under the lock in use).
     lent: AtomicU32,
+    /// 1 if a lock the user supplied guards the value instead of `lock` (set at creation):
+    /// every handle must then carry that lock.
+    supplied: AtomicU32,
     value: UnsafeCell<T>,
 }
 
@@ -47,6 +50,8 @@ struct ValueCell<T> {
 /// ```
 pub struct Value<T: Plain> {
     region: Arc<Region>,
+    /// The lock the user supplied ([`Value::with_lock`]); `None`: the value's own.
+    supplied: Option<RLock>,
     _type: PhantomData<T>,
 }
 
@@ -56,14 +61,48 @@ impl<T: Plain> Value<T> {
     /// # Errors
     /// If the region cannot be created.
     pub fn new(value: T) -> Result<Self> {
+        Self::create(value, None)
+    }
+
+    /// A new shared value guarded by `lock` instead of a lock of its own (Python's
+    /// `Value(typecode, value, lock=lock)`): several values may share one lock, and holding
+    /// it is holding theirs.
+    ///
+    /// ```
+    /// let lock = mp_sync::RLock::new()?;
+    /// let (a, b) = (mp_shm::Value::with_lock(1u32, lock.clone())?, mp_shm::Value::with_lock(2u32, lock.clone())?);
+    /// let _both = lock.lock().expect("nobody died"); // one acquire guards both
+    /// a.set(a.get() + b.get());
+    /// assert_eq!(a.get(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// If the region cannot be created.
+    pub fn with_lock(value: T, lock: RLock) -> Result<Self> {
+        Self::create(value, Some(lock))
+    }
+
+    fn create(value: T, supplied: Option<RLock>) -> Result<Self> {
         let region = Region::create(Spec::of::<ValueCell<T>>())?;
         let this = Value {
             region: Arc::new(region),
+            supplied,
             _type: PhantomData,
         };
+        let flag = u32::from(this.supplied.is_some());
+        this.cell().supplied.store(flag, Ordering::Relaxed);
         // SAFETY: nobody else can see the fresh region yet.
         unsafe { mem::write(this.value_ptr(), value) };
         Ok(this)
+    }
+
+    /// The lock that guards the value: the supplied one, or its own.
+    fn the_lock(&self) -> &RawRLock {
+        match &self.supplied {
+            Some(lock) => lock,
+            None => &self.cell().lock,
+        }
     }
 
     fn cell(&self) -> &ValueCell<T> {
@@ -79,7 +118,7 @@ impl<T: Plain> Value<T> {
 
     /// Python's `get_lock()`: the recursive lock that guards the value.
     pub fn get_lock(&self) -> &RawRLock {
-        &self.cell().lock
+        self.the_lock()
     }
 
     /// Holds the lock and lends `&mut T` until the guard drops.
@@ -93,7 +132,7 @@ impl<T: Plain> Value<T> {
         let died = self.enter();
         let cell = self.cell();
         if cell.lent.load(Ordering::Relaxed) != 0 {
-            let _ = cell.lock.release();
+            let _ = self.the_lock().release();
             panic!("Value::lock: this thread already holds a guard on this value");
         }
         cell.lent.store(1, Ordering::Relaxed);
@@ -149,21 +188,20 @@ impl<T: Plain> Value<T> {
         self.enter();
         let cell = self.cell();
         if cell.lent.load(Ordering::Relaxed) != 0 {
-            let _ = cell.lock.release();
+            let _ = self.the_lock().release();
             panic!("Value: this thread holds a guard on this value; use the guard");
         }
         let result = f(self.value_ptr());
-        let _ = cell.lock.release();
+        let _ = self.the_lock().release();
         result
     }
 
     /// Acquires the lock; whether it was taken from a dead owner (whose guard, if any, is
     /// gone with it).
     fn enter(&self) -> bool {
-        let cell = self.cell();
-        let died = cell.lock.acquire() == Acquire::OwnerDied;
+        let died = self.the_lock().acquire() == Acquire::OwnerDied;
         if died {
-            cell.lent.store(0, Ordering::Relaxed);
+            self.cell().lent.store(0, Ordering::Relaxed);
         }
         died
     }
@@ -251,6 +289,7 @@ impl<T: Plain> Clone for Value<T> {
     fn clone(&self) -> Self {
         Value {
             region: self.region.clone(),
+            supplied: self.supplied.clone(),
             _type: PhantomData,
         }
     }
@@ -258,16 +297,16 @@ impl<T: Plain> Clone for Value<T> {
 
 impl<T: Plain + fmt::Debug> fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.cell().lock.try_acquire() {
+        match self.the_lock().try_acquire() {
             Acquire::TimedOut => f.write_str("Value(<locked>)"),
             _ if self.cell().lent.load(Ordering::Relaxed) != 0 => {
-                let _ = self.cell().lock.release();
+                let _ = self.the_lock().release();
                 f.write_str("Value(<lent to a guard>)")
             }
             _ => {
                 // SAFETY: the lock is held and no guard lends the value out.
                 let v = unsafe { mem::read(self.value_ptr()) };
-                let _ = self.cell().lock.release();
+                let _ = self.the_lock().release();
                 write!(f, "Value({v:?})")
             }
         }
@@ -276,20 +315,30 @@ impl<T: Plain + fmt::Debug> fmt::Debug for Value<T> {
 
 impl<T: Plain> Serialize for Value<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        self.region.serialize(serializer)
+        (&*self.region, &self.supplied).serialize(serializer)
     }
 }
 
 impl<'de, T: Plain> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let region = Region::deserialize(deserializer)?;
+        let (region, supplied) = <(Region, Option<RLock>)>::deserialize(deserializer)?;
         region
             .expect(Spec::of::<ValueCell<T>>())
             .map_err(mp_codec::fd::rejected)?;
-        Ok(Value {
+        let value = Value {
             region: Arc::new(region),
+            supplied,
             _type: PhantomData,
-        })
+        };
+        // A value guarded by a supplied lock must arrive with a lock, and one with its own
+        // lock without: else two processes would guard it with different locks.
+        let expects = value.cell().supplied.load(Ordering::Relaxed) != 0;
+        if expects != value.supplied.is_some() {
+            return Err(mp_codec::fd::rejected(
+                "a Value's handle does not carry the lock its memory says guards it",
+            ));
+        }
+        Ok(value)
     }
 }
 
@@ -333,9 +382,8 @@ impl<T: Plain + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
 
 impl<T: Plain> Drop for ValueGuard<'_, T> {
     fn drop(&mut self) {
-        let cell = self.value.cell();
-        cell.lent.store(0, Ordering::Relaxed);
-        let _ = cell.lock.release();
+        self.value.cell().lent.store(0, Ordering::Relaxed);
+        let _ = self.value.the_lock().release();
     }
 }
 
@@ -437,6 +485,37 @@ impl<'de, T: Plain> Deserialize<'de> for RawValue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_on_a_supplied_lock_are_guarded_by_it_and_carry_it_along() {
+        let lock = RLock::new().unwrap();
+        let (a, b) = (
+            Value::with_lock(1u64, lock.clone()).unwrap(),
+            Value::with_lock(2u64, lock.clone()).unwrap(),
+        );
+        let held = lock.lock().unwrap();
+        // Another thread finds both values locked while this one holds the supplied lock.
+        let (a2, b2) = (a.clone(), b.clone());
+        let locked = std::thread::spawn(move || {
+            let a = a2.get_lock().try_acquire() == Acquire::TimedOut;
+            let b = b2.get_lock().try_acquire() == Acquire::TimedOut;
+            a && b
+        });
+        assert!(locked.join().unwrap());
+        *a.lock().unwrap() += *b.lock().unwrap(); // re-entrant: the same RLock
+        drop(held);
+        assert_eq!(a.get(), 3);
+        // Sent elsewhere, the handle brings the lock.
+        let copy: Value<u64> = mp_codec::Frame::encode(&a).unwrap().decode().unwrap();
+        let _held = lock.lock().unwrap();
+        assert!(copy.get_lock().is_owned());
+        // A handle that leaves the lock behind (or adds one) is refused.
+        let bare = mp_codec::Frame::encode(&(&*a.region, None::<RLock>)).unwrap();
+        assert!(bare.decode::<Value<u64>>().is_err());
+        let own = Value::new(0u64).unwrap();
+        let extra = mp_codec::Frame::encode(&(&*own.region, Some(lock.clone()))).unwrap();
+        assert!(extra.decode::<Value<u64>>().is_err());
+    }
 
     #[test]
     fn get_set_and_fetch_ops() {

@@ -67,6 +67,15 @@ impl fmt::Debug for RawCondition {
     }
 }
 
+/// Why `lock` is not the caller's to wait or notify with.
+fn not_owned(lock: &RawRLock) -> Error {
+    if lock.owner_pid().is_some() {
+        Error::NotOwner
+    } else {
+        Error::NotHeld
+    }
+}
+
 /// The futex wake mask of slot `i`.
 fn bit(i: usize) -> NonZeroU32 {
     NonZeroU32::new(1 << (i % 32)).expect("one bit set")
@@ -148,6 +157,16 @@ impl RawCondition {
     /// As [`wait`](Self::wait).
     pub fn wait_for(
         &self,
+        predicate: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        self.wait_for_on(&self.lock, predicate, timeout)
+    }
+
+    /// [`wait_for`](Self::wait_for) with `lock` as the condition's lock.
+    pub(crate) fn wait_for_on(
+        &self,
+        lock: &RawRLock,
         mut predicate: impl FnMut() -> bool,
         timeout: Option<Duration>,
     ) -> Result<bool> {
@@ -159,7 +178,7 @@ impl RawCondition {
             if deadline.expired() {
                 return Ok(false);
             }
-            self.wait_until(deadline)?;
+            self.wait_until_on(lock, deadline)?;
         }
     }
 
@@ -169,8 +188,13 @@ impl RawCondition {
     /// # Errors
     /// [`Error::NotHeld`]/[`Error::NotOwner`] if the caller does not hold the lock.
     pub fn notify(&self, n: u32) -> Result<()> {
-        if !self.lock.is_owned() {
-            return Err(self.not_owned());
+        self.notify_on(&self.lock, n)
+    }
+
+    /// [`notify`](Self::notify) with `lock` as the condition's lock.
+    pub(crate) fn notify_on(&self, lock: &RawRLock, n: u32) -> Result<()> {
+        if !lock.is_owned() {
+            return Err(not_owned(lock));
         }
         let mut left = n;
         let mut woken = 0u32;
@@ -182,7 +206,7 @@ impl RawCondition {
             if word == 0 || word & NOTIFIED != 0 {
                 continue;
             }
-            if ident::is_gone(self.lock.raw(), word) {
+            if ident::is_gone(lock.raw(), word) {
                 let _ = slot.compare_exchange(word, 0, Ordering::Relaxed, Ordering::Relaxed);
                 continue;
             }
@@ -220,16 +244,8 @@ impl RawCondition {
             .count()
     }
 
-    fn not_owned(&self) -> Error {
-        if self.lock.owner_pid().is_some() {
-            Error::NotOwner
-        } else {
-            Error::NotHeld
-        }
-    }
-
     /// Takes a free slot for `mine`, freeing dead waiters' slots if none is free.
-    fn register(&self, mine: u64) -> Result<usize> {
+    fn register(&self, lock: &RawRLock, mine: u64) -> Result<usize> {
         for pass in 0..2 {
             for (i, slot) in self.slots.iter().enumerate() {
                 if slot.load(Ordering::Relaxed) == 0
@@ -243,7 +259,7 @@ impl RawCondition {
             if pass == 0 {
                 for slot in &self.slots {
                     let word = slot.load(Ordering::Relaxed);
-                    if word != 0 && ident::is_gone(self.lock.raw(), word) {
+                    if word != 0 && ident::is_gone(lock.raw(), word) {
                         let _ =
                             slot.compare_exchange(word, 0, Ordering::Relaxed, Ordering::Relaxed);
                     }
@@ -256,14 +272,19 @@ impl RawCondition {
     }
 
     fn wait_until(&self, deadline: Deadline) -> Result<bool> {
-        if !self.lock.is_owned() {
-            return Err(self.not_owned());
+        self.wait_until_on(&self.lock, deadline)
+    }
+
+    /// Waits with `lock` as the condition's lock (held by the caller).
+    pub(crate) fn wait_until_on(&self, lock: &RawRLock, deadline: Deadline) -> Result<bool> {
+        if !lock.is_owned() {
+            return Err(not_owned(lock));
         }
         // Register while holding the lock, so a notify after the release sees us.
-        let mine = ident::mine(self.lock.raw());
-        let slot = self.register(mine)?;
+        let mine = ident::mine(lock.raw());
+        let slot = self.register(lock, mine)?;
         let seq = self.seq.load(Ordering::SeqCst);
-        let count = match self.lock.release_all() {
+        let count = match lock.release_all() {
             Ok(count) => count,
             Err(e) => {
                 self.slots[slot].store(0, Ordering::Relaxed);
@@ -271,7 +292,7 @@ impl RawCondition {
             }
         };
         let notified = self.sleep(slot, mine, seq, deadline);
-        match self.lock.reacquire(count) {
+        match lock.reacquire(count) {
             Acquire::OwnerDied => Err(Error::OwnerDied),
             _ => Ok(notified),
         }

@@ -144,26 +144,160 @@ impl BoundedSemaphore {
     }
 }
 
-handle! {
-    /// Python's `multiprocessing.Condition` (with its own `RLock`): a [`RawCondition`] in its
-    /// own shared region.
-    ///
-    /// ```
-    /// let cond = mp_sync::Condition::new()?;
-    /// let _held = cond.lock().expect("nobody died");
-    /// assert!(cond.wait_for(|| true, None)?);
-    /// # Ok::<(), mp_sync::Error>(())
-    /// ```
-    Condition(RawCondition)
+/// Python's `multiprocessing.Condition`: a [`RawCondition`] in its own shared region, over
+/// its own `RLock` ([`Condition::new`]) or one you supply ([`Condition::with_lock`], Python's
+/// `Condition(lock)`), which several conditions may share.
+///
+/// ```
+/// let cond = mp_sync::Condition::new()?;
+/// let _held = cond.lock().expect("nobody died");
+/// assert!(cond.wait_for(|| true, None)?);
+/// # Ok::<(), mp_sync::Error>(())
+/// ```
+///
+/// Two conditions on one lock, as a bounded buffer uses them:
+///
+/// ```
+/// use mp_sync::{Condition, RLock};
+///
+/// let lock = RLock::new()?;
+/// let (not_empty, not_full) = (Condition::with_lock(lock.clone())?, Condition::with_lock(lock.clone())?);
+/// let _held = not_empty.lock().expect("nobody died");
+/// assert!(not_full.get_lock().is_owned()); // the same lock
+/// not_full.notify(1)?;
+/// assert!(!not_empty.wait_timeout(std::time::Duration::from_millis(1))?);
+/// # Ok::<(), mp_sync::Error>(())
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Condition {
+    cond: Shared<RawCondition>,
+    /// The lock supplied by the user; `None`: the condition's own.
+    lock: Option<RLock>,
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.lock {
+            None => fmt::Debug::fmt(&*self.cond, f),
+            Some(lock) => f
+                .debug_struct("Condition")
+                .field("lock", &**lock)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Condition {
-    /// A new condition.
+    /// A new condition with its own `RLock`.
     ///
     /// # Errors
     /// [`Error::Os`] if the region cannot be created.
     pub fn new() -> Result<Self> {
-        Ok(Condition(Shared::new()?))
+        Ok(Condition {
+            cond: Shared::new()?,
+            lock: None,
+        })
+    }
+
+    /// A new condition over `lock` (Python's `Condition(lock)`): holding `lock` is holding
+    /// the condition, and `wait` releases and re-takes it.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the region cannot be created.
+    pub fn with_lock(lock: RLock) -> Result<Self> {
+        Ok(Condition {
+            cond: Shared::new()?,
+            lock: Some(lock),
+        })
+    }
+
+    /// The shared region behind this handle.
+    pub fn shared(&self) -> &Shared<RawCondition> {
+        &self.cond
+    }
+
+    /// The condition's lock (acquire it before `wait` and `notify`).
+    pub fn get_lock(&self) -> &RawRLock {
+        match &self.lock {
+            Some(lock) => lock,
+            None => self.cond.get_lock(),
+        }
+    }
+
+    /// Acquires the condition's lock (see [`RawRLock::acquire`]).
+    pub fn acquire(&self) -> crate::Acquire {
+        self.get_lock().acquire()
+    }
+
+    /// Acquires the lock, giving up after `timeout`.
+    pub fn acquire_timeout(&self, timeout: Duration) -> crate::Acquire {
+        self.get_lock().acquire_timeout(timeout)
+    }
+
+    /// Releases one level of the lock.
+    ///
+    /// # Errors
+    /// As [`RawRLock::release`].
+    pub fn release(&self) -> Result<()> {
+        self.get_lock().release()
+    }
+
+    /// Guard form of [`acquire`](Self::acquire).
+    pub fn lock(&self) -> crate::LockResult<crate::RLockGuard<'_>> {
+        self.get_lock().lock()
+    }
+
+    /// Guard form of [`acquire_timeout`](Self::acquire_timeout).
+    pub fn lock_timeout(&self, timeout: Duration) -> crate::TryLockResult<crate::RLockGuard<'_>> {
+        self.get_lock().lock_timeout(timeout)
+    }
+
+    /// Releases the lock, sleeps until notified, re-acquires the lock (see
+    /// [`RawCondition::wait`]).
+    ///
+    /// # Errors
+    /// As [`RawCondition::wait`].
+    pub fn wait(&self) -> Result<()> {
+        self.cond
+            .wait_until_on(self.get_lock(), crate::sys::Deadline::NEVER)
+            .map(|_| ())
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout`; whether it was notified.
+    ///
+    /// # Errors
+    /// As [`RawCondition::wait`].
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool> {
+        self.cond
+            .wait_until_on(self.get_lock(), crate::sys::Deadline::after(Some(timeout)))
+    }
+
+    /// Waits until `predicate()` holds or `timeout` (if any) passes (Python's `wait_for`).
+    ///
+    /// # Errors
+    /// As [`RawCondition::wait`].
+    pub fn wait_for(
+        &self,
+        predicate: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        self.cond.wait_for_on(self.get_lock(), predicate, timeout)
+    }
+
+    /// Wakes up to `n` waiters (see [`RawCondition::notify`]). The lock must be held.
+    ///
+    /// # Errors
+    /// As [`RawCondition::notify`].
+    pub fn notify(&self, n: u32) -> Result<()> {
+        self.cond.notify_on(self.get_lock(), n)
+    }
+
+    /// Wakes every waiter. The lock must be held.
+    ///
+    /// # Errors
+    /// As [`RawCondition::notify`].
+    pub fn notify_all(&self) -> Result<()> {
+        self.notify(u32::MAX)
     }
 }
 
@@ -301,6 +435,47 @@ impl<'de> Deserialize<'de> for Barrier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_condition_over_a_supplied_lock_waits_and_notifies_with_it() {
+        let lock = RLock::new().unwrap();
+        let cond = Condition::with_lock(lock.clone()).unwrap();
+        assert!(matches!(cond.notify(1), Err(Error::NotHeld)));
+        // Held through the lock itself: the condition's lock is held.
+        let held = lock.lock().unwrap();
+        cond.notify(1).unwrap();
+        // Its own lock is not the one in use.
+        assert!(!cond.shared().get_lock().is_owned());
+        drop(held);
+        // A waiter releases the supplied lock (or the notifier could not take it).
+        let (waiter_cond, ready) = (cond.clone(), Event::new().unwrap());
+        let ready_w = ready.clone();
+        let waiter = std::thread::spawn(move || {
+            let _g = waiter_cond.lock().unwrap();
+            ready_w.set();
+            waiter_cond.wait_timeout(Duration::from_secs(30)).unwrap()
+        });
+        assert!(ready.wait_timeout(Duration::from_secs(30)));
+        let _g = lock.lock().unwrap(); // only once the waiter released it
+        cond.notify(1).unwrap();
+        drop(_g);
+        assert!(waiter.join().unwrap(), "the waiter was not notified");
+    }
+
+    #[test]
+    fn a_condition_sent_elsewhere_keeps_its_supplied_lock() {
+        let lock = RLock::new().unwrap();
+        let cond = Condition::with_lock(lock.clone()).unwrap();
+        let copy: Condition = mp_codec::Frame::encode(&cond).unwrap().decode().unwrap();
+        let _held = lock.lock().unwrap();
+        assert!(copy.get_lock().is_owned());
+        copy.notify_all().unwrap();
+        let own: Condition = mp_codec::Frame::encode(&Condition::new().unwrap())
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert!(!own.get_lock().is_owned());
+    }
 
     #[test]
     fn a_barrier_with_an_action_says_why_it_cannot_be_sent() {
