@@ -160,9 +160,16 @@ impl Shared {
             threads: Mutex::new(Vec::new()),
         });
         {
+            // Every inbox before the first worker starts: under fork, a page this process
+            // writes while a child still shares it costs a copy, so the forks come back to
+            // back, with as little written between them as can be.
+            let inboxes = (0..shared.config.processes)
+                .map(|_| Queue::builder().capacity(INBOX).build())
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             let mut state = shared.lock();
-            for slot in 0..shared.config.processes {
-                let started = shared.spawn(&mut state, slot as u32);
+            state.slots.reserve(inboxes.len());
+            for (slot, inbox) in inboxes.into_iter().enumerate() {
+                let started = shared.spawn_with(&mut state, slot as u32, inbox);
                 match started {
                     Ok(s) => state.slots.push(s),
                     Err(err) => {
@@ -193,10 +200,12 @@ impl Shared {
                 return Err(Error::os("starting the pool's threads", err));
             }
         }
-        sys::POOLS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(&shared));
+        {
+            let mut pools = sys::POOLS.lock().unwrap_or_else(|e| e.into_inner());
+            // Ended pools leave their entries behind: dropped here, as the list grows.
+            pools.retain(|p| p.strong_count() > 0);
+            pools.push(Arc::downgrade(&shared));
+        }
         Ok(shared)
     }
 
@@ -210,9 +219,13 @@ impl Shared {
 
     /// Starts the worker for `slot`.
     fn spawn(&self, state: &mut State, slot: u32) -> Result<Slot> {
+        self.spawn_with(state, slot, Queue::builder().capacity(INBOX).build()?)
+    }
+
+    /// Starts the worker for `slot` with `inbox`.
+    fn spawn_with(&self, state: &mut State, slot: u32, inbox: Queue<Msg>) -> Result<Slot> {
         let generation = state.next_generation;
         state.next_generation += 1;
-        let inbox = Queue::builder().capacity(INBOX).build()?;
         let boot = Boot {
             slot,
             generation,
