@@ -34,6 +34,10 @@ use crate::{
 /// are killed and reaped, and results still outstanding fail with [`Error::Terminated`].
 /// [`close`](Pool::close) then [`join`](Pool::join) is the explicit drain.
 ///
+/// A pool belongs to the process that made it: a fork child of that process gets a copy of
+/// the handle but not the pool's threads, so it must not use it (as in Python); make a pool
+/// in the child instead.
+///
 /// ```
 /// use mp_pool::Pool;
 ///

@@ -591,3 +591,25 @@ fn items_that_own_descriptors_cross_both_ways_in_one_chunk() {
         assert_eq!(ours[i].recv::<u8>().unwrap(), i as u8);
     }
 }
+
+#[test]
+fn an_imap_dropped_early_leaves_the_pool_free_for_the_next_job() {
+    let pool = Pool::new(2).unwrap();
+    let pulled = Rc::new(std::cell::Cell::new(0u64));
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| counter.set(counter.get() + 1));
+    let firsts: Vec<u64> = pool
+        .imap_unordered(square, endless)
+        .unwrap()
+        .take(5)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(firsts.len(), 5);
+    // Taken: what was consumed, plus at most the bound in flight.
+    assert!(pulled.get() <= 5 + 2 * 33, "{} pulled", pulled.get());
+    // The chunks it left queued are dropped with it: the next job, and the drain after it,
+    // do not wait for them.
+    assert_eq!(pool.map(square, 0..1000).unwrap().len(), 1000);
+    pool.close();
+    pool.join().unwrap();
+}
