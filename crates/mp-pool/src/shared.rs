@@ -18,7 +18,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    os::fd::{AsFd, OwnedFd},
+    os::fd::OwnedFd,
     sync::{Arc, Condvar, Mutex, MutexGuard, atomic::AtomicUsize},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -506,9 +506,15 @@ impl Shared {
             return Vec::new();
         }
         let mut process = s.process.take();
+        // Its pidfd said it ended, so it is reaped at once (the wait is only a bound).
         let status = process
             .as_mut()
-            .and_then(|p| p.exitcode())
+            .and_then(|p| {
+                p.exitcode().or_else(|| {
+                    let _ = p.join_timeout(Duration::from_secs(1));
+                    p.exitcode()
+                })
+            })
             .map_or(ExitStatus::Signal(libc::SIGKILL), ExitStatus::from_exitcode);
         drop(process);
         let pid = s.pid;
@@ -535,10 +541,6 @@ impl Shared {
             match self.spawn(state, slot) {
                 Ok(fresh) => state.slots[slot as usize] = fresh,
                 Err(err) => {
-                    let err = Error::Spawn(Arc::new(mp_spawn::Error::StartFailed {
-                        name: format!("PoolWorker for slot {slot}"),
-                        message: err.to_string(),
-                    }));
                     let (processes, cells) = Self::take_all(state, err.clone());
                     Self::kill_all(processes);
                     callbacks.extend(cells.into_iter().flat_map(|c| c.fail(err.clone())));
@@ -598,13 +600,14 @@ impl Shared {
                 rustix::event::PollFlags::IN,
             ));
             let timeout = deadline.map(|at| {
-                let left = at.saturating_duration_since(Instant::now());
+                // Rounded up, so the poll never returns before the deadline.
+                let left = at.saturating_duration_since(Instant::now()) + Duration::from_micros(1);
                 rustix::time::Timespec {
                     tv_sec: left.as_secs() as i64,
-                    tv_nsec: i64::from(left.subsec_nanos()) + 999, // round up: never early
+                    tv_nsec: i64::from(left.subsec_nanos()),
                 }
             });
-            let _ = rustix::event::poll(&mut fds, timeout.as_ref().map(normalize).as_ref());
+            let _ = rustix::event::poll(&mut fds, timeout.as_ref());
             let ended: Vec<(u32, u64)> = fds
                 .iter()
                 .zip(&watched)
@@ -762,20 +765,5 @@ impl Shared {
             .filter(|s| s.process.is_some())
             .map(|s| s.pid)
             .collect()
-    }
-}
-
-fn normalize(t: &rustix::time::Timespec) -> rustix::time::Timespec {
-    let mut t = *t;
-    if t.tv_nsec >= 1_000_000_000 {
-        t.tv_sec += 1;
-        t.tv_nsec -= 1_000_000_000;
-    }
-    t
-}
-
-impl AsFd for Shared {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.wake.as_fd()
     }
 }
