@@ -61,13 +61,14 @@ pub(crate) struct Cell {
 }
 
 impl Cell {
-    pub(crate) fn new(fail_fast: bool, outstanding: u32, sealed: bool) -> Arc<Self> {
+    /// A job's cell, before any chunk is sent.
+    pub(crate) fn new(fail_fast: bool) -> Arc<Self> {
         Arc::new(Cell {
             inner: Mutex::new(Inner {
                 fail_fast,
                 arrived: VecDeque::new(),
-                outstanding,
-                sealed,
+                outstanding: 0,
+                sealed: false,
                 error: None,
                 callbacks: Vec::new(),
                 waiters: 0,
@@ -91,19 +92,17 @@ impl Cell {
     /// Records a chunk's outcome: whether the job is now done (and so off the pool's
     /// books), and the callbacks to run.
     pub(crate) fn arrive(&self, arrival: Arrival) -> (bool, Vec<Callback>) {
-        {
-            let mut inner = self.lock();
-            inner.outstanding = inner.outstanding.saturating_sub(1);
-            if inner.fail_fast && inner.error.is_none() {
-                match (&arrival.outcome, &arrival.failed) {
-                    (Err(err), _) => inner.error = Some(err.clone()),
-                    (Ok(_), Some((_, why))) => inner.error = Some(why.clone().into()),
-                    _ => {}
-                }
+        let mut inner = self.lock();
+        inner.outstanding = inner.outstanding.saturating_sub(1);
+        if inner.fail_fast && inner.error.is_none() {
+            match (&arrival.outcome, &arrival.failed) {
+                (Err(err), _) => inner.error = Some(err.clone()),
+                (Ok(_), Some((_, why))) => inner.error = Some(why.clone().into()),
+                _ => {}
             }
-            inner.arrived.push_back(arrival);
-            self.finish(inner)
         }
+        inner.arrived.push_back(arrival);
+        self.finish(inner)
     }
 
     /// Fails the job as a whole (unless it is done already); the callbacks to run.

@@ -329,7 +329,7 @@ impl Pool {
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, self.processes()));
         let (job, cell) = {
             let mut state = self.shared.lock();
-            self.shared.open_job(&mut state, fail_fast, 0, false)?
+            self.shared.open_job(&mut state, fail_fast)?
         };
         let mut chunk = 0u32;
         loop {

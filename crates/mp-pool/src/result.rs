@@ -327,7 +327,7 @@ where
         let target = TargetId::of(f)?;
         let (job, cell) = {
             let mut state = shared.lock();
-            shared.open_job(&mut state, false, 0, false)?
+            shared.open_job(&mut state, false)?
         };
         let bound = (shared.config().processes * (MAX_DEPTH + 1)) as u32;
         Ok(Imap {

@@ -260,14 +260,9 @@ impl Shared {
         })
     }
 
-    /// Opens a job: its cell, on the books. Fails if the pool takes no new work.
-    pub(crate) fn open_job(
-        &self,
-        state: &mut State,
-        fail_fast: bool,
-        chunks: u32,
-        sealed: bool,
-    ) -> Result<(u64, Arc<Cell>)> {
+    /// Opens a job: its cell, on the books, with no chunk sent yet and more to come (its
+    /// owner counts them in and seals it). Fails if the pool takes no new work.
+    pub(crate) fn open_job(&self, state: &mut State, fail_fast: bool) -> Result<(u64, Arc<Cell>)> {
         match &state.phase {
             Phase::Running => {}
             Phase::Closed => return Err(Error::Closed),
@@ -275,10 +270,8 @@ impl Shared {
         }
         let job = state.next_job;
         state.next_job += 1;
-        let cell = Cell::new(fail_fast, chunks, sealed);
-        if !(sealed && chunks == 0) {
-            state.jobs.insert(job, cell.clone());
-        }
+        let cell = Cell::new(fail_fast);
+        state.jobs.insert(job, cell.clone());
         Ok((job, cell))
     }
 
