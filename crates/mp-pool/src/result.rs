@@ -129,7 +129,9 @@ impl<T> AsyncResult<T> {
     /// Calls `callback` with the value (or the error) once it is there (Python's `callback`
     /// and `error_callback` in one): on the pool's reply thread, or at once on this thread
     /// if it is there already. It may use the pool (submit more, take this result), but
-    /// should be quick: the pool delivers no other result while it runs.
+    /// should be quick: the pool delivers no other result while it runs. A panic in it on
+    /// the pool's thread is reported and goes no further (CPython's result handler dies of
+    /// an exception in a callback, and the pool hangs).
     ///
     /// ```
     /// use std::sync::mpsc;

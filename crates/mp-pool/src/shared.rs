@@ -345,7 +345,7 @@ impl Shared {
                         let callbacks = self.deliver_error(state, &task, why);
                         if !callbacks.is_empty() {
                             // Run later by whoever holds no lock: rare enough to spawn for.
-                            std::thread::spawn(move || callbacks.into_iter().for_each(|c| c()));
+                            std::thread::spawn(move || run_callbacks(callbacks));
                         }
                         continue;
                     }
@@ -408,7 +408,7 @@ impl Shared {
                         // task the lost reply answered is unknown, so the pool stops rather
                         // than leave a job waiting for ever.
                         drop(state);
-                        callbacks.into_iter().for_each(|c| c());
+                        run_callbacks(callbacks);
                         self.end(Error::from(err));
                         return;
                     }
@@ -424,7 +424,7 @@ impl Shared {
             self.pump(&mut state);
             self.notify_if_idle(&state);
             drop(state);
-            callbacks.into_iter().for_each(|c| c());
+            run_callbacks(callbacks);
         }
     }
 
@@ -648,7 +648,7 @@ impl Shared {
             .flat_map(|c| c.fail(error.clone()))
             .collect();
         self.wake_threads();
-        callbacks.into_iter().for_each(|c| c());
+        run_callbacks(callbacks);
     }
 
     fn take_all(state: &mut State, error: Error) -> (Vec<Process<()>>, Vec<Arc<Cell>>) {
@@ -758,5 +758,13 @@ impl Shared {
             .filter(|s| s.process.is_some())
             .map(|s| s.pid)
             .collect()
+    }
+}
+
+/// Runs callbacks on a thread of the pool's: one that panics is reported (by the panic
+/// hook) and skipped, rather than end the thread that delivers every result.
+fn run_callbacks(callbacks: Vec<Callback>) {
+    for callback in callbacks {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback));
     }
 }

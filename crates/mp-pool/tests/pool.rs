@@ -613,3 +613,21 @@ fn an_imap_dropped_early_leaves_the_pool_free_for_the_next_job() {
     pool.close();
     pool.join().unwrap();
 }
+
+#[test]
+fn a_callback_that_panics_does_not_stop_the_pool() {
+    let pool = Pool::new(2).unwrap();
+    // Not ready when the callback is set, so the pool's thread runs it.
+    let (release, held) = pipe(true).unwrap();
+    let first = pool.apply_async(wait_for, held).unwrap();
+    first.on_ready(|_| panic!("a careless callback"));
+    release.send(&1u8).unwrap();
+    assert_eq!(first.get_timeout(DEADLINE).unwrap(), 1);
+    // Results after it still arrive, callbacks included.
+    let (tx, rx) = mpsc::channel();
+    pool.apply_async(square, 3)
+        .unwrap()
+        .on_ready(move |r| tx.send(r.copied().ok()).unwrap());
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), Some(9));
+    assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
+}
