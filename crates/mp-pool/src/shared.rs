@@ -79,8 +79,8 @@ struct Slot {
     stopped: bool,
     /// The watcher saw it end and posted the notice.
     ended: bool,
-    /// Killed by the watcher for its first task's timeout.
-    timed_out: bool,
+    /// Killed by the watcher for this task's timeout (its job and chunk).
+    timed_out: Option<(u64, u32)>,
 }
 
 impl Slot {
@@ -256,7 +256,7 @@ impl Shared {
             left: self.config.maxtasks,
             stopped: false,
             ended: false,
-            timed_out: false,
+            timed_out: None,
         })
     }
 
@@ -515,8 +515,12 @@ impl Shared {
         let mut held = std::mem::take(&mut s.held);
         let mut callbacks = Vec::new();
         if let Some(task) = held.pop_front() {
+            // The task the kill was for, unless it finished just before the kill landed (then
+            // the one after it was lost to another's timeout).
             let error = match (timed_out, self.config.task_timeout) {
-                (true, Some(after)) => Error::TaskTimeout { pid, after },
+                (Some(which), Some(after)) if which == (task.job, task.chunk) => {
+                    Error::TaskTimeout { pid, after }
+                }
                 _ => Error::WorkerLost { pid, status },
             };
             callbacks = self.deliver_error(state, &task, error);
@@ -566,12 +570,12 @@ impl Shared {
                         continue;
                     };
                     let at = s.since + after;
-                    if at <= now && !s.timed_out {
-                        s.timed_out = true;
+                    if at <= now && s.timed_out.is_none() {
+                        s.timed_out = s.held.front().map(|t| (t.job, t.chunk));
                         if let Some(p) = &s.process {
                             let _ = p.kill();
                         }
-                    } else if !s.timed_out {
+                    } else if s.timed_out.is_none() {
                         deadline = Some(deadline.map_or(at, |d| d.min(at)));
                     }
                 }
