@@ -202,7 +202,12 @@ pub(crate) fn decode_items<R: Decode>(arrival: &Arrival, out: &mut impl FnMut(Re
             Ok(Some(item)) => item,
             _ => break,
         };
-        out(decode_item::<R>(&item, &mut fds, &mut scratch));
+        if item.fds == 0 && !item.err {
+            // The common case, kept inline: a plain value, decoded where it lies.
+            out(R::decode_bytes(item.bytes).map_err(Error::decode::<R>));
+        } else {
+            out(decode_item::<R>(&item, &mut fds, &mut scratch));
+        }
         seen += 1;
     }
     // Items the worker never got to (it could not read its chunk, or not send its results).
@@ -215,14 +220,13 @@ pub(crate) fn decode_items<R: Decode>(arrival: &Arrival, out: &mut impl FnMut(Re
     (seen..arrival.count).for_each(|_| out(Err(why.clone())));
 }
 
+/// An item that owns descriptors, or is an error.
+#[inline(never)]
 fn decode_item<'a, R: Decode>(
     item: &Item<'_>,
     fds: &mut impl Iterator<Item = &'a std::os::fd::OwnedFd>,
     scratch: &mut Frame,
 ) -> Result<R> {
-    if item.fds == 0 && !item.err {
-        return R::decode_bytes(item.bytes).map_err(Error::decode::<R>);
-    }
     scratch.clear();
     scratch.bytes.extend_from_slice(item.bytes);
     for fd in fds.take(item.fds) {
