@@ -631,3 +631,24 @@ fn a_callback_that_panics_does_not_stop_the_pool() {
     assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), Some(9));
     assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
 }
+
+#[test]
+fn a_dead_worker_is_replaced_under_every_start_method() {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::Forkserver,
+    ] {
+        let pool = Pool::builder().processes(2).method(method).build().unwrap();
+        let before = pool.pids();
+        match pool.apply(die, 0) {
+            Err(Error::WorkerLost { status, .. }) => {
+                assert_eq!(status, ExitStatus::Signal(libc::SIGKILL), "{method:?}");
+            }
+            other => panic!("{method:?}: {other:?}"),
+        }
+        assert_eq!(pool.map(square, 0..50).unwrap().len(), 50, "{method:?}");
+        assert_eq!(pool.pids().len(), 2, "{method:?}");
+        assert_ne!(pool.pids(), before, "{method:?}: not replaced");
+    }
+}
