@@ -173,8 +173,8 @@ pub mod codec {
 /// Python's `multiprocessing.connection`: connections, listeners, clients, `wait` (`mp-pipe`).
 pub mod connection {
     pub use mp_pipe::{
-        Address, Client, Connection, DEFAULT_HANDSHAKE_TIMEOUT, Error, Listener, ToAddress, pipe,
-        wait,
+        Address, Client, Connection, DEFAULT_HANDSHAKE_TIMEOUT, Error, Listener, Result, ToAddress,
+        pipe, wait,
     };
 }
 
@@ -182,7 +182,7 @@ pub mod connection {
 pub mod process {
     pub use mp_spawn::{
         Builder, CallError, ChildInfo, Context, CurrentProcess, Error, ParentProcess, Process,
-        StartMethod, Target, TargetId, active_children, cpu_count, current_process,
+        Result, StartMethod, Target, TargetId, active_children, cpu_count, current_process,
         get_all_start_methods, get_context, get_start_method, parent_process, set_start_method,
     };
 }
@@ -190,7 +190,7 @@ pub mod process {
 /// Python's `multiprocessing.queues`: `Queue`, `SimpleQueue`, `JoinableQueue` (`mp-queue`).
 pub mod queues {
     pub use mp_queue::{
-        Builder, DEFAULT_CAPACITY, Error, JoinableQueue, PutError, Queue, SimpleQueue,
+        Builder, DEFAULT_CAPACITY, Error, JoinableQueue, PutError, Queue, Result, SimpleQueue,
     };
 }
 
@@ -208,10 +208,10 @@ pub mod queues {
 /// ```
 pub mod synchronize {
     pub use mp_sync::{
-        Acquire, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, LockGuard, LockResult,
-        MAX_SEMAPHORE_VALUE, OwnerDied, Placeable, RLock, RLockGuard, RawBarrier, RawCondition,
-        RawEvent, RawLock, RawRLock, RawSemaphore, Region, Semaphore, Shared, Spec, TryLockError,
-        TryLockResult,
+        Acquire, Barrier, BoundedSemaphore, Condition, Enrollment, Error, Event, Lock, LockGuard,
+        LockResult, MAX_SEMAPHORE_VALUE, OwnerDied, Placeable, ProcessId, RLock, RLockGuard,
+        RawBarrier, RawCondition, RawEvent, RawLock, RawRLock, RawSemaphore, Region, Result,
+        Semaphore, Shared, Spec, TryLockError, TryLockResult,
     };
 }
 
@@ -219,19 +219,19 @@ pub mod synchronize {
 /// (`mp-shm`).
 pub mod sharedctypes {
     pub use mp_shm::{
-        Array, ArrayGuard, Error, Integer, Plain, RawArray, RawValue, Value, ValueGuard,
+        Array, ArrayGuard, Error, Integer, Plain, RawArray, RawValue, Result, Value, ValueGuard,
     };
 }
 
 /// Python's `multiprocessing.shared_memory`: named blocks Python can open too (`mp-shm`).
 pub mod shared_memory {
-    pub use mp_shm::{Error, SharedMemory};
+    pub use mp_shm::{Error, Result, SharedMemory};
 }
 
 /// Python's `multiprocessing.pool`: [`Pool`] and [`AsyncResult`]
 /// (`mp-pool`).
 pub mod pool {
-    pub use mp_pool::{AsyncResult, Builder, Error, ExitStatus, Imap, Pool, StarFn};
+    pub use mp_pool::{AsyncResult, Builder, Error, ExitStatus, Imap, Pool, Result, StarFn};
 }
 
 pub use mp_codec::{Decode, Encode, Message};

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 ///
 /// ```
 /// use std::io::{Read, Write};
-/// use mp_codec::{Fd, Frame};
+/// use multiprocessing::codec::{Fd, Frame};
 ///
 /// let (mut reader, writer) = std::io::pipe()?;
 /// let frame = Frame::encode(&Fd::from(std::os::fd::OwnedFd::from(writer)))?;
@@ -128,13 +128,13 @@ mod with_serde {
     ///     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
     ///         match u8::deserialize(d)? {
     ///             n if n % 2 == 0 => Ok(Even(n)),
-    ///             n => Err(mp_codec::fd::rejected(format!("{n} is odd"))),
+    ///             n => Err(multiprocessing::codec::fd::rejected(format!("{n} is odd"))),
     ///         }
     ///     }
     /// }
-    /// let err = mp_codec::Frame::encode(&3u8)?.decode::<Even>().err().unwrap();
+    /// let err = multiprocessing::codec::Frame::encode(&3u8)?.decode::<Even>().err().unwrap();
     /// assert_eq!(err.to_string(), "malformed message: 3 is odd");
-    /// # Ok::<(), mp_codec::Error>(())
+    /// # Ok::<(), multiprocessing::codec::Error>(())
     /// ```
     pub fn rejected<E: serde::de::Error>(why: impl std::fmt::Display) -> E {
         fault(Fault::Rejected(why.to_string()), |why| E::custom(why))
@@ -147,10 +147,10 @@ mod with_serde {
     /// struct Secret;
     /// impl serde::Serialize for Secret {
     ///     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-    ///         Err(mp_codec::fd::refused("secrets stay here"))
+    ///         Err(multiprocessing::codec::fd::refused("secrets stay here"))
     ///     }
     /// }
-    /// let err = mp_codec::Frame::encode(&Secret).err().unwrap();
+    /// let err = multiprocessing::codec::Frame::encode(&Secret).err().unwrap();
     /// assert_eq!(err.to_string(), "cannot encode message: secrets stay here");
     /// ```
     pub fn refused<E: serde::ser::Error>(why: impl std::fmt::Display) -> E {
@@ -396,20 +396,21 @@ mod with_serde {
     }
 
     /// Serializes any descriptor the way [`Fd`] does (duplicated into the frame being
-    /// encoded), for `#[serde(with = "mp_codec::fd")]` on an `OwnedFd` field.
+    /// encoded), for `#[serde(with = "mp_codec::fd")]` (through the umbrella crate,
+    /// `"multiprocessing::codec::fd"`) on an `OwnedFd` field.
     ///
     /// ```
     /// use std::os::fd::OwnedFd;
     ///
     /// #[derive(serde::Serialize, serde::Deserialize)]
     /// struct Handle {
-    ///     #[serde(with = "mp_codec::fd")]
+    ///     #[serde(with = "multiprocessing::codec::fd")]
     ///     fd: OwnedFd,
     ///     len: usize,
     /// }
     ///
     /// let (_reader, writer) = std::io::pipe()?;
-    /// let frame = mp_codec::Frame::encode(&Handle { fd: writer.into(), len: 3 })?;
+    /// let frame = multiprocessing::codec::Frame::encode(&Handle { fd: writer.into(), len: 3 })?;
     /// assert_eq!(frame.fds.len(), 1);
     /// let back: Handle = frame.decode()?;
     /// assert_eq!(back.len, 3);

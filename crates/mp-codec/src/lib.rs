@@ -63,7 +63,7 @@ pub mod wire;
 ///
 /// ```
 /// let nested = vec![vec![vec![1u8]]]; // three levels
-/// let back: Vec<Vec<Vec<u8>>> = mp_codec::Frame::encode(&nested)?.decode()?;
+/// let back: Vec<Vec<Vec<u8>>> = multiprocessing::codec::Frame::encode(&nested)?.decode()?;
 /// assert_eq!(back, nested);
 ///
 /// // A list of 200 nodes: a valid encoding, refused for its depth (two levels a node).
@@ -71,12 +71,12 @@ pub mod wire;
 /// struct List(Option<Box<List>>);
 /// let mut bytes = vec![1u8; 200]; // `Some` …
 /// bytes.push(0); // … and the `None` at the end
-/// let frame = mp_codec::Frame { bytes, fds: Vec::new() };
+/// let frame = multiprocessing::codec::Frame { bytes, fds: Vec::new() };
 /// assert!(matches!(
 ///     frame.decode::<List>(),
-///     Err(mp_codec::Error::TooDeep(mp_codec::MAX_DEPTH))
+///     Err(multiprocessing::codec::Error::TooDeep(multiprocessing::codec::MAX_DEPTH))
 /// ));
-/// # Ok::<(), mp_codec::Error>(())
+/// # Ok::<(), multiprocessing::codec::Error>(())
 /// ```
 pub const MAX_DEPTH: usize = 128;
 

@@ -11,14 +11,14 @@ use crate::{Error, Result};
 /// [`Frame::clear`] keeps the allocation.
 ///
 /// ```
-/// use mp_codec::Frame;
+/// use multiprocessing::codec::Frame;
 ///
 /// let frame = Frame::encode(&("answer", 42u8))?;
 /// assert_eq!(frame.bytes, b"\x06answer\x2a");
 /// assert!(frame.fds.is_empty());
 /// let (word, n): (String, u8) = frame.decode()?;
 /// assert_eq!((word.as_str(), n), ("answer", 42));
-/// # Ok::<(), mp_codec::Error>(())
+/// # Ok::<(), multiprocessing::codec::Error>(())
 /// ```
 #[derive(Debug, Default)]
 pub struct Frame {
@@ -73,12 +73,12 @@ impl Frame {
 /// `Encode`, so borrowed data such as `&str` or `&[T]` can be sent without copying it first.
 ///
 /// ```
-/// use mp_codec::{Encode, Frame};
+/// use multiprocessing::codec::{Encode, Frame};
 ///
 /// let mut frame = Frame::new();
 /// "borrowed".encode(&mut frame)?;
 /// assert_eq!(frame.decode::<String>()?, "borrowed");
-/// # Ok::<(), mp_codec::Error>(())
+/// # Ok::<(), multiprocessing::codec::Error>(())
 /// ```
 pub trait Encode {
     /// Appends the encoding of `self` to `frame` (its bytes and its descriptors).
@@ -112,11 +112,11 @@ pub trait Decode: Sized {
     /// serde types decode in place; the default copies the bytes into a frame first.
     ///
     /// ```
-    /// use mp_codec::{Decode, Frame};
+    /// use multiprocessing::codec::{Decode, Frame};
     ///
     /// let frame = Frame::encode(&(7u8, "seven"))?;
     /// assert_eq!(<(u8, String)>::decode_bytes(&frame.bytes)?, (7, "seven".to_string()));
-    /// # Ok::<(), mp_codec::Error>(())
+    /// # Ok::<(), multiprocessing::codec::Error>(())
     /// ```
     ///
     /// # Errors
@@ -134,7 +134,7 @@ pub trait Decode: Sized {
 /// are [`Pod`] values (their bytes as they are in memory) and [`Bytes`].
 ///
 /// ```
-/// use mp_codec::{Decode, Encode, Frame, Message};
+/// use multiprocessing::codec::{Decode, Encode, Frame, Message};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
 /// enum Job {
@@ -142,13 +142,13 @@ pub trait Decode: Sized {
 ///     Stop,
 /// }
 ///
-/// fn round_trip<T: Message>(value: &T) -> mp_codec::Result<T> {
+/// fn round_trip<T: Message>(value: &T) -> multiprocessing::codec::Result<T> {
 ///     let mut frame = Frame::new();
 ///     value.encode(&mut frame)?;
 ///     T::decode(&mut frame)
 /// }
 /// assert_eq!(round_trip(&Job::Square(12))?, Job::Square(12));
-/// # Ok::<(), mp_codec::Error>(())
+/// # Ok::<(), multiprocessing::codec::Error>(())
 /// ```
 pub trait Message: Encode + Decode {}
 
@@ -181,13 +181,13 @@ impl<T: serde::de::DeserializeOwned> Decode for T {
 /// the size. Both ends must agree on `T`'s layout (same target, same definition).
 ///
 /// ```
-/// use mp_codec::{Frame, Pod};
+/// use multiprocessing::codec::{Frame, Pod};
 ///
 /// let frame = Frame::encode(&Pod([1.5f64, -2.0, 8.25]))?;
 /// assert_eq!(frame.bytes.len(), 24);
 /// let Pod(xs): Pod<[f64; 3]> = frame.decode()?;
 /// assert_eq!(xs, [1.5, -2.0, 8.25]);
-/// # Ok::<(), mp_codec::Error>(())
+/// # Ok::<(), multiprocessing::codec::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pod<T>(pub T);
@@ -225,13 +225,13 @@ fn close_unclaimed(frame: &mut Frame) {
 /// Raw bytes, sent as they are: Python's `send_bytes` / `recv_bytes`.
 ///
 /// ```
-/// use mp_codec::{Bytes, Frame};
+/// use multiprocessing::codec::{Bytes, Frame};
 ///
 /// let frame = Frame::encode(&Bytes(b"\x00\xffraw".to_vec()))?;
 /// assert_eq!(frame.bytes, b"\x00\xffraw");
 /// let Bytes(back) = frame.decode()?;
 /// assert_eq!(back, b"\x00\xffraw");
-/// # Ok::<(), mp_codec::Error>(())
+/// # Ok::<(), multiprocessing::codec::Error>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bytes(pub Vec<u8>);

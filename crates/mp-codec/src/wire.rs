@@ -54,8 +54,8 @@ const SHORT_MAX: usize = 0x7fff_ffff;
 ///
 /// ```
 /// let mut buf = [0; 12];
-/// assert_eq!(mp_codec::wire::header(5, &mut buf), [0, 0, 0, 5]);
-/// assert_eq!(mp_codec::wire::header(1 << 31, &mut buf).len(), 12);
+/// assert_eq!(multiprocessing::codec::wire::header(5, &mut buf), [0, 0, 0, 5]);
+/// assert_eq!(multiprocessing::codec::wire::header(1 << 31, &mut buf).len(), 12);
 /// ```
 #[inline]
 pub fn header(len: usize, buf: &mut [u8; 12]) -> &[u8] {

@@ -14,14 +14,14 @@ use crate::{Error, Result};
 /// a unix socket path.
 ///
 /// ```
-/// use mp_pipe::Address;
+/// use multiprocessing::connection::Address;
 ///
 /// assert!(matches!("/tmp/app.sock".parse()?, Address::Unix(_)));
 /// assert!(matches!("\0app".parse()?, Address::Abstract(name) if name == b"app"));
 /// assert!(matches!("@app".parse()?, Address::Abstract(_)));
 /// assert!(matches!("127.0.0.1:0".parse()?, Address::Tcp(_)));
 /// assert!(matches!("localhost:6000".parse()?, Address::Tcp(_)));
-/// # Ok::<(), mp_pipe::Error>(())
+/// # Ok::<(), multiprocessing::connection::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {

@@ -38,11 +38,11 @@ impl Transport {
 /// only sends. Every descriptor is close-on-exec.
 ///
 /// ```
-/// let (reader, writer) = mp_pipe::pipe(false)?;
+/// let (reader, writer) = multiprocessing::connection::pipe(false)?;
 /// writer.send(&(1, "one"))?;
 /// assert_eq!(reader.recv::<(i32, String)>()?, (1, "one".to_string()));
 /// assert!(reader.send(&0).is_err()); // read-only end
-/// # Ok::<(), mp_pipe::Error>(())
+/// # Ok::<(), multiprocessing::connection::Error>(())
 /// ```
 ///
 /// # Errors
@@ -68,23 +68,23 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
 /// Messages are whole: never merged, never split, and the bytes on the wire are CPython's
 /// (`send_bytes` here is `recv_bytes` there). Senders are serialized against each other and
 /// so are receivers, so a `Connection` can be shared between threads without interleaving
-/// frames. A connection is a [`mp_codec::Message`] itself: send it over a unix socket and the
+/// frames. A connection is a [`Message`](mp_codec::Message) itself: send it over a unix socket and the
 /// receiver gets its own descriptor for the same end.
 ///
 /// Only the descriptor travels. The receiver learns what it holds from the descriptor itself
 /// — a pipe end (read-only or write-only by its access mode), a unix or a TCP stream socket —
 /// and applies its own default message limit: a peer's bytes cannot make a read end writable,
 /// a pipe pass for a socket, or lift the limit. Any other descriptor is refused
-/// ([`mp_codec::Error::Malformed`]) and closed.
+/// (the codec's [`Malformed`](mp_codec::Error::Malformed) error) and closed.
 ///
 /// ```
-/// let (a, b) = mp_pipe::pipe(true)?;
+/// let (a, b) = multiprocessing::connection::pipe(true)?;
 /// a.send_bytes(b"ping")?;
 /// assert!(b.poll(Some(std::time::Duration::ZERO))?);
 /// assert_eq!(b.recv_bytes()?, b"ping");
 /// drop(a);
-/// assert!(matches!(b.recv_bytes(), Err(mp_pipe::Error::Eof)));
-/// # Ok::<(), mp_pipe::Error>(())
+/// assert!(matches!(b.recv_bytes(), Err(multiprocessing::connection::Error::Eof)));
+/// # Ok::<(), multiprocessing::connection::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Connection {
@@ -200,7 +200,7 @@ impl Connection {
         self.max_len = max;
     }
 
-    /// Sends a value (any [`Encode`]: serde types, [`mp_codec::Pod`], [`mp_codec::Bytes`]).
+    /// Sends a value (any [`Encode`]: serde types, [`Pod`](mp_codec::Pod), [`Bytes`](mp_codec::Bytes)).
     /// Descriptors the value holds travel with it over unix sockets.
     ///
     /// # Errors
@@ -304,11 +304,11 @@ impl Connection {
     /// unreadable.
     ///
     /// ```
-    /// let (a, b) = mp_pipe::pipe(true)?;
+    /// let (a, b) = multiprocessing::connection::pipe(true)?;
     /// a.send_bytes(&[0; 300])?;
-    /// assert!(matches!(b.recv_bytes_max(256), Err(mp_pipe::Error::BadMessageLength { len: 300, .. })));
-    /// assert!(matches!(b.recv_bytes(), Err(mp_pipe::Error::Unreadable)));
-    /// # Ok::<(), mp_pipe::Error>(())
+    /// assert!(matches!(b.recv_bytes_max(256), Err(multiprocessing::connection::Error::BadMessageLength { len: 300, .. })));
+    /// assert!(matches!(b.recv_bytes(), Err(multiprocessing::connection::Error::Unreadable)));
+    /// # Ok::<(), multiprocessing::connection::Error>(())
     /// ```
     ///
     /// # Errors
@@ -322,14 +322,14 @@ impl Connection {
     /// slice for `offset`).
     ///
     /// ```
-    /// let (a, b) = mp_pipe::pipe(true)?;
+    /// let (a, b) = multiprocessing::connection::pipe(true)?;
     /// a.send_bytes(b"hello")?;
     /// let mut buf = [0; 3];
     /// match b.recv_bytes_into(&mut buf) {
-    ///     Err(mp_pipe::Error::BufferTooShort(whole)) => assert_eq!(whole, b"hello"),
+    ///     Err(multiprocessing::connection::Error::BufferTooShort(whole)) => assert_eq!(whole, b"hello"),
     ///     other => panic!("{other:?}"),
     /// }
-    /// # Ok::<(), mp_pipe::Error>(())
+    /// # Ok::<(), multiprocessing::connection::Error>(())
     /// ```
     ///
     /// # Errors

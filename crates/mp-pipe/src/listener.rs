@@ -27,11 +27,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// [`set_legacy_md5(false)`](Self::set_legacy_md5) refuses the legacy HMAC-MD5 form.
 ///
 /// ```
-/// use mp_pipe::{Client, Listener};
+/// use multiprocessing::connection::{Client, Listener};
 ///
 /// let mut listener = Listener::bind("127.0.0.1:0", Some(b"secret"))?;
 /// let address = listener.address().clone();
-/// let client = std::thread::spawn(move || -> mp_pipe::Result<Vec<u8>> {
+/// let client = std::thread::spawn(move || -> multiprocessing::connection::Result<Vec<u8>> {
 ///     let conn = Client::connect(&address, Some(b"secret"))?;
 ///     conn.send_bytes(b"hello")?;
 ///     conn.recv_bytes()
@@ -40,7 +40,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// let hello = conn.recv_bytes()?;
 /// conn.send_bytes(&hello)?;
 /// assert_eq!(client.join().unwrap()?, b"hello");
-/// # Ok::<(), mp_pipe::Error>(())
+/// # Ok::<(), multiprocessing::connection::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Listener {
@@ -111,14 +111,14 @@ impl Listener {
     /// it.
     ///
     /// ```
-    /// use mp_pipe::{Client, Listener};
+    /// use multiprocessing::connection::{Client, Listener};
     ///
     /// let mut listener = Listener::bind_auto(Some(b"key"))?;
     /// let address = listener.address().clone();
     /// let client = std::thread::spawn(move || Client::connect(&address, Some(b"key")));
     /// listener.accept()?.send(&"hello")?;
     /// assert_eq!(client.join().unwrap()?.recv::<String>()?, "hello");
-    /// # Ok::<(), mp_pipe::Error>(())
+    /// # Ok::<(), multiprocessing::connection::Error>(())
     /// ```
     ///
     /// # Errors
@@ -161,7 +161,7 @@ impl Listener {
     /// and refusing it is for deployments with no old peers.
     ///
     /// ```
-    /// use mp_pipe::{Client, Listener};
+    /// use multiprocessing::connection::{Client, Listener};
     ///
     /// let mut listener = Listener::bind("127.0.0.1:0", Some(b"k"))?;
     /// listener.set_legacy_md5(false);
@@ -170,7 +170,7 @@ impl Listener {
     /// let client = std::thread::spawn(move || Client::connect(&address, Some(b"k")));
     /// listener.accept()?;
     /// client.join().unwrap()?;
-    /// # Ok::<(), mp_pipe::Error>(())
+    /// # Ok::<(), multiprocessing::connection::Error>(())
     /// ```
     pub fn set_legacy_md5(&mut self, accept: bool) {
         self.legacy_md5 = accept;
@@ -256,7 +256,7 @@ fn handshake(
 ///
 /// ```
 /// use std::time::Duration;
-/// use mp_pipe::{Client, Listener};
+/// use multiprocessing::connection::{Client, Listener};
 ///
 /// let mut listener = Listener::bind("127.0.0.1:0", Some(b"k"))?;
 /// let address = listener.address().clone();
@@ -267,7 +267,7 @@ fn handshake(
 ///     .open(&address, Some(b"k"))?;
 /// server.join().unwrap()?;
 /// # drop(conn);
-/// # Ok::<(), mp_pipe::Error>(())
+/// # Ok::<(), multiprocessing::connection::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {

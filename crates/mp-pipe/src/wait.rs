@@ -20,14 +20,14 @@ use crate::{Error, Result};
 /// ```
 /// use std::{os::fd::AsFd, time::Duration};
 ///
-/// let (a, b) = mp_pipe::pipe(true)?;
-/// let (c, d) = mp_pipe::pipe(true)?;
-/// assert!(mp_pipe::wait(&[&b, &d], Some(Duration::ZERO))?.is_empty());
+/// let (a, b) = multiprocessing::connection::pipe(true)?;
+/// let (c, d) = multiprocessing::connection::pipe(true)?;
+/// assert!(multiprocessing::connection::wait(&[&b, &d], Some(Duration::ZERO))?.is_empty());
 /// c.send_bytes(b"")?; // even an empty message counts
 /// drop(a); // and so does end of file
-/// let ready = mp_pipe::wait(&[&b as &dyn AsFd, &d], None)?;
+/// let ready = multiprocessing::connection::wait(&[&b as &dyn AsFd, &d], None)?;
 /// assert_eq!(ready, [0, 1]);
-/// # Ok::<(), mp_pipe::Error>(())
+/// # Ok::<(), multiprocessing::connection::Error>(())
 /// ```
 ///
 /// # Errors

@@ -39,7 +39,7 @@ use crate::{
 /// in the child instead.
 ///
 /// ```
-/// use mp_pool::Pool;
+/// use multiprocessing::pool::Pool;
 ///
 /// fn square(x: u64) -> u64 {
 ///     x * x
@@ -47,7 +47,7 @@ use crate::{
 ///
 /// let pool = Pool::new(3)?;
 /// assert_eq!(pool.map(square, 1..=5)?, [1, 4, 9, 16, 25]);
-/// # Ok::<(), mp_pool::Error>(())
+/// # Ok::<(), multiprocessing::pool::Error>(())
 /// ```
 pub struct Pool {
     shared: Arc<Shared>,
@@ -81,9 +81,9 @@ impl Builder {
     /// fn one(x: u8) -> u8 {
     ///     x + 1
     /// }
-    /// let pool = mp_pool::Pool::builder().processes(1).initializer(greet, "worker".to_string()).build()?;
+    /// let pool = multiprocessing::pool::Pool::builder().processes(1).initializer(greet, "worker".to_string()).build()?;
     /// assert_eq!(pool.apply(one, 1)?, 2);
-    /// # Ok::<(), mp_pool::Error>(())
+    /// # Ok::<(), multiprocessing::pool::Error>(())
     /// ```
     pub fn initializer<F, A>(mut self, initializer: F, args: A) -> Self
     where
@@ -383,10 +383,10 @@ impl Pool {
     /// fn cube(x: i64) -> i64 {
     ///     x * x * x
     /// }
-    /// let pool = mp_pool::Pool::new(2)?;
+    /// let pool = multiprocessing::pool::Pool::new(2)?;
     /// let later = pool.apply_async(cube, -3)?;
     /// assert_eq!(later.get()?, -27);
-    /// # Ok::<(), mp_pool::Error>(())
+    /// # Ok::<(), multiprocessing::pool::Error>(())
     /// ```
     ///
     /// # Errors
@@ -471,9 +471,9 @@ impl Pool {
     /// fn power(base: u64, exp: u32) -> u64 {
     ///     base.pow(exp)
     /// }
-    /// let pool = mp_pool::Pool::new(2)?;
+    /// let pool = multiprocessing::pool::Pool::new(2)?;
     /// assert_eq!(pool.starmap(power, [(2, 10), (3, 3)])?, [1024, 27]);
-    /// # Ok::<(), mp_pool::Error>(())
+    /// # Ok::<(), multiprocessing::pool::Error>(())
     /// ```
     ///
     /// # Errors
@@ -511,10 +511,10 @@ impl Pool {
     /// fn double(x: u64) -> u64 {
     ///     2 * x
     /// }
-    /// let pool = mp_pool::Pool::new(2)?;
+    /// let pool = multiprocessing::pool::Pool::new(2)?;
     /// let firsts: Vec<u64> = pool.imap(double, 0..)?.take(4).collect::<Result<_, _>>()?;
     /// assert_eq!(firsts, [0, 2, 4, 6]);
-    /// # Ok::<(), mp_pool::Error>(())
+    /// # Ok::<(), multiprocessing::pool::Error>(())
     /// ```
     ///
     /// # Errors
@@ -625,12 +625,12 @@ impl Pool {
     /// fn id(x: u8) -> u8 {
     ///     x
     /// }
-    /// let pool = mp_pool::Pool::new(2)?;
+    /// let pool = multiprocessing::pool::Pool::new(2)?;
     /// let later = pool.map_async(id, [1, 2, 3])?;
     /// pool.close();
     /// pool.join()?;
     /// assert_eq!(later.get()?, [1, 2, 3]);
-    /// # Ok::<(), mp_pool::Error>(())
+    /// # Ok::<(), multiprocessing::pool::Error>(())
     /// ```
     ///
     /// # Errors

@@ -23,13 +23,13 @@ use crate::{
 /// fn slow_square(x: u64) -> u64 {
 ///     x * x
 /// }
-/// let pool = mp_pool::Pool::new(2)?;
+/// let pool = multiprocessing::pool::Pool::new(2)?;
 /// let later = pool.map_async(slow_square, 0..4)?;
 /// later.wait();
 /// assert!(later.ready());
 /// assert_eq!(later.successful(), Some(true));
 /// assert_eq!(later.get()?, [0, 1, 4, 9]);
-/// # Ok::<(), mp_pool::Error>(())
+/// # Ok::<(), multiprocessing::pool::Error>(())
 /// ```
 #[must_use = "an AsyncResult is how the value arrives"]
 pub struct AsyncResult<T> {
@@ -138,11 +138,11 @@ impl<T> AsyncResult<T> {
     /// fn inc(x: u32) -> u32 {
     ///     x + 1
     /// }
-    /// let pool = mp_pool::Pool::new(1)?;
+    /// let pool = multiprocessing::pool::Pool::new(1)?;
     /// let (tx, rx) = mpsc::channel();
     /// pool.apply_async(inc, 41)?.on_ready(move |r| tx.send(*r.unwrap()).unwrap());
     /// assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap(), 42);
-    /// # Ok::<(), mp_pool::Error>(())
+    /// # Ok::<(), multiprocessing::pool::Error>(())
     /// ```
     pub fn on_ready(&self, callback: impl FnOnce(Result<&T, &Error>) + Send + 'static)
     where

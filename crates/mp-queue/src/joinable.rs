@@ -24,7 +24,7 @@ use crate::{
 /// can happen.
 ///
 /// ```
-/// let q = mp_queue::JoinableQueue::<u32>::new()?;
+/// let q = multiprocessing::queues::JoinableQueue::<u32>::new()?;
 /// q.put(1)?;
 /// assert_eq!(q.get()?, 1);
 /// q.task_done()?;
@@ -197,7 +197,7 @@ impl<T: Message> JoinableQueue<T> {
 /// Python's `SimpleQueue`: an unbounded queue with just `put`, `get`, `empty` and `close`.
 ///
 /// ```
-/// let q = mp_queue::SimpleQueue::<(u8, String)>::new()?;
+/// let q = multiprocessing::queues::SimpleQueue::<(u8, String)>::new()?;
 /// q.put((1, "one".into()))?;
 /// assert!(!q.empty());
 /// assert_eq!(q.get()?, (1, "one".to_string()));

@@ -51,9 +51,9 @@ struct Marker<T>(PhantomData<T>);
 /// How to make a queue: item bound and ring size.
 ///
 /// ```
-/// let q = mp_queue::Queue::<u64>::builder().maxsize(10).capacity(64 << 10).build()?;
+/// let q = multiprocessing::queues::Queue::<u64>::builder().maxsize(10).capacity(64 << 10).build()?;
 /// assert_eq!(q.maxsize(), 10);
-/// # Ok::<(), mp_queue::Error>(())
+/// # Ok::<(), multiprocessing::queues::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy)]
 #[must_use]
@@ -145,10 +145,10 @@ const BIG_REF: usize = 16;
 ///   namespace never judges, and the frame waits for one that can.
 ///
 /// ```
-/// let q = mp_queue::Queue::<String>::new()?;
+/// let q = multiprocessing::queues::Queue::<String>::new()?;
 /// q.put("hello".to_string())?;
 /// assert_eq!(q.get()?, "hello");
-/// assert!(matches!(q.try_get(), Err(mp_queue::Error::Empty)));
+/// assert!(matches!(q.try_get(), Err(multiprocessing::queues::Error::Empty)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Queue<T> {
@@ -880,7 +880,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
 
 impl<T: Message> AsFd for Queue<T> {
     /// A descriptor that polls readable while the queue may hold an item, so that
-    /// `mp_pipe::wait` (Python's `connection.wait`) can wait on queues beside connections and
+    /// `connection::wait` (Python's `connection.wait`) can wait on queues beside connections and
     /// process sentinels.
     ///
     /// Asking for it arms the queue's doorbell, for every process, from then on: a `put`

@@ -186,12 +186,12 @@ impl<T> Clone for Elements<T> {
 /// death is handled as for [`Value`](crate::Value).
 ///
 /// ```
-/// let squares = mp_shm::Array::<u64>::new(4)?;
+/// let squares = multiprocessing::sharedctypes::Array::<u64>::new(4)?;
 /// squares.lock().expect("nobody died").iter_mut().enumerate().for_each(|(i, x)| *x = (i * i) as u64);
 /// assert_eq!(squares.get(3), Some(9));
 /// squares.set(0, 100)?;
 /// assert_eq!(squares.to_vec(), [100, 1, 4, 9]);
-/// # Ok::<(), mp_shm::Error>(())
+/// # Ok::<(), multiprocessing::sharedctypes::Error>(())
 /// ```
 pub struct Array<T: Plain> {
     elements: Elements<T>,
@@ -212,8 +212,8 @@ impl<T: Plain> Array<T> {
     /// `Array(typecode, size, lock=lock)`).
     ///
     /// ```
-    /// let lock = mp_sync::RLock::new()?;
-    /// let xs = mp_shm::Array::<u8>::with_lock(4, lock.clone())?;
+    /// let lock = multiprocessing::synchronize::RLock::new()?;
+    /// let xs = multiprocessing::sharedctypes::Array::<u8>::with_lock(4, lock.clone())?;
     /// let _held = lock.lock().expect("nobody died");
     /// assert!(xs.get_lock().is_owned()); // the same lock
     /// xs.set(0, 7)?;
@@ -408,10 +408,10 @@ impl<T: Plain> Drop for ArrayGuard<'_, T> {
 /// [`as_mut_slice`](Self::as_mut_slice), or use [`Array`] and its guard.
 ///
 /// ```
-/// let a = mp_shm::RawArray::<f64>::from_slice(&[1.0, 2.0])?;
+/// let a = multiprocessing::sharedctypes::RawArray::<f64>::from_slice(&[1.0, 2.0])?;
 /// a.set(1, 3.5)?;
 /// assert_eq!(a.to_vec(), [1.0, 3.5]);
-/// # Ok::<(), mp_shm::Error>(())
+/// # Ok::<(), multiprocessing::sharedctypes::Error>(())
 /// ```
 pub struct RawArray<T: Plain> {
     elements: Elements<T>,

@@ -54,7 +54,7 @@ pub enum Error {
         /// The segment's size now.
         len: usize,
     },
-    /// Creating, attaching or locking the region failed (see `mp_sync::Error`).
+    /// Creating, attaching or locking the region failed (see the synchronization crate's `Error`, `synchronize::Error` through the umbrella).
     #[error(transparent)]
     Sync(#[from] mp_sync::Error),
     /// A system call failed: which one, and what the kernel said (in the message, so the

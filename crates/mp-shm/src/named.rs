@@ -64,7 +64,7 @@ const MAX_NAME: usize = 254;
 /// fails on any existing entry, links included.
 ///
 /// ```
-/// use mp_shm::SharedMemory;
+/// use multiprocessing::shared_memory::SharedMemory;
 ///
 /// let created = SharedMemory::new(16)?; // a fresh name, like Python's SharedMemory(create=True)
 /// created.write(0, b"hello")?;
@@ -74,7 +74,7 @@ const MAX_NAME: usize = 254;
 /// assert_eq!(&buf, b"hello");
 /// drop(opened); // still there
 /// assert!(SharedMemory::open(created.name()).is_ok());
-/// # Ok::<(), mp_shm::Error>(())
+/// # Ok::<(), multiprocessing::sharedctypes::Error>(())
 /// ```
 pub struct SharedMemory {
     name: String,
@@ -246,14 +246,14 @@ impl SharedMemory {
     /// ```
     /// use std::sync::atomic::Ordering;
     ///
-    /// let block = mp_shm::SharedMemory::new(4)?;
+    /// let block = multiprocessing::shared_memory::SharedMemory::new(4)?;
     /// let buf = block.buf();
     /// buf[0].store(7, Ordering::Relaxed);
     /// buf[1].fetch_add(2, Ordering::Relaxed);
     /// let mut out = [0; 2];
     /// block.read(0, &mut out)?;
     /// assert_eq!(out, [7, 2]);
-    /// # Ok::<(), mp_shm::Error>(())
+    /// # Ok::<(), multiprocessing::sharedctypes::Error>(())
     /// ```
     pub fn buf(&self) -> &[std::sync::atomic::AtomicU8] {
         // SAFETY: the mapping is `size` bytes, readable and writable, from `as_ptr` (dangling

@@ -42,11 +42,11 @@ struct ValueCell<T> {
 /// over a pipe all see the same memory.
 ///
 /// ```
-/// let counter = mp_shm::Value::new(0i32)?;
+/// let counter = multiprocessing::sharedctypes::Value::new(0i32)?;
 /// *counter.lock().expect("nobody died") += 1;
 /// assert_eq!(counter.fetch_add(2), 1);
 /// assert_eq!(counter.get(), 3);
-/// # Ok::<(), mp_shm::Error>(())
+/// # Ok::<(), multiprocessing::sharedctypes::Error>(())
 /// ```
 pub struct Value<T: Plain> {
     region: Arc<Region>,
@@ -69,8 +69,8 @@ impl<T: Plain> Value<T> {
     /// it is holding theirs.
     ///
     /// ```
-    /// let lock = mp_sync::RLock::new()?;
-    /// let (a, b) = (mp_shm::Value::with_lock(1u32, lock.clone())?, mp_shm::Value::with_lock(2u32, lock.clone())?);
+    /// let lock = multiprocessing::synchronize::RLock::new()?;
+    /// let (a, b) = (multiprocessing::sharedctypes::Value::with_lock(1u32, lock.clone())?, multiprocessing::sharedctypes::Value::with_lock(2u32, lock.clone())?);
     /// let _both = lock.lock().expect("nobody died"); // one acquire guards both
     /// a.set(a.get() + b.get());
     /// assert_eq!(a.get(), 3);
@@ -347,7 +347,7 @@ impl<'de, T: Plain> Deserialize<'de> for Value<T> {
 ///
 /// ```compile_fail
 /// fn elsewhere<G: Send>(_: G) {}
-/// let v = mp_shm::Value::new(0u8).unwrap();
+/// let v = multiprocessing::sharedctypes::Value::new(0u8).unwrap();
 /// elsewhere(v.lock().unwrap());
 /// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
@@ -392,10 +392,10 @@ impl<T: Plain> Drop for ValueGuard<'_, T> {
 /// your own lock, or use [`Value`].
 ///
 /// ```
-/// let flag = mp_shm::RawValue::new(0u8)?;
+/// let flag = multiprocessing::sharedctypes::RawValue::new(0u8)?;
 /// flag.set(1);
 /// assert_eq!(flag.get(), 1);
-/// # Ok::<(), mp_shm::Error>(())
+/// # Ok::<(), multiprocessing::sharedctypes::Error>(())
 /// ```
 pub struct RawValue<T: Plain> {
     region: Arc<Region>,

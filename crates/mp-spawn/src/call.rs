@@ -21,8 +21,8 @@ use crate::{Error, Result, entry, sys};
 /// table of callable targets, with its types and a check tied to this build.
 ///
 /// ```
-/// use mp_codec::Frame;
-/// use mp_spawn::TargetId;
+/// use multiprocessing::codec::Frame;
+/// use multiprocessing::process::TargetId;
 ///
 /// fn square(x: u64) -> u64 {
 ///     x * x

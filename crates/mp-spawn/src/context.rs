@@ -32,14 +32,14 @@ static CHOSEN: Mutex<Option<(u32, StartMethod)>> = Mutex::new(None);
 /// whose child sees its own); else `Forkserver`.
 ///
 /// ```
-/// use mp_spawn::{Process, StartMethod, get_start_method};
+/// use multiprocessing::process::{Process, StartMethod, get_start_method};
 ///
 /// fn method(_: ()) -> StartMethod {
 ///     get_start_method()
 /// }
 /// let mut child = Process::new(method, ()).method(StartMethod::Spawn).start()?;
 /// assert_eq!(child.join()?, StartMethod::Spawn);
-/// # Ok::<(), mp_spawn::Error>(())
+/// # Ok::<(), multiprocessing::process::Error>(())
 /// ```
 pub fn get_start_method() -> StartMethod {
     let chosen = *CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -53,7 +53,7 @@ pub fn get_start_method() -> StartMethod {
 /// `get_all_start_methods()`).
 ///
 /// ```
-/// use mp_spawn::{StartMethod, get_all_start_methods};
+/// use multiprocessing::process::{StartMethod, get_all_start_methods};
 ///
 /// assert_eq!(get_all_start_methods()[0], StartMethod::Forkserver);
 /// assert!(get_all_start_methods().contains(&StartMethod::Fork));
@@ -86,10 +86,10 @@ pub fn set_start_method(method: StartMethod, force: bool) -> Result<()> {
 /// A way of starting processes with one start method (Python's `get_context`).
 ///
 /// ```
-/// let ctx = mp_spawn::get_context(Some(mp_spawn::StartMethod::Spawn));
+/// let ctx = multiprocessing::process::get_context(Some(multiprocessing::process::StartMethod::Spawn));
 /// fn double(x: i32) -> i32 { x * 2 }
 /// assert_eq!(ctx.process(double, 21).start()?.join()?, 42);
-/// # Ok::<(), mp_spawn::Error>(())
+/// # Ok::<(), multiprocessing::process::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {

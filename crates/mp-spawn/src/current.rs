@@ -249,13 +249,13 @@ pub(crate) fn next_child() -> (String, Vec<u32>, u32) {
 /// This process (Python's `current_process()`).
 ///
 /// ```
-/// assert_eq!(mp_spawn::current_process().name, "MainProcess");
+/// assert_eq!(multiprocessing::process::current_process().name, "MainProcess");
 /// fn whoami(_: ()) -> String {
-///     mp_spawn::current_process().name
+///     multiprocessing::process::current_process().name
 /// }
-/// let name = mp_spawn::Process::new(whoami, ()).start()?.join()?;
+/// let name = multiprocessing::process::Process::new(whoami, ()).start()?.join()?;
 /// assert!(name.starts_with("Process-"));
-/// # Ok::<(), mp_spawn::Error>(())
+/// # Ok::<(), multiprocessing::process::Error>(())
 /// ```
 pub fn current_process() -> CurrentProcess {
     let me = me();

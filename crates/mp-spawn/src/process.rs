@@ -210,7 +210,7 @@ fn start_exec<R: Message + 'static>(
 /// still not learn the exit status. A target that must not drop them returns or panics.
 ///
 /// ```
-/// use mp_spawn::{Error, Process};
+/// use multiprocessing::process::{Error, Process};
 ///
 /// fn half(n: u32) -> u32 {
 ///     assert!(n % 2 == 0, "{n} is odd");
@@ -227,7 +227,7 @@ fn start_exec<R: Message + 'static>(
 ///     other => panic!("{other:?}"),
 /// }
 /// assert_eq!(odd.exitcode(), Some(1));
-/// # Ok::<(), mp_spawn::Error>(())
+/// # Ok::<(), multiprocessing::process::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct Process<R> {
@@ -273,7 +273,7 @@ impl<R: Message + 'static> Process<R> {
     /// ```compile_fail,E0080
     /// fn square(x: u64) -> u64 { x * x }
     /// let chosen: fn(u64) -> u64 = square; // a pointer: 8 bytes, chosen at run time
-    /// let _ = mp_spawn::Process::new(chosen, 3).start();
+    /// let _ = multiprocessing::process::Process::new(chosen, 3).start();
     /// ```
     #[expect(
         clippy::new_ret_no_self,
@@ -308,9 +308,9 @@ impl<R: Message + 'static> Process<R> {
     ///
     /// ```
     /// let words = vec!["a", "bb", "ccc"];
-    /// let mut child = mp_spawn::Process::fork(move || words.iter().map(|w| w.len()).sum::<usize>()).start()?;
+    /// let mut child = multiprocessing::process::Process::fork(move || words.iter().map(|w| w.len()).sum::<usize>()).start()?;
     /// assert_eq!(child.join()?, 6);
-    /// # Ok::<(), mp_spawn::Error>(())
+    /// # Ok::<(), multiprocessing::process::Error>(())
     /// ```
     pub fn fork<F: FnOnce() -> R + 'static>(body: F) -> Builder<R> {
         Builder {
@@ -373,7 +373,7 @@ impl<R> Process<R> {
     }
 
     /// A descriptor that becomes readable when the process ends (a pidfd), for
-    /// `mp_pipe::wait` alongside connections. Opened on first use.
+    /// `connection::wait` alongside connections. Opened on first use.
     ///
     /// # Errors
     /// [`Error::Os`] if no descriptor can be opened (the process limit on descriptors).

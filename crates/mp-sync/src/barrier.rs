@@ -41,13 +41,13 @@ const PARTY_CHECK: Duration = Duration::from_millis(100);
 /// At most 32 enrollments at once.
 ///
 /// ```
-/// let barrier = mp_sync::Barrier::new(1)?;
+/// let barrier = multiprocessing::synchronize::Barrier::new(1)?;
 /// assert_eq!(barrier.wait()?, 0); // one party: passes at once
 /// barrier.abort();
 /// assert!(barrier.wait().is_err());
 /// barrier.reset();
 /// assert_eq!(barrier.wait()?, 0);
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[repr(C)]
 pub struct RawBarrier {

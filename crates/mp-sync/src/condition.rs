@@ -41,11 +41,11 @@ const NOTIFIED: u64 = 1 << 63;
 /// several waiters a `notify(1)` picks is unspecified (as with CPython's semaphores).
 ///
 /// ```
-/// let cond = mp_sync::Condition::new()?;
+/// let cond = multiprocessing::synchronize::Condition::new()?;
 /// let _guard = cond.lock().expect("nobody died");
 /// assert!(!cond.wait_timeout(std::time::Duration::from_millis(1))?); // nobody notifies
 /// cond.notify(1)?; // nobody waits: a no-op
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[repr(C)]
 pub struct RawCondition {

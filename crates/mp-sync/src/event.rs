@@ -12,11 +12,11 @@ use crate::sys::{self, Deadline};
 /// clear); [`crate::Event`] is the handle that allocates one.
 ///
 /// ```
-/// let event = mp_sync::Event::new()?;
+/// let event = multiprocessing::synchronize::Event::new()?;
 /// assert!(!event.wait_timeout(std::time::Duration::from_millis(1)));
 /// event.set();
 /// assert!(event.is_set() && event.wait_timeout(std::time::Duration::ZERO));
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[repr(C)]
 #[derive(Default)]

@@ -46,8 +46,8 @@ handle! {
     /// a `Message`), or let a fork inherit it. See [`RawLock`] for the methods.
     ///
     /// ```
-    /// let lock = mp_sync::Lock::new()?;
-    /// let copy: mp_sync::Lock = mp_codec::Frame::encode(&lock)?.decode()?; // as a child gets it
+    /// let lock = multiprocessing::synchronize::Lock::new()?;
+    /// let copy: multiprocessing::synchronize::Lock = multiprocessing::codec::Frame::encode(&lock)?.decode()?; // as a child gets it
     /// let guard = lock.lock().expect("nobody died");
     /// assert!(!copy.try_acquire().is_held());
     /// drop(guard);
@@ -71,11 +71,11 @@ handle! {
     /// Python's `multiprocessing.RLock`: a [`RawRLock`] in its own shared region.
     ///
     /// ```
-    /// let rlock = mp_sync::RLock::new()?;
+    /// let rlock = multiprocessing::synchronize::RLock::new()?;
     /// assert!(rlock.acquire().is_held() && rlock.acquire().is_held());
     /// rlock.release()?;
     /// rlock.release()?;
-    /// # Ok::<(), mp_sync::Error>(())
+    /// # Ok::<(), multiprocessing::synchronize::Error>(())
     /// ```
     RLock(RawRLock)
 }
@@ -94,11 +94,11 @@ handle! {
     /// Python's `multiprocessing.Semaphore`: a [`RawSemaphore`] in its own shared region.
     ///
     /// ```
-    /// let sem = mp_sync::Semaphore::new(1)?;
+    /// let sem = multiprocessing::synchronize::Semaphore::new(1)?;
     /// sem.acquire();
     /// assert!(!sem.acquire_timeout(std::time::Duration::from_millis(1)));
     /// sem.release()?;
-    /// # Ok::<(), mp_sync::Error>(())
+    /// # Ok::<(), multiprocessing::synchronize::Error>(())
     /// ```
     Semaphore(RawSemaphore)
 }
@@ -119,15 +119,15 @@ impl Semaphore {
 handle! {
     /// Python's `multiprocessing.BoundedSemaphore`: releasing above the initial value fails
     /// with `TooManyReleases`, a variant of this crate's error,
-    /// [`mp_sync::Error`](crate::Error) (re-exported by the umbrella crate as
+    /// [`Error`](crate::Error) (re-exported by the umbrella crate as
     /// `multiprocessing::synchronize::Error`, and wrapped in its `Error::Sync`).
     ///
     /// ```
-    /// let sem = mp_sync::BoundedSemaphore::new(1)?;
-    /// assert!(matches!(sem.release(), Err(mp_sync::Error::TooManyReleases)));
+    /// let sem = multiprocessing::synchronize::BoundedSemaphore::new(1)?;
+    /// assert!(matches!(sem.release(), Err(multiprocessing::synchronize::Error::TooManyReleases)));
     /// assert!(sem.try_acquire());
     /// sem.release()?;
-    /// # Ok::<(), mp_sync::Error>(())
+    /// # Ok::<(), multiprocessing::synchronize::Error>(())
     /// ```
     BoundedSemaphore(RawSemaphore)
 }
@@ -149,16 +149,16 @@ impl BoundedSemaphore {
 /// `Condition(lock)`), which several conditions may share.
 ///
 /// ```
-/// let cond = mp_sync::Condition::new()?;
+/// let cond = multiprocessing::synchronize::Condition::new()?;
 /// let _held = cond.lock().expect("nobody died");
 /// assert!(cond.wait_for(|| true, None)?);
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 ///
 /// Two conditions on one lock, as a bounded buffer uses them:
 ///
 /// ```
-/// use mp_sync::{Condition, RLock};
+/// use multiprocessing::synchronize::{Condition, RLock};
 ///
 /// let lock = RLock::new()?;
 /// let (not_empty, not_full) = (Condition::with_lock(lock.clone())?, Condition::with_lock(lock.clone())?);
@@ -166,7 +166,7 @@ impl BoundedSemaphore {
 /// assert!(not_full.get_lock().is_owned()); // the same lock
 /// not_full.notify(1)?;
 /// assert!(!not_empty.wait_timeout(std::time::Duration::from_millis(1))?);
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Condition {
@@ -305,10 +305,10 @@ handle! {
     /// Python's `multiprocessing.Event`: a [`RawEvent`] in its own shared region.
     ///
     /// ```
-    /// let event = mp_sync::Event::new()?;
+    /// let event = multiprocessing::synchronize::Event::new()?;
     /// event.set();
     /// event.wait();
-    /// # Ok::<(), mp_sync::Error>(())
+    /// # Ok::<(), multiprocessing::synchronize::Error>(())
     /// ```
     Event(RawEvent)
 }
@@ -331,9 +331,9 @@ impl Event {
 /// can attach its own with [`with_action`](Self::with_action)).
 ///
 /// ```
-/// let barrier = mp_sync::Barrier::new(1)?.with_action(|| println!("all here"));
+/// let barrier = multiprocessing::synchronize::Barrier::new(1)?.with_action(|| println!("all here"));
 /// assert_eq!(barrier.wait()?, 0);
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct Barrier {

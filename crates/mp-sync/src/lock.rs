@@ -179,15 +179,15 @@ pub(crate) fn blocking_result<G>(how: Acquire, guard: impl FnOnce() -> G) -> Loc
 /// (adaptively) before sleeping on the futex.
 ///
 /// ```
-/// let lock = mp_sync::Lock::new()?;
+/// let lock = multiprocessing::synchronize::Lock::new()?;
 /// {
 ///     let _guard = lock.lock().expect("nobody died");
 ///     assert!(!lock.try_acquire().is_held());
 /// }
-/// assert_eq!(lock.acquire(), mp_sync::Acquire::Acquired);
+/// assert_eq!(lock.acquire(), multiprocessing::synchronize::Acquire::Acquired);
 /// lock.release()?;
 /// assert!(lock.release().is_err()); // not held any more
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[repr(C)]
 #[derive(Default)]

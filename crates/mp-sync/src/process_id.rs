@@ -10,10 +10,10 @@ use crate::sys;
 /// other data; [`ProcessId::NONE`] (all zero) names no process and is never gone.
 ///
 /// ```
-/// let me = mp_sync::ProcessId::current();
+/// let me = multiprocessing::synchronize::ProcessId::current();
 /// assert!(!me.is_gone());
-/// assert_eq!(mp_sync::ProcessId::from_words(me.to_words()), me);
-/// assert!(!mp_sync::ProcessId::NONE.is_gone());
+/// assert_eq!(multiprocessing::synchronize::ProcessId::from_words(me.to_words()), me);
+/// assert!(!multiprocessing::synchronize::ProcessId::NONE.is_gone());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessId {

@@ -93,11 +93,11 @@ impl Spec {
 /// receiver maps it and checks the header. Fork children inherit the mapping.
 ///
 /// ```
-/// use mp_sync::{Region, Spec};
+/// use multiprocessing::synchronize::{Region, Spec};
 ///
 /// let region = Region::create(Spec::of::<u64>())?;
 /// assert_eq!(region.spec(), Spec::of::<u64>());
-/// let frame = mp_codec::Frame::encode(&region)?; // what a pipe would carry
+/// let frame = multiprocessing::codec::Frame::encode(&region)?; // what a pipe would carry
 /// let again: Region = frame.decode()?;
 /// again.expect(Spec::of::<u64>())?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -315,10 +315,10 @@ unsafe impl Placeable for std::sync::atomic::AtomicUsize {}
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///
-/// let counter = mp_sync::Shared::<AtomicU64>::new()?;
+/// let counter = multiprocessing::synchronize::Shared::<AtomicU64>::new()?;
 /// counter.fetch_add(2, Ordering::Relaxed);
-/// let frame = mp_codec::Frame::encode(&counter)?;
-/// let same: mp_sync::Shared<AtomicU64> = frame.decode()?;
+/// let frame = multiprocessing::codec::Frame::encode(&counter)?;
+/// let same: multiprocessing::synchronize::Shared<AtomicU64> = frame.decode()?;
 /// assert_eq!(same.load(Ordering::Relaxed), 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

@@ -20,13 +20,13 @@ use crate::{
 /// recursion count is discarded and the new owner is told [`Acquire::OwnerDied`].
 ///
 /// ```
-/// let rlock = mp_sync::RLock::new()?;
+/// let rlock = multiprocessing::synchronize::RLock::new()?;
 /// let outer = rlock.lock().expect("nobody died");
 /// let inner = rlock.lock().expect("re-entrant");
 /// assert_eq!(rlock.count(), 2);
 /// drop((inner, outer));
 /// assert!(rlock.release().is_err()); // no longer held
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[repr(C)]
 #[derive(Default)]

@@ -21,12 +21,12 @@ const SPINS: u32 = 200;
 /// [`crate::BoundedSemaphore`] are the handles that allocate one.
 ///
 /// ```
-/// let sem = mp_sync::Semaphore::new(2)?;
+/// let sem = multiprocessing::synchronize::Semaphore::new(2)?;
 /// assert!(sem.try_acquire() && sem.try_acquire());
 /// assert!(!sem.try_acquire());
 /// sem.release()?;
 /// assert_eq!(sem.get_value(), 1);
-/// # Ok::<(), mp_sync::Error>(())
+/// # Ok::<(), multiprocessing::synchronize::Error>(())
 /// ```
 #[repr(C)]
 #[derive(Default)]
@@ -104,7 +104,7 @@ impl RawSemaphore {
     /// # Errors
     /// `TooManyReleases` past a bounded semaphore's bound, `Overflow` past
     /// [`MAX_SEMAPHORE_VALUE`]; the value is unchanged then. Both are variants of this
-    /// crate's error, [`mp_sync::Error`](crate::Error) (re-exported by the umbrella crate as
+    /// crate's error, [`Error`](crate::Error) (re-exported by the umbrella crate as
     /// `multiprocessing::synchronize::Error`, and wrapped in its `Error::Sync`).
     pub fn release(&self) -> Result<()> {
         self.release_n(1)
