@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use multiprocessing::{
-    Connection, Lock, Pool, Process, Queue, StartMethod, Value,
+    Barrier, Connection, Lock, Pool, Process, Queue, SharedMemory, StartMethod, Value,
     codec::{Frame, Pod},
     cpu_count, pipe,
     process::Builder,
@@ -69,6 +69,15 @@ fn crash(x: u64) -> u64 {
         std::process::abort(); // the worker dies mid-task
     }
     x
+}
+
+/// Opens a named block (as another program could, Python included), writes its pid's low
+/// byte at its place, and waits for the others.
+fn sign((name, place, everyone): (String, usize, Barrier)) {
+    let block = SharedMemory::open(&name).expect("the parent made it");
+    let byte = (std::process::id() % 251) as u8 + 1;
+    block.buf()[place].store(byte, std::sync::atomic::Ordering::Relaxed);
+    everyone.wait().expect("nobody died");
 }
 
 fn timed<R: multiprocessing::Message + 'static>(
@@ -190,5 +199,25 @@ fn main() -> Result<(), multiprocessing::Error> {
         "and the pool goes on: {:?}",
         pool.map(collatz_steps, [6, 7, 27])?
     );
+
+    // 9. A named shared-memory block (Python's shared_memory.SharedMemory) and a barrier:
+    //    three children sign the block by name, and all meet at the barrier.
+    let block = SharedMemory::new(3)?;
+    let everyone = Barrier::new(4)?;
+    let signers = (0..3)
+        .map(|place| {
+            Process::new(sign, (block.name().to_string(), place, everyone.clone())).start()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    everyone.wait()?;
+    let mut signed = [0u8; 3];
+    block.read(0, &mut signed)?;
+    println!(
+        "3 children signed {} by name, then met at a barrier: {signed:?}",
+        block.name()
+    );
+    for mut signer in signers {
+        signer.join()?;
+    }
     Ok(())
 }

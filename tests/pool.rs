@@ -53,3 +53,17 @@ fn pool_errors_are_matchable_from_the_umbrella() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_quickstart_tour_runs_to_its_end() {
+    let (status, out, err) = Guarded::spawn(Command::new(example("quickstart"))).finish();
+    assert!(status.success(), "{err}");
+    assert!(out.contains("Pool.map: the longest Collatz chain"), "{out}");
+    assert!(out.contains("killed by signal 6, SIGABRT"), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.contains("met at a barrier")),
+        "{out}"
+    );
+}
