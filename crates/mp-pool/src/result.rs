@@ -202,18 +202,7 @@ impl<R: Decode> Collector<R> {
         };
         self.parked.extend(batch.into_iter().map(|a| (a.chunk, a)));
         while let Some(arrival) = self.parked.remove(&self.next) {
-            let mut failed = None;
-            let values = &mut self.values;
-            values.reserve(arrival.count as usize);
-            decode_items::<R>(&arrival, &mut |item: Result<R>| match item {
-                Ok(value) => values.push(value),
-                Err(err) => {
-                    failed.get_or_insert(err);
-                }
-            });
-            if let Some(err) = failed {
-                return Err(err);
-            }
+            push_values(&arrival, &mut self.values)?;
             self.next += 1;
         }
         if done && !self.parked.is_empty() {
@@ -241,19 +230,23 @@ pub(crate) fn finish_map<R: Decode>(inner: &Inner) -> Result<Vec<R>> {
     arrivals.sort_unstable_by_key(|a| a.chunk);
     let total: usize = arrivals.iter().map(|a| a.count as usize).sum();
     let mut values = Vec::with_capacity(total);
-    let mut first_error = None;
     for arrival in arrivals {
-        decode_items::<R>(arrival, &mut |item: Result<R>| match item {
-            Ok(value) => values.push(value),
-            Err(err) => {
-                first_error.get_or_insert(err);
-            }
-        });
-        if let Some(err) = first_error {
-            return Err(err);
-        }
+        push_values(arrival, &mut values)?;
     }
     Ok(values)
+}
+
+/// Appends a chunk's values to `values`; its first failed item fails the map.
+fn push_values<R: Decode>(arrival: &Arrival, values: &mut Vec<R>) -> Result<()> {
+    let mut failed = None;
+    values.reserve(arrival.count as usize);
+    decode_items::<R>(arrival, &mut |item: Result<R>| match item {
+        Ok(value) => values.push(value),
+        Err(err) => {
+            failed.get_or_insert(err);
+        }
+    });
+    failed.map_or(Ok(()), Err)
 }
 
 /// An `apply`'s value.
