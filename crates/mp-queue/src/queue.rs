@@ -44,6 +44,17 @@ const FIRST_OWNER_CHECK: Duration = Duration::from_millis(10);
 /// …and then this often.
 const OWNER_CHECK: Duration = Duration::from_millis(100);
 
+/// The owner checks' periods, which also bound every sleep: a wake-up missed would cost a
+/// period. Tests that must see each wake-up come stretch them past their own deadlines, so
+/// that a missed one fails them instead of only slowing them down.
+fn owner_checks() -> (Duration, Duration) {
+    #[cfg(test)]
+    if tests::CHECKS_STRETCHED.load(Ordering::Relaxed) {
+        return (Duration::from_secs(3600), Duration::from_secs(3600));
+    }
+    (FIRST_OWNER_CHECK, OWNER_CHECK)
+}
+
 /// What a `Queue<T>`'s region holds: its fingerprint names `T`, so a queue of another item
 /// type is refused on attach.
 struct Marker<T>(PhantomData<T>);
@@ -373,30 +384,107 @@ impl<T: Message> Queue<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        with_scratch(|frame| {
-            item.encode(frame)?;
-            let ring = self.ring();
-            let len = frame.bytes.len();
-            if !frame.fds.is_empty() || ring::frame_size(len) > ring.capacity() / BIG_SHARE {
-                return self.put_big(frame, deadline);
-            }
-            if len <= ring::SMALL {
-                let first = self.room(deadline, || ring.put_small(&frame.bytes))?;
-                if first {
-                    self.ring_bell();
-                }
-                return Ok(());
-            }
-            let slot = self
-                .reserve(len, false, deadline, |_| Ok(true))?
-                .ok_or(Error::Full)?;
-            ring.fill(slot, &frame.bytes);
-            let published = ring.publish(slot);
-            if slot.first {
+        let mut frame = Scratch::take();
+        item.encode(&mut frame)?;
+        let len = frame.bytes.len();
+        if len <= ring::SMALL
+            && frame.fds.is_empty()
+            && ring::frame_size(len) <= self.ring().capacity() / BIG_SHARE
+            && let Some(done) = self.put_now(&frame.bytes)
+        {
+            return done;
+        }
+        self.put_encoded(&frame, deadline)
+    }
+
+    /// Puts an encoded item, waiting for room until `deadline`.
+    #[inline(never)]
+    fn put_encoded(&self, frame: &Frame, deadline: Option<Instant>) -> Result<()> {
+        let ring = self.ring();
+        let len = frame.bytes.len();
+        if !frame.fds.is_empty() || ring::frame_size(len) > ring.capacity() / BIG_SHARE {
+            return self.put_big(frame, deadline);
+        }
+        if len <= ring::SMALL {
+            let first = self.room(deadline, || ring.put_small(&frame.bytes))?;
+            if first {
                 self.ring_bell();
             }
-            if published { Ok(()) } else { Err(Error::Lost) }
-        })
+            return Ok(());
+        }
+        let slot = self
+            .reserve(len, false, deadline, |_| Ok(true))?
+            .ok_or(Error::Full)?;
+        ring.fill(slot, &frame.bytes);
+        let published = ring.publish(slot);
+        if slot.first {
+            self.ring_bell();
+        }
+        if published { Ok(()) } else { Err(Error::Lost) }
+    }
+
+    /// The common case of a put, kept lean: a small item, the producers' lock free now,
+    /// room as last seen, nobody polling the doorbell. `None`: take the general path.
+    #[inline]
+    fn put_now(&self, bytes: &[u8]) -> Option<Result<()>> {
+        if self.polled() {
+            return None;
+        }
+        let ring = self.ring();
+        let lock = ring.put_lock();
+        if !self.took_now(lock) {
+            return None;
+        }
+        let put = ring.put_small(bytes);
+        let _ = lock.release();
+        match put {
+            Ok(Some(_)) => Some(Ok(())),
+            Ok(None) => None,
+            Err(Corrupt(why)) => {
+                self.reset();
+                Some(Err(Error::Corrupted(why)))
+            }
+        }
+    }
+
+    /// Whether the caller now holds `lock`, taken only if free, with no repair pending (a
+    /// lock whose owner died is released and the ring repaired, and the caller told no).
+    #[inline]
+    fn took_now(&self, lock: &RawLock) -> bool {
+        match lock.try_acquire() {
+            Acquire::Acquired => true,
+            Acquire::OwnerDied => {
+                let _ = lock.release();
+                self.repair();
+                false
+            }
+            Acquire::TimedOut => false,
+        }
+    }
+
+    /// The common case of a get, kept lean: the consumers' lock free now, a small item
+    /// ready, nobody polling the doorbell. The item's bytes are then in `out`. `None`: take
+    /// the general path.
+    #[inline]
+    fn get_now(&self, out: &mut Vec<u8>) -> Option<Result<()>> {
+        if self.polled() {
+            return None;
+        }
+        let ring = self.ring();
+        let lock = ring.get_lock();
+        if !self.took_now(lock) {
+            return None;
+        }
+        let claimed = ring.claim(None, out);
+        let _ = lock.release();
+        match claimed {
+            Ok(Some(_)) => Some(Ok(())),
+            Ok(None) => None,
+            Err(Corrupt(why)) => {
+                self.reset();
+                Some(Err(Error::Corrupted(why)))
+            }
+        }
     }
 
     /// Waits for room and runs `put` under the producers' lock (it gives `None` while there
@@ -407,7 +495,8 @@ impl<T: Message> Queue<T> {
         mut put: impl FnMut() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Result<R> {
         let ring = self.ring();
-        wait(ring.freed(), ring.put_sleepers(), deadline, |waited_long| {
+        wait(ring.freed(), ring.put_sleepers(), deadline, |waited| {
+            self.before_looking_for_room(deadline, waited)?;
             loop {
                 let Some(done) = with_lock_until(self, ring.put_lock(), deadline, &mut put)? else {
                     return Ok(None); // the lock was not had in time
@@ -415,7 +504,7 @@ impl<T: Message> Queue<T> {
                 if done.is_some() {
                     return Ok(done);
                 }
-                if !self.make_room(deadline, waited_long)? {
+                if !self.make_room(deadline, waited)? {
                     return Ok(None);
                 }
             }
@@ -423,17 +512,35 @@ impl<T: Message> Queue<T> {
         .ok_or(Error::Full)
     }
 
+    /// A producer counted asleep passes through the consumers' lock (reclaiming on the way)
+    /// before it looks for room: consumers free room and look for sleeping producers under
+    /// that lock, with no fence between, so either one saw this producer counted or it sees
+    /// their room (see [`Ring::claim`]).
+    fn before_looking_for_room(&self, deadline: Option<Instant>, waited: Waited) -> Result<()> {
+        if waited != Waited::Briefly {
+            self.make_room(deadline, waited)?;
+        }
+        Ok(())
+    }
+
     /// Reclaims (and, after a while, buries the dead) under the consumers' lock; whether
-    /// that freed anything.
-    fn make_room(&self, deadline: Option<Instant>, waited_long: bool) -> Result<bool> {
+    /// that freed anything. While the caller only spins, a consumer at work holding that
+    /// lock is left alone: it moves `head` itself as it takes frames, and a producer reading
+    /// `head` again sees the room come back without slowing it down.
+    fn make_room(&self, deadline: Option<Instant>, waited: Waited) -> Result<bool> {
         let ring = self.ring();
-        let freed = with_lock_until(self, ring.get_lock(), deadline, || {
-            if waited_long {
+        let reclaim = || {
+            if waited == Waited::Long {
                 ring.bury_dead()
             } else {
                 ring.reclaim()
             }
-        })?;
+        };
+        let freed = if waited == Waited::Briefly {
+            with_lock_now(self, ring.get_lock(), reclaim)?
+        } else {
+            with_lock_until(self, ring.get_lock(), deadline, reclaim)?
+        };
         Ok(freed == Some(true))
     }
 
@@ -475,7 +582,8 @@ impl<T: Message> Queue<T> {
     ) -> Result<Option<ring::Slot>> {
         let ring = self.ring();
         let me = Owner::me();
-        wait(ring.freed(), ring.put_sleepers(), deadline, |waited_long| {
+        wait(ring.freed(), ring.put_sleepers(), deadline, |waited| {
+            self.before_looking_for_room(deadline, waited)?;
             loop {
                 let reserved = with_lock_until(self, ring.put_lock(), deadline, || {
                     Ok(match ring.reserve(len, big, me)? {
@@ -501,7 +609,7 @@ impl<T: Message> Queue<T> {
                     Some(None) => return Ok(None), // the side channel is full: wait
                     None => {
                         // Make room, then try once more if that freed anything.
-                        if !self.make_room(deadline, waited_long)? {
+                        if !self.make_room(deadline, waited)? {
                             return Ok(None);
                         }
                     }
@@ -556,36 +664,49 @@ impl<T: Message> Queue<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
+        let mut frame = Scratch::take();
+        match self.get_now(&mut frame.bytes) {
+            Some(Ok(())) => Ok(T::decode(&mut frame)?),
+            Some(Err(e)) => Err(e),
+            None => self.get_waiting(&mut frame, deadline),
+        }
+    }
+
+    /// A get that may wait, until `deadline`, into `frame` (empty).
+    #[inline(never)]
+    fn get_waiting(&self, frame: &mut Frame, deadline: Option<Instant>) -> Result<T> {
         let ring = self.ring();
-        let me = Owner::me();
-        with_scratch(|frame| {
-            let taken = wait(
-                ring.published(),
-                ring.get_sleepers(),
-                deadline,
-                |waited_long| {
+        {
+            let me = Owner::me();
+            let taken = wait(ring.published(), ring.get_sleepers(), deadline, |waited| {
+                let waited_long = waited == Waited::Long;
+                if waited_long {
+                    self.rescue_put_lock();
+                } else if waited == Waited::Asleep {
+                    // Counted asleep: pass through the producers' lock before looking,
+                    // since small puts publish and look for sleepers under it with no
+                    // fence between (see `Ring::put_small`). Not had in time (a stopped
+                    // holder): the sleep below is bounded all the same.
+                    with_lock_until(self, ring.put_lock(), deadline, || Ok(()))?;
+                }
+                with_lock_until(self, ring.get_lock(), deadline, || {
                     if waited_long {
-                        self.rescue_put_lock();
+                        // Frames of the dead still count in `qsize` until buried.
+                        ring.bury_dead()?;
                     }
-                    with_lock_until(self, ring.get_lock(), deadline, || {
-                        if waited_long {
-                            // Frames of the dead still count in `qsize` until buried.
-                            ring.bury_dead()?;
-                        }
-                        let claimed = ring.claim(me, &mut frame.bytes)?;
-                        if claimed.is_none() || ring.items() == 0 {
-                            self.quiet_bell()?;
-                        }
-                        Ok(match claimed {
-                            None => Ok(None),
-                            Some(claim) if claim.big => self.take_big(claim).map(Some),
-                            Some(claim) if claim.copied => Ok(Some(Taken::Copied)),
-                            Some(claim) => Ok(Some(Taken::Small(claim))),
-                        })
-                    })?
-                    .unwrap_or(Ok(None)) // the lock was not had in time
-                },
-            )?
+                    let claimed = ring.claim(Some(me), &mut frame.bytes)?;
+                    if claimed.is_none() || ring.items() == 0 {
+                        self.quiet_bell()?;
+                    }
+                    Ok(match claimed {
+                        None => Ok(None),
+                        Some(claim) if claim.big => self.take_big(claim).map(Some),
+                        Some(claim) if claim.copied => Ok(Some(Taken::Copied)),
+                        Some(claim) => Ok(Some(Taken::Small(claim))),
+                    })
+                })?
+                .unwrap_or(Ok(None)) // the lock was not had in time
+            })?
             .ok_or(Error::Empty)?;
             match taken {
                 Taken::Copied => {}
@@ -612,7 +733,7 @@ impl<T: Message> Queue<T> {
                 }
             }
             Ok(T::decode(frame)?)
-        })
+        }
     }
 
     /// Under the consumers' lock, for a claimed big frame: reads its reference, releases
@@ -663,11 +784,10 @@ impl<T: Message> Queue<T> {
     /// For a consumer that has waited a while: if a producer died holding the producers'
     /// lock (inside a small put), takes the lock over and repairs the ring, so its half-put
     /// frame stops counting as an item even when no producer comes to need its room.
+    /// Taking the lock (even a free one) is also the pass through it that a consumer
+    /// counted asleep makes before it looks for items (see `get_until`).
     fn rescue_put_lock(&self) {
         let lock = self.ring().put_lock();
-        if !lock.is_locked() {
-            return;
-        }
         // Long enough for the lock to look at its owner's liveness (after 10 ms).
         match lock.acquire_timeout(Duration::from_millis(30)) {
             Acquire::OwnerDied => {
@@ -776,10 +896,36 @@ fn with_lock_until<T: Message, R>(
             }
         }
     };
+    locked(queue, lock, took, f)
+}
+
+/// [`with_lock`] if `lock` is free now, else `None`.
+fn with_lock_now<T: Message, R>(
+    queue: &Queue<T>,
+    lock: &RawLock,
+    f: impl FnOnce() -> std::result::Result<R, Corrupt>,
+) -> Result<Option<R>> {
+    locked(queue, lock, lock.try_acquire(), f)
+}
+
+/// Runs `f` if `took` says the caller holds `lock`, then releases it, repairing the ring if
+/// the lock's last owner died holding it, and resetting it after corruption.
+fn locked<T: Message, R>(
+    queue: &Queue<T>,
+    lock: &RawLock,
+    took: Acquire,
+    f: impl FnOnce() -> std::result::Result<R, Corrupt>,
+) -> Result<Option<R>> {
     if took == Acquire::TimedOut {
         return Ok(None);
     }
-    let result = f();
+    let ring = queue.ring();
+    let result = if took == Acquire::OwnerDied && std::ptr::eq(lock, ring.put_lock()) {
+        // The dead producer may have moved `tail` and not the producers' copy of it.
+        ring.resync_put().and_then(|()| f())
+    } else {
+        f()
+    };
     let _ = lock.release();
     if took == Acquire::OwnerDied {
         queue.repair();
@@ -790,17 +936,28 @@ fn with_lock_until<T: Message, R>(
     })
 }
 
+/// How long a [`wait`] has waited, as its `attempt` is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// The first attempt, or one made while spinning.
+    Briefly,
+    /// An attempt made with the caller counted as asleep.
+    Asleep,
+    /// Long enough to ask whether the owners of what blocks it are alive.
+    Long,
+}
+
 /// Tries `attempt` until it gives a value or `deadline` passes (`None`: never). For the
 /// first [`SPIN`] it tries again after growing pauses; then it sleeps on `word`, counted in
 /// `sleepers`, so that whoever may make the attempt succeed bumps `word` and wakes it.
-/// `attempt` gets `true` when the caller has waited long enough to ask about dead owners.
+/// `attempt` is told how long the caller has waited ([`Waited`]).
 fn wait<R>(
     word: &AtomicU32,
     sleepers: &AtomicU32,
     deadline: Option<Instant>,
-    mut attempt: impl FnMut(bool) -> Result<Option<R>>,
+    mut attempt: impl FnMut(Waited) -> Result<Option<R>>,
 ) -> Result<Option<R>> {
-    if let Some(value) = attempt(false)? {
+    if let Some(value) = attempt(Waited::Briefly)? {
         return Ok(Some(value));
     }
     let start = Instant::now();
@@ -817,7 +974,7 @@ fn wait<R>(
         for _ in 0..pause {
             std::hint::spin_loop();
         }
-        if let Some(value) = attempt(false)? {
+        if let Some(value) = attempt(Waited::Briefly)? {
             return Ok(Some(value));
         }
         if Instant::now() >= spin_end {
@@ -825,7 +982,8 @@ fn wait<R>(
         }
         pause = (pause * 2).min(256);
     }
-    let mut next_check = start + FIRST_OWNER_CHECK;
+    let (first_check, check) = owner_checks();
+    let mut next_check = start + first_check;
     loop {
         // Sleep: count ourselves first, then look once more, so a waker either sees us or
         // we see its change.
@@ -835,9 +993,9 @@ fn wait<R>(
         let now = Instant::now();
         let long = now >= next_check;
         if long {
-            next_check = now + OWNER_CHECK;
+            next_check = now + check;
         }
-        let result = attempt(long);
+        let result = attempt(if long { Waited::Long } else { Waited::Asleep });
         if !matches!(result, Ok(None)) {
             sleepers.fetch_sub(1, Ordering::SeqCst);
             return result;
@@ -858,24 +1016,50 @@ fn wait<R>(
 
 thread_local! {
     /// Each thread's frame for encoding a put and receiving a get: no allocation per item.
-    static SCRATCH: std::cell::RefCell<Frame> = const { std::cell::RefCell::new(Frame::new()) };
+    static SCRATCH: std::cell::Cell<Option<Box<Frame>>> = const { std::cell::Cell::new(None) };
 }
 
-/// Runs `f` with this thread's scratch frame, emptied before and after (a fresh one if it is
-/// in use: an item whose encoding puts to a queue). A buffer grown past 1 MiB is let go.
-fn with_scratch<R>(f: impl FnOnce(&mut Frame) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut frame) => {
+/// This thread's scratch frame, lent out empty and given back emptied when dropped (a fresh
+/// one if it is lent already: an item whose encoding puts to a queue). A buffer grown past
+/// 1 MiB is let go. (Lent rather than used inside a closure, so that no result has to pass
+/// back out through one: on the hot path that copy cost more than the put.)
+struct Scratch(Option<Box<Frame>>);
+
+impl Scratch {
+    #[inline]
+    fn take() -> Scratch {
+        let frame = SCRATCH.try_with(std::cell::Cell::take).ok().flatten();
+        Scratch(Some(frame.unwrap_or_else(|| Box::new(Frame::new()))))
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Frame;
+
+    #[inline]
+    fn deref(&self) -> &Frame {
+        self.0.as_deref().expect("lent until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Frame {
+        self.0.as_deref_mut().expect("lent until dropped")
+    }
+}
+
+impl Drop for Scratch {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(mut frame) = self.0.take() {
             frame.clear();
-            let result = f(&mut frame);
-            frame.clear();
-            if frame.bytes.capacity() > 1 << 20 {
-                frame.bytes = Vec::new();
+            if frame.bytes.capacity() <= 1 << 20 {
+                // A thread being torn down keeps nothing.
+                let _ = SCRATCH.try_with(|cell| cell.set(Some(frame)));
             }
-            result
         }
-        Err(_) => f(&mut Frame::new()),
-    })
+    }
 }
 
 impl<T: Message> AsFd for Queue<T> {
@@ -1119,15 +1303,114 @@ mod tests {
         assert_eq!(q.get().unwrap(), 1);
     }
 
-    /// A queue whose producers' lock a child died holding, inside a small put: its frame
-    /// reserved, past `tail`, never filled.
-    fn half_put_by_a_dead_producer() -> Queue<u64> {
+    /// Set by the tests that must see every wake-up (see [`owner_checks`]).
+    pub(super) static CHECKS_STRETCHED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// Runs `f` with sleeps bounded only by their callers' deadlines, so that a wake-up
+    /// missed fails a timed call.
+    fn with_checks_stretched(f: impl FnOnce()) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        CHECKS_STRETCHED.store(true, Ordering::Relaxed);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        CHECKS_STRETCHED.store(false, Ordering::Relaxed);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// Waits (30 s at most) until `sleepers` counts someone asleep.
+    fn until_asleep(sleepers: &std::sync::atomic::AtomicU32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sleepers.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "nobody went to sleep");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Small puts publish and look for sleeping consumers under the producers' lock with no
+    /// fence between; a consumer going to sleep passes through that lock. Each put, made
+    /// at a random moment of the consumer's spinning or falling asleep, must reach it: with
+    /// the periodic checks stretched, a missed wake-up fails its `get_timeout` (no later put
+    /// comes to wake it: each waits for the last to be taken). (A put that forgot to wake
+    /// fails this at once; the reordering the lock rules out is a window of nanoseconds that
+    /// x86 rarely opens, so the proof of that part is the argument in `Ring::put_small`.)
+    #[test]
+    fn each_put_wakes_the_consumer_asleep_for_it() {
+        with_checks_stretched(|| {
+            let q = Queue::<u64>::new().unwrap();
+            let theirs = q.clone();
+            let (took, taken) = std::sync::mpsc::channel();
+            let consumer = std::thread::spawn(move || {
+                for i in 0..2000 {
+                    assert_eq!(theirs.get_timeout(Duration::from_secs(30)).unwrap(), i);
+                    took.send(i).unwrap();
+                }
+            });
+            let mut asleep = 0;
+            for i in 0..2000u64 {
+                // Somewhere in the consumer's 20 µs of spinning, or just past it.
+                let pause = Duration::from_nanos(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 40_000);
+                let start = Instant::now();
+                while start.elapsed() < pause {
+                    std::hint::spin_loop();
+                }
+                asleep += u32::from(q.ring().get_sleepers().load(Ordering::SeqCst) > 0);
+                q.put(i).unwrap();
+                assert_eq!(taken.recv_timeout(Duration::from_secs(30)), Ok(i));
+            }
+            consumer.join().unwrap();
+            assert!(asleep > 0, "the consumer never slept: nothing was tested");
+        });
+    }
+
+    /// The other way round: a producer asleep for room in a full queue is woken by each get.
+    #[test]
+    fn each_get_wakes_the_producer_asleep_for_room() {
+        with_checks_stretched(|| {
+            let q = Queue::<u64>::builder().maxsize(1).build().unwrap();
+            q.put(0).unwrap();
+            let theirs = q.clone();
+            let producer = std::thread::spawn(move || {
+                for i in 1..300 {
+                    theirs.put_timeout(i, Duration::from_secs(30)).unwrap();
+                }
+            });
+            for i in 0..300 {
+                if i < 299 {
+                    until_asleep(q.ring().put_sleepers());
+                }
+                assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), i);
+            }
+            producer.join().unwrap();
+        });
+    }
+
+    /// A producer killed between moving `tail` and the producers' copy of it: the next put
+    /// takes the lock over, copies `tail` again and puts after the dead frame.
+    #[test]
+    fn a_producer_killed_between_tail_and_its_copy_wedges_nobody() {
         let q = Queue::<u64>::new().unwrap();
+        q.put(1).unwrap();
+        die_inside_a_small_put(&q, |ring| ring.begin_small_torn_for_tests(100));
+        for i in 2..100 {
+            q.put_timeout(i, Duration::from_secs(30)).unwrap();
+        }
+        for i in 1..100 {
+            assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), i);
+        }
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
+        assert_eq!(q.qsize(), 0);
+    }
+
+    /// A child takes the producers' lock, runs `step` and dies holding it.
+    fn die_inside_a_small_put(q: &Queue<u64>, step: fn(&Ring)) {
         let theirs = q.clone();
         let mut child = mp_spawn::Process::fork(move || {
             let ring = theirs.ring();
             assert!(ring.put_lock().acquire().is_held());
-            ring.begin_small_for_tests(8);
+            step(ring);
         })
         .start()
         .unwrap();
@@ -1136,6 +1419,13 @@ mod tests {
             q.ring().put_lock().is_locked(),
             "the dead child holds the lock"
         );
+    }
+
+    /// A queue whose producers' lock a child died holding, inside a small put: its frame
+    /// reserved, past `tail`, never filled.
+    fn half_put_by_a_dead_producer() -> Queue<u64> {
+        let q = Queue::<u64>::new().unwrap();
+        die_inside_a_small_put(&q, |ring| ring.begin_small_for_tests(8));
         q
     }
 

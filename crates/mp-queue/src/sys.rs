@@ -42,6 +42,7 @@ impl Bytes {
         Bytes { base, len }
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -51,6 +52,7 @@ impl Bytes {
     /// # Panics
     /// If the word is not 4-aligned or not inside the view (a caller's bug, never a peer's
     /// bytes: offsets are checked before they get here).
+    #[inline]
     pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
         assert!(offset.is_multiple_of(4) && offset.checked_add(4).is_some_and(|e| e <= self.len));
         // SAFETY: in bounds and aligned (checked above; the base is 8-aligned); every access
@@ -62,6 +64,7 @@ impl Bytes {
     ///
     /// # Panics
     /// As [`Bytes::u32_at`].
+    #[inline]
     pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
         assert!(offset.is_multiple_of(8) && offset.checked_add(8).is_some_and(|e| e <= self.len));
         // SAFETY: as in `u32_at`.
@@ -72,6 +75,7 @@ impl Bytes {
     ///
     /// # Panics
     /// If the range is not inside the view, or `offset` is not 8-aligned.
+    #[inline]
     pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) {
         assert!(
             offset.is_multiple_of(8)
@@ -94,6 +98,7 @@ impl Bytes {
     ///
     /// # Panics
     /// As [`Bytes::copy_out`].
+    #[inline]
     pub(crate) fn copy_in(&self, offset: usize, src: &[u8]) {
         assert!(
             offset.is_multiple_of(8)
@@ -112,6 +117,7 @@ impl Bytes {
         }
     }
 
+    #[inline]
     fn u8_at(&self, offset: usize) -> &AtomicU8 {
         assert!(offset < self.len);
         // SAFETY: in bounds (checked); `AtomicU8` has `u8`'s size and alignment.
@@ -144,6 +150,7 @@ impl Bytes {
     ///
     /// # Panics
     /// If it does not fit in the view or is misaligned (a caller's bug: offsets are constants).
+    #[inline]
     pub(crate) fn lock_at(&self, offset: usize) -> &mp_sync::RawLock {
         let size = std::mem::size_of::<mp_sync::RawLock>();
         let align = std::mem::align_of::<mp_sync::RawLock>();
