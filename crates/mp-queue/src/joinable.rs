@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, PutError, Queue, Result,
+    queue::Within,
     ring::{JOIN_SLEEPERS, JOINED, UNFINISHED},
     sys,
 };
@@ -72,12 +73,12 @@ impl<T: Message> JoinableQueue<T> {
         &self.queue
     }
 
-    fn put_until(&self, item: T, deadline: Option<Instant>) -> Result<(), PutError<T>> {
+    fn put_until(&self, item: T, within: Within) -> Result<(), PutError<T>> {
         // Counted before the item can be seen (a consumer's task_done must find it
         // counted), and uncounted if the put fails.
         let unfinished = self.queue.word(UNFINISHED);
         unfinished.fetch_add(1, Ordering::SeqCst);
-        match self.queue.put_frame(&item, deadline) {
+        match self.queue.put_frame(&item, within) {
             Ok(()) => Ok(()),
             Err(error) => {
                 let _ = self.task_done();
@@ -91,7 +92,7 @@ impl<T: Message> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::put`].
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.put_until(item, None)
+        self.put_until(item, Within::Forever)
     }
 
     /// [`Queue::try_put`], counting one more unfinished task.
@@ -99,7 +100,7 @@ impl<T: Message> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::try_put`].
     pub fn try_put(&self, item: T) -> Result<(), PutError<T>> {
-        self.put_until(item, Some(Instant::now()))
+        self.put_until(item, Within::Now)
     }
 
     /// [`Queue::put_timeout`], counting one more unfinished task.
@@ -107,7 +108,7 @@ impl<T: Message> JoinableQueue<T> {
     /// # Errors
     /// As [`Queue::put_timeout`].
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.put_until(item, Instant::now().checked_add(timeout))
+        self.put_until(item, Within::Time(timeout))
     }
 
     /// [`Queue::get`].

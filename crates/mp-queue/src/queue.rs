@@ -110,6 +110,26 @@ impl<T: Message> Builder<T> {
     }
 }
 
+/// How long a call may wait. It becomes a deadline only once the call has to wait, so a
+/// call that succeeds at once reads no clock (a reading costs as much as a whole put).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Within {
+    Forever,
+    Now,
+    Time(Duration),
+}
+
+impl Within {
+    /// The deadline, from now (`None`: never, also for a timeout past the clock's range).
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        match self {
+            Within::Forever => None,
+            Within::Now => Some(Instant::now()),
+            Within::Time(timeout) => Instant::now().checked_add(timeout),
+        }
+    }
+}
+
 fn spec<T>(cap: usize) -> Spec {
     Spec {
         fingerprint: Spec::fingerprint_of::<Marker<T>>(),
@@ -269,7 +289,7 @@ impl<T: Message> Queue<T> {
     /// [`Error::Codec`] (the item cannot be encoded), [`Error::Corrupted`]; the item comes
     /// back in the error.
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.put_until(item, None)
+        self.put_until(item, Within::Forever)
     }
 
     /// Puts `item` if there is room now.
@@ -277,7 +297,7 @@ impl<T: Message> Queue<T> {
     /// # Errors
     /// [`Error::Full`], or any error of [`Queue::put`]; the item comes back in the error.
     pub fn try_put(&self, item: T) -> Result<(), PutError<T>> {
-        self.put_until(item, Some(Instant::now()))
+        self.put_until(item, Within::Now)
     }
 
     /// Puts `item`, waiting at most `timeout` for room.
@@ -286,7 +306,7 @@ impl<T: Message> Queue<T> {
     /// [`Error::Full`] after the timeout, or any error of [`Queue::put`]; the item comes back
     /// in the error.
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.put_until(item, Instant::now().checked_add(timeout))
+        self.put_until(item, Within::Time(timeout))
     }
 
     /// Takes the oldest item, waiting as long as it takes.
@@ -295,7 +315,7 @@ impl<T: Message> Queue<T> {
     /// [`Error::Closed`]; [`Error::Codec`] when the bytes taken do not decode as a `T` (that
     /// item is lost; the next `get` goes on); [`Error::Corrupted`].
     pub fn get(&self) -> Result<T> {
-        self.get_until(None)
+        self.get_until(Within::Forever)
     }
 
     /// Takes an item if one is there now.
@@ -303,7 +323,7 @@ impl<T: Message> Queue<T> {
     /// # Errors
     /// [`Error::Empty`], or any error of [`Queue::get`].
     pub fn try_get(&self) -> Result<T> {
-        self.get_until(Some(Instant::now()))
+        self.get_until(Within::Now)
     }
 
     /// Takes an item, waiting at most `timeout` for one.
@@ -311,7 +331,7 @@ impl<T: Message> Queue<T> {
     /// # Errors
     /// [`Error::Empty`] after the timeout, or any error of [`Queue::get`].
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
-        self.get_until(Instant::now().checked_add(timeout))
+        self.get_until(Within::Time(timeout))
     }
 
     /// How many items are in the queue: put (or being put) and not yet taken. A snapshot,
@@ -372,15 +392,15 @@ impl<T: Message> Queue<T> {
         with_lock(self, self.ring().put_lock(), || Ok(f()))
     }
 
-    fn put_until(&self, item: T, deadline: Option<Instant>) -> Result<(), PutError<T>> {
-        match self.put_frame(&item, deadline) {
+    fn put_until(&self, item: T, within: Within) -> Result<(), PutError<T>> {
+        match self.put_frame(&item, within) {
             Ok(()) => Ok(()),
             Err(error) => Err(PutError { error, item }),
         }
     }
 
     /// Encodes and puts `item`.
-    pub(crate) fn put_frame(&self, item: &T, deadline: Option<Instant>) -> Result<()> {
+    pub(crate) fn put_frame(&self, item: &T, within: Within) -> Result<()> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -394,7 +414,7 @@ impl<T: Message> Queue<T> {
         {
             return done;
         }
-        self.put_encoded(&frame, deadline)
+        self.put_encoded(&frame, within.deadline())
     }
 
     /// Puts an encoded item, waiting for room until `deadline`.
@@ -660,7 +680,7 @@ impl<T: Message> Queue<T> {
         if published { Ok(()) } else { Err(Error::Lost) }
     }
 
-    fn get_until(&self, deadline: Option<Instant>) -> Result<T> {
+    fn get_until(&self, within: Within) -> Result<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -668,7 +688,7 @@ impl<T: Message> Queue<T> {
         match self.get_now(&mut frame.bytes) {
             Some(Ok(())) => Ok(T::decode(&mut frame)?),
             Some(Err(e)) => Err(e),
-            None => self.get_waiting(&mut frame, deadline),
+            None => self.get_waiting(&mut frame, within.deadline()),
         }
     }
 
