@@ -409,7 +409,7 @@ impl<T: Message> Queue<T> {
         let len = frame.bytes.len();
         if len <= ring::SMALL
             && frame.fds.is_empty()
-            && ring::frame_size(len) <= self.ring().capacity() / BIG_SHARE
+            && ring::frame_size(len, true) <= self.ring().capacity() / BIG_SHARE
             && let Some(done) = self.put_now(&frame.bytes)
         {
             return done;
@@ -422,7 +422,7 @@ impl<T: Message> Queue<T> {
     fn put_encoded(&self, frame: &Frame, deadline: Option<Instant>) -> Result<()> {
         let ring = self.ring();
         let len = frame.bytes.len();
-        if !frame.fds.is_empty() || ring::frame_size(len) > ring.capacity() / BIG_SHARE {
+        if !frame.fds.is_empty() || ring::frame_size(len, true) > ring.capacity() / BIG_SHARE {
             return self.put_big(frame, deadline);
         }
         if len <= ring::SMALL {

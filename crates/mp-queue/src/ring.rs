@@ -6,8 +6,10 @@
 //! The region's payload is a control block of [`CONTROL`] bytes (one cache line per party
 //! that writes it), then `cap` bytes of ring (a power of two). Positions are byte counts
 //! that only grow; a position's place in the ring is `pos % cap`. Every frame starts
-//! 8-aligned with a [`HDR`]-byte header — state (`u32`), payload length (`u32`), the owner's
-//! identity (two `u64`) — followed by its payload, padded to 8. A frame never wraps: when one
+//! 8-aligned with a [`HDR`]-byte header — state (`u32`), payload length (`u32`) — then, for
+//! a frame copied outside the locks, its owner's identity (two `u64`, see [`OWNED`]), then
+//! its payload, padded to 8. (A small item, copied under the locks, has no owner to record:
+//! its frame of 16 bytes for a `u64` puts four to a cache line.) A frame never wraps: when one
 //! does not fit before the end, a `PAD` frame (or, with fewer than `HDR` bytes left, nothing:
 //! an implicit pad) fills the rest of that lap.
 //!
@@ -61,7 +63,9 @@ use crate::{owner::Owner, sys::Bytes};
 /// Bytes of control block before the ring.
 pub(crate) const CONTROL: usize = 576;
 /// Bytes of a frame header.
-pub(crate) const HDR: usize = 24;
+pub(crate) const HDR: usize = 8;
+/// Bytes of the owner's identity an owned frame keeps after its header.
+const OWNER: usize = 16;
 /// The smallest ring (bytes).
 pub(crate) const MIN_CAPACITY: usize = 4096;
 /// Items of at most this many bytes are copied in and out under the lock, in one step:
@@ -130,6 +134,11 @@ const PAD: u32 = 6;
 /// In a frame's length word: the payload is not the item but a 16-byte reference (number, length), and the item's
 /// bytes (and descriptors) travel through the side channel.
 const BIG: u32 = 1 << 31;
+/// In a frame's length word: the frame records its owner after the header (a frame copied
+/// outside the locks); without it, the frame is owned by whoever holds the lock of its side.
+const OWNED: u32 = 1 << 30;
+/// In a frame's length word: the payload's length.
+const LEN: u32 = OWNED - 1;
 
 /// The ring's bytes do not describe frames: another process wrote garbage into them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +158,7 @@ pub(crate) struct Slot {
 pub(crate) struct Claim {
     pos: u64,
     len: usize,
+    owned: bool,
     /// Whether the payload is a big item's reference.
     pub(crate) big: bool,
     /// Whether the payload was copied out already, and the frame released (small items).
@@ -161,9 +171,9 @@ pub(crate) struct Ring {
     cap: usize,
 }
 
-/// The bytes a frame with a payload of `len` bytes takes.
-pub(crate) fn frame_size(len: usize) -> usize {
-    HDR + len.next_multiple_of(8)
+/// The bytes a frame with a payload of `len` bytes takes, with its owner recorded or not.
+pub(crate) fn frame_size(len: usize, owned: bool) -> usize {
+    HDR + if owned { OWNER } else { 0 } + len.next_multiple_of(8)
 }
 
 impl Ring {
@@ -256,16 +266,27 @@ impl Ring {
         self.mem.u32_at(self.at(pos) + 4)
     }
 
+    /// Where the payload of the frame at `pos` starts.
+    #[inline]
+    fn payload(&self, pos: u64, owned: bool) -> usize {
+        self.at(pos) + HDR + if owned { OWNER } else { 0 }
+    }
+
+    /// Records the owner of an owned frame.
     #[inline]
     fn set_owner(&self, pos: u64, owner: Owner) {
-        let at = self.at(pos) + 8;
+        let at = self.at(pos) + HDR;
         self.mem.u64_at(at).store(owner.0[0], Ordering::Relaxed);
         self.mem.u64_at(at + 8).store(owner.0[1], Ordering::Relaxed);
     }
 
+    /// The owner of the frame at `pos`: the one recorded, or the lock holder's if none is.
     #[inline]
     fn owner(&self, pos: u64) -> Owner {
-        let at = self.at(pos) + 8;
+        if self.len_word(pos).load(Ordering::Relaxed) & OWNED == 0 {
+            return Owner::LOCK_HOLDER;
+        }
+        let at = self.at(pos) + HDR;
         Owner([
             self.mem.u64_at(at).load(Ordering::Relaxed),
             self.mem.u64_at(at + 8).load(Ordering::Relaxed),
@@ -351,10 +372,11 @@ impl Ring {
             return Ok((PAD, left));
         }
         let state = self.state(pos).load(Ordering::Acquire);
-        let len = (self.len_word(pos).load(Ordering::Relaxed) & !BIG) as usize;
+        let word = self.len_word(pos).load(Ordering::Relaxed);
+        let len = (word & LEN) as usize;
         let size = match state {
             PAD => (HDR + len) as u64,
-            RESERVED | READY | CLAIMED | DONE | DEAD => frame_size(len) as u64,
+            RESERVED | READY | CLAIMED | DONE | DEAD => frame_size(len, word & OWNED != 0) as u64,
             other => return Err(Corrupt(format!("frame at {pos} has state {other}"))),
         };
         if size > left || pos + size > tail || (state == PAD && size != left) {
@@ -376,14 +398,16 @@ impl Ring {
         big: bool,
         me: Owner,
     ) -> Result<Option<Slot>, Corrupt> {
-        let Some(pos) = self.room_for(len)? else {
+        let Some(pos) = self.room_for(frame_size(len, true))? else {
             return Ok(None);
         };
-        self.len_word(pos)
-            .store(len as u32 | if big { BIG } else { 0 }, Ordering::Relaxed);
+        self.len_word(pos).store(
+            len as u32 | OWNED | if big { BIG } else { 0 },
+            Ordering::Relaxed,
+        );
         self.set_owner(pos, me);
         self.state(pos).store(RESERVED, Ordering::Release);
-        self.set_tail(pos + frame_size(len) as u64);
+        self.set_tail(pos + frame_size(len, true) as u64);
         let first = self.count_one_more();
         Ok(Some(Slot { pos, len, first }))
     }
@@ -399,7 +423,7 @@ impl Ring {
         let Some(pos) = self.begin_small(bytes.len())? else {
             return Ok(None);
         };
-        self.mem.copy_in(self.at(pos) + HDR, bytes);
+        self.mem.copy_in(self.payload(pos, false), bytes);
         let first = self.count_one_more();
         // No fence before the look at sleeping consumers: both are made under the producers'
         // lock, which a consumer passes through after counting itself asleep and before
@@ -413,14 +437,14 @@ impl Ring {
     /// The first half of [`Ring::put_small`]: a frame reserved for the producers' lock
     /// holder, `tail` past it; where it is.
     fn begin_small(&self, len: usize) -> Result<Option<u64>, Corrupt> {
-        let Some(pos) = self.room_for(len)? else {
+        let Some(pos) = self.room_for(frame_size(len, false))? else {
             return Ok(None);
         };
+        // No owner recorded: the producers' lock holder owns it.
         self.len_word(pos).store(len as u32, Ordering::Relaxed);
-        self.set_owner(pos, Owner::LOCK_HOLDER);
         self.state(pos).store(RESERVED, Ordering::Release);
         // Early, so the line consumers poll moves while the payload is copied.
-        self.set_tail(pos + frame_size(len) as u64);
+        self.set_tail(pos + frame_size(len, false) as u64);
         Ok(Some(pos))
     }
 
@@ -455,16 +479,16 @@ impl Ring {
         self.resync_put()
     }
 
-    /// Where a frame of `len` payload bytes can go, padding the rest of the lap first if it
-    /// does not fit there; `None` when there is no room (or `maxsize` items are in). The
-    /// caller holds the producers' lock.
-    fn room_for(&self, len: usize) -> Result<Option<u64>, Corrupt> {
+    /// Where a frame of `size` bytes can go, padding the rest of the lap first if it does
+    /// not fit there; `None` when there is no room (or `maxsize` items are in). The caller
+    /// holds the producers' lock.
+    fn room_for(&self, size: usize) -> Result<Option<u64>, Corrupt> {
         let maxsize = self.maxsize();
         if maxsize != 0 && self.items() >= maxsize {
             return Ok(None);
         }
         let (head, tail) = self.put_ends()?;
-        let size = frame_size(len) as u64;
+        let size = size as u64;
         let left = (self.cap - (tail as usize & (self.cap - 1))) as u64;
         let pad = if left < size { left } else { 0 };
         if tail + pad + size - head > self.cap as u64 {
@@ -512,7 +536,7 @@ impl Ring {
     /// If `bytes` is not the length reserved.
     pub(crate) fn fill(&self, slot: Slot, bytes: &[u8]) {
         assert_eq!(bytes.len(), slot.len);
-        self.mem.copy_in(self.at(slot.pos) + HDR, bytes);
+        self.mem.copy_in(self.payload(slot.pos, true), bytes);
     }
 
     /// Makes a filled frame visible to consumers, waking any asleep. False if the frame was
@@ -621,16 +645,22 @@ impl Ring {
             if state == READY {
                 // The length read once, checked against the frame's extent before any copy.
                 let word = self.len_word(pos).load(Ordering::Relaxed);
-                let len = (word & !BIG) as usize;
-                if frame_size(len) as u64 != size {
+                let len = (word & LEN) as usize;
+                let owned = word & OWNED != 0;
+                if frame_size(len, owned) as u64 != size {
                     return Err(Corrupt(format!("frame at {pos} changed its length")));
                 }
                 let big = word & BIG != 0;
                 let small = !big && len <= SMALL;
+                if !small && !owned {
+                    return Err(Corrupt(format!(
+                        "frame at {pos} of {len} bytes records no owner"
+                    )));
+                }
                 let taken = if small {
                     out.clear();
                     out.resize(len, 0);
-                    self.mem.copy_out(self.at(pos) + HDR, out);
+                    self.mem.copy_out(self.payload(pos, owned), out);
                     // The copy is done before anyone may reuse the bytes (Release). No fence
                     // before the look at sleeping producers below: a producer counts itself
                     // asleep, then passes through the consumers' lock before it looks for
@@ -675,6 +705,7 @@ impl Ring {
                     return Ok(Some(Claim {
                         pos,
                         len,
+                        owned,
                         big,
                         copied: small,
                     }));
@@ -729,7 +760,7 @@ impl Ring {
     pub(crate) fn read(&self, claim: Claim, out: &mut Vec<u8>) {
         out.clear();
         out.resize(claim.len, 0);
-        self.mem.copy_out(self.at(claim.pos) + HDR, out);
+        self.mem.copy_out(self.payload(claim.pos, claim.owned), out);
     }
 
     /// Gives a claimed frame's bytes back, to be reclaimed.
@@ -911,7 +942,15 @@ pub(crate) mod tests {
         let slot = r.reserve_small(8, me()).unwrap().unwrap();
         r.fill(slot, b"12345678");
         r.publish(slot);
-        r.len_word(slot.pos).store(1 << 30, Ordering::Relaxed);
+        r.len_word(slot.pos).store(LEN | OWNED, Ordering::Relaxed);
+        assert!(r.claim(Some(me()), &mut Vec::new()).is_err());
+        r.reset();
+        // A frame too big to be copied under the lock, yet with no owner recorded.
+        let slot = r.reserve_small(SMALL + 8, me()).unwrap().unwrap();
+        r.fill(slot, &[1; SMALL + 8]);
+        r.publish(slot);
+        r.len_word(slot.pos)
+            .store((SMALL + 24) as u32, Ordering::Relaxed);
         assert!(r.claim(Some(me()), &mut Vec::new()).is_err());
         r.reset();
         assert!(r.put_small(b"abcdefgh").unwrap().is_some());
@@ -982,7 +1021,7 @@ pub(crate) mod tests {
         assert!(r.put_small(b"after").unwrap().is_some());
         assert_eq!(
             r.word(TAIL).load(Ordering::Relaxed),
-            dead_end + frame_size(5) as u64,
+            dead_end + frame_size(5, false) as u64,
             "the new frame goes after the dead one's"
         );
         r.bury_lock_holders().unwrap();
@@ -1050,9 +1089,9 @@ pub(crate) mod tests {
         }
 
         /// Whether a frame for `len` bytes fits in the 4 KiB test ring now, padding included.
-        fn fits(r: &Ring, len: usize) -> bool {
+        fn fits(r: &Ring, len: usize, owned: bool) -> bool {
             let (head, tail) = r.ends().unwrap();
-            let size = frame_size(len) as u64;
+            let size = frame_size(len, owned) as u64;
             let left = 4096 - tail % 4096;
             let needed = size + if left < size { left } else { 0 };
             tail - head + needed <= 4096
@@ -1079,7 +1118,7 @@ pub(crate) mod tests {
                         Op::Reserve(len) => {
                             let payload: Vec<u8> =
                                 (0..len).map(|i| (next_id as usize + i) as u8).collect();
-                            let fits = fits(r, len);
+                            let fits = fits(r, len, true);
                             match r.reserve_small(len, me).unwrap() {
                                 Some(slot) => {
                                     prop_assert!(fits);
@@ -1093,7 +1132,7 @@ pub(crate) mod tests {
                         Op::PutSmall(len) => {
                             let payload: Vec<u8> =
                                 (0..len).map(|i| (next_id as usize + i) as u8).collect();
-                            let fits = fits(r, len);
+                            let fits = fits(r, len, false);
                             match r.put_small(&payload).unwrap() {
                                 Some(_) => {
                                     prop_assert!(fits);
