@@ -658,9 +658,7 @@ impl Ring {
                     )));
                 }
                 let taken = if small {
-                    out.clear();
-                    out.resize(len, 0);
-                    self.mem.copy_out(self.payload(pos, owned), out);
+                    self.mem.copy_out(self.payload(pos, owned), len, out);
                     // The copy is done before anyone may reuse the bytes (Release). No fence
                     // before the look at sleeping producers below: a producer counts itself
                     // asleep, then passes through the consumers' lock before it looks for
@@ -758,9 +756,8 @@ impl Ring {
 
     /// Copies a claimed frame's payload into `out` (resized to fit).
     pub(crate) fn read(&self, claim: Claim, out: &mut Vec<u8>) {
-        out.clear();
-        out.resize(claim.len, 0);
-        self.mem.copy_out(self.payload(claim.pos, claim.owned), out);
+        self.mem
+            .copy_out(self.payload(claim.pos, claim.owned), claim.len, out);
     }
 
     /// Gives a claimed frame's bytes back, to be reclaimed.

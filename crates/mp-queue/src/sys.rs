@@ -11,7 +11,7 @@
 use std::{
     os::fd::{BorrowedFd, OwnedFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -71,38 +71,43 @@ impl Bytes {
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(offset).cast()) }
     }
 
-    /// Copies `out.len()` bytes from `offset` (8-aligned) into `out`.
+    /// Makes `out` the `len` bytes at `offset` (8-aligned), read a word at a time: the bytes
+    /// up to the next multiple of 8 (a frame's padding) are read too, so they must be in the
+    /// view.
     ///
     /// # Panics
-    /// If the range is not inside the view, or `offset` is not 8-aligned.
+    /// If the padded range is not inside the view, or `offset` is not 8-aligned.
     #[inline]
-    pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) {
+    pub(crate) fn copy_out(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        let padded = len.next_multiple_of(8);
         assert!(
-            offset.is_multiple_of(8)
-                && offset.checked_add(out.len()).is_some_and(|e| e <= self.len)
+            offset.is_multiple_of(8) && offset.checked_add(padded).is_some_and(|e| e <= self.len)
         );
-        let mut words = out.chunks_exact_mut(8);
-        let mut at = offset;
-        for chunk in &mut words {
-            let word = self.u64_at(at).load(Ordering::Relaxed);
-            chunk.copy_from_slice(&word.to_ne_bytes());
-            at += 8;
+        out.clear();
+        if padded <= 64 {
+            // A few words: appended, with no zeroing first.
+            for at in (offset..offset + padded).step_by(8) {
+                out.extend_from_slice(&self.u64_at(at).load(Ordering::Relaxed).to_ne_bytes());
+            }
+        } else {
+            out.resize(padded, 0);
+            for (chunk, at) in out.chunks_exact_mut(8).zip((offset..).step_by(8)) {
+                chunk.copy_from_slice(&self.u64_at(at).load(Ordering::Relaxed).to_ne_bytes());
+            }
         }
-        for byte in words.into_remainder() {
-            *byte = self.u8_at(at).load(Ordering::Relaxed);
-            at += 1;
-        }
+        out.truncate(len);
     }
 
-    /// Copies `src` to `offset` (8-aligned).
+    /// Copies `src` to `offset` (8-aligned) a word at a time, the last one padded with
+    /// zeros: the bytes up to the next multiple of 8 are written too.
     ///
     /// # Panics
     /// As [`Bytes::copy_out`].
     #[inline]
     pub(crate) fn copy_in(&self, offset: usize, src: &[u8]) {
+        let padded = src.len().next_multiple_of(8);
         assert!(
-            offset.is_multiple_of(8)
-                && offset.checked_add(src.len()).is_some_and(|e| e <= self.len)
+            offset.is_multiple_of(8) && offset.checked_add(padded).is_some_and(|e| e <= self.len)
         );
         let mut words = src.chunks_exact(8);
         let mut at = offset;
@@ -111,17 +116,16 @@ impl Bytes {
             self.u64_at(at).store(word, Ordering::Relaxed);
             at += 8;
         }
-        for &byte in words.remainder() {
-            self.u8_at(at).store(byte, Ordering::Relaxed);
-            at += 1;
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            // Assembled by shifts: a copy of a few bytes would be a call to memcpy.
+            let last = rest
+                .iter()
+                .rev()
+                .fold(0u64, |word, &byte| word << 8 | u64::from(byte));
+            let last = u64::from_ne_bytes(last.to_le_bytes());
+            self.u64_at(at).store(last, Ordering::Relaxed);
         }
-    }
-
-    #[inline]
-    fn u8_at(&self, offset: usize) -> &AtomicU8 {
-        assert!(offset < self.len);
-        // SAFETY: in bounds (checked); `AtomicU8` has `u8`'s size and alignment.
-        unsafe { AtomicU8::from_ptr(self.base.as_ptr().add(offset)) }
     }
 }
 
