@@ -544,23 +544,23 @@ impl<T: Message> Queue<T> {
     }
 
     /// Reclaims (and, after a while, buries the dead) under the consumers' lock; whether
-    /// that freed anything. While the caller only spins, a consumer at work holding that
-    /// lock is left alone: it moves `head` itself as it takes frames, and a producer reading
-    /// `head` again sees the room come back without slowing it down.
+    /// that freed anything. Not while the caller only spins: a consumer at work moves `head`
+    /// itself as it takes frames, and a producer reading `head` again sees the room come
+    /// back, where taking the consumers' lock (even trying to) would take its line from
+    /// under the consumer on every try. Frames taken out of order and left `DONE` before
+    /// `head` wait for the first attempt made asleep, 20 µs later.
     fn make_room(&self, deadline: Option<Instant>, waited: Waited) -> Result<bool> {
+        if waited == Waited::Briefly {
+            return Ok(false);
+        }
         let ring = self.ring();
-        let reclaim = || {
+        let freed = with_lock_until(self, ring.get_lock(), deadline, || {
             if waited == Waited::Long {
                 ring.bury_dead()
             } else {
                 ring.reclaim()
             }
-        };
-        let freed = if waited == Waited::Briefly {
-            with_lock_now(self, ring.get_lock(), reclaim)?
-        } else {
-            with_lock_until(self, ring.get_lock(), deadline, reclaim)?
-        };
+        })?;
         Ok(freed == Some(true))
     }
 
@@ -919,15 +919,6 @@ fn with_lock_until<T: Message, R>(
     locked(queue, lock, took, f)
 }
 
-/// [`with_lock`] if `lock` is free now, else `None`.
-fn with_lock_now<T: Message, R>(
-    queue: &Queue<T>,
-    lock: &RawLock,
-    f: impl FnOnce() -> std::result::Result<R, Corrupt>,
-) -> Result<Option<R>> {
-    locked(queue, lock, lock.try_acquire(), f)
-}
-
 /// Runs `f` if `took` says the caller holds `lock`, then releases it, repairing the ring if
 /// the lock's last owner died holding it, and resetting it after corruption.
 fn locked<T: Message, R>(
@@ -1218,6 +1209,52 @@ mod tests {
         assert!(matches!(q.put(2).unwrap_err().error, Error::Closed));
         assert!(matches!(q.get(), Err(Error::Closed)));
         assert_eq!(Error::Closed.to_string(), "queue is closed");
+    }
+
+    /// Frames taken out of order are marked `DONE` and keep their room until `head` is moved
+    /// over them. A producer short of room does not reclaim while it spins (that would take
+    /// the consumers' lock from under a busy consumer), but does once it has waited: with
+    /// no consumer left to move `head`, a full ring of such frames still takes new items.
+    #[test]
+    fn room_left_by_frames_taken_out_of_order_comes_back_to_a_waiting_producer() {
+        let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
+        let ring = q.ring();
+        // A large item (copied outside the locks) claimed at `head` and not yet released…
+        assert!(ring.get_lock().acquire().is_held());
+        assert!(ring.put_lock().acquire().is_held());
+        let slot = ring
+            .reserve(ring::SMALL + 8, false, Owner::me())
+            .unwrap()
+            .unwrap();
+        let _ = ring.put_lock().release();
+        ring.fill(slot, &[1; ring::SMALL + 8]);
+        assert!(ring.publish(slot));
+        let claim = ring
+            .claim(Some(Owner::me()), &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        let _ = ring.get_lock().release();
+        assert!(!claim.copied);
+        // …so the small items after it, taken, are marked `DONE` behind it…
+        let mut taken = 0;
+        while q.try_put(vec![taken as u8; 100]).is_ok() {
+            assert_eq!(
+                q.get_timeout(Duration::from_secs(30)).unwrap(),
+                vec![taken as u8; 100]
+            );
+            taken += 1;
+        }
+        assert!(taken > 0);
+        // …and once it is released, nothing moves `head` but a producer that waits.
+        ring.release(claim);
+        for i in 0..100u8 {
+            q.put_timeout(vec![i; 100], Duration::from_secs(30))
+                .unwrap();
+            assert_eq!(
+                q.get_timeout(Duration::from_secs(30)).unwrap(),
+                vec![i; 100]
+            );
+        }
     }
 
     #[test]
