@@ -4,19 +4,27 @@
 //! - `cargo xtask bench [FILTER] [--json] [--runs N]`: our crates side by side with bare
 //!   libraries, raw syscalls, CPython's multiprocessing and the Rust peers, in one run;
 //!   `--report DIR` also writes `DIR/REPORT.md` and one SVG chart per group.
+//! - `cargo xtask sanitize [address] [thread] [valgrind] [CRATE...]`: the tests of the crates
+//!   with `unsafe` code under AddressSanitizer and ThreadSanitizer (nightly), and valgrind's
+//!   memcheck over the quickstart tour.
 
 mod bench;
 mod ci;
+mod sanitize;
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask ci
        cargo xtask bench [FILTER] [--json] [--runs N] [--report DIR]
+       cargo xtask sanitize [address] [thread] [valgrind] [CRATE...]
 
 FILTER is a group (codec, pipe, spawn, shm, queue, pool) or part of a workload's name;
 several, comma-separated (queue,pool), select what any of them selects.
 --report DIR also writes DIR/REPORT.md (every row, the targets, the machine) and
-one SVG chart per group, linked from it.";
+one SVG chart per group, linked from it.
+sanitize runs the tests of the crates with unsafe code under AddressSanitizer (address)
+and ThreadSanitizer (thread) with the nightly toolchain, and the quickstart tour under
+valgrind's memcheck (valgrind); all three when none is named.";
 
 fn main() -> ExitCode {
     // procspawn's children re-enter here and are dispatched by this call.
@@ -30,8 +38,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") if args.len() == 1 => ci::run(),
         Some("bench") => bench::Options::parse(&args[1..]).and_then(bench::run),
+        Some("sanitize") => sanitize::Options::parse(&args[1..]).and_then(sanitize::run),
         // The other process of a two-process workload (started by `bench`, not by hand).
         Some("__peer") if args.len() == 2 => bench::peer(&args[1]),
+        // What `sanitize` runs under valgrind.
+        Some("__fork_tour") => sanitize::fork_tour(),
         // The raw re-exec baseline of spawn_join_spawn: start and exit at once.
         Some("__noop") => Ok(()),
         _ => Err(USAGE.to_string()),

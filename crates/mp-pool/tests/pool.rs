@@ -245,12 +245,20 @@ fn arguments_and_results_that_cannot_be_encoded_are_errors_naming_the_type() {
 #[test]
 fn a_worker_that_dies_fails_only_its_task_and_is_replaced() {
     let pool = Pool::new(2).unwrap();
-    for (how, expected) in [
+    let deaths = [
         (0u8, ExitStatus::Signal(libc::SIGKILL)),
         (1, ExitStatus::Code(123)),
         (2, ExitStatus::Signal(libc::SIGSEGV)),
         (3, ExitStatus::Signal(libc::SIGABRT)),
-    ] {
+    ];
+    // Out of memory is made by capping the address space, which AddressSanitizer's shadow
+    // memory alone exceeds: under it, that worker dies of ASan's own report instead.
+    let deaths = if cfg!(mp_sanitize = "address") {
+        &deaths[..3]
+    } else {
+        &deaths[..]
+    };
+    for &(how, expected) in deaths {
         let before = pool.pids();
         let others = pool.map_async_chunked(square, 0..200, 1).unwrap();
         let started = Instant::now();
