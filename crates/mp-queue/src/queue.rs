@@ -410,9 +410,11 @@ impl<T: Message> Queue<T> {
         if len <= ring::SMALL
             && frame.fds.is_empty()
             && ring::frame_size(len, true) <= self.ring().capacity() / BIG_SHARE
-            && let Some(done) = self.put_now(&frame.bytes)
+            && let Some(done) = self.now(self.ring().put_lock(), || {
+                self.ring().put_small(&frame.bytes)
+            })
         {
-            return done;
+            return done.map(drop);
         }
         self.put_encoded(&frame, within.deadline())
     }
@@ -443,22 +445,22 @@ impl<T: Message> Queue<T> {
         if published { Ok(()) } else { Err(Error::Lost) }
     }
 
-    /// The common case of a put, kept lean: a small item, the producers' lock free now,
-    /// room as last seen, nobody polling the doorbell. `None`: take the general path.
+    /// The common case of a put or a get, kept lean: runs `op` under `lock` if it is free
+    /// now and nobody polls the doorbell. `None` when it is not, or `op` found no room or no
+    /// item: the caller takes the general path.
     #[inline]
-    fn put_now(&self, bytes: &[u8]) -> Option<Result<()>> {
-        if self.polled() {
+    fn now<R>(
+        &self,
+        lock: &RawLock,
+        op: impl FnOnce() -> std::result::Result<Option<R>, Corrupt>,
+    ) -> Option<Result<R>> {
+        if self.polled() || !self.took_now(lock) {
             return None;
         }
-        let ring = self.ring();
-        let lock = ring.put_lock();
-        if !self.took_now(lock) {
-            return None;
-        }
-        let put = ring.put_small(bytes);
+        let done = op();
         let _ = lock.release();
-        match put {
-            Ok(Some(_)) => Some(Ok(())),
+        match done {
+            Ok(Some(value)) => Some(Ok(value)),
             Ok(None) => None,
             Err(Corrupt(why)) => {
                 self.reset();
@@ -479,31 +481,6 @@ impl<T: Message> Queue<T> {
                 false
             }
             Acquire::TimedOut => false,
-        }
-    }
-
-    /// The common case of a get, kept lean: the consumers' lock free now, a small item
-    /// ready, nobody polling the doorbell. The item's bytes are then in `out`. `None`: take
-    /// the general path.
-    #[inline]
-    fn get_now(&self, out: &mut Vec<u8>) -> Option<Result<()>> {
-        if self.polled() {
-            return None;
-        }
-        let ring = self.ring();
-        let lock = ring.get_lock();
-        if !self.took_now(lock) {
-            return None;
-        }
-        let claimed = ring.claim(None, out);
-        let _ = lock.release();
-        match claimed {
-            Ok(Some(_)) => Some(Ok(())),
-            Ok(None) => None,
-            Err(Corrupt(why)) => {
-                self.reset();
-                Some(Err(Error::Corrupted(why)))
-            }
         }
     }
 
@@ -685,8 +662,10 @@ impl<T: Message> Queue<T> {
             return Err(Error::Closed);
         }
         let mut frame = Scratch::take();
-        match self.get_now(&mut frame.bytes) {
-            Some(Ok(())) => Ok(T::decode(&mut frame)?),
+        let ring = self.ring();
+        // Without an owner to record, `claim` takes only a small item, copied under the lock.
+        match self.now(ring.get_lock(), || ring.claim(None, &mut frame.bytes)) {
+            Some(Ok(_)) => Ok(T::decode(&mut frame)?),
             Some(Err(e)) => Err(e),
             None => self.get_waiting(&mut frame, within.deadline()),
         }
