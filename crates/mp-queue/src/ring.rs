@@ -9,7 +9,8 @@
 //! 8-aligned with a [`HDR`]-byte header — state (`u32`), payload length (`u32`) — then, for
 //! a frame copied outside the locks, its owner's identity (two `u64`, see [`OWNED`]), then
 //! its payload, padded to 8. (A small item, copied under the locks, has no owner to record:
-//! its frame of 16 bytes for a `u64` puts four to a cache line.) A frame never wraps: when one
+//! a `u64` below 2^56, 8 bytes encoded at most, takes a frame of 16 bytes, four to a cache
+//! line.) A frame never wraps: when one
 //! does not fit before the end, a `PAD` frame (or, with fewer than `HDR` bytes left, nothing:
 //! an implicit pad) fills the rest of that lap.
 //!
@@ -43,11 +44,11 @@
 //!   consumers' lock, with no fence in between. A process about to sleep counts itself
 //!   asleep, then passes through the other side's lock before its last look: either the
 //!   other side's step came before, and the look sees it, or after, and that side sees it
-//!   counted and wakes it. So the busy path pays no fence beyond its lock. A frame whose owner
-//!   died stays `RESERVED` or `CLAIMED`; a process that has waited 10 ms asks whether the
-//!   owner is alive and, if not, marks the frame `DEAD`: the item of a producer killed
-//!   mid-put never existed (its `put` did not return), and a consumer killed mid-get loses
-//!   the one item it was taking.
+//!   counted and wakes it. So the busy path pays no fence beyond its lock.
+//! - A frame whose owner died stays `RESERVED` or `CLAIMED`; a process that has waited
+//!   10 ms asks whether the owner is alive and, if not, marks the frame `DEAD`: the item of
+//!   a producer killed mid-put never existed (its `put` did not return), and a consumer
+//!   killed mid-get loses the one item it was taking.
 //! - Each step that other processes rely on is one atomic store made after the data it
 //!   publishes, so a process killed between two steps leaves a state the next one handles.
 //!   The only counter kept outside a frame, `items` (frames `RESERVED` or `READY`), can be
