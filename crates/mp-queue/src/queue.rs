@@ -44,17 +44,6 @@ const FIRST_OWNER_CHECK: Duration = Duration::from_millis(10);
 /// …and then this often.
 const OWNER_CHECK: Duration = Duration::from_millis(100);
 
-/// The owner checks' periods, which also bound every sleep: a wake-up missed would cost a
-/// period. Tests that must see each wake-up come stretch them past their own deadlines, so
-/// that a missed one fails them instead of only slowing them down.
-fn owner_checks() -> (Duration, Duration) {
-    #[cfg(test)]
-    if tests::CHECKS_STRETCHED.load(Ordering::Relaxed) {
-        return (Duration::from_secs(3600), Duration::from_secs(3600));
-    }
-    (FIRST_OWNER_CHECK, OWNER_CHECK)
-}
-
 /// What a `Queue<T>`'s region holds: its fingerprint names `T`, so a queue of another item
 /// type is refused on attach.
 struct Marker<T>(PhantomData<T>);
@@ -150,6 +139,9 @@ pub(crate) struct Inner {
     /// An eventfd readable while the queue may hold an item, for `wait` (see `AsFd`).
     bell: OwnedFd,
     closed: AtomicBool,
+    /// Set by the tests that must see every wake-up (see [`Queue::owner_checks`]).
+    #[cfg(test)]
+    checks_stretched: AtomicBool,
 }
 
 /// A big item's reference, the payload of its frame: its number in the side channel, and
@@ -273,6 +265,8 @@ impl<T: Message> Queue<T> {
                 rx,
                 bell,
                 closed: AtomicBool::new(false),
+                #[cfg(test)]
+                checks_stretched: AtomicBool::new(false),
             }),
             _type: PhantomData,
         })
@@ -280,6 +274,17 @@ impl<T: Message> Queue<T> {
 
     fn ring(&self) -> &Ring {
         &self.inner.ring
+    }
+
+    /// The owner checks' periods, which also bound every sleep: a wake-up missed would cost
+    /// a period. Tests that must see each wake-up stretch them past their own deadlines (on
+    /// their queue alone), so that a missed one fails them instead of only slowing them.
+    fn owner_checks(&self) -> (Duration, Duration) {
+        #[cfg(test)]
+        if self.inner.checks_stretched.load(Ordering::Relaxed) {
+            return (Duration::from_secs(3600), Duration::from_secs(3600));
+        }
+        (FIRST_OWNER_CHECK, OWNER_CHECK)
     }
 
     /// Puts `item`, waiting for room as long as it takes.
@@ -492,20 +497,28 @@ impl<T: Message> Queue<T> {
         mut put: impl FnMut() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Result<R> {
         let ring = self.ring();
-        wait(ring.freed(), ring.put_sleepers(), deadline, |waited| {
-            self.before_looking_for_room(deadline, waited)?;
-            loop {
-                let Some(done) = with_lock_until(self, ring.put_lock(), deadline, &mut put)? else {
-                    return Ok(None); // the lock was not had in time
-                };
-                if done.is_some() {
-                    return Ok(done);
+        let checks = self.owner_checks();
+        wait(
+            ring.freed(),
+            ring.put_sleepers(),
+            deadline,
+            checks,
+            |waited| {
+                self.before_looking_for_room(deadline, waited)?;
+                loop {
+                    let Some(done) = with_lock_until(self, ring.put_lock(), deadline, &mut put)?
+                    else {
+                        return Ok(None); // the lock was not had in time
+                    };
+                    if done.is_some() {
+                        return Ok(done);
+                    }
+                    if !self.make_room(deadline, waited)? {
+                        return Ok(None);
+                    }
                 }
-                if !self.make_room(deadline, waited)? {
-                    return Ok(None);
-                }
-            }
-        })?
+            },
+        )?
         .ok_or(Error::Full)
     }
 
@@ -579,40 +592,47 @@ impl<T: Message> Queue<T> {
     ) -> Result<Option<ring::Slot>> {
         let ring = self.ring();
         let me = Owner::me();
-        wait(ring.freed(), ring.put_sleepers(), deadline, |waited| {
-            self.before_looking_for_room(deadline, waited)?;
-            loop {
-                let reserved = with_lock_until(self, ring.put_lock(), deadline, || {
-                    Ok(match ring.reserve(len, big, me)? {
-                        None => Ok(None),
-                        Some(slot) => match then(slot) {
-                            Ok(true) => Ok(Some(Some(slot))),
-                            Ok(false) => {
-                                ring.abandon(slot);
-                                Ok(Some(None))
+        let checks = self.owner_checks();
+        wait(
+            ring.freed(),
+            ring.put_sleepers(),
+            deadline,
+            checks,
+            |waited| {
+                self.before_looking_for_room(deadline, waited)?;
+                loop {
+                    let reserved = with_lock_until(self, ring.put_lock(), deadline, || {
+                        Ok(match ring.reserve(len, big, me)? {
+                            None => Ok(None),
+                            Some(slot) => match then(slot) {
+                                Ok(true) => Ok(Some(Some(slot))),
+                                Ok(false) => {
+                                    ring.abandon(slot);
+                                    Ok(Some(None))
+                                }
+                                Err(e) => {
+                                    ring.abandon(slot);
+                                    Err(e)
+                                }
+                            },
+                        })
+                    })?;
+                    let Some(reserved) = reserved else {
+                        return Ok(None); // the lock was not had in time
+                    };
+                    match reserved? {
+                        Some(Some(slot)) => return Ok(Some(slot)),
+                        Some(None) => return Ok(None), // the side channel is full: wait
+                        None => {
+                            // Make room, then try once more if that freed anything.
+                            if !self.make_room(deadline, waited)? {
+                                return Ok(None);
                             }
-                            Err(e) => {
-                                ring.abandon(slot);
-                                Err(e)
-                            }
-                        },
-                    })
-                })?;
-                let Some(reserved) = reserved else {
-                    return Ok(None); // the lock was not had in time
-                };
-                match reserved? {
-                    Some(Some(slot)) => return Ok(Some(slot)),
-                    Some(None) => return Ok(None), // the side channel is full: wait
-                    None => {
-                        // Make room, then try once more if that freed anything.
-                        if !self.make_room(deadline, waited)? {
-                            return Ok(None);
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     }
 
     /// Puts an item through the side channel: its bytes in a memfd, sent with its
@@ -677,35 +697,42 @@ impl<T: Message> Queue<T> {
         let ring = self.ring();
         {
             let me = Owner::me();
-            let taken = wait(ring.published(), ring.get_sleepers(), deadline, |waited| {
-                let waited_long = waited == Waited::Long;
-                if waited_long {
-                    self.rescue_put_lock();
-                } else if waited == Waited::Asleep {
-                    // Counted asleep: pass through the producers' lock before looking,
-                    // since small puts publish and look for sleepers under it with no
-                    // fence between (see `Ring::put_small`). Not had in time (a stopped
-                    // holder): the sleep below is bounded all the same.
-                    with_lock_until(self, ring.put_lock(), deadline, || Ok(()))?;
-                }
-                with_lock_until(self, ring.get_lock(), deadline, || {
+            let checks = self.owner_checks();
+            let taken = wait(
+                ring.published(),
+                ring.get_sleepers(),
+                deadline,
+                checks,
+                |waited| {
+                    let waited_long = waited == Waited::Long;
                     if waited_long {
-                        // Frames of the dead still count in `qsize` until buried.
-                        ring.bury_dead()?;
+                        self.rescue_put_lock();
+                    } else if waited == Waited::Asleep {
+                        // Counted asleep: pass through the producers' lock before looking,
+                        // since small puts publish and look for sleepers under it with no
+                        // fence between (see `Ring::put_small`). Not had in time (a stopped
+                        // holder): the sleep below is bounded all the same.
+                        with_lock_until(self, ring.put_lock(), deadline, || Ok(()))?;
                     }
-                    let claimed = ring.claim(Some(me), &mut frame.bytes)?;
-                    if claimed.is_none() || ring.items() == 0 {
-                        self.quiet_bell()?;
-                    }
-                    Ok(match claimed {
-                        None => Ok(None),
-                        Some(claim) if claim.big => self.take_big(claim).map(Some),
-                        Some(claim) if claim.copied => Ok(Some(Taken::Copied)),
-                        Some(claim) => Ok(Some(Taken::Small(claim))),
-                    })
-                })?
-                .unwrap_or(Ok(None)) // the lock was not had in time
-            })?
+                    with_lock_until(self, ring.get_lock(), deadline, || {
+                        if waited_long {
+                            // Frames of the dead still count in `qsize` until buried.
+                            ring.bury_dead()?;
+                        }
+                        let claimed = ring.claim(Some(me), &mut frame.bytes)?;
+                        if claimed.is_none() || ring.items() == 0 {
+                            self.quiet_bell()?;
+                        }
+                        Ok(match claimed {
+                            None => Ok(None),
+                            Some(claim) if claim.big => self.take_big(claim).map(Some),
+                            Some(claim) if claim.copied => Ok(Some(Taken::Copied)),
+                            Some(claim) => Ok(Some(Taken::Small(claim))),
+                        })
+                    })?
+                    .unwrap_or(Ok(None)) // the lock was not had in time
+                },
+            )?
             .ok_or(Error::Empty)?;
             match taken {
                 Taken::Copied => {}
@@ -945,6 +972,7 @@ fn wait<R>(
     word: &AtomicU32,
     sleepers: &AtomicU32,
     deadline: Option<Instant>,
+    (first_check, check): (Duration, Duration),
     mut attempt: impl FnMut(Waited) -> Result<Option<R>>,
 ) -> Result<Option<R>> {
     if let Some(value) = attempt(Waited::Briefly)? {
@@ -972,7 +1000,6 @@ fn wait<R>(
         }
         pause = (pause * 2).min(256);
     }
-    let (first_check, check) = owner_checks();
     let mut next_check = start + first_check;
     loop {
         // Sleep: count ourselves first, then look once more, so a waker either sees us or
@@ -1339,21 +1366,11 @@ mod tests {
         assert_eq!(q.get().unwrap(), 1);
     }
 
-    /// Set by the tests that must see every wake-up (see [`owner_checks`]).
-    pub(super) static CHECKS_STRETCHED: std::sync::atomic::AtomicBool =
-        std::sync::atomic::AtomicBool::new(false);
-
-    /// Runs `f` with sleeps bounded only by their callers' deadlines, so that a wake-up
-    /// missed fails a timed call.
-    fn with_checks_stretched(f: impl FnOnce()) {
-        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        CHECKS_STRETCHED.store(true, Ordering::Relaxed);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        CHECKS_STRETCHED.store(false, Ordering::Relaxed);
-        if let Err(panic) = result {
-            std::panic::resume_unwind(panic);
-        }
+    /// Stretches `q`'s periodic checks (see [`Queue::owner_checks`]), for every handle of
+    /// it in this process: sleeps are then bounded only by their callers' deadlines, so that
+    /// a wake-up missed fails a timed call.
+    fn stretch_checks<T: Message>(q: &Queue<T>) {
+        q.inner.checks_stretched.store(true, Ordering::Relaxed);
     }
 
     /// Waits (30 s at most) until `sleepers` counts someone asleep.
@@ -1374,53 +1391,51 @@ mod tests {
     /// x86 rarely opens, so the proof of that part is the argument in `Ring::put_small`.)
     #[test]
     fn each_put_wakes_the_consumer_asleep_for_it() {
-        with_checks_stretched(|| {
-            let q = Queue::<u64>::new().unwrap();
-            let theirs = q.clone();
-            let (took, taken) = std::sync::mpsc::channel();
-            let consumer = std::thread::spawn(move || {
-                for i in 0..2000 {
-                    assert_eq!(theirs.get_timeout(Duration::from_secs(30)).unwrap(), i);
-                    took.send(i).unwrap();
-                }
-            });
-            let mut asleep = 0;
-            for i in 0..2000u64 {
-                // Somewhere in the consumer's 20 µs of spinning, or just past it.
-                let pause = Duration::from_nanos(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 40_000);
-                let start = Instant::now();
-                while start.elapsed() < pause {
-                    std::hint::spin_loop();
-                }
-                asleep += u32::from(q.ring().get_sleepers().load(Ordering::SeqCst) > 0);
-                q.put(i).unwrap();
-                assert_eq!(taken.recv_timeout(Duration::from_secs(30)), Ok(i));
+        let q = Queue::<u64>::new().unwrap();
+        stretch_checks(&q);
+        let theirs = q.clone();
+        let (took, taken) = std::sync::mpsc::channel();
+        let consumer = std::thread::spawn(move || {
+            for i in 0..2000 {
+                assert_eq!(theirs.get_timeout(Duration::from_secs(30)).unwrap(), i);
+                took.send(i).unwrap();
             }
-            consumer.join().unwrap();
-            assert!(asleep > 0, "the consumer never slept: nothing was tested");
         });
+        let mut asleep = 0;
+        for i in 0..2000u64 {
+            // Somewhere in the consumer's 20 µs of spinning, or just past it.
+            let pause = Duration::from_nanos(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 40_000);
+            let start = Instant::now();
+            while start.elapsed() < pause {
+                std::hint::spin_loop();
+            }
+            asleep += u32::from(q.ring().get_sleepers().load(Ordering::SeqCst) > 0);
+            q.put(i).unwrap();
+            assert_eq!(taken.recv_timeout(Duration::from_secs(30)), Ok(i));
+        }
+        consumer.join().unwrap();
+        assert!(asleep > 0, "the consumer never slept: nothing was tested");
     }
 
     /// The other way round: a producer asleep for room in a full queue is woken by each get.
     #[test]
     fn each_get_wakes_the_producer_asleep_for_room() {
-        with_checks_stretched(|| {
-            let q = Queue::<u64>::builder().maxsize(1).build().unwrap();
-            q.put(0).unwrap();
-            let theirs = q.clone();
-            let producer = std::thread::spawn(move || {
-                for i in 1..300 {
-                    theirs.put_timeout(i, Duration::from_secs(30)).unwrap();
-                }
-            });
-            for i in 0..300 {
-                if i < 299 {
-                    until_asleep(q.ring().put_sleepers());
-                }
-                assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), i);
+        let q = Queue::<u64>::builder().maxsize(1).build().unwrap();
+        stretch_checks(&q);
+        q.put(0).unwrap();
+        let theirs = q.clone();
+        let producer = std::thread::spawn(move || {
+            for i in 1..300 {
+                theirs.put_timeout(i, Duration::from_secs(30)).unwrap();
             }
-            producer.join().unwrap();
         });
+        for i in 0..300 {
+            if i < 299 {
+                until_asleep(q.ring().put_sleepers());
+            }
+            assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), i);
+        }
+        producer.join().unwrap();
     }
 
     /// A producer killed between moving `tail` and the producers' copy of it: the next put
