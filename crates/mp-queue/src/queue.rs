@@ -459,7 +459,12 @@ impl<T: Message> Queue<T> {
         lock: &RawLock,
         op: impl FnOnce() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Option<Result<R>> {
-        if self.polled() || !self.took_now(lock) {
+        if !self.took_now(lock) {
+            return None;
+        }
+        // Read under the lock: the doorbell is armed under both (see `AsFd`).
+        if self.polled() {
+            let _ = lock.release();
             return None;
         }
         let done = op();
@@ -481,8 +486,7 @@ impl<T: Message> Queue<T> {
         match lock.try_acquire() {
             Acquire::Acquired => true,
             Acquire::OwnerDied => {
-                let _ = lock.release();
-                self.repair();
+                self.release_after_death(lock);
                 false
             }
             Acquire::TimedOut => false,
@@ -534,23 +538,34 @@ impl<T: Message> Queue<T> {
     }
 
     /// Reclaims (and, after a while, buries the dead) under the consumers' lock; whether
-    /// that freed anything. Not while the caller only spins: a consumer at work moves `head`
-    /// itself as it takes frames, and a producer reading `head` again sees the room come
-    /// back, where taking the consumers' lock (even trying to) would take its line from
-    /// under the consumer on every try. Frames taken out of order and left `DONE` before
-    /// `head` wait for the first attempt made asleep, 20 µs later.
+    /// that freed anything.
+    ///
+    /// Not while the caller only spins: a consumer at work moves `head` itself as it takes
+    /// frames, and a producer reading `head` again sees the room come back, where taking the
+    /// consumers' lock (even trying to) would take its line from under the consumer on every
+    /// try. Frames taken out of order and left `DONE` before `head` wait for the first
+    /// attempt made asleep, 20 µs later, or for the last try of a call whose time is up (a
+    /// `try_put`), which tries the lock once.
     fn make_room(&self, deadline: Option<Instant>, waited: Waited) -> Result<bool> {
-        if waited == Waited::Briefly {
-            return Ok(false);
-        }
         let ring = self.ring();
-        let freed = with_lock_until(self, ring.get_lock(), deadline, || {
+        let reclaim = || {
             if waited == Waited::Long {
                 ring.bury_dead()
             } else {
                 ring.reclaim()
             }
-        })?;
+        };
+        let lock = ring.get_lock();
+        let freed = match waited {
+            Waited::Briefly if deadline.is_some_and(|d| Instant::now() >= d) => {
+                locked(self, lock, lock.try_acquire(), reclaim)?
+            }
+            Waited::Briefly => return Ok(false),
+            // A pass through the lock (see `before_looking_for_room`), bounded as in
+            // `get_waiting`.
+            Waited::Asleep => with_lock_until(self, lock, Some(pass_by(deadline)), reclaim)?,
+            Waited::Long => with_lock_until(self, lock, deadline, reclaim)?,
+        };
         Ok(freed == Some(true))
     }
 
@@ -710,9 +725,12 @@ impl<T: Message> Queue<T> {
                     } else if waited == Waited::Asleep {
                         // Counted asleep: pass through the producers' lock before looking,
                         // since small puts publish and look for sleepers under it with no
-                        // fence between (see `Ring::put_small`). Not had in time (a stopped
-                        // holder): the sleep below is bounded all the same.
-                        with_lock_until(self, ring.put_lock(), deadline, || Ok(()))?;
+                        // fence between (see `Ring::put_small`). A live holder lets go within
+                        // microseconds; one that does not within `PASS_BY` is stopped, or
+                        // dead, and makes no small put meanwhile (items published outside
+                        // the lock are fenced), so the look goes on without the pass, and
+                        // an item already there is not held back by a stopped producer.
+                        with_lock_until(self, ring.put_lock(), Some(pass_by(deadline)), || Ok(()))?;
                     }
                     with_lock_until(self, ring.get_lock(), deadline, || {
                         if waited_long {
@@ -811,20 +829,29 @@ impl<T: Message> Queue<T> {
     /// lock (inside a small put), takes the lock over and repairs the ring, so its half-put
     /// frame stops counting as an item even when no producer comes to need its room.
     /// Taking the lock (even a free one) is also the pass through it that a consumer
-    /// counted asleep makes before it looks for items (see `get_until`).
+    /// counted asleep makes before it looks for items (see `get_waiting`).
     fn rescue_put_lock(&self) {
         let lock = self.ring().put_lock();
         // Long enough for the lock to look at its owner's liveness (after 10 ms).
         match lock.acquire_timeout(Duration::from_millis(30)) {
-            Acquire::OwnerDied => {
-                let _ = lock.release();
-                self.repair();
-            }
+            Acquire::OwnerDied => self.release_after_death(lock),
             Acquire::Acquired => {
                 let _ = lock.release();
             }
             Acquire::TimedOut => {}
         }
+    }
+
+    /// Lets go of `lock`, just taken from a process that died holding it, then repairs the
+    /// ring. The producers' copy of `tail` is made good first, before anyone else can take
+    /// the lock: the dead may have moved `tail` and not its copy.
+    fn release_after_death(&self, lock: &RawLock) {
+        let ring = self.ring();
+        if std::ptr::eq(lock, ring.put_lock()) && ring.resync_put().is_err() {
+            ring.reset();
+        }
+        let _ = lock.release();
+        self.repair();
     }
 
     /// Repairs the ring after a process died holding one of its locks: both locks held,
@@ -833,18 +860,26 @@ impl<T: Message> Queue<T> {
         let ring = self.ring();
         let get = ring.get_lock().acquire();
         let put = ring.put_lock().acquire();
+        self.mend();
+        if put.is_held() {
+            let _ = ring.put_lock().release();
+        }
+        if get.is_held() {
+            let _ = ring.get_lock().release();
+        }
+    }
+
+    /// With both locks held: buries the frame of a producer that died inside a small put
+    /// (none is under way: we hold the producers' lock), copies `tail` for the producers
+    /// again and recounts the items; resets the ring if it is corrupted.
+    fn mend(&self) {
+        let ring = self.ring();
         if ring
             .bury_lock_holders()
             .and_then(|()| ring.recount())
             .is_err()
         {
             ring.reset();
-        }
-        if put.is_held() {
-            let _ = ring.put_lock().release();
-        }
-        if get.is_held() {
-            let _ = ring.get_lock().release();
         }
     }
 
@@ -951,6 +986,16 @@ fn locked<T: Message, R>(
         queue.reset();
         Error::Corrupted(why)
     })
+}
+
+/// The longest a process about to sleep waits to pass through the other side's lock.
+const PASS_BY: Duration = Duration::from_millis(10);
+
+/// The deadline of a pass through the other side's lock: [`PASS_BY`] from now, or the
+/// caller's own if sooner.
+fn pass_by(deadline: Option<Instant>) -> Instant {
+    let soon = Instant::now() + PASS_BY;
+    deadline.map_or(soon, |d| d.min(soon))
 }
 
 /// How long a [`wait`] has waited, as its `attempt` is told.
@@ -1099,9 +1144,8 @@ impl<T: Message> AsFd for Queue<T> {
             let get = ring.get_lock().acquire();
             let put = ring.put_lock().acquire();
             pollers.store(1, Ordering::SeqCst);
-            if ring.recount().is_err() {
-                ring.reset();
-            }
+            // Also what a repair does, should either lock have been taken from the dead.
+            self.mend();
             if put.is_held() {
                 let _ = ring.put_lock().release();
             }
@@ -1219,8 +1263,9 @@ mod tests {
 
     /// Frames taken out of order are marked `DONE` and keep their room until `head` is moved
     /// over them. A producer short of room does not reclaim while it spins (that would take
-    /// the consumers' lock from under a busy consumer), but does once it has waited: with
-    /// no consumer left to move `head`, a full ring of such frames still takes new items.
+    /// the consumers' lock from under a busy consumer), but does once it has waited, or on
+    /// the last try of a `try_put`: with no consumer left to move `head`, a full ring of such
+    /// frames still takes new items.
     #[test]
     fn room_left_by_frames_taken_out_of_order_comes_back_to_a_waiting_producer() {
         let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
@@ -1251,8 +1296,14 @@ mod tests {
             taken += 1;
         }
         assert!(taken > 0);
-        // …and once it is released, nothing moves `head` but a producer that waits.
+        // …and once it is released, nothing moves `head` but a producer: a `try_put`, whose
+        // one try is its last, and any put that waits.
         ring.release(claim);
+        q.try_put(vec![7; 100]).unwrap();
+        assert_eq!(
+            q.get_timeout(Duration::from_secs(30)).unwrap(),
+            vec![7; 100]
+        );
         for i in 0..100u8 {
             q.put_timeout(vec![i; 100], Duration::from_secs(30))
                 .unwrap();

@@ -10,9 +10,10 @@
 //! a frame copied outside the locks, its owner's identity (two `u64`, see [`OWNED`]), then
 //! its payload, padded to 8. (A small item, copied under the locks, has no owner to record:
 //! a `u64` below 2^56, 8 bytes encoded at most, takes a frame of 16 bytes, four to a cache
-//! line.) A frame never wraps: when one
-//! does not fit before the end, a `PAD` frame (or, with fewer than `HDR` bytes left, nothing:
-//! an implicit pad) fills the rest of that lap.
+//! line.) A frame never wraps: when one does not fit before the end, a `PAD` frame fills
+//! the rest of that lap. (Frames are 8-aligned and headers 8 bytes, so a lap never ends
+//! with less room than a header; a reader would take such an end for padding all the
+//! same.)
 //!
 //! # Protocol
 //! - `tail` (where the next frame goes) moves only under the producers' lock, `head` (the
@@ -284,10 +285,12 @@ impl Ring {
     /// The owner of the frame at `pos`: the one recorded, or the lock holder's if none is.
     #[inline]
     fn owner(&self, pos: u64) -> Owner {
-        if self.len_word(pos).load(Ordering::Relaxed) & OWNED == 0 {
+        let at = self.at(pos) + HDR;
+        // Read again, not the word `frame_at` checked: a frame whose flag another process
+        // set meanwhile, at the very end of the ring, must not send the read past it.
+        if self.len_word(pos).load(Ordering::Relaxed) & OWNED == 0 || at + OWNER > self.mem.len() {
             return Owner::LOCK_HOLDER;
         }
-        let at = self.at(pos) + HDR;
         Owner([
             self.mem.u64_at(at).load(Ordering::Relaxed),
             self.mem.u64_at(at + 8).load(Ordering::Relaxed),
@@ -298,16 +301,24 @@ impl Ring {
     fn ends(&self) -> Result<(u64, u64), Corrupt> {
         let head = self.word(HEAD).load(Ordering::Acquire);
         let tail = self.word(TAIL).load(Ordering::Acquire);
-        if head > tail
-            || tail - head > self.cap as u64
-            || !head.is_multiple_of(8)
-            || !tail.is_multiple_of(8)
-        {
+        if !self.one_lap(head, tail) {
             return Err(Corrupt(format!(
                 "head {head} and tail {tail} are not one lap"
             )));
         }
         Ok((head, tail))
+    }
+
+    /// Whether `head` and `tail` could be the ends of the ring: 8-aligned, at most a lap
+    /// apart in order, and far from the top of `u64` (positions count bytes from 0: 2^62
+    /// of them take centuries), so that no sum of a position and a size overflows.
+    #[inline]
+    fn one_lap(&self, head: u64, tail: u64) -> bool {
+        head <= tail
+            && tail - head <= self.cap as u64
+            && tail <= 1 << 62
+            && head.is_multiple_of(8)
+            && tail.is_multiple_of(8)
     }
 
     /// `head`, and `tail` as the consumers last read it ([`GET_TAIL`], a lower bound: every
@@ -316,7 +327,7 @@ impl Ring {
     fn get_ends(&self) -> Result<(u64, u64), Corrupt> {
         let head = self.word(HEAD).load(Ordering::Acquire);
         let tail = self.word(GET_TAIL).load(Ordering::Relaxed);
-        if head <= tail && tail - head <= self.cap as u64 && tail.is_multiple_of(8) {
+        if self.one_lap(head, tail) {
             return Ok((head, tail));
         }
         self.get_fresh_ends()
@@ -336,11 +347,7 @@ impl Ring {
     fn put_ends(&self) -> Result<(u64, u64), Corrupt> {
         let head = self.word(PUT_HEAD).load(Ordering::Relaxed);
         let tail = self.word(PUT_TAIL).load(Ordering::Relaxed);
-        if head <= tail
-            && tail - head <= self.cap as u64
-            && head.is_multiple_of(8)
-            && tail.is_multiple_of(8)
-        {
+        if self.one_lap(head, tail) {
             return Ok((head, tail));
         }
         self.resync_put()?;
@@ -428,7 +435,7 @@ impl Ring {
         let first = self.count_one_more();
         // No fence before the look at sleeping consumers: both are made under the producers'
         // lock, which a consumer passes through after counting itself asleep and before
-        // looking for items (see `Queue::get_until`). Either it passed before this put took
+        // looking for items (see `Queue::get_waiting`). Either it passed before this put took
         // the lock, and this sees it counted, or after, and it sees this frame.
         self.state(pos).store(READY, Ordering::Release);
         self.wake_consumers();
@@ -495,7 +502,7 @@ impl Ring {
         if tail + pad + size - head > self.cap as u64 {
             // Too little room as last seen: look where the consumers are now.
             let head = self.word(HEAD).load(Ordering::Acquire);
-            if head > tail || tail - head > self.cap as u64 || !head.is_multiple_of(8) {
+            if !self.one_lap(head, tail) {
                 return Err(Corrupt(format!(
                     "head {head} and tail {tail} are not one lap"
                 )));
@@ -594,8 +601,9 @@ impl Ring {
     }
 
     /// Tells producers asleep for room that some may have come back.
-    /// The caller has just made room with a SeqCst write (a producer counts itself asleep,
-    /// then looks for room: either it sees the room, or this sees it asleep).
+    /// The caller has just made room, either with a SeqCst write or under the consumers'
+    /// lock (a producer counts itself asleep (SeqCst), passes through that lock, then looks
+    /// for room: either it sees the room, or this sees it asleep).
     pub(crate) fn signal_room(&self) {
         if self.put_sleepers().load(Ordering::SeqCst) > 0 {
             self.freed().fetch_add(1, Ordering::SeqCst);
@@ -605,8 +613,9 @@ impl Ring {
 
     /// Claims the first `READY` frame for `me`, reclaiming first. The caller holds the
     /// consumers' lock.
-    /// A small frame (see [`SMALL`]) is copied into `out` here, under the lock, and marked
-    /// `DONE` at once: the claim then comes back `copied`, with nothing left to release.
+    /// A small frame (see [`SMALL`]) is copied into `out` here, under the lock, and released
+    /// at once (`head` moved past it, or, behind an unsettled frame, marked `DONE`): the
+    /// claim then comes back `copied`, with nothing left to release.
     /// Without an owner (`me` is `None`) only a small frame is taken: `None` when the first
     /// `READY` frame is larger.
     pub(crate) fn claim(
@@ -620,7 +629,7 @@ impl Ring {
         let cursor = self.cursor(head, tail);
         if cursor - head > (self.cap / 4) as u64 {
             self.reclaim()?;
-            head = self.word(HEAD).load(Ordering::Relaxed);
+            (head, tail) = self.get_ends()?;
         }
         let mut pos = self.cursor(head, tail);
         // Whether every frame from `head` to `pos` is settled for good (done, dead or
@@ -835,7 +844,12 @@ impl Ring {
     /// but nothing worse happens.
     pub(crate) fn reset(&self) {
         let tail = self.word(TAIL).load(Ordering::Acquire);
-        let tail = tail - tail % 8;
+        // A `tail` written over with a position no ring reaches starts again from 0.
+        let tail = if self.one_lap(tail - tail % 8, tail - tail % 8) {
+            tail - tail % 8
+        } else {
+            0
+        };
         self.word(TAIL).store(tail, Ordering::Release);
         self.word(HEAD).store(tail, Ordering::Release);
         self.word(PUT_TAIL).store(tail, Ordering::Relaxed);
@@ -977,8 +991,24 @@ pub(crate) mod tests {
     /// on, never panics, and works again after a reset.
     #[test]
     fn scribbled_positions_are_reported_or_survived() {
-        let values = [0, 3, 8, 4096, 1 << 20, 1 << 40, u64::MAX - 7, u64::MAX];
-        for word in [PUT_TAIL, PUT_HEAD, GET_TAIL, CURSOR, HEAD, TAIL] {
+        let values = [
+            0,
+            3,
+            4,
+            8,
+            4096,
+            1 << 20,
+            1 << 40,
+            1 << 63,
+            u64::MAX - 7,
+            u64::MAX,
+        ];
+        // Each word alone, and each with the cursor sent back to 0 (so that a consumer
+        // starts from `head`, whatever it holds).
+        let cases = [PUT_TAIL, PUT_HEAD, GET_TAIL, CURSOR, HEAD, TAIL]
+            .into_iter()
+            .flat_map(|word| [(word, false), (word, true)]);
+        for (word, cursor_too) in cases {
             for value in values {
                 let t = test_ring(4096, 0);
                 let r = &t.ring;
@@ -987,6 +1017,9 @@ pub(crate) mod tests {
                 }
                 assert_eq!(take(r, me()).unwrap(), b"one");
                 r.word(word).store(value, Ordering::Relaxed);
+                if cursor_too {
+                    r.word(CURSOR).store(0, Ordering::Relaxed);
+                }
                 let mut corrupt = false;
                 for _ in 0..4 {
                     corrupt |= r.put_small(b"four").is_err();
@@ -1002,6 +1035,26 @@ pub(crate) mod tests {
                 assert!(take(r, me()).is_none());
             }
         }
+    }
+
+    /// A frame with no owner recorded, at the very end of the ring, whose length word
+    /// another process then marks as owned: asking for its owner reads nothing past the ring.
+    #[test]
+    fn an_owner_flag_set_on_the_last_frame_sends_no_read_past_the_ring() {
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        // Fill the lap up to its last 8 bytes, then half-put an empty small item there.
+        // Three frames of HDR + SMALL bytes and one of HDR + 984: 4088 bytes.
+        for len in [SMALL, SMALL, SMALL, 4096 - 8 - 4 * HDR - 3 * SMALL] {
+            assert!(r.put_small(&vec![0u8; len]).unwrap().is_some());
+        }
+        let last = r.word(TAIL).load(Ordering::Relaxed);
+        assert_eq!(last % 4096, 4096 - 8);
+        r.begin_small_for_tests(0);
+        r.len_word(last).store(OWNED, Ordering::Relaxed);
+        assert_eq!(r.owner(last), Owner::LOCK_HOLDER);
+        let _ = r.bury_dead();
+        let _ = r.bury_lock_holders();
     }
 
     /// A producer killed between moving `tail` and the producers' copy of it: whoever takes
