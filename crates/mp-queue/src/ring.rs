@@ -1259,4 +1259,119 @@ pub(crate) mod tests {
             }
         }
     }
+
+    /// Another process may write anything anywhere in the region at any moment. Whatever it
+    /// writes between any two operations, every operation gives a value or an error (never a
+    /// panic, never a read or write outside the region), and after a reset, which is what a
+    /// queue does on an error, the ring works again.
+    mod hostile {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            PutSmall(usize),
+            /// Reserve, fill and publish a frame copied outside the lock.
+            Put(usize),
+            /// Claim (with an owner or without), then read and release.
+            Take(bool),
+            Reclaim,
+            BuryDead,
+            BuryLockHolders,
+            Count,
+            AnyReady,
+            Resync,
+            /// A word of the region written over (8-aligned offset, value).
+            Scribble(usize, u64),
+            /// A half-word written over (4-aligned offset, value): states and lengths.
+            Scribble32(usize, u32),
+        }
+
+        const CAP: usize = 4096;
+
+        fn op() -> impl Strategy<Value = Op> {
+            let words = (CONTROL + CAP) / 8;
+            prop_oneof![
+                (0usize..=SMALL).prop_map(Op::PutSmall),
+                (SMALL + 1..1800usize).prop_map(Op::Put),
+                any::<bool>().prop_map(Op::Take),
+                Just(Op::Reclaim),
+                Just(Op::BuryDead),
+                Just(Op::BuryLockHolders),
+                Just(Op::Count),
+                Just(Op::AnyReady),
+                Just(Op::Resync),
+                // Mostly small values and positions near the ends, which pass more checks
+                // than random ones.
+                (
+                    0..words,
+                    prop_oneof![0u64..64, 0u64..(2 * CAP as u64), any::<u64>()]
+                )
+                    .prop_map(|(i, v)| Op::Scribble(i * 8, v)),
+                (0..words * 2, prop_oneof![0u32..8, any::<u32>()])
+                    .prop_map(|(i, v)| Op::Scribble32(i * 4, v)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn no_bytes_in_the_region_make_the_ring_panic(
+                ops in proptest::collection::vec(op(), 1..200)
+            ) {
+                let t = test_ring(CAP, 0);
+                let r = &t.ring;
+                let me = Owner::me();
+                for op in ops {
+                    let ok = match op {
+                        Op::PutSmall(len) => r.put_small(&vec![5; len]).map(drop),
+                        Op::Put(len) => r.reserve_small(len, me).map(|slot| {
+                            if let Some(slot) = slot {
+                                r.fill(slot, &vec![6; len]);
+                                r.publish(slot);
+                            }
+                        }),
+                        Op::Take(owned) => {
+                            let mut out = Vec::new();
+                            r.claim(owned.then_some(me), &mut out).map(|claim| {
+                                if let Some(claim) = claim.filter(|c| !c.copied) {
+                                    r.read(claim, &mut out);
+                                    r.release(claim);
+                                }
+                            })
+                        }
+                        Op::Reclaim => r.reclaim().map(drop),
+                        Op::BuryDead => r.bury_dead().map(drop),
+                        Op::BuryLockHolders => r.bury_lock_holders(),
+                        Op::Count => r.count().map(drop),
+                        Op::AnyReady => r.any_ready().map(drop),
+                        Op::Resync => r.resync_put(),
+                        Op::Scribble(at, value) => {
+                            r.mem.u64_at(at).store(value, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Op::Scribble32(at, value) => {
+                            r.mem.u32_at(at).store(value, Ordering::Relaxed);
+                            Ok(())
+                        }
+                    };
+                    if ok.is_err() {
+                        r.reset();
+                    }
+                }
+                // The configuration may have been written over too: put it back, as a
+                // queue's handle would refuse a region whose capacity changed.
+                r.word(CAPACITY).store(CAP as u64, Ordering::Relaxed);
+                r.word(MAXSIZE).store(0, Ordering::Relaxed);
+                r.reset();
+                prop_assert!(r.put_small(b"after").unwrap().is_some());
+                let mut out = Vec::new();
+                let claim = r.claim(Some(me), &mut out).unwrap();
+                prop_assert!(claim.is_some_and(|c| c.copied));
+                prop_assert_eq!(&out[..], b"after");
+            }
+        }
+    }
 }
