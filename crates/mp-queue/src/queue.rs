@@ -725,11 +725,15 @@ impl<T: Message> Queue<T> {
                     } else if waited == Waited::Asleep {
                         // Counted asleep: pass through the producers' lock before looking,
                         // since small puts publish and look for sleepers under it with no
-                        // fence between (see `Ring::put_small`). A live holder lets go within
-                        // microseconds; one that does not within `PASS_BY` is stopped, or
-                        // dead, and makes no small put meanwhile (items published outside
-                        // the lock are fenced), so the look goes on without the pass, and
-                        // an item already there is not held back by a stopped producer.
+                        // fence between (see `Ring::put_small`). A running holder lets go
+                        // within microseconds. One that keeps it past `PASS_BY` is stopped,
+                        // dead or descheduled, and the look goes on without the pass (an item
+                        // already there is not held back by a stopped producer): a small put
+                        // it then finishes looks for sleepers 10 ms after this consumer
+                        // counted itself, and sees it; had it looked before, its frame,
+                        // published before that look, has long been visible to ours. The
+                        // model does not promise that timing; the sleep below is bounded by
+                        // the next owner check all the same.
                         with_lock_until(self, ring.put_lock(), Some(pass_by(deadline)), || Ok(()))?;
                     }
                     with_lock_until(self, ring.get_lock(), deadline, || {
@@ -848,7 +852,10 @@ impl<T: Message> Queue<T> {
     fn release_after_death(&self, lock: &RawLock) {
         let ring = self.ring();
         if std::ptr::eq(lock, ring.put_lock()) && ring.resync_put().is_err() {
-            ring.reset();
+            // Corrupted: a reset needs both locks, and the consumers' is taken first. Spoil
+            // the producers' copy instead, so that a producer coming before the repair below
+            // copies again, finds the corruption and resets under both.
+            ring.spoil_put();
         }
         let _ = lock.release();
         self.repair();

@@ -364,6 +364,13 @@ impl Ring {
         Ok(())
     }
 
+    /// Makes the producers' copies fail their check, so that the next producer copies the
+    /// positions again (and finds any corruption there). The caller holds the producers'
+    /// lock.
+    pub(crate) fn spoil_put(&self) {
+        self.word(PUT_HEAD).store(u64::MAX, Ordering::Relaxed);
+    }
+
     /// Moves `tail` (and the producers' copy) to `tail`. The caller holds the producers'
     /// lock.
     #[inline]
@@ -844,12 +851,9 @@ impl Ring {
     /// but nothing worse happens.
     pub(crate) fn reset(&self) {
         let tail = self.word(TAIL).load(Ordering::Acquire);
-        // A `tail` written over with a position no ring reaches starts again from 0.
-        let tail = if self.one_lap(tail - tail % 8, tail - tail % 8) {
-            tail - tail % 8
-        } else {
-            0
-        };
+        // A `tail` written over with a position no ring reaches (with room to spare below
+        // the bound of `one_lap`) starts again from 0.
+        let tail = if tail <= 1 << 61 { tail - tail % 8 } else { 0 };
         self.word(TAIL).store(tail, Ordering::Release);
         self.word(HEAD).store(tail, Ordering::Release);
         self.word(PUT_TAIL).store(tail, Ordering::Relaxed);
