@@ -53,4 +53,9 @@ pub mod __testing {
     pub fn die_holding_the_reply_lock() {
         crate::worker::die_holding_the_reply_lock();
     }
+
+    /// Whether `pool`'s watcher sleeps with no deadline now (it has no task to time).
+    pub fn watcher_untimed(pool: &crate::Pool) -> bool {
+        pool.watcher_untimed()
+    }
 }

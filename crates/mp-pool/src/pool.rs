@@ -224,6 +224,13 @@ impl Pool {
         self.shared.config().processes
     }
 
+    /// See [`crate::__testing::watcher_untimed`].
+    pub(crate) fn watcher_untimed(&self) -> bool {
+        self.shared
+            .watcher_untimed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The pids of the workers running now (they change as workers are replaced).
     pub fn pids(&self) -> Vec<u32> {
         self.shared.pids()

@@ -43,6 +43,9 @@ const AHEAD: Duration = Duration::from_micros(200);
 const INBOX: usize = 256 << 10;
 /// Bytes of the reply queue's ring.
 const REPLIES: usize = 1 << 20;
+/// How long the watcher waits for room for a worker's end notice before it looks whether
+/// the pool has ended (and its reply thread with it).
+const NOTICE_RETRY: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -118,6 +121,8 @@ pub(crate) struct State {
     next_generation: u64,
     /// `join` is done with the workers: the threads leave.
     shutdown: bool,
+    /// `join` has told the workers to stop: none is replaced, and no task is sent any more.
+    joining: bool,
 }
 
 pub(crate) struct Shared {
@@ -131,6 +136,9 @@ pub(crate) struct Shared {
     /// Threads waiting on this pool's results now (for SIGINT).
     pub(crate) waiting: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Whether the watcher sleeps with no deadline (no task to time): for a test that must
+    /// catch it there.
+    pub(crate) watcher_untimed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -151,6 +159,7 @@ impl Shared {
                 next_job: 0,
                 next_generation: 0,
                 shutdown: false,
+                joining: false,
             }),
             idle: Condvar::new(),
             replies,
@@ -158,6 +167,7 @@ impl Shared {
             config,
             waiting: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
+            watcher_untimed: std::sync::atomic::AtomicBool::new(false),
         });
         {
             // Every inbox before the first worker starts: under fork, a page this process
@@ -280,6 +290,21 @@ impl Shared {
         if matches!(state.phase, Phase::Ended(_)) {
             return;
         }
+        if state.joining {
+            // `join` has stopped the workers: nothing would ever run these. Their jobs (an
+            // `imap` whose input was taken lazily after `close` and `join`) fail instead.
+            let mut callbacks = Vec::new();
+            for task in tasks {
+                if let Some(cell) = state.jobs.remove(&task.job) {
+                    callbacks.extend(cell.fail(Error::Closed));
+                }
+            }
+            if !callbacks.is_empty() {
+                // Run by whoever holds no lock: rare enough to spawn for.
+                std::thread::spawn(move || run_callbacks(callbacks));
+            }
+            return;
+        }
         state.pending.extend(tasks);
         self.pump(state);
     }
@@ -309,6 +334,12 @@ impl Shared {
 
     /// Sends queued tasks to workers with room, the least loaded first.
     fn pump(&self, state: &mut State) {
+        // A worker told of its last task when its inbox had no room for the stop: told now.
+        for slot in &mut state.slots {
+            if slot.left == Some(0) && !slot.stopped && slot.process.is_some() && !slot.ended {
+                slot.stopped = slot.inbox.try_put(Msg::bare(Head::Stop)).is_ok();
+            }
+        }
         while !state.pending.is_empty() {
             let Some(slot) = state
                 .slots
@@ -326,6 +357,11 @@ impl Shared {
                 Ok(()) => {
                     if slot.held.is_empty() {
                         slot.since = Instant::now();
+                        if self.config.task_timeout.is_some() {
+                            // The watcher may be asleep with no deadline (every worker was
+                            // idle): it must start counting this task's time.
+                            let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+                        }
                     }
                     slot.held.push_back(task);
                     if let Some(left) = &mut slot.left {
@@ -349,7 +385,8 @@ impl Shared {
                         }
                         continue;
                     }
-                    // This worker's inbox is full: try the next one, or stop.
+                    // This worker's inbox is full: stop for now (the least loaded is full,
+                    // so the others are too or hold more).
                     return;
                 }
             }
@@ -399,6 +436,12 @@ impl Shared {
             let mut callbacks = Vec::new();
             for _ in 0..256 {
                 if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                    // Ended by a reply of this batch (an initializer that failed, say): a
+                    // `join` waiting for the pool to drain must hear of it, and the
+                    // callbacks gathered so far still run.
+                    self.idle.notify_all();
+                    drop(state);
+                    run_callbacks(callbacks);
                     return;
                 }
                 match next {
@@ -531,10 +574,12 @@ impl Shared {
         }
         let wanted = match state.phase {
             Phase::Running => true,
-            Phase::Closed => !state.pending.is_empty(),
+            // Closed: still wanted while work is queued, or a job is open that may send
+            // more (an `imap` taking its input lazily, a `map_async` still encoding).
+            Phase::Closed => !state.pending.is_empty() || !state.jobs.is_empty(),
             Phase::Ended(_) => false,
         };
-        if wanted && !state.shutdown {
+        if wanted && !state.joining {
             match self.spawn(state, slot) {
                 Ok(fresh) => state.slots[slot as usize] = fresh,
                 Err(err) => {
@@ -569,7 +614,10 @@ impl Shared {
                     let (Some(after), false) = (timeout, s.held.is_empty()) else {
                         continue;
                     };
-                    let at = s.since + after;
+                    // A timeout past the clock's range never comes.
+                    let Some(at) = s.since.checked_add(after) else {
+                        continue;
+                    };
                     if at <= now && s.timed_out.is_none() {
                         s.timed_out = s.held.front().map(|t| (t.job, t.chunk));
                         if let Some(p) = &s.process {
@@ -604,7 +652,11 @@ impl Shared {
                     tv_nsec: i64::from(left.subsec_nanos()),
                 }
             });
+            self.watcher_untimed
+                .store(timeout.is_none(), std::sync::atomic::Ordering::Relaxed);
             let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+            self.watcher_untimed
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             let ended: Vec<(u32, u64)> = fds
                 .iter()
                 .zip(&watched)
@@ -627,10 +679,18 @@ impl Shared {
             }
             for (slot, generation) in ended {
                 // Behind every reply the worker put before it ended. Not under the state
-                // lock: the reply thread needs it to make room.
-                let _ = self
-                    .replies
-                    .put(Msg::bare(Head::Ended { slot, generation }));
+                // lock: the reply thread needs it to make room. A pool that ends meanwhile
+                // has no reply thread left to make room: then the notice is dropped.
+                let notice = Msg::bare(Head::Ended { slot, generation });
+                while let Err(err) = self.replies.put_timeout(notice.clone(), NOTICE_RETRY) {
+                    let state = self.lock();
+                    if !matches!(err.error, mp_queue::Error::Full)
+                        || matches!(state.phase, Phase::Ended(_))
+                        || state.shutdown
+                    {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -736,6 +796,7 @@ impl Shared {
             };
         }
         // Stop every worker; the reply thread reaps each as its notice comes.
+        state.joining = true;
         for s in &mut state.slots {
             if s.process.is_some() && !s.stopped {
                 s.stopped = s.inbox.put(Msg::bare(Head::Stop)).is_ok();

@@ -417,6 +417,48 @@ fn a_task_past_its_timeout_is_killed_and_fails_and_the_pool_goes_on() {
     assert_eq!(pool.map(square, 0..100).unwrap().len(), 100);
 }
 
+/// A task sent to a pool whose watcher sleeps with no deadline (no task was in flight):
+/// the send wakes it, so the task's time is counted and the timeout still kills it.
+#[test]
+fn a_timeout_is_kept_for_a_task_sent_while_every_worker_was_idle() {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(pool.map(square, 0..10).unwrap().len(), 10);
+    let start = Instant::now();
+    while !mp_pool::__testing::watcher_untimed(&pool) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the watcher never went to sleep untimed"
+        );
+        std::thread::yield_now();
+    }
+    let outcome = pool.apply_async(forever, 0).unwrap();
+    assert!(
+        matches!(
+            outcome.get_timeout(DEADLINE),
+            Err(Error::TaskTimeout { .. })
+        ),
+        "the task was not timed out"
+    );
+}
+
+/// A timeout past the clock's range is no timeout (it must not overflow the watcher).
+#[test]
+fn an_endless_task_timeout_times_nothing_out() {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(square, 7).unwrap(), 49);
+    // The watcher still sees deaths.
+    assert!(matches!(pool.apply(die, 0), Err(Error::WorkerLost { .. })));
+    assert_eq!(pool.apply(square, 8).unwrap(), 64);
+}
+
 #[test]
 fn maxtasksperchild_replaces_workers_as_they_reach_it() {
     let pool = Pool::builder()
@@ -473,6 +515,27 @@ fn the_initializer_runs_in_every_worker_and_a_failing_one_stops_the_pool() {
     ));
 }
 
+/// A pool of several workers whose initializer fails, closed and joined: `join` hears that
+/// the pool ended (every worker's failure arrives in one batch of replies).
+#[test]
+fn join_returns_after_a_failing_initializer() {
+    for _ in 0..5 {
+        let pool = Pool::builder()
+            .processes(3)
+            .initializer(broken_init, ())
+            .build()
+            .unwrap();
+        pool.close();
+        let (done, joined) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = pool.join();
+            done.send(()).unwrap();
+        });
+        assert_eq!(joined.recv_timeout(DEADLINE), Ok(()), "join hung");
+        waiter.join().unwrap();
+    }
+}
+
 #[test]
 fn imap_takes_its_input_lazily_so_an_endless_one_works() {
     let pool = Pool::new(2).unwrap();
@@ -508,6 +571,27 @@ fn close_then_join_drains_and_new_work_is_refused() {
     pool.join().unwrap();
     assert_eq!(later.get().unwrap().len(), 500);
     assert!(pids.iter().all(|&p| !alive(p)), "workers left: {pids:?}");
+}
+
+/// An `imap` takes its input as it is consumed. Consumed only after `close` and `join`
+/// (which stopped the workers), the rest of it fails with `Closed` instead of waiting for
+/// ever.
+#[test]
+fn an_imap_consumed_after_close_and_join_fails_instead_of_hanging() {
+    let pool = Pool::new(2).unwrap();
+    let results = pool.imap(square, 0..100u64).unwrap();
+    pool.close();
+    pool.join().unwrap();
+    let (done, got) = std::sync::mpsc::channel();
+    let consumer = std::thread::spawn(move || {
+        let outcome: Result<Vec<u64>, Error> = results.collect();
+        done.send(outcome.map(|v| v.len())).unwrap();
+    });
+    match got.recv_timeout(DEADLINE) {
+        Ok(Err(Error::Closed)) => {}
+        other => panic!("{other:?}"),
+    }
+    consumer.join().unwrap();
 }
 
 #[test]
