@@ -84,6 +84,9 @@ struct Slot {
     ended: bool,
     /// Killed by the watcher for this task's timeout (its job and chunk).
     timed_out: Option<(u64, u32)>,
+    /// Its initializer has run (or there is none): until then, its death is the
+    /// initializer's failure.
+    ready: bool,
 }
 
 impl Slot {
@@ -267,6 +270,7 @@ impl Shared {
             stopped: false,
             ended: false,
             timed_out: None,
+            ready: self.config.init.is_none(),
         })
     }
 
@@ -510,6 +514,16 @@ impl Shared {
                 )
             }
             Head::Ended { slot, generation } => self.ended(state, slot, generation),
+            Head::Ready { slot, generation } => {
+                if let Some(s) = state
+                    .slots
+                    .get_mut(slot as usize)
+                    .filter(|s| s.generation == generation)
+                {
+                    s.ready = true;
+                }
+                Vec::new()
+            }
             Head::InitFailed {
                 slot,
                 generation,
@@ -554,6 +568,22 @@ impl Shared {
             .map_or(ExitStatus::Signal(libc::SIGKILL), ExitStatus::from_exitcode);
         drop(process);
         let pid = s.pid;
+        if !s.ready && s.timed_out.is_none() {
+            // Ended inside its initializer without a panic (an abort, a signal, an exit):
+            // the initializer failed, and the pool stops rather than start it again and again.
+            // (Not one the pool killed for a task's timeout: a slow initializer is not a
+            // failing one.)
+            let err = Error::Initializer {
+                pid,
+                message: format!("the initializer ended the worker ({status})"),
+            };
+            let (processes, cells) = Self::take_all(state, err.clone());
+            Self::kill_all(processes);
+            return cells
+                .into_iter()
+                .flat_map(|c| c.fail(err.clone()))
+                .collect();
+        }
         let timed_out = s.timed_out;
         let mut held = std::mem::take(&mut s.held);
         let mut callbacks = Vec::new();
@@ -701,6 +731,10 @@ impl Shared {
         let (processes, cells) = {
             let mut state = self.lock();
             if matches!(state.phase, Phase::Ended(_)) {
+                // Ended from inside (an initializer that failed): the watcher may sleep
+                // with nothing left to watch, and must hear it to leave.
+                drop(state);
+                self.wake_threads();
                 return;
             }
             Self::take_all(&mut state, error.clone())

@@ -200,6 +200,9 @@ pub(crate) enum Head {
         generation: u64,
         message: String,
     },
+    /// A worker's initializer ran: a death from here on is the worker's, not the
+    /// initializer's (one that ended the worker without a panic sends nothing).
+    Ready { slot: u32, generation: u64 },
     /// (From the pool's own watcher.) The worker in `slot`, generation `generation`, has
     /// ended; everything it sent before is ahead of this in the queue.
     Ended { slot: u32, generation: u64 },

@@ -75,6 +75,7 @@ pub(crate) fn main(boot: Boot) {
             }));
             return;
         }
+        let _ = replies.put(Msg::bare(Head::Ready { slot, generation }));
     }
     let _ = REPLIES.set(replies.clone());
     let mut known: Option<(TargetId, Target)> = None;

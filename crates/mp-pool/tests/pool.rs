@@ -515,6 +515,27 @@ fn the_initializer_runs_in_every_worker_and_a_failing_one_stops_the_pool() {
     ));
 }
 
+fn exiting_init(_: ()) {
+    std::process::exit(3);
+}
+
+/// An initializer that ends its worker without a panic (an exit here; an abort or a signal
+/// alike) stops the pool too, rather than have it started again and again.
+#[test]
+fn an_initializer_that_exits_stops_the_pool() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(exiting_init, ())
+        .build()
+        .unwrap();
+    match pool.map(square, 0..4) {
+        Err(Error::Initializer { message, .. }) => {
+            assert!(message.contains("ended the worker"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A pool of several workers whose initializer fails, closed and joined: `join` hears that
 /// the pool ended (every worker's failure arrives in one batch of replies).
 #[test]
