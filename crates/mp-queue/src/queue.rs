@@ -501,40 +501,45 @@ impl<T: Message> Queue<T> {
         mut put: impl FnMut() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Result<R> {
         let ring = self.ring();
-        let checks = self.owner_checks();
+        self.wait_for_room(deadline, |waited| {
+            loop {
+                let Some(done) = with_lock_until(self, ring.put_lock(), deadline, &mut put)? else {
+                    return Ok(None); // the lock was not had in time
+                };
+                if done.is_some() {
+                    return Ok(done);
+                }
+                if !self.make_room(deadline, waited)? {
+                    return Ok(None);
+                }
+            }
+        })?
+        .ok_or(Error::Full)
+    }
+
+    /// [`wait`]s for room: `attempt` until it gives a value or `deadline` passes, asleep on
+    /// the producers' word between tries. A producer counted asleep passes through the
+    /// consumers' lock (reclaiming on the way) before each try: consumers free room and
+    /// look for sleeping producers under that lock, with no fence between, so either one
+    /// saw this producer counted or it sees their room (see [`Ring::claim`]).
+    fn wait_for_room<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(Waited) -> Result<Option<R>>,
+    ) -> Result<Option<R>> {
+        let ring = self.ring();
         wait(
             ring.freed(),
             ring.put_sleepers(),
             deadline,
-            checks,
+            self.owner_checks(),
             |waited| {
-                self.before_looking_for_room(deadline, waited)?;
-                loop {
-                    let Some(done) = with_lock_until(self, ring.put_lock(), deadline, &mut put)?
-                    else {
-                        return Ok(None); // the lock was not had in time
-                    };
-                    if done.is_some() {
-                        return Ok(done);
-                    }
-                    if !self.make_room(deadline, waited)? {
-                        return Ok(None);
-                    }
+                if waited != Waited::Briefly {
+                    self.make_room(deadline, waited)?;
                 }
+                attempt(waited)
             },
-        )?
-        .ok_or(Error::Full)
-    }
-
-    /// A producer counted asleep passes through the consumers' lock (reclaiming on the way)
-    /// before it looks for room: consumers free room and look for sleeping producers under
-    /// that lock, with no fence between, so either one saw this producer counted or it sees
-    /// their room (see [`Ring::claim`]).
-    fn before_looking_for_room(&self, deadline: Option<Instant>, waited: Waited) -> Result<()> {
-        if waited != Waited::Briefly {
-            self.make_room(deadline, waited)?;
-        }
-        Ok(())
+        )
     }
 
     /// Reclaims (and, after a while, buries the dead) under the consumers' lock; whether
@@ -561,7 +566,7 @@ impl<T: Message> Queue<T> {
                 locked(self, lock, lock.try_acquire(), reclaim)?
             }
             Waited::Briefly => return Ok(false),
-            // A pass through the lock (see `before_looking_for_room`), bounded as in
+            // A pass through the lock (see `wait_for_room`), bounded as in
             // `get_waiting`.
             Waited::Asleep => with_lock_until(self, lock, Some(pass_by(deadline)), reclaim)?,
             Waited::Long => with_lock_until(self, lock, deadline, reclaim)?,
@@ -607,47 +612,39 @@ impl<T: Message> Queue<T> {
     ) -> Result<Option<ring::Slot>> {
         let ring = self.ring();
         let me = Owner::me();
-        let checks = self.owner_checks();
-        wait(
-            ring.freed(),
-            ring.put_sleepers(),
-            deadline,
-            checks,
-            |waited| {
-                self.before_looking_for_room(deadline, waited)?;
-                loop {
-                    let reserved = with_lock_until(self, ring.put_lock(), deadline, || {
-                        Ok(match ring.reserve(len, big, me)? {
-                            None => Ok(None),
-                            Some(slot) => match then(slot) {
-                                Ok(true) => Ok(Some(Some(slot))),
-                                Ok(false) => {
-                                    ring.abandon(slot);
-                                    Ok(Some(None))
-                                }
-                                Err(e) => {
-                                    ring.abandon(slot);
-                                    Err(e)
-                                }
-                            },
-                        })
-                    })?;
-                    let Some(reserved) = reserved else {
-                        return Ok(None); // the lock was not had in time
-                    };
-                    match reserved? {
-                        Some(Some(slot)) => return Ok(Some(slot)),
-                        Some(None) => return Ok(None), // the side channel is full: wait
-                        None => {
-                            // Make room, then try once more if that freed anything.
-                            if !self.make_room(deadline, waited)? {
-                                return Ok(None);
+        self.wait_for_room(deadline, |waited| {
+            loop {
+                let reserved = with_lock_until(self, ring.put_lock(), deadline, || {
+                    Ok(match ring.reserve(len, big, me)? {
+                        None => Ok(None),
+                        Some(slot) => match then(slot) {
+                            Ok(true) => Ok(Some(Some(slot))),
+                            Ok(false) => {
+                                ring.abandon(slot);
+                                Ok(Some(None))
                             }
+                            Err(e) => {
+                                ring.abandon(slot);
+                                Err(e)
+                            }
+                        },
+                    })
+                })?;
+                let Some(reserved) = reserved else {
+                    return Ok(None); // the lock was not had in time
+                };
+                match reserved? {
+                    Some(Some(slot)) => return Ok(Some(slot)),
+                    Some(None) => return Ok(None), // the side channel is full: wait
+                    None => {
+                        // Make room, then try once more if that freed anything.
+                        if !self.make_room(deadline, waited)? {
+                            return Ok(None);
                         }
                     }
                 }
-            },
-        )
+            }
+        })
     }
 
     /// Puts an item through the side channel: its bytes in a memfd, sent with its
