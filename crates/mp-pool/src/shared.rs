@@ -303,10 +303,7 @@ impl Shared {
                     callbacks.extend(cell.fail(Error::Closed));
                 }
             }
-            if !callbacks.is_empty() {
-                // Run by whoever holds no lock: rare enough to spawn for.
-                std::thread::spawn(move || run_callbacks(callbacks));
-            }
+            run_callbacks_later(callbacks);
             return;
         }
         state.pending.extend(tasks);
@@ -383,10 +380,7 @@ impl Shared {
                         let task = state.pending.pop_front().expect("just pushed");
                         let why = Error::from(mp_queue::Error::from(err));
                         let callbacks = self.deliver_error(state, &task, why);
-                        if !callbacks.is_empty() {
-                            // Run later by whoever holds no lock: rare enough to spawn for.
-                            std::thread::spawn(move || run_callbacks(callbacks));
-                        }
+                        run_callbacks_later(callbacks);
                         continue;
                     }
                     // This worker's inbox is full: stop for now (the least loaded is full,
@@ -857,6 +851,14 @@ impl Shared {
             .filter(|s| s.process.is_some())
             .map(|s| s.pid)
             .collect()
+    }
+}
+
+/// Runs callbacks gathered under the state lock, from a caller that still holds it: on a
+/// thread of their own, which holds no lock (rare enough to spawn for).
+fn run_callbacks_later(callbacks: Vec<Callback>) {
+    if !callbacks.is_empty() {
+        std::thread::spawn(move || run_callbacks(callbacks));
     }
 }
 
