@@ -52,6 +52,7 @@ mod depth;
 mod error;
 pub mod fd;
 mod message;
+pub mod plain;
 #[cfg(feature = "serde")]
 mod probe;
 mod sys;

@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use mp_codec::{Decode, Frame};
+use mp_codec::{Decode, Frame, plain};
 use mp_spawn::CallError;
 
 use crate::{
@@ -23,6 +23,8 @@ pub(crate) struct Arrival {
     pub(crate) outcome: Result<Arc<Frame>>,
     /// The first item that failed, and why.
     pub(crate) failed: Option<(u32, CallError)>,
+    /// Set when the results are a run of plain values: every item that failed, in order.
+    pub(crate) plain: Option<Vec<(u32, CallError)>>,
 }
 
 /// Run once the job is done, by the thread that finished it, with no lock held: it may
@@ -185,7 +187,10 @@ impl Cell {
 }
 
 /// Decodes a chunk's arrival into one result per item, handed to `out` in order.
-pub(crate) fn decode_items<R: Decode>(arrival: &Arrival, out: &mut impl FnMut(Result<R>)) {
+pub(crate) fn decode_items<R: Decode + 'static>(
+    arrival: &Arrival,
+    out: &mut impl FnMut(Result<R>),
+) {
     let payload = match &arrival.outcome {
         Ok(payload) => payload,
         Err(err) => {
@@ -193,6 +198,9 @@ pub(crate) fn decode_items<R: Decode>(arrival: &Arrival, out: &mut impl FnMut(Re
             return;
         }
     };
+    if let Some(errors) = &arrival.plain {
+        return decode_plain(arrival, &payload.bytes, errors, out);
+    }
     let mut reader = ChunkReader::new(&payload.bytes, payload.fds.len());
     let mut fds = payload.fds.iter();
     let mut scratch = Frame::new();
@@ -210,7 +218,12 @@ pub(crate) fn decode_items<R: Decode>(arrival: &Arrival, out: &mut impl FnMut(Re
         }
         seen += 1;
     }
-    // Items the worker never got to (it could not read its chunk, or not send its results).
+    fail_the_rest(arrival, seen, out);
+}
+
+/// Fails the items from `seen` on, which the worker never got to (it could not read its
+/// chunk, or not send its results).
+fn fail_the_rest<R: Decode>(arrival: &Arrival, seen: u32, out: &mut impl FnMut(Result<R>)) {
     let why: Error = match &arrival.failed {
         Some((_, why)) => why.clone().into(),
         None => {
@@ -218,6 +231,35 @@ pub(crate) fn decode_items<R: Decode>(arrival: &Arrival, out: &mut impl FnMut(Re
         }
     };
     (seen..arrival.count).for_each(|_| out(Err(why.clone())));
+}
+
+/// [`decode_items`] for a run of plain results: each value read from its bytes, and each
+/// item named in `errors` failed with its error instead.
+fn decode_plain<R: Decode + 'static>(
+    arrival: &Arrival,
+    bytes: &[u8],
+    errors: &[(u32, CallError)],
+    out: &mut impl FnMut(Result<R>),
+) {
+    let Some(size) = plain::size_of::<R>() else {
+        let why = Error::decode::<R>("the worker's results are plain values, and it is not one");
+        (0..arrival.count).for_each(|_| out(Err(why.clone())));
+        return;
+    };
+    let mut errors = errors.iter().peekable();
+    let mut seen = 0u32;
+    for value in bytes.chunks_exact(size).take(arrival.count as usize) {
+        // (The worker names them in order; one out of order is skipped, never a panic.)
+        while errors.next_if(|(at, _)| *at < seen).is_some() {}
+        match errors.next_if(|(at, _)| *at == seen) {
+            Some((_, why)) => out(Err(why.clone().into())),
+            None => out(plain::take::<R>(value).ok_or_else(|| {
+                Error::decode::<R>("a plain value's bytes are not one of its type")
+            })),
+        }
+        seen += 1;
+    }
+    fail_the_rest(arrival, seen, out);
 }
 
 /// An item that owns descriptors, or is an error.
@@ -239,4 +281,76 @@ fn decode_item<'a, R: Decode>(
         return Err(why.into());
     }
     R::decode(scratch).map_err(Error::decode::<R>)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(values: &[u32], count: u32, errors: Vec<(u32, CallError)>) -> Arrival {
+        let mut frame = Frame::new();
+        for v in values {
+            plain::put(v, &mut frame.bytes);
+        }
+        Arrival {
+            chunk: 0,
+            count,
+            outcome: Ok(Arc::new(frame)),
+            failed: errors.first().cloned(),
+            plain: Some(errors),
+        }
+    }
+
+    fn decoded<R: Decode + 'static>(arrival: &Arrival) -> Vec<std::result::Result<R, String>> {
+        let mut out = Vec::new();
+        decode_items::<R>(arrival, &mut |r| out.push(r.map_err(|e| e.to_string())));
+        out
+    }
+
+    fn boom(at: u32) -> (u32, CallError) {
+        (at, CallError::Panicked(format!("boom {at}")))
+    }
+
+    #[test]
+    fn plain_results_keep_each_failure_in_its_place() {
+        let got = decoded::<u32>(&arrival(&[7, 0, 9, 0], 4, vec![boom(1), boom(3)]));
+        assert_eq!(
+            got,
+            [
+                Ok(7),
+                Err("task panicked: boom 1".into()),
+                Ok(9),
+                Err("task panicked: boom 3".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_plain_results_give_values_or_errors_and_exactly_count_of_them() {
+        // Failures out of order, repeated, or past the end; too few and too many bytes.
+        let cases = [
+            arrival(&[1, 2, 3], 3, vec![boom(2), boom(0), boom(2), boom(90)]),
+            arrival(&[1], 3, vec![]),
+            arrival(&[1, 2, 3, 4, 5], 2, vec![]),
+            arrival(&[], 2, vec![boom(0)]),
+        ];
+        for case in &cases {
+            assert_eq!(decoded::<u32>(case).len(), case.count as usize);
+        }
+        assert_eq!(
+            decoded::<u32>(&cases[1])[1..]
+                .iter()
+                .filter(|r| r.is_err())
+                .count(),
+            2
+        );
+        // Results said to be plain for a type that is not: every item fails.
+        let strings = decoded::<String>(&cases[2]);
+        assert_eq!(strings.len(), 2);
+        assert!(strings.iter().all(|r| r.is_err()));
+        // The bytes of a smaller type: too few for a u64 each.
+        let wide = decoded::<u64>(&arrival(&[1, 2, 3], 3, vec![]));
+        assert_eq!(wide.iter().filter(|r| r.is_ok()).count(), 1);
+        assert_eq!(wide.len(), 3);
+    }
 }

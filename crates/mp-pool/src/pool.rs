@@ -1,6 +1,6 @@
 use std::{sync::Arc, time::Duration};
 
-use mp_codec::{Encode, Frame, Message};
+use mp_codec::{Encode, Frame, Message, plain};
 use mp_spawn::{StartMethod, TargetId};
 
 use crate::{
@@ -160,14 +160,35 @@ fn default_chunksize(len: usize, processes: usize) -> usize {
 /// A chunk: its count of items, and their encodings.
 pub(crate) type Chunk = (u32, Frame);
 
-/// Encodes up to `chunksize` items from `items` as one chunk; `None` when there are none
-/// left. On an item that cannot be encoded: the chunk of the items before it (if any),
-/// then the error.
-pub(crate) fn encode_chunk<A: Encode>(
+/// Whether chunks of `A` for a target returning `R` cross as runs of plain values (both
+/// types plain numbers) rather than as items.
+pub(crate) fn plain_run<A: 'static, R: 'static>() -> bool {
+    plain::size_of::<A>().is_some() && plain::size_of::<R>().is_some()
+}
+
+/// Encodes up to `chunksize` items from `items` as one chunk (for a target returning `R`);
+/// `None` when there are none left. On an item that cannot be encoded: the chunk of the
+/// items before it (if any), then the error.
+pub(crate) fn encode_chunk<A: Encode + 'static, R: 'static>(
     items: &mut impl Iterator<Item = A>,
     chunksize: usize,
 ) -> Option<Result<Chunk, (Option<Chunk>, Error)>> {
     let mut frame = Frame::new();
+    if plain_run::<A, R>() {
+        // Numbers: their bytes, back to back (no encoding can fail).
+        let size = size_of::<A>();
+        let mut count = 0u32;
+        for item in items.take(chunksize) {
+            if count == 0 {
+                frame
+                    .bytes
+                    .reserve(chunksize.saturating_mul(size).min(64 << 20));
+            }
+            plain::put(&item, &mut frame.bytes);
+            count += 1;
+        }
+        return (count > 0).then_some(Ok((count, frame)));
+    }
     let mut writer = ChunkWriter::new(&mut frame);
     for item in items.take(chunksize) {
         if writer.count == 1 {
@@ -186,13 +207,24 @@ pub(crate) fn encode_chunk<A: Encode>(
 }
 
 /// A task of `job`: chunk number `chunk` of `count` items, to run with `target`.
-pub(crate) fn task(job: u64, chunk: u32, count: u32, target: TargetId, frame: Frame) -> Task {
+pub(crate) fn task<A: 'static, R: 'static>(
+    job: u64,
+    chunk: u32,
+    count: u32,
+    target: TargetId,
+    frame: Frame,
+) -> Task {
     Task {
         job,
         chunk,
         count,
         msg: Msg {
-            head: Head::Task { job, chunk, target },
+            head: Head::Task {
+                job,
+                chunk,
+                target,
+                plain: plain_run::<A, R>(),
+            },
             payload: Arc::new(frame),
         },
     }
@@ -340,13 +372,13 @@ impl Pool {
         };
         let mut chunk = 0u32;
         loop {
-            match encode_chunk(&mut items, chunksize) {
+            match encode_chunk::<A, R>(&mut items, chunksize) {
                 None => break,
                 Some(Ok((count, frame))) => {
                     cell.lock().outstanding += 1;
                     let mut state = self.shared.lock();
                     self.shared
-                        .submit(&mut state, [task(job, chunk, count, target, frame)]);
+                        .submit(&mut state, [task::<A, R>(job, chunk, count, target, frame)]);
                     drop(state);
                     chunk += 1;
                     // What came back meanwhile, decoded now rather than after the last chunk.

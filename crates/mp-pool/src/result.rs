@@ -174,7 +174,7 @@ pub(crate) struct Collector<R> {
     parked: BTreeMap<u32, Arrival>,
 }
 
-impl<R: Decode> Collector<R> {
+impl<R: Decode + 'static> Collector<R> {
     pub(crate) fn new(len: usize) -> Self {
         Collector {
             values: Vec::with_capacity(len),
@@ -212,7 +212,7 @@ impl<R: Decode> Collector<R> {
     }
 }
 
-impl<R: Decode> AsyncResult<Vec<R>> {
+impl<R: Decode + 'static> AsyncResult<Vec<R>> {
     /// A blocking `map`'s values, with what `collector` decoded already.
     pub(crate) fn collect(self, mut collector: Collector<R>) -> Result<Vec<R>> {
         let _waiting = Waiting::new(&self.shared.waiting);
@@ -222,7 +222,7 @@ impl<R: Decode> AsyncResult<Vec<R>> {
 }
 
 /// A `map`'s values, in order; the first failure (by completion) if any.
-pub(crate) fn finish_map<R: Decode>(inner: &Inner) -> Result<Vec<R>> {
+pub(crate) fn finish_map<R: Decode + 'static>(inner: &Inner) -> Result<Vec<R>> {
     if let Some(err) = &inner.error {
         return Err(err.clone());
     }
@@ -237,7 +237,7 @@ pub(crate) fn finish_map<R: Decode>(inner: &Inner) -> Result<Vec<R>> {
 }
 
 /// Appends a chunk's values to `values`; its first failed item fails the map.
-fn push_values<R: Decode>(arrival: &Arrival, values: &mut Vec<R>) -> Result<()> {
+fn push_values<R: Decode + 'static>(arrival: &Arrival, values: &mut Vec<R>) -> Result<()> {
     let mut failed = None;
     values.reserve(arrival.count as usize);
     decode_items::<R>(arrival, &mut |item: Result<R>| match item {
@@ -250,7 +250,7 @@ fn push_values<R: Decode>(arrival: &Arrival, values: &mut Vec<R>) -> Result<()> 
 }
 
 /// An `apply`'s value.
-pub(crate) fn finish_one<R: Decode>(inner: &Inner) -> Result<R> {
+pub(crate) fn finish_one<R: Decode + 'static>(inner: &Inner) -> Result<R> {
     finish_map::<R>(inner)?
         .pop()
         .ok_or_else(|| Error::decode::<R>("the worker's reply holds no result"))
@@ -346,9 +346,9 @@ where
 
 impl<R, I, A> Imap<R, I>
 where
-    R: Message,
+    R: Message + 'static,
     I: Iterator<Item = A>,
-    A: Message,
+    A: Message + 'static,
 {
     /// Makes and sends chunks while fewer than the bound are out.
     fn top_up(&mut self) {
@@ -358,15 +358,15 @@ where
             if self.sent - self.yielded >= self.bound {
                 break;
             }
-            match encode_chunk(input, self.chunksize) {
+            match encode_chunk::<A, R>(input, self.chunksize) {
                 None => self.input = None,
                 Some(Ok((count, frame))) => {
-                    tasks.push(task(self.job, self.sent, count, self.target, frame));
+                    tasks.push(task::<A, R>(self.job, self.sent, count, self.target, frame));
                     self.sent += 1;
                 }
                 Some(Err((before, err))) => {
                     if let Some((count, frame)) = before {
-                        tasks.push(task(self.job, self.sent, count, self.target, frame));
+                        tasks.push(task::<A, R>(self.job, self.sent, count, self.target, frame));
                         self.sent += 1;
                     }
                     // The item that cannot be encoded fails alone, in its place.
@@ -375,6 +375,7 @@ where
                         count: 1,
                         outcome: Err(err),
                         failed: None,
+                        plain: None,
                     });
                     self.sent += 1;
                 }
@@ -441,9 +442,9 @@ where
 
 impl<R, I, A> Iterator for Imap<R, I>
 where
-    R: Message,
+    R: Message + 'static,
     I: Iterator<Item = A>,
-    A: Message,
+    A: Message + 'static,
 {
     type Item = Result<R>;
 

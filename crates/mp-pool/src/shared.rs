@@ -399,6 +399,7 @@ impl Shared {
                 count: task.count,
                 outcome: Err(error),
                 failed: None,
+                plain: None,
             },
             task.job,
         )
@@ -477,6 +478,7 @@ impl Shared {
                 job,
                 chunk,
                 failed,
+                plain,
             } => {
                 let Some(s) = state.slots.get_mut(slot as usize) else {
                     return Vec::new();
@@ -503,6 +505,7 @@ impl Shared {
                         count: task.count,
                         outcome: Ok(msg.payload),
                         failed,
+                        plain,
                     },
                     job,
                 )

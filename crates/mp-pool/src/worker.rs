@@ -88,7 +88,13 @@ pub(crate) fn main(boot: Boot) {
     // task it held as lost and sends the others elsewhere, rather than wait for a reply
     // that would never come.
     while let Ok(msg) = inbox.get() {
-        let Head::Task { job, chunk, target } = msg.head else {
+        let Head::Task {
+            job,
+            chunk,
+            target,
+            plain,
+        } = msg.head
+        else {
             return;
         };
         let resolved = match known {
@@ -101,7 +107,14 @@ pub(crate) fn main(boot: Boot) {
             known = Some((target, t));
         }
         let payload = Arc::try_unwrap(msg.payload).unwrap_or_default();
-        let (out, failed) = run_chunk(resolved, payload, &mut scratch, std::mem::take(&mut spare));
+        let room = std::mem::take(&mut spare);
+        let (out, failed, plain) = if plain {
+            let (out, failed, errors) = run_plain(resolved, payload, room);
+            (out, failed, Some(errors))
+        } else {
+            let (out, failed) = run_chunk(resolved, payload, &mut scratch, room);
+            (out, failed, None)
+        };
         let reply = Msg {
             head: Head::Done {
                 slot,
@@ -109,6 +122,7 @@ pub(crate) fn main(boot: Boot) {
                 job,
                 chunk,
                 failed: failed.clone(),
+                plain,
             },
             payload: Arc::new(out),
         };
@@ -130,12 +144,57 @@ pub(crate) fn main(boot: Boot) {
                 job,
                 chunk,
                 failed: Some((failed.map_or(0, |(i, _)| i), why)),
+                plain: None,
             };
             if replies.put(Msg::bare(head)).is_err() {
                 std::process::exit(CANNOT_REPLY);
             }
         }
     }
+}
+
+/// An item that failed: its index in its chunk, and why.
+type Failure = (u32, CallError);
+
+/// Runs a chunk of plain arguments (a run of their bytes): the reply's payload (a run of
+/// results, zero bytes in the place of each item that failed), the first failure, and every
+/// failure in order.
+fn run_plain(
+    target: Result<Target, CallError>,
+    payload: Frame,
+    mut out: Frame,
+) -> (Frame, Option<Failure>, Vec<Failure>) {
+    let sizes = target.and_then(|t| {
+        let (arg, result) = t.plain_sizes().ok_or(CallError::WrongTypes)?;
+        if !payload.bytes.len().is_multiple_of(arg) {
+            return Err(CallError::Decode {
+                type_name: "a task's run of plain arguments".into(),
+                reason: format!(
+                    "{} bytes are no whole number of {arg}-byte items",
+                    payload.bytes.len()
+                ),
+            });
+        }
+        Ok((t, arg, result))
+    });
+    let (target, arg, result) = match sizes {
+        Ok(sizes) => sizes,
+        Err(why) => return (out, Some((0, why)), Vec::new()),
+    };
+    let mut errors = Vec::new();
+    let mut from = 0;
+    // Each failure is stepped over: every pass goes at least one item further.
+    while let Err((at, why)) = target.call_plain(&payload.bytes[from * arg..], &mut out.bytes) {
+        let at = from + at;
+        out.bytes.resize(out.bytes.len() + result, 0);
+        errors.push((at as u32, why));
+        from = at + 1;
+        if from * arg >= payload.bytes.len() {
+            break;
+        }
+    }
+    let failed = errors.first().cloned();
+    (out, failed, errors)
 }
 
 /// Runs every item of a chunk: the reply's payload (one result item per item, in order, up
@@ -187,4 +246,49 @@ fn run_chunk(
         index += 1;
     }
     (out, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(x: u64) -> u64 {
+        x.wrapping_mul(x)
+    }
+
+    fn run_of(xs: &[u64]) -> Frame {
+        let mut frame = Frame::new();
+        for x in xs {
+            mp_codec::plain::put(x, &mut frame.bytes);
+        }
+        frame
+    }
+
+    #[test]
+    fn a_plain_chunk_runs_every_item() {
+        let target = Ok(TargetId::of(&square).unwrap().resolve().unwrap());
+        let (out, failed, errors) = run_plain(target, run_of(&[2, 3]), Frame::new());
+        assert_eq!(out.bytes, run_of(&[4, 9]).bytes);
+        assert!(failed.is_none() && errors.is_empty());
+    }
+
+    #[test]
+    fn a_plain_chunk_that_cannot_be_run_fails_whole() {
+        // A target whose types are not plain (a forged or mismatched task).
+        let text = Ok(TargetId::of(&|s: String| s).unwrap().resolve().unwrap());
+        // A run cut in the middle of an item.
+        let mut cut = run_of(&[1, 2]);
+        cut.bytes.pop();
+        let cases = [
+            (text, run_of(&[1])),
+            (Ok(TargetId::of(&square).unwrap().resolve().unwrap()), cut),
+            (Err(CallError::Unknown("gone".into())), run_of(&[1])),
+        ];
+        for (target, payload) in cases {
+            let (out, failed, errors) = run_plain(target, payload, Frame::new());
+            assert!(out.bytes.is_empty());
+            assert!(errors.is_empty());
+            assert!(matches!(failed, Some((0, _))), "{failed:?}");
+        }
+    }
 }

@@ -194,6 +194,67 @@ fn a_panicking_task_fails_alone_and_the_pool_goes_on() {
     assert_eq!(pool.map(square, 1..=3).unwrap(), [1, 4, 9]);
 }
 
+/// Panics on multiples of 3. Its types are plain numbers: its chunks cross as their bytes.
+fn no_thirds(x: u32) -> f64 {
+    assert!(!x.is_multiple_of(3), "{x} is a multiple of 3");
+    f64::from(x) / 2.0
+}
+
+/// A `u32` that is not a plain number, so its chunks are encoded item by item.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Wrapped(u32);
+
+fn no_thirds_wrapped(x: Wrapped) -> f64 {
+    no_thirds(x.0)
+}
+
+/// Each result as its value's bits or the error's text, for comparing runs.
+fn outcomes(results: impl Iterator<Item = Result<f64, Error>>) -> Vec<Result<u64, String>> {
+    results
+        .map(|r| r.map(f64::to_bits).map_err(|e| e.to_string()))
+        .collect()
+}
+
+#[test]
+fn plain_numbers_succeed_and_fail_exactly_as_encoded_items_do() {
+    let pool = Pool::new(2).unwrap();
+    let items = 0..100u32;
+    for chunksize in [1, 2, 7, 100] {
+        let plain = outcomes(
+            pool.imap_chunked(no_thirds, items.clone(), chunksize)
+                .unwrap(),
+        );
+        let wrapped = outcomes(
+            pool.imap_chunked(no_thirds_wrapped, items.clone().map(Wrapped), chunksize)
+                .unwrap(),
+        );
+        assert_eq!(plain, wrapped, "chunksize {chunksize}");
+        assert_eq!(plain.len(), 100);
+        for (x, r) in items.clone().zip(&plain) {
+            match r {
+                Ok(bits) => assert_eq!(f64::from_bits(*bits), f64::from(x) / 2.0),
+                Err(e) => {
+                    assert_eq!(x % 3, 0, "{e}");
+                    assert_eq!(e, &format!("task panicked: {x} is a multiple of 3"));
+                }
+            }
+        }
+        // A map fails with the first failed item, either way.
+        for result in [
+            pool.map_chunked(no_thirds, 1..10u32, chunksize),
+            pool.map_chunked(no_thirds_wrapped, (1..10).map(Wrapped), chunksize),
+        ] {
+            match result {
+                Err(Error::Panicked { message }) => assert!(message.ends_with("of 3"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let halves = pool.map(no_thirds, [1u32, 2, 4]).unwrap();
+    assert_eq!(halves, [0.5, 1.0, 2.0]);
+    assert_eq!(pool.apply(no_thirds, 5).unwrap(), 2.5);
+}
+
 /// Encodes as the number, but refuses to encode 13.
 #[derive(Debug, PartialEq)]
 struct Picky(u64);

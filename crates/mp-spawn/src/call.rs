@@ -12,7 +12,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use mp_codec::{Decode, Encode, Frame, Message};
+use mp_codec::{Decode, Encode, Frame, Message, plain};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, entry, sys};
@@ -43,8 +43,27 @@ pub struct TargetId {
 }
 
 /// A table entry: checks the types a name was made for against its own, and hands back
-/// the function that calls its target (so a call checks nothing: it was checked once).
-pub(crate) type CallFn = fn(u64) -> Result<Invoke, CallError>;
+/// the functions that call its target (so a call checks nothing: it was checked once).
+pub(crate) type CallFn = fn(u64) -> Result<Calls, CallError>;
+
+/// What a table entry hands back: how to call its target on one encoded argument, and (if
+/// its argument and result types are both [plain](mp_codec::plain)) on a run of them.
+#[derive(Clone, Copy)]
+pub(crate) struct Calls {
+    invoke: Invoke,
+    plain: Option<Plain>,
+}
+
+/// A target's calls on runs of plain values: the sizes of its argument and result, and
+/// the function that runs it over a run (see [`Target::call_plain`]).
+#[derive(Clone, Copy)]
+struct Plain {
+    arg: usize,
+    result: usize,
+    run: RunPlain,
+}
+
+type RunPlain = fn(&[u8], &mut Vec<u8>) -> Result<(), (usize, CallError)>;
 
 /// Decodes `A` (from a frame, or from bytes that own no descriptors), runs the target,
 /// encodes `R`.
@@ -58,7 +77,7 @@ pub(crate) enum Args<'a> {
 /// A target found in this executable's table, ready to call.
 #[derive(Clone, Copy)]
 pub struct Target {
-    invoke: Invoke,
+    calls: Calls,
 }
 
 impl std::fmt::Debug for Target {
@@ -110,7 +129,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// The table entry of target `F`: its address is what `sys::register_call` puts in the
 /// table, and `F` (zero-sized) fixes the target.
-pub(crate) fn call_entry<F, A, R>(types: u64) -> Result<Invoke, CallError>
+pub(crate) fn call_entry<F, A, R>(types: u64) -> Result<Calls, CallError>
 where
     F: Fn(A) -> R + Copy + 'static,
     A: Decode + 'static,
@@ -119,7 +138,58 @@ where
     if types != entry::types_of::<F, A, R>() {
         return Err(CallError::WrongTypes);
     }
-    Ok(invoke::<F, A, R>)
+    let plain = match (plain::size_of::<A>(), plain::size_of::<R>()) {
+        (Some(arg), Some(result)) => Some(Plain {
+            arg,
+            result,
+            run: run_plain::<F, A, R>,
+        }),
+        _ => None,
+    };
+    Ok(Calls {
+        invoke: invoke::<F, A, R>,
+        plain,
+    })
+}
+
+/// Runs the target over each `A` of the run `args`, appending each result's bytes to
+/// `out`; at the first call that panics, stops and gives its index and message (the results
+/// before it are in `out`). Called only when `A` and `R` are plain.
+fn run_plain<F, A, R>(args: &[u8], out: &mut Vec<u8>) -> Result<(), (usize, CallError)>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: 'static,
+    R: 'static,
+{
+    let (Some(size), Some(result)) = (plain::size_of::<A>(), plain::size_of::<R>()) else {
+        return Err((0, CallError::WrongTypes));
+    };
+    let items = args.chunks_exact(size);
+    let whole = items.len();
+    let tail = items.remainder().len();
+    out.reserve(whole * result);
+    let target: F = sys::copy_of_zero_sized();
+    // The index of the item being called, read again if a call panics.
+    let mut at = 0;
+    catch_unwind(AssertUnwindSafe(|| {
+        for bytes in items {
+            let arg = plain::take::<A>(bytes).expect("a plain type, and a whole item");
+            let value = target(arg);
+            plain::put(&value, out);
+            at += 1;
+        }
+    }))
+    .map_err(|p| (at, CallError::Panicked(panic_message(&*p))))?;
+    if tail != 0 {
+        return Err((
+            whole,
+            CallError::Decode {
+                type_name: std::any::type_name::<A>().into(),
+                reason: format!("a run of plain items ends with {tail} bytes of a part of one"),
+            },
+        ));
+    }
+    Ok(())
 }
 
 fn invoke<F, A, R>(args: Args<'_>, out: &mut Frame) -> Result<(), CallError>
@@ -200,7 +270,7 @@ impl TargetId {
             .ok_or_else(|| unknown("the name is no entry of this executable's table"))?(
             self.types
         )
-        .map(|invoke| Target { invoke })
+        .map(|calls| Target { calls })
         .map_err(|_| unknown("the entry is a target of other argument or result types"))
     }
 }
@@ -214,7 +284,7 @@ impl Target {
     /// that does not encode (`out` may then hold part of it: clear it).
     #[inline]
     pub fn call(&self, args: &mut Frame, out: &mut Frame) -> Result<(), CallError> {
-        (self.invoke)(Args::Frame(args), out)
+        (self.calls.invoke)(Args::Frame(args), out)
     }
 
     /// [`call`](Self::call) with an argument encoded in `args`, which owns no descriptors
@@ -224,7 +294,50 @@ impl Target {
     /// As [`call`](Self::call).
     #[inline]
     pub fn call_bytes(&self, args: &[u8], out: &mut Frame) -> Result<(), CallError> {
-        (self.invoke)(Args::Bytes(args), out)
+        (self.calls.invoke)(Args::Bytes(args), out)
+    }
+
+    /// The sizes of the target's argument and result, if both types are
+    /// [plain](mp_codec::plain): then [`call_plain`](Self::call_plain) runs it over runs of
+    /// their bytes.
+    pub fn plain_sizes(&self) -> Option<(usize, usize)> {
+        self.calls.plain.map(|p| (p.arg, p.result))
+    }
+
+    /// Runs the target over each argument of `args`, a run of plain values (their bytes
+    /// back to back, as [`mp_codec::plain::put`] writes them), appending each result's bytes
+    /// to `out`: one call for a whole chunk of numbers, with none of the per-value encoding
+    /// of [`call_bytes`](Self::call_bytes).
+    ///
+    /// ```
+    /// use multiprocessing::process::TargetId;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    ///
+    /// let target = TargetId::of(&square)?.resolve()?;
+    /// assert_eq!(target.plain_sizes(), Some((8, 8)));
+    /// let mut args = Vec::new();
+    /// for x in [2u64, 3] {
+    ///     multiprocessing::codec::plain::put(&x, &mut args);
+    /// }
+    /// let mut out = Vec::new();
+    /// target.call_plain(&args, &mut out).unwrap();
+    /// assert_eq!(out, [4u64.to_ne_bytes(), 9u64.to_ne_bytes()].concat());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The index of the first argument whose call panicked, with the panic's message (the
+    /// results of those before it are in `out`: call again past it to go on); the index of
+    /// the end of the whole arguments if `args` ends with part of one; index 0 and
+    /// [`CallError::WrongTypes`] if the target's types are not plain.
+    pub fn call_plain(&self, args: &[u8], out: &mut Vec<u8>) -> Result<(), (usize, CallError)> {
+        match self.calls.plain {
+            Some(plain) => (plain.run)(args, out),
+            None => Err((0, CallError::WrongTypes)),
+        }
     }
 }
 
@@ -304,5 +417,79 @@ mod tests {
             Err(Error::UnknownTarget(why)) => assert!(why.contains("other"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn run(bytes: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for x in bytes {
+            plain::put(x, &mut out);
+        }
+        out
+    }
+
+    fn halve_odd_panics(x: u32) -> f64 {
+        assert!(x.is_multiple_of(2), "odd {x}");
+        f64::from(x) / 2.0
+    }
+
+    #[test]
+    fn a_run_of_plain_arguments_is_called_item_by_item() {
+        let target = TargetId::of(&square).unwrap().resolve().unwrap();
+        assert_eq!(target.plain_sizes(), Some((8, 8)));
+        let mut out = Vec::new();
+        target.call_plain(&run(&[1, 2, 3]), &mut out).unwrap();
+        assert_eq!(out, run(&[1, 4, 9]));
+        // An empty run is an empty result.
+        out.clear();
+        target.call_plain(&[], &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_panic_in_a_run_names_its_item_and_the_rest_runs_after_it() {
+        let target = TargetId::of(&halve_odd_panics).unwrap().resolve().unwrap();
+        assert_eq!(target.plain_sizes(), Some((4, 8)));
+        let mut args = Vec::new();
+        for x in [2u32, 4, 5, 6] {
+            plain::put(&x, &mut args);
+        }
+        let mut out = Vec::new();
+        let (at, why) = target.call_plain(&args, &mut out).unwrap_err();
+        assert_eq!(at, 2);
+        assert_eq!(why, CallError::Panicked("odd 5".into()));
+        assert_eq!(out, [1.0f64.to_ne_bytes(), 2.0f64.to_ne_bytes()].concat());
+        target.call_plain(&args[(at + 1) * 4..], &mut out).unwrap();
+        assert_eq!(out.len(), 3 * 8);
+        assert_eq!(plain::take::<f64>(&out[16..]), Some(3.0));
+    }
+
+    #[test]
+    fn a_run_ending_in_part_of_an_item_is_a_decode_error_after_the_whole_ones() {
+        let target = TargetId::of(&square).unwrap().resolve().unwrap();
+        let mut args = run(&[5, 6]);
+        args.extend_from_slice(&[1, 2, 3]);
+        let mut out = Vec::new();
+        let (at, why) = target.call_plain(&args, &mut out).unwrap_err();
+        assert_eq!(at, 2);
+        assert!(matches!(why, CallError::Decode { .. }), "{why:?}");
+        assert_eq!(out, run(&[25, 36]));
+    }
+
+    #[test]
+    fn a_target_of_other_types_takes_no_run() {
+        let target = TargetId::of(&|s: String| s.len() as u64)
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(target.plain_sizes(), None);
+        let mut out = Vec::new();
+        assert_eq!(
+            target.call_plain(&[0; 8], &mut out),
+            Err((0, CallError::WrongTypes))
+        );
+        assert!(out.is_empty());
+        // bool has bytes that are no value: not plain.
+        let target = TargetId::of(&|x: u8| x > 1).unwrap().resolve().unwrap();
+        assert_eq!(target.plain_sizes(), None);
     }
 }
