@@ -7,9 +7,12 @@
 //! - `cargo xtask sanitize [address] [thread] [valgrind] [CRATE...]`: the tests of the crates
 //!   with `unsafe` code under AddressSanitizer and ThreadSanitizer (nightly), and valgrind's
 //!   memcheck over the quickstart tour.
+//! - `cargo xtask fuzz [TARGET...] [--seconds N]`: the fuzz targets (`crates/mp-fuzz`) under
+//!   libFuzzer, with cargo-fuzz on the nightly toolchain.
 
 mod bench;
 mod ci;
+mod fuzz;
 mod sanitize;
 
 use std::process::ExitCode;
@@ -17,6 +20,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask ci
        cargo xtask bench [FILTER] [--json] [--runs N] [--report DIR]
        cargo xtask sanitize [address] [thread] [valgrind] [CRATE...]
+       cargo xtask fuzz [TARGET...] [--seconds N]
 
 FILTER is a group (codec, pipe, spawn, shm, queue, pool) or part of a workload's name;
 several, comma-separated (queue,pool), select what any of them selects.
@@ -24,7 +28,9 @@ several, comma-separated (queue,pool), select what any of them selects.
 one SVG chart per group, linked from it.
 sanitize runs the tests of the crates with unsafe code under AddressSanitizer (address)
 and ThreadSanitizer (thread) with the nightly toolchain, and the quickstart tour under
-valgrind's memcheck (valgrind); all three when none is named.";
+valgrind's memcheck (valgrind); all three when none is named.
+fuzz runs each fuzz target (all when none is named) under libFuzzer for N seconds
+(default 60) and prints what it ran; a crash lands in fuzz/regressions/.";
 
 fn main() -> ExitCode {
     // procspawn's children re-enter here and are dispatched by this call.
@@ -39,6 +45,7 @@ fn main() -> ExitCode {
         Some("ci") if args.len() == 1 => ci::run(),
         Some("bench") => bench::Options::parse(&args[1..]).and_then(bench::run),
         Some("sanitize") => sanitize::Options::parse(&args[1..]).and_then(sanitize::run),
+        Some("fuzz") => fuzz::Options::parse(&args[1..]).and_then(fuzz::run),
         // The other process of a two-process workload (started by `bench`, not by hand).
         Some("__peer") if args.len() == 2 => bench::peer(&args[1]),
         // What `sanitize` runs under valgrind.

@@ -473,7 +473,9 @@ impl<T: Message> Queue<T> {
             Ok(Some(value)) => Some(Ok(value)),
             Ok(None) => None,
             Err(Corrupt(why)) => {
-                self.reset();
+                // (The fast path is taken by calls of every kind: a bounded reset is
+                // enough, as a reset not done is tried again by the next call.)
+                self.reset(Some(Instant::now()));
                 Some(Err(Error::Corrupted(why)))
             }
         }
@@ -563,7 +565,7 @@ impl<T: Message> Queue<T> {
         let lock = ring.get_lock();
         let freed = match waited {
             Waited::Briefly if deadline.is_some_and(|d| Instant::now() >= d) => {
-                locked(self, lock, lock.try_acquire(), reclaim)?
+                locked(self, lock, lock.try_acquire(), deadline, reclaim)?
             }
             Waited::Briefly => return Ok(false),
             // A pass through the lock (see `wait_for_room`), bounded as in
@@ -887,12 +889,30 @@ impl<T: Message> Queue<T> {
         }
     }
 
-    /// Drops every frame after corruption (see [`Ring::reset`]).
-    fn reset(&self) {
+    /// Drops every frame after corruption (see [`Ring::reset`]), with both locks held. A
+    /// caller with a `deadline` (a `try_` or timed call) waits for them no longer than it
+    /// (or [`LOCK_GRACE`]): a lock word written over to name a live stranger as its owner
+    /// would otherwise hold it for ever. Without both locks nothing is reset, and that is
+    /// safe: the corruption stays where the next call finds it again, and resets then.
+    fn reset(&self, deadline: Option<Instant>) {
         let ring = self.ring();
-        let get = ring.get_lock().acquire();
-        let put = ring.put_lock().acquire();
-        ring.reset();
+        let take = |lock: &RawLock| match deadline {
+            None => lock.acquire(),
+            Some(d) => match lock.try_acquire() {
+                Acquire::TimedOut => lock
+                    .acquire_timeout(d.saturating_duration_since(Instant::now()).max(LOCK_GRACE)),
+                took => took,
+            },
+        };
+        let get = take(ring.get_lock());
+        let put = if get.is_held() {
+            take(ring.put_lock())
+        } else {
+            Acquire::TimedOut
+        };
+        if get.is_held() && put.is_held() {
+            ring.reset();
+        }
         if put.is_held() {
             let _ = ring.put_lock().release();
         }
@@ -961,7 +981,7 @@ fn with_lock_until<T: Message, R>(
             }
         }
     };
-    locked(queue, lock, took, f)
+    locked(queue, lock, took, deadline, f)
 }
 
 /// Runs `f` if `took` says the caller holds `lock`, then releases it, repairing the ring if
@@ -970,6 +990,7 @@ fn locked<T: Message, R>(
     queue: &Queue<T>,
     lock: &RawLock,
     took: Acquire,
+    deadline: Option<Instant>,
     f: impl FnOnce() -> std::result::Result<R, Corrupt>,
 ) -> Result<Option<R>> {
     if took == Acquire::TimedOut {
@@ -987,7 +1008,7 @@ fn locked<T: Message, R>(
         queue.repair();
     }
     result.map(Some).map_err(|Corrupt(why)| {
-        queue.reset();
+        queue.reset(deadline);
         Error::Corrupted(why)
     })
 }
@@ -1419,6 +1440,38 @@ mod tests {
         let _ = q.ring().get_lock().release();
         assert_eq!(outcome, Ok((true, true, true)), "timed calls overstayed");
         assert_eq!(q.get().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_try_get_finding_corruption_does_not_wait_for_a_lock_a_live_process_holds() {
+        // Found by the fuzzer: the reset after corruption took both locks with no bound, so
+        // a `try_get` waited for ever on a producers' lock held (or written over to look
+        // held) by a live process.
+        let q = Queue::<u64>::new().unwrap();
+        q.put(1).unwrap();
+        // The first frame's length, written over: more than the ring holds.
+        q.ring()
+            .word32(ring::CONTROL)
+            .store(u32::MAX >> 2, Ordering::Relaxed);
+        assert!(q.ring().put_lock().acquire().is_held());
+        let (done, finished) = std::sync::mpsc::channel();
+        let other = q.clone();
+        std::thread::spawn(move || {
+            let tried = other.try_get();
+            done.send(matches!(tried, Err(Error::Corrupted(_))))
+                .unwrap();
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        let _ = q.ring().put_lock().release();
+        assert_eq!(
+            outcome,
+            Ok(true),
+            "the try_get waited, or saw no corruption"
+        );
+        // The next call, with both locks free, resets the ring and the queue works again.
+        let _ = q.try_get();
+        q.put(2).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 2);
     }
 
     /// Stretches `q`'s periodic checks (see [`Queue::owner_checks`]), for every handle of

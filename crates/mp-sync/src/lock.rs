@@ -528,7 +528,11 @@ impl RawLock {
     /// [`MAX_SPINS`]); takes it if it comes free.
     fn spin(&self, me: Owner) -> bool {
         let estimate = self.spins.load(Ordering::Relaxed);
-        let limit = (estimate.saturating_mul(2) + MIN_SPINS).min(MAX_SPINS);
+        // (Saturating: the estimate is in shared memory, and may hold anything.)
+        let limit = estimate
+            .saturating_mul(2)
+            .saturating_add(MIN_SPINS)
+            .min(MAX_SPINS);
         let mut spun = 0;
         let mut backoff = FIRST_BACKOFF;
         let started = sys::now();
@@ -589,6 +593,22 @@ mod tests {
         );
         lock.release().unwrap();
         assert!(!lock.is_locked());
+    }
+
+    #[test]
+    fn any_spin_estimate_in_the_shared_word_is_survived() {
+        // The estimate lives in shared memory: another process may have written anything.
+        let lock = RawLock::new();
+        assert_eq!(lock.acquire(), Acquire::Acquired);
+        for estimate in [u32::MAX, u32::MAX / 2 + 1, MAX_SPINS] {
+            lock.spins.store(estimate, Ordering::Relaxed);
+            assert_eq!(
+                lock.acquire_timeout(Duration::from_millis(1)),
+                Acquire::TimedOut
+            );
+            assert!(lock.spins.load(Ordering::Relaxed) <= estimate);
+        }
+        lock.release().unwrap();
     }
 
     #[test]
