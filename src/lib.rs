@@ -174,7 +174,7 @@ pub mod codec {
 pub mod connection {
     pub use mp_pipe::{
         Address, Client, Connection, DEFAULT_HANDSHAKE_TIMEOUT, Error, Listener, Result, ToAddress,
-        pipe, wait,
+        answer_challenge, deliver_challenge, pipe, wait,
     };
 }
 

@@ -48,6 +48,14 @@ pub const TARGETS: &[Target] = &[
         name: "queue_ring",
         run: queue_ring,
     },
+    Target {
+        name: "handshake",
+        run: handshake,
+    },
+    Target {
+        name: "region",
+        run: region,
+    },
 ];
 
 /// The largest frame a reader accepts in these targets: past it, `TooLarge`.
@@ -214,11 +222,7 @@ pub fn queue_ring(data: &[u8]) {
 /// The memfd of the queue's region, found among the descriptors its handle sends.
 fn region_of(queue: &mp_queue::Queue<Vec<u8>>) -> Option<OwnedFd> {
     let frame = Frame::encode(queue).ok()?;
-    frame.fds.into_iter().find(|fd| {
-        rustix::fs::fstat(fd).is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
-        })
-    })
+    frame.fds.into_iter().find(is_regular_file)
 }
 
 fn take_u16(bytes: &[u8]) -> (u16, &[u8]) {
@@ -226,4 +230,135 @@ fn take_u16(bytes: &[u8]) -> (u16, &[u8]) {
         [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
         _ => (0, &[]),
     }
+}
+
+/// The authentication handshake, either side, before the peer is authenticated: the peer's
+/// bytes are the input.
+///
+/// The first byte chooses the side: even, we deliver the challenge (a `Listener`'s first
+/// step) and read the peer's answer; odd, we answer the peer's challenge (a `Client`'s) and
+/// read its verdict. The rest is what the peer sent, in CPython's framing, after which it
+/// sends nothing more (it still reads, so our writes go through). Either way: `Ok` only for
+/// a right answer, else an error, and never a wait past the handshake's timeout.
+///
+/// ```
+/// mp_fuzz::handshake(b"\x01\x00\x00\x00\x0b#CHALLENGE#");
+/// ```
+pub fn handshake(data: &[u8]) {
+    let Some((&side, peer_bytes)) = data.split_first() else {
+        return;
+    };
+    let Ok((ours, theirs)) = mp_pipe::pipe(true) else {
+        return;
+    };
+    // A few KB at most: the socket's buffer takes them all before we read.
+    if rustix::io::write(&theirs, peer_bytes).is_err()
+        || rustix::net::shutdown(&theirs, rustix::net::Shutdown::Write).is_err()
+    {
+        return;
+    }
+    let timeout = std::time::Duration::from_secs(5);
+    let _ = if side % 2 == 0 {
+        mp_pipe::deliver_challenge(&ours, KEY, timeout)
+    } else {
+        mp_pipe::answer_challenge(&ours, KEY, timeout)
+    };
+}
+
+/// The key of [`handshake`]'s side.
+const KEY: &[u8] = b"fuzz";
+
+/// A shared region's header, as another process could have written it, met by a process
+/// that attaches: the handle of a `Value`, an `Array`, a `RawArray`, a `Lock` or a queue
+/// crosses as its region's memfd, and the input is written over the start of that region
+/// before the handle is decoded again (attached) and used with calls that do not wait.
+///
+/// The first byte chooses the kind, the second where the write goes (in 8-byte steps), the
+/// rest is written there. Attaching gives a handle or an error; a handle then gives values
+/// or errors.
+///
+/// ```
+/// mp_fuzz::region(&[0, 0, 0xff, 0xff]);
+/// ```
+pub fn region(data: &[u8]) {
+    let [kind, at, bytes @ ..] = data else {
+        return;
+    };
+    let at = u64::from(*at) * 8;
+    let short = std::time::Duration::from_millis(1);
+    match kind % 5 {
+        0 => attach_and(
+            mp_shm::Value::new(7u64),
+            at,
+            bytes,
+            |v: mp_shm::Value<u64>| {
+                if v.get_lock().acquire_timeout(short).is_held() {
+                    let _ = v.get_lock().release();
+                }
+            },
+        ),
+        1 => attach_and(
+            mp_shm::Array::<u32>::from_slice(&[1, 2, 3]),
+            at,
+            bytes,
+            |a: mp_shm::Array<u32>| {
+                let _ = a.len();
+                if a.get_lock().acquire_timeout(short).is_held() {
+                    let _ = a.get_lock().release();
+                }
+            },
+        ),
+        2 => attach_and(
+            mp_shm::RawArray::<u16>::from_slice(&[4, 5, 6, 7]),
+            at,
+            bytes,
+            |a: mp_shm::RawArray<u16>| {
+                let _ = a.to_vec();
+                let _ = a.set(a.len().saturating_sub(1), 9);
+                let _ = a.get(a.len());
+            },
+        ),
+        3 => attach_and(mp_sync::Lock::new(), at, bytes, |l: mp_sync::Lock| {
+            if let Ok(guard) = l.lock_timeout(short) {
+                drop(guard);
+            }
+        }),
+        _ => attach_and(
+            mp_queue::Queue::<u8>::new(),
+            at,
+            bytes,
+            |q: mp_queue::Queue<u8>| {
+                let _ = q.try_put(1);
+                let _ = q.try_get();
+                let _ = q.qsize();
+            },
+        ),
+    }
+}
+
+/// Makes a handle, writes `bytes` at `at` in its region, attaches to the region again from
+/// the handle's encoding and runs `using` on what comes out.
+fn attach_and<H, E>(made: Result<H, E>, at: u64, bytes: &[u8], using: impl FnOnce(H))
+where
+    H: mp_codec::Message,
+{
+    let Ok(handle) = made else {
+        return;
+    };
+    let Ok(mut frame) = Frame::encode(&handle) else {
+        return;
+    };
+    if let Some(region) = frame.fds.iter().find(|fd| is_regular_file(fd)) {
+        let _ = rustix::io::pwrite(region, bytes, at);
+    }
+    drop(handle);
+    if let Ok(again) = std::mem::take(&mut frame).decode::<H>() {
+        using(again);
+    }
+}
+
+fn is_regular_file(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    })
 }

@@ -29,6 +29,6 @@ pub use crate::{
     address::{Address, ToAddress},
     conn::{Connection, pipe},
     error::{Error, Result},
-    listener::{Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener},
+    listener::{Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener, answer_challenge, deliver_challenge},
     wait::wait,
 };

@@ -9,12 +9,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    Address, Connection, Error, Result, ToAddress,
-    auth::{answer_challenge, deliver_challenge},
-    conn::Transport,
-    sys,
-};
+use crate::{Address, Connection, Error, Result, ToAddress, conn::Transport, sys};
 
 /// How long either side of a connection may take over the authentication handshake unless
 /// told otherwise: a silent peer cannot stall `accept` or `connect` for longer.
@@ -207,8 +202,8 @@ impl Listener {
         if let Some(key) = &self.authkey {
             let md5 = self.legacy_md5;
             handshake(&conn, self.handshake_timeout, |conn, deadline| {
-                deliver_challenge(conn, key, deadline, md5)?;
-                answer_challenge(conn, key, deadline, md5)
+                crate::auth::deliver_challenge(conn, key, deadline, md5)?;
+                crate::auth::answer_challenge(conn, key, deadline, md5)
             })?;
         }
         Ok(conn)
@@ -334,8 +329,8 @@ impl Client {
         if let Some(key) = authkey {
             let md5 = self.legacy_md5;
             handshake(&conn, self.handshake_timeout, |conn, deadline| {
-                answer_challenge(conn, key, deadline, md5)?;
-                deliver_challenge(conn, key, deadline, md5)
+                crate::auth::answer_challenge(conn, key, deadline, md5)?;
+                crate::auth::deliver_challenge(conn, key, deadline, md5)
             })?;
         }
         Ok(conn)
@@ -606,5 +601,77 @@ mod tests {
             Err(Error::FdsNeedUnixSocket("TCP socket"))
         ));
         assert!(matches!(listener.last_accepted(), Some(Address::Tcp(_))));
+    }
+}
+
+/// Challenges the peer of `conn` to prove it knows `authkey`: Python's
+/// `multiprocessing.connection.deliver_challenge`, as a `Listener` with an authkey does to
+/// each peer it accepts (then it answers theirs). The whole exchange must end within
+/// `timeout`. Both forms of CPython's handshake are accepted: the `{sha256}` form of 3.12+
+/// and the legacy HMAC-MD5 of 3.11.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiprocessing::connection::{answer_challenge, deliver_challenge, pipe};
+///
+/// let (ours, theirs) = pipe(true)?;
+/// let peer = std::thread::spawn(move || answer_challenge(&theirs, b"secret", Duration::from_secs(5)));
+/// deliver_challenge(&ours, b"secret", Duration::from_secs(5))?;
+/// peer.join().unwrap()?;
+/// # Ok::<(), multiprocessing::connection::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Authentication`] if the peer's answer is wrong or malformed, or it closed the
+/// connection; [`Error::HandshakeTimeout`]; [`Error::Os`].
+pub fn deliver_challenge(conn: &Connection, authkey: &[u8], timeout: Duration) -> Result<()> {
+    handshake(conn, timeout, |conn, deadline| {
+        crate::auth::deliver_challenge(conn, authkey, deadline, true)
+    })
+}
+
+/// Answers the challenge of the peer of `conn` with `authkey`: Python's
+/// `multiprocessing.connection.answer_challenge`, as a `Client` with an authkey does first
+/// (then it challenges the listener). The whole exchange must end within `timeout`.
+///
+/// See [`deliver_challenge`] for an example.
+///
+/// # Errors
+/// [`Error::Authentication`] if the peer sent no challenge, a malformed one, or did not
+/// welcome our answer; [`Error::HandshakeTimeout`]; [`Error::Os`].
+pub fn answer_challenge(conn: &Connection, authkey: &[u8], timeout: Duration) -> Result<()> {
+    handshake(conn, timeout, |conn, deadline| {
+        crate::auth::answer_challenge(conn, authkey, deadline, true)
+    })
+}
+
+#[cfg(test)]
+mod handshake_tests {
+    use super::*;
+    use crate::pipe;
+
+    fn both(deliver_key: &'static [u8], answer_key: &'static [u8]) -> (Result<()>, Result<()>) {
+        let (ours, theirs) = pipe(true).unwrap();
+        let timeout = Duration::from_secs(30);
+        let peer = std::thread::spawn(move || answer_challenge(&theirs, answer_key, timeout));
+        let delivered = deliver_challenge(&ours, deliver_key, timeout);
+        drop(ours);
+        (delivered, peer.join().unwrap())
+    }
+
+    #[test]
+    fn the_handshake_functions_pass_with_one_key_and_fail_with_two() {
+        let (d, a) = both(b"key", b"key");
+        assert!(d.is_ok() && a.is_ok(), "{d:?} {a:?}");
+        let (d, a) = both(b"key", b"other");
+        assert!(matches!(d, Err(Error::Authentication(_))), "{d:?}");
+        assert!(matches!(a, Err(Error::Authentication(_))), "{a:?}");
+    }
+
+    #[test]
+    fn a_silent_peer_is_a_timeout_not_a_hang() {
+        let (ours, _theirs) = pipe(true).unwrap();
+        let err = answer_challenge(&ours, b"key", Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, Error::HandshakeTimeout), "{err:?}");
     }
 }
