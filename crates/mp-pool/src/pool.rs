@@ -19,7 +19,8 @@ use crate::{
 /// - **A dead worker never hangs it.** A worker killed (SIGKILL, a segfault, the
 ///   out-of-memory killer) or exiting in the middle of a task fails that task alone, with
 ///   [`Error::WorkerLost`] (its pid and how it ended), as soon as its death is seen; it is
-///   replaced, its other queued tasks go to the other workers, and the pool goes on.
+///   replaced, its other queued tasks go to the other workers, and the pool goes on. A
+///   worker that dies between tasks fails none: a task still in its inbox never started.
 /// - **Every failure reaches the caller**: a panic (with its message), an argument or
 ///   result that cannot be encoded or decoded (with the type), a task past the pool's
 ///   [`task_timeout`](Builder::task_timeout), a failing initializer (the pool stops, rather

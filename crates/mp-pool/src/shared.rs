@@ -545,6 +545,19 @@ impl Shared {
     }
 
     /// A worker has ended: fail the task it ran, send the others elsewhere, replace it.
+    /// How many tasks are still in a dead worker's inbox (taken out, to count them), or
+    /// `None` if it cannot be read to the end.
+    fn unread_tasks(inbox: &Queue<Msg>) -> Option<usize> {
+        let mut tasks = 0;
+        loop {
+            match inbox.try_get() {
+                Ok(msg) => tasks += usize::from(matches!(msg.head, Head::Task { .. })),
+                Err(mp_queue::Error::Empty) => return Some(tasks),
+                Err(_) => return None,
+            }
+        }
+    }
+
     fn ended(&self, state: &mut State, slot: u32, generation: u64) -> Vec<Callback> {
         let Some(s) = state.slots.get_mut(slot as usize) else {
             return Vec::new();
@@ -584,7 +597,17 @@ impl Shared {
         let timed_out = s.timed_out;
         let mut held = std::mem::take(&mut s.held);
         let mut callbacks = Vec::new();
-        if let Some(task) = held.pop_front() {
+        // Every reply it sent came before this notice, so what it holds is what it never
+        // answered: the tasks still in its inbox never started, and go elsewhere; a task it
+        // took and did not answer is the one it was running, which fails. (If it died
+        // between tasks, none did: nothing fails.) An inbox that cannot be read (corrupted
+        // by the death) leaves the oldest held as the one it was running.
+        let unread = Self::unread_tasks(&s.inbox);
+        let started = match unread {
+            Some(unread) => held.len().saturating_sub(unread),
+            None => held.len().min(1),
+        };
+        if let Some(task) = (started > 0).then(|| held.pop_front()).flatten() {
             // The task the kill was for, unless it finished just before the kill landed (then
             // the one after it was lost to another's timeout).
             let error = match (timed_out, self.config.task_timeout) {

@@ -377,6 +377,22 @@ fn a_worker_killed_from_outside_mid_task_fails_that_task_within_a_second() {
     assert!(!alive(pid));
 }
 
+#[test]
+fn a_task_its_dead_worker_never_took_goes_to_another_and_succeeds() {
+    let pool = Pool::new(1).unwrap();
+    let pid = rustix::process::Pid::from_raw(pool.pids()[0] as i32).unwrap();
+    // Stopped, the worker cannot take the task sent to it; killed, it never will.
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let result = pool.apply_async(square, 7).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    assert_eq!(result.get_timeout(DEADLINE).unwrap(), 49);
+    assert_ne!(
+        pool.pids(),
+        [pid.as_raw_nonzero().get() as u32],
+        "not replaced"
+    );
+}
+
 fn die_holding_the_lock(_: u8) -> u8 {
     mp_pool::__testing::die_holding_the_reply_lock();
     0
