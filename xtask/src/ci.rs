@@ -30,6 +30,11 @@ const STEPS: &[Step] = &[
         &[],
     ),
     (
+        "soak",
+        &[".ci/leftovers", "cargo", "xtask", "soak", "--quick"],
+        &[],
+    ),
+    (
         "docs",
         &["cargo", "doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],

@@ -9,11 +9,14 @@
 //!   memcheck over the quickstart tour.
 //! - `cargo xtask fuzz [TARGET...] [--seconds N]`: the fuzz targets (`crates/mp-fuzz`) under
 //!   libFuzzer, with cargo-fuzz on the nightly toolchain.
+//! - `cargo xtask soak [--quick | --minutes N] [--seed S]`: the fault campaign: workloads
+//!   across processes, killed at random moments, and what must hold afterwards.
 
 mod bench;
 mod ci;
 mod fuzz;
 mod sanitize;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -21,6 +24,7 @@ const USAGE: &str = "usage: cargo xtask ci
        cargo xtask bench [FILTER] [--json] [--runs N] [--report DIR]
        cargo xtask sanitize [address] [thread] [valgrind] [CRATE...]
        cargo xtask fuzz [TARGET...] [--seconds N]
+       cargo xtask soak [--quick | --minutes N] [--seed S]
 
 FILTER is a group (codec, pipe, spawn, shm, queue, pool) or part of a workload's name;
 several, comma-separated (queue,pool), select what any of them selects.
@@ -30,7 +34,10 @@ sanitize runs the tests of the crates with unsafe code under AddressSanitizer (a
 and ThreadSanitizer (thread) with the nightly toolchain, and the quickstart tour under
 valgrind's memcheck (valgrind); all three when none is named.
 fuzz runs each fuzz target (all when none is named) under libFuzzer for N seconds
-(default 60) and prints what it ran; a crash lands in fuzz/regressions/.";
+(default 60) and prints what it ran; a crash lands in fuzz/regressions/.
+soak runs random workloads across processes for N minutes (5 by default; --quick: 80 s),
+SIGKILLs some of their processes at random moments, and checks that nothing hangs, is
+lost beyond the documented rules, is garbled or is left behind; --seed S replays a run.";
 
 fn main() -> ExitCode {
     // procspawn's children re-enter here and are dispatched by this call.
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::Options::parse(&args[1..]).and_then(bench::run),
         Some("sanitize") => sanitize::Options::parse(&args[1..]).and_then(sanitize::run),
         Some("fuzz") => fuzz::Options::parse(&args[1..]).and_then(fuzz::run),
+        Some("soak") => soak::Options::parse(&args[1..]).and_then(soak::run),
         // The other process of a two-process workload (started by `bench`, not by hand).
         Some("__peer") if args.len() == 2 => bench::peer(&args[1]),
         // What `sanitize` runs under valgrind.

@@ -91,3 +91,19 @@ pub use crate::{
     error::{Error, Result},
     process::{Builder, Process},
 };
+
+/// The pid of this process's forkserver, if it has one running (for a harness that accounts
+/// for every process it started: the server is ours and outlives each child).
+#[doc(hidden)]
+pub fn __forkserver_pid() -> Option<u32> {
+    start::forkserver::pid()
+}
+
+/// Closes what this process keeps for its next children (idle result channels, the
+/// forkserver and its standbys): for a harness that checks that a run left no descriptor
+/// open. Everything is made again on the next use.
+#[doc(hidden)]
+pub fn __release_caches() {
+    start::channel::release_idle();
+    start::forkserver::stop();
+}

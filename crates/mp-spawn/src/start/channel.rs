@@ -71,6 +71,11 @@ impl Pool {
 
 static POOL: &Mutex<Pool> = &crate::held::HELD.pool;
 
+/// Closes the idle channels kept for later children.
+pub(crate) fn release_idle() {
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Pairs kept idle at most: enough for a pool of workers started again and again.
 const KEEP: usize = 16;
 

@@ -61,6 +61,24 @@ impl Drop for Server {
 
 static SERVER: &Mutex<Option<Server>> = &crate::held::HELD.server;
 
+/// Stops this process's server, if it has one (it is started again on the next use).
+pub(crate) fn stop() {
+    let server = SERVER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(server);
+}
+
+/// The running server's pid, read from its pidfd's `fdinfo` (`None` if this process has
+/// no server of its own).
+pub(crate) fn pid() -> Option<u32> {
+    let server = SERVER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = server.as_ref().filter(|s| s.owner == std::process::id())?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&server.pidfd);
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
 /// Held across `fork` (see `start::fork`).
 pub(crate) fn lock() -> std::sync::MutexGuard<'static, impl Sized> {
     SERVER.lock().unwrap_or_else(|e| e.into_inner())
