@@ -488,7 +488,9 @@ impl<T: Message> Queue<T> {
         match lock.try_acquire() {
             Acquire::Acquired => true,
             Acquire::OwnerDied => {
-                self.release_after_death(lock);
+                // (Taken by calls of every kind: the repair waits for the other lock no
+                // longer than a `try_` call may.)
+                self.release_after_death(lock, Some(Instant::now()));
                 false
             }
             Acquire::TimedOut => false,
@@ -510,6 +512,13 @@ impl<T: Message> Queue<T> {
                 };
                 if done.is_some() {
                     return Ok(done);
+                }
+                // No room by the count, which may be off since a death: recount first.
+                if ring.recount_owed() && ring.maxsize() != 0 {
+                    self.repair(deadline);
+                    if !ring.recount_owed() {
+                        continue;
+                    }
                 }
                 if !self.make_room(deadline, waited)? {
                     return Ok(None);
@@ -837,7 +846,7 @@ impl<T: Message> Queue<T> {
         let lock = self.ring().put_lock();
         // Long enough for the lock to look at its owner's liveness (after 10 ms).
         match lock.acquire_timeout(Duration::from_millis(30)) {
-            Acquire::OwnerDied => self.release_after_death(lock),
+            Acquire::OwnerDied => self.release_after_death(lock, None),
             Acquire::Acquired => {
                 let _ = lock.release();
             }
@@ -846,27 +855,43 @@ impl<T: Message> Queue<T> {
     }
 
     /// Lets go of `lock`, just taken from a process that died holding it, then repairs the
-    /// ring. The producers' copy of `tail` is made good first, before anyone else can take
-    /// the lock: the dead may have moved `tail` and not its copy.
-    fn release_after_death(&self, lock: &RawLock) {
+    /// ring (within `deadline`, see [`Queue::repair`]). A dead producer's frame is buried
+    /// and the producers' copy of `tail` made good first, before anyone else can take the
+    /// lock: the dead may have moved `tail` and not its copy, and its half-put frame would
+    /// hold back `head` for ever.
+    fn release_after_death(&self, lock: &RawLock, deadline: Option<Instant>) {
         let ring = self.ring();
-        if std::ptr::eq(lock, ring.put_lock()) && ring.resync_put().is_err() {
+        if std::ptr::eq(lock, ring.put_lock()) && ring.bury_lock_holders().is_err() {
             // Corrupted: a reset needs both locks, and the consumers' is taken first. Spoil
             // the producers' copy instead, so that a producer coming before the repair below
             // copies again, finds the corruption and resets under both.
             ring.spoil_put();
         }
         let _ = lock.release();
-        self.repair();
+        self.repair(deadline);
     }
 
-    /// Repairs the ring after a process died holding one of its locks: both locks held,
-    /// the item count redone.
-    fn repair(&self) {
+    /// Repairs the ring after a process died holding one of its locks: under both locks,
+    /// the dead producer's frame buried (again: see [`Queue::release_after_death`]) and the
+    /// item count redone. A caller with a `deadline` waits for the locks no longer than it
+    /// (or [`LOCK_GRACE`]): a live process may hold one for long (stopped, or named as owner
+    /// by a lock word written over). What needs only the producers' lock was done when it was
+    /// taken; the count, kept only for a bounded or polled queue, is then marked as owed a
+    /// recount, which a producer short of room pays (see [`Queue::room`]), and until then
+    /// every put rings the doorbell.
+    fn repair(&self, deadline: Option<Instant>) {
         let ring = self.ring();
-        let get = ring.get_lock().acquire();
-        let put = ring.put_lock().acquire();
-        self.mend();
+        let get = take_until(ring.get_lock(), deadline);
+        let put = if get.is_held() {
+            take_until(ring.put_lock(), deadline)
+        } else {
+            Acquire::TimedOut
+        };
+        if get.is_held() && put.is_held() {
+            self.mend();
+        } else if ring.counting() {
+            ring.owe_recount();
+        }
         if put.is_held() {
             let _ = ring.put_lock().release();
         }
@@ -896,17 +921,9 @@ impl<T: Message> Queue<T> {
     /// safe: the corruption stays where the next call finds it again, and resets then.
     fn reset(&self, deadline: Option<Instant>) {
         let ring = self.ring();
-        let take = |lock: &RawLock| match deadline {
-            None => lock.acquire(),
-            Some(d) => match lock.try_acquire() {
-                Acquire::TimedOut => lock
-                    .acquire_timeout(d.saturating_duration_since(Instant::now()).max(LOCK_GRACE)),
-                took => took,
-            },
-        };
-        let get = take(ring.get_lock());
+        let get = take_until(ring.get_lock(), deadline);
         let put = if get.is_held() {
-            take(ring.put_lock())
+            take_until(ring.put_lock(), deadline)
         } else {
             Acquire::TimedOut
         };
@@ -971,17 +988,20 @@ fn with_lock_until<T: Message, R>(
     deadline: Option<Instant>,
     f: impl FnOnce() -> std::result::Result<R, Corrupt>,
 ) -> Result<Option<R>> {
-    let took = match deadline {
+    locked(queue, lock, take_until(lock, deadline), deadline, f)
+}
+
+/// Takes `lock`: for ever with no `deadline`, else until it (or [`LOCK_GRACE`] from now).
+fn take_until(lock: &RawLock, deadline: Option<Instant>) -> Acquire {
+    match deadline {
         None => lock.acquire(),
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now()).max(LOCK_GRACE);
-            match lock.try_acquire() {
-                Acquire::TimedOut => lock.acquire_timeout(left),
-                took => took,
+        Some(d) => match lock.try_acquire() {
+            Acquire::TimedOut => {
+                lock.acquire_timeout(d.saturating_duration_since(Instant::now()).max(LOCK_GRACE))
             }
-        }
-    };
-    locked(queue, lock, took, deadline, f)
+            took => took,
+        },
+    }
 }
 
 /// Runs `f` if `took` says the caller holds `lock`, then releases it, repairing the ring if
@@ -998,14 +1018,15 @@ fn locked<T: Message, R>(
     }
     let ring = queue.ring();
     let result = if took == Acquire::OwnerDied && std::ptr::eq(lock, ring.put_lock()) {
-        // The dead producer may have moved `tail` and not the producers' copy of it.
-        ring.resync_put().and_then(|()| f())
+        // The dead producer may have moved `tail` and not the producers' copy of it, and
+        // left its frame half put (see `Queue::release_after_death`).
+        ring.bury_lock_holders().and_then(|()| f())
     } else {
         f()
     };
     let _ = lock.release();
     if took == Acquire::OwnerDied {
-        queue.repair();
+        queue.repair(deadline);
     }
     result.map(Some).map_err(|Corrupt(why)| {
         queue.reset(deadline);
@@ -1596,6 +1617,36 @@ mod tests {
         assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
         assert!(matches!(q.try_get(), Err(Error::Empty)));
         assert_eq!(q.qsize(), 0, "the half-put frame counts for nothing");
+    }
+
+    #[test]
+    fn a_timed_put_repairing_after_a_death_waits_no_longer_than_its_time_for_the_other_lock() {
+        // Found by the fuzzer: the repair after a death took the consumers' lock with no
+        // bound, so a timed or `try_` put waited as long as a live process held it.
+        let q = Queue::<u64>::with_maxsize(1).unwrap();
+        die_inside_a_small_put(&q, |ring| ring.begin_small_counted_for_tests(8));
+        assert_eq!(q.qsize(), 1, "the half-put frame counts, for now");
+        // A live process (this thread) holds the consumers' lock for the whole put.
+        assert!(q.ring().get_lock().acquire().is_held());
+        let (done, finished) = std::sync::mpsc::channel();
+        let other = q.clone();
+        std::thread::spawn(move || {
+            let put = other.put_timeout(7, Duration::from_millis(200));
+            done.send(put.map_err(|e| e.error.to_string())).unwrap();
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        let _ = q.ring().get_lock().release();
+        // Full by the count (the dead's frame, buried, still counted: a recount is owed).
+        assert_eq!(
+            outcome,
+            Ok(Err(Error::Full.to_string())),
+            "the put overstayed its time"
+        );
+        // With the lock free, a producer short of room pays the recount, and the queue works.
+        q.put_timeout(8, Duration::from_secs(30)).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 8);
+        assert_eq!(q.qsize(), 0);
+        assert!(!q.ring().recount_owed());
     }
 
     #[test]

@@ -105,6 +105,8 @@ const TAIL: usize = 192;
 const HEAD: usize = 256;
 // Kept only for a bounded or polled queue: written by both.
 const ITEMS: usize = 320;
+/// The top bit of `ITEMS`: a recount is owed. Counts never come near it.
+const RECOUNT: u64 = 1 << 63;
 // Sleepers and the words they sleep on: written only when someone sleeps, so a busy queue
 // reads this line and never moves it.
 const PUBLISHED: usize = 384;
@@ -250,7 +252,27 @@ impl Ring {
     /// Items put (or being put) and not yet taken: a snapshot.
     #[inline]
     pub(crate) fn items(&self) -> u64 {
-        self.word(ITEMS).load(Ordering::Relaxed)
+        self.word(ITEMS).load(Ordering::Relaxed) & !RECOUNT
+    }
+
+    /// Whether the item count is owed a recount (see [`RECOUNT`]).
+    pub(crate) fn recount_owed(&self) -> bool {
+        self.word(ITEMS).load(Ordering::Relaxed) & RECOUNT != 0
+    }
+
+    /// Marks the item count as owed a recount: a process died holding a lock and the
+    /// repair could not have both locks in its caller's time.
+    pub(crate) fn owe_recount(&self) {
+        self.word(ITEMS).fetch_or(RECOUNT, Ordering::Relaxed);
+    }
+
+    /// One item fewer in the count (never below 0), keeping the [`RECOUNT`] mark.
+    fn count_one_less(&self, order: Ordering) {
+        let _ = self
+            .word(ITEMS)
+            .fetch_update(order, Ordering::Relaxed, |n| {
+                (n & !RECOUNT).checked_sub(1).map(|c| c | (n & RECOUNT))
+            });
     }
 
     #[inline]
@@ -469,6 +491,14 @@ impl Ring {
         assert!(self.begin_small(len).unwrap().is_some());
     }
 
+    /// As [`Ring::begin_small_for_tests`], the item counted too: a producer killed after
+    /// counting its item and before filling its frame.
+    #[cfg(test)]
+    pub(crate) fn begin_small_counted_for_tests(&self, len: usize) {
+        self.begin_small_for_tests(len);
+        self.count_one_more();
+    }
+
     /// As [`Ring::begin_small_for_tests`], for a producer killed between moving `tail` and
     /// moving the producers' copy of it.
     #[cfg(test)]
@@ -530,7 +560,13 @@ impl Ring {
     /// Counts an item put, if counting; whether the queue was empty.
     #[inline]
     fn count_one_more(&self) -> bool {
-        self.counting() && self.word(ITEMS).fetch_add(1, Ordering::Relaxed) == 0
+        // While a recount is owed the count may be off by the dead's one: every put counts
+        // as the first (an extra ring of the doorbell costs a poller a look, a missed one a
+        // wait for ever).
+        self.counting() && {
+            let before = self.word(ITEMS).fetch_add(1, Ordering::Relaxed);
+            before == 0 || before & RECOUNT != 0
+        }
     }
 
     /// Wakes consumers asleep for an item, if any. The caller has just made an item visible,
@@ -582,9 +618,7 @@ impl Ring {
             .is_ok()
             && self.counting()
         {
-            let _ = self
-                .word(ITEMS)
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            self.count_one_less(Ordering::Relaxed);
         }
     }
 
@@ -700,11 +734,7 @@ impl Ring {
                     self.word(CURSOR)
                         .store(unsettled.unwrap_or(pos + size), Ordering::Relaxed);
                     if self.counting() {
-                        let _ = self.word(ITEMS).fetch_update(
-                            Ordering::SeqCst,
-                            Ordering::Relaxed,
-                            |n| n.checked_sub(1),
-                        );
+                        self.count_one_less(Ordering::SeqCst);
                         if self.maxsize() != 0 {
                             self.signal_room();
                         }
@@ -812,11 +842,7 @@ impl Ring {
             {
                 buried = true;
                 if state == RESERVED && self.counting() {
-                    let _ =
-                        self.word(ITEMS)
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            });
+                    self.count_one_less(Ordering::Relaxed);
                 }
             }
             pos += size;
@@ -1263,6 +1289,30 @@ pub(crate) mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_count_owed_a_recount_keeps_its_mark_and_rings_for_every_put() {
+        let t = test_ring(CAP_FOR_COUNT, 1);
+        let r = &t.ring;
+        assert!(
+            r.put_small(b"a").unwrap().unwrap(),
+            "the first item is first"
+        );
+        r.owe_recount();
+        assert!(r.recount_owed());
+        assert_eq!(r.items(), 1, "the mark is not a count");
+        assert!(r.count_one_more(), "every put counts as first while owed");
+        r.count_one_less(Ordering::Relaxed);
+        r.count_one_less(Ordering::Relaxed);
+        r.count_one_less(Ordering::Relaxed);
+        assert_eq!(r.items(), 0, "never below 0");
+        assert!(r.recount_owed(), "the mark stays until a recount");
+        r.recount().unwrap();
+        assert!(!r.recount_owed());
+        assert_eq!(r.items(), 1, "the frame put above");
+    }
+
+    const CAP_FOR_COUNT: usize = 4096;
 
     /// Another process may write anything anywhere in the region at any moment. Whatever it
     /// writes between any two operations, every operation gives a value or an error (never a
