@@ -18,7 +18,7 @@ use std::{
     os::fd::{AsFd, OwnedFd},
 };
 
-use mp_codec::{Fd, Frame};
+use mp_codec::{Fd, Frame, wire::MAX_FDS};
 use rustix::net::{
     AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
@@ -64,11 +64,14 @@ const MAX_LEN: usize = 1 << 20;
 /// Frames as a peer sends them over a connection, with descriptors in the side channel.
 ///
 /// The input is cut into up to four sends. Each starts with a byte: its low 2 bits say how
-/// many descriptors ride with it (0 to 3, copies of `/dev/null`: none, too few, too many or
-/// unexpected ones, for what the frames announce), the next 6 bits how many of the
-/// following bytes it sends (the rest of the input for the last). The reader takes frames
-/// until an error, then the socket is closed: every descriptor that arrived must be closed
-/// with it or with the frames (the replay checks that none is left open).
+/// many descriptors ride with it (copies of `/dev/null`: none, too few, too many or
+/// unexpected ones, for what the frames announce): 0, 1, 2, or the most one message can
+/// carry ([`MAX_FDS`](mp_codec::wire::MAX_FDS)). With that many, the reading socket also
+/// asks for the sender's credentials, which take room in the same control buffer, so the
+/// kernel truncates the descriptors (`MSG_CTRUNC`). The next 6 bits say how many of the
+/// following bytes the send carries (the rest of the input for the last). The reader takes
+/// frames until an error, then the socket is closed: every descriptor that arrived must be
+/// closed with it or with the frames (the replay checks that none is left open).
 ///
 /// ```
 /// mp_fuzz::frame(&[0, 0, 0, 0, 2, b'h', b'i']);
@@ -83,6 +86,7 @@ pub fn frame(data: &[u8]) {
         return;
     };
     let null = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+    let mut sends = Vec::new();
     let mut rest = data;
     for part in 0..4 {
         let Some((&head, tail)) = rest.split_first() else {
@@ -95,13 +99,20 @@ pub fn frame(data: &[u8]) {
         };
         let (bytes, after) = tail.split_at(len);
         rest = after;
+        sends.push(([0, 1, 2, MAX_FDS][usize::from(head & 3)], bytes));
+    }
+    if sends.iter().any(|&(fds, _)| fds == MAX_FDS) {
+        // (Set before sending: the kernel attaches credentials as it queues a message.)
+        let _ = rustix::net::sockopt::set_socket_passcred(&ours, true);
+    }
+    for (count, bytes) in sends {
         let fds: Vec<_> = null
             .iter()
             .cycle()
-            .take(usize::from(head & 3))
+            .take(count)
             .map(|fd| fd.as_fd())
             .collect();
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() {
             control.push(SendAncillaryMessage::ScmRights(&fds));

@@ -349,15 +349,31 @@ impl<T: Message> Queue<T> {
         }
         // An unbounded queue nobody polls keeps no count (one write fewer per item, on a
         // line both sides share): count the frames instead.
-        with_lock(self, ring.get_lock(), || ring.count()).unwrap_or(0) as usize
+        self.snapshot(|| ring.count()).unwrap_or(0) as usize
     }
 
-    /// Whether no item could be taken right now (a snapshot; exact at the moment it looks).
+    /// Whether no item could be taken right now (a snapshot; exact at the moment it looks,
+    /// unless the consumers' lock was held throughout 10 ms: then a look without it, which
+    /// a `get` under way may make stale at once; the same goes for [`qsize`](Queue::qsize)
+    /// on an unbounded queue, which counts the frames).
     pub fn empty(&self) -> bool {
         let ring = self.ring();
-        with_lock(self, ring.get_lock(), || ring.any_ready())
+        self.snapshot(|| ring.any_ready())
             .map(|ready| !ready)
             .unwrap_or(false)
+    }
+
+    /// `look` at the frames under the consumers' lock, if it is had within
+    /// [`SNAPSHOT_WAIT`]; else without it. A look without the lock reads the shared words
+    /// as any hostile write leaves them (atomically, every bound checked), so it is
+    /// memory-safe, only maybe stale; it repairs nothing, and a ring that looks corrupted
+    /// then (a frame changing under it) is reported as an error, not reset.
+    fn snapshot<R>(&self, look: impl Fn() -> std::result::Result<R, Corrupt>) -> Result<R> {
+        let lock = self.ring().get_lock();
+        match with_lock_until(self, lock, Some(Instant::now() + SNAPSHOT_WAIT), &look)? {
+            Some(seen) => Ok(seen),
+            None => look().map_err(|Corrupt(why)| Error::Corrupted(why)),
+        }
     }
 
     /// Whether `maxsize` items are in (always false for an unbounded queue, whose puts wait
@@ -974,6 +990,12 @@ fn with_lock<T: Message, R>(
 ) -> Result<R> {
     Ok(with_lock_until(queue, lock, None, f)?.expect("no deadline, no timeout"))
 }
+
+/// How long `qsize` and `empty` wait for the consumers' lock before they look without it:
+/// a running holder lets go within microseconds; one that keeps it longer is stopped,
+/// descheduled, or (a word written over) no process at all, and a snapshot must not wait
+/// on it.
+const SNAPSHOT_WAIT: Duration = Duration::from_millis(10);
 
 /// The least a timed operation waits for a lock, however near its deadline: a `try_get`
 /// must not fail as empty only because another consumer held the lock for a moment.
@@ -1660,5 +1682,29 @@ mod tests {
         ));
         assert_eq!(q.qsize(), 0, "the waiting consumer buried it");
         assert!(!q.ring().put_lock().is_locked());
+    }
+
+    #[test]
+    fn qsize_and_empty_answer_while_a_live_process_holds_the_consumers_lock() {
+        // Found by the fuzzer: both took the consumers' lock with no bound, so a lock held
+        // for good (a stopped consumer, or a word written over to name an owner nobody can
+        // judge) made them hang. They now look without it after a moment.
+        let q = Queue::<u64>::new().unwrap();
+        assert!(
+            !q.ring().counting(),
+            "the case where qsize walks the frames"
+        );
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        assert!(q.ring().get_lock().acquire().is_held());
+        let (done, finished) = std::sync::mpsc::channel();
+        let other = q.clone();
+        std::thread::spawn(move || {
+            done.send((other.qsize(), other.empty())).unwrap();
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        let _ = q.ring().get_lock().release();
+        assert_eq!(outcome, Ok((2, false)), "a snapshot, in time");
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 1);
     }
 }
