@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mp_fuzz::handshake(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mp_fuzz::checked(mp_fuzz::handshake, data));

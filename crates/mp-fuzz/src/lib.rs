@@ -1,7 +1,8 @@
 //! The workspace's fuzz targets, as functions over the bytes a hostile peer controls.
 //!
 //! Each target returns normally for any input: the reader under test gives a value or an
-//! error. A panic, an abort, a hang or a huge allocation is a finding. libFuzzer runs them
+//! error. A panic, an abort, a hang, a huge allocation or a descriptor left open (see
+//! [`checked`]) is a finding. libFuzzer runs them
 //! (`cargo xtask fuzz`, the harness in `fuzz/`), and `cargo test -p mp-fuzz` replays the
 //! committed corpus and regressions on the stable toolchain.
 //!
@@ -32,6 +33,31 @@ pub struct Target {
     pub name: &'static str,
     /// Runs the target over one input.
     pub run: fn(&[u8]),
+}
+
+/// Runs `target` over `data` and checks that it left no descriptor open: libFuzzer's
+/// harness runs every input this way, so a leak is a finding (a panic) on the input that
+/// made it. It counts the entries of `/proc/self/fd` before and after (a few µs).
+///
+/// ```
+/// mp_fuzz::checked(mp_fuzz::frame, b"\x14\x00\x00\x00\x01x");
+/// ```
+///
+/// # Panics
+/// If the count differs after the run.
+pub fn checked(target: fn(&[u8]), data: &[u8]) {
+    let before = open_descriptors();
+    target(data);
+    let after = open_descriptors();
+    assert_eq!(
+        after, before,
+        "the input left {after} descriptors open where there were {before}"
+    );
+}
+
+/// How many descriptors this process has open (the one that reads the count excluded).
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
 }
 
 /// Every target.
@@ -372,4 +398,17 @@ fn is_regular_file(fd: &OwnedFd) -> bool {
     rustix::fs::fstat(fd).is_ok_and(|st| {
         rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
     })
+}
+
+#[cfg(test)]
+mod tests {
+    // (The only test of this binary: nothing else opens descriptors meanwhile.)
+    #[test]
+    #[should_panic(expected = "descriptors open")]
+    fn checked_finds_a_descriptor_left_open() {
+        fn leaky(_: &[u8]) {
+            std::mem::forget(std::fs::File::open("/dev/null").unwrap());
+        }
+        super::checked(leaky, b"");
+    }
 }

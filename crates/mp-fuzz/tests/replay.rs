@@ -28,7 +28,14 @@ fn every_corpus_and_regression_input_gives_a_value_or_an_error_and_leaks_nothing
         assert!(!files.is_empty(), "no corpus for {}", target.name);
         for file in files {
             let data = std::fs::read(&file).unwrap();
+            let before = open_descriptors();
             (target.run)(&data);
+            assert_eq!(
+                open_descriptors(),
+                before,
+                "{} left descriptors open",
+                file.display()
+            );
         }
     }
     // (The test's other threads open nothing: this is the only test of the binary.)
