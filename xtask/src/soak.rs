@@ -1,10 +1,12 @@
 //! `cargo xtask soak [--quick | --minutes N] [--seed S]`: the fault campaign (issue 18).
 //!
-//! Round after round, a workload is picked at random and run across processes of ours
-//! (started by fork, spawn or forkserver, at random), while this process SIGKILLs some of
-//! them at random moments: inside a lock, in the middle of a `put` or a `get`, of a pool's
-//! task, of a handshake, or the middle process of a chain of three. Then it checks what
-//! must still hold:
+//! Round after round, the workloads in turn (counters under a `Lock` or `RLock`, a
+//! `Barrier`, waiters on a `Condition`, a `Queue`, a `JoinableQueue`, a `Pool`, pipes and
+//! listeners, chains of children), each round with a seed of its own, run across processes
+//! of ours (started by fork, spawn or forkserver, at random), while this process SIGKILLs
+//! some of them at random moments: inside a lock or a wait, in the middle of a `put` or a
+//! `get`, of a pool's task, of a handshake, or the middle process of a chain of three. Then
+//! it checks what must still hold:
 //!
 //! - nothing hangs: every wait has a deadline ([`ROUND_DEADLINE`]), and a round that passes
 //!   it counts as a hang, reported with its seed;
@@ -26,7 +28,8 @@ use std::{
 };
 
 use multiprocessing::{
-    Array, Barrier, Event, Pool, Process, Queue, RLock, StartMethod, Value,
+    Array, Barrier, Condition, Event, JoinableQueue, Pool, Process, Queue, RLock, RawArray,
+    StartMethod, Value,
     connection::{Client, Listener},
 };
 
@@ -134,7 +137,10 @@ type Workload = fn(&mut Rng) -> Result<Tally, String>;
 
 const WORKLOADS: &[(&str, Workload)] = &[
     ("locks", locks),
+    ("barrier", barrier),
+    ("condition", condition),
     ("queue", queue),
+    ("joinable", joinable),
     ("pool", pool),
     ("pipes", pipes),
     ("nested", nested),
@@ -528,9 +534,6 @@ fn barrier(rng: &mut Rng) -> Result<Tally, String> {
 }
 
 fn locks(rng: &mut Rng) -> Result<Tally, String> {
-    if rng.chance(25) {
-        return barrier(rng);
-    }
     let began = Instant::now();
     let workers = 2 + rng.below(3) as u32;
     let rounds = 200 + rng.below(800);
@@ -630,6 +633,132 @@ fn locks(rng: &mut Rng) -> Result<Tally, String> {
     Ok(tally)
 }
 
+/// Slots of a condition round's state (a `RawArray`, read and written under the
+/// condition's lock): tokens handed out and not taken, whether the hand-out is over, how
+/// many times a waiter found the lock's last owner dead, then the tokens each waiter took.
+const TOKENS: usize = 0;
+const CLOSED: usize = 1;
+const DIED: usize = 2;
+const TAKEN: usize = 3;
+
+/// Takes tokens one at a time, waiting on the condition while there are none, until the
+/// hand-out is over and none is left; how many it took.
+fn take_tokens((cond, state, me): (Condition, RawArray<u64>, u32)) -> u64 {
+    let get = |i| state.get(i).unwrap_or(0);
+    let died = || {
+        let _ = state.set(DIED, get(DIED) + 1);
+    };
+    let mut mine = 0;
+    loop {
+        let guard = cond.lock().unwrap_or_else(|d| {
+            died();
+            d.into_guard()
+        });
+        loop {
+            if get(TOKENS) > 0 {
+                let _ = state.set(TOKENS, get(TOKENS) - 1);
+                let _ = state.set(TAKEN + me as usize, get(TAKEN + me as usize) + 1);
+                mine += 1;
+                break;
+            }
+            if get(CLOSED) != 0 {
+                return mine;
+            }
+            match cond.wait_timeout(Duration::from_secs(10)) {
+                Ok(_) => {}
+                Err(multiprocessing::synchronize::Error::OwnerDied) => died(),
+                Err(_) => return u64::MAX, // a failure, told apart from a count
+            }
+        }
+        drop(guard);
+    }
+}
+
+/// Waiters on a `Condition` taking tokens that this process hands out one at a time with
+/// `notify(1)`, one waiter killed at a random moment (asleep in `wait`, or inside the lock
+/// between its two writes). Nobody may hang (a wake-up is never spent on the dead, and the
+/// end is told with `notify_all`), and every token is accounted for: left, or taken by a
+/// waiter, give or take one per owner that died inside the lock.
+fn condition(rng: &mut Rng) -> Result<Tally, String> {
+    let began = Instant::now();
+    let waiters = 2 + rng.below(3) as u32;
+    let tokens = 100 + rng.below(400);
+    let cond = Condition::new().map_err(|e| e.to_string())?;
+    let state = RawArray::<u64>::new(TAKEN + waiters as usize).map_err(|e| e.to_string())?;
+    let get = |i| state.get(i).unwrap_or(0);
+    let mut procs = Vec::new();
+    for me in 0..waiters {
+        procs.push(
+            Process::new(take_tokens, (cond.clone(), state.clone(), me))
+                .method(rng.method())
+                .daemon(true)
+                .start()
+                .map_err(|e| format!("start: {e}"))?,
+        );
+    }
+    let victim = rng
+        .chance(70)
+        .then(|| (rng.below(u64::from(waiters)) as usize, rng.below(tokens)));
+    let mut died_here = 0;
+    let mut lock = || {
+        cond.lock().unwrap_or_else(|d| {
+            died_here += 1;
+            d.into_guard()
+        })
+    };
+    for t in 0..tokens {
+        if let Some((v, at)) = victim
+            && at == t
+        {
+            let _ = procs[v].kill();
+        }
+        {
+            let _held = lock();
+            let _ = state.set(TOKENS, get(TOKENS) + 1);
+            cond.notify(1).map_err(|e| format!("notify: {e}"))?;
+        }
+        if rng.chance(5) {
+            rng.pause(Duration::from_millis(2)); // long enough for the waiters to sleep
+        }
+        left(began, "handing out tokens")?;
+    }
+    {
+        let _held = lock();
+        let _ = state.set(CLOSED, 1);
+        cond.notify_all().map_err(|e| format!("notify_all: {e}"))?;
+    }
+    let mut took = 0;
+    for (i, p) in procs.iter_mut().enumerate() {
+        match join(p, began, "a waiter")? {
+            Some(u64::MAX) => return Err("a waiter's wait failed".into()),
+            Some(n) if n != get(TAKEN + i) => {
+                return Err(format!(
+                    "waiter {i} took {n} tokens, its slot says {}",
+                    get(TAKEN + i)
+                ));
+            }
+            Some(n) => took += n,
+            None if victim.is_some_and(|(v, _)| v == i) => took += get(TAKEN + i),
+            None => return Err("a waiter failed".into()),
+        }
+    }
+    // Once more, so that a waiter killed inside the lock at the very end is noticed.
+    drop(lock());
+    let accounted = get(TOKENS) + took;
+    let deaths_inside = get(DIED) + died_here;
+    if accounted.abs_diff(tokens) > deaths_inside {
+        return Err(format!(
+            "{tokens} tokens handed out, {accounted} left or taken \
+             ({deaths_inside} owners died inside the lock)"
+        ));
+    }
+    Ok(Tally {
+        kills: u64::from(victim.is_some()),
+        ops: tokens,
+        ..Tally::default()
+    })
+}
+
 // ---- queue: producers and consumers killed mid-put and mid-get ---------------------------
 
 /// An item: its producer, its number, and bytes derived from both (a torn or garbled item
@@ -658,11 +787,18 @@ fn item_len(producer: u32, seq: u32) -> usize {
     }
 }
 
+/// A queue, and the `JoinableQueue` it belongs to when the round uses one.
+type Queues = (Queue<Item>, Option<JoinableQueue<Item>>);
+
 /// Puts `count` items, recording in `acked[me]` how many puts returned `Ok`.
-fn produce((queue, acked, me, count): (Queue<Item>, Array<u64>, u32, u32)) -> u32 {
+fn produce(((queue, joinable), acked, me, count): (Queues, Array<u64>, u32, u32)) -> u32 {
     for seq in 0..count {
         let item = (me, seq, payload(me, seq, item_len(me, seq)));
-        if queue.put(item).is_err() {
+        let put = match &joinable {
+            Some(j) => j.put(item).is_ok(),
+            None => queue.put(item).is_ok(),
+        };
+        if !put {
             return seq;
         }
         let _ = acked.set(me as usize, u64::from(seq) + 1);
@@ -673,7 +809,7 @@ fn produce((queue, acked, me, count): (Queue<Item>, Array<u64>, u32, u32)) -> u3
 /// Takes items until `done` is set and the queue is empty, marking each in `seen`
 /// (`report`: duplicates, torn items).
 fn consume(
-    (queue, seen, report, done, per): (Queue<Item>, Array<u8>, Array<u64>, Event, u32),
+    ((queue, joinable), seen, report, done, per): (Queues, Array<u8>, Array<u64>, Event, u32),
 ) -> u64 {
     let mut got = 0;
     loop {
@@ -681,10 +817,22 @@ fn consume(
             Ok(item) => {
                 got += 1;
                 mark(&seen, &report, per, item);
+                finished(&joinable, &report);
             }
             Err(_) if done.is_set() => return got,
             Err(_) => {}
         }
+    }
+}
+
+/// Marks a task taken from a `JoinableQueue` done; a `task_done` refused (more than were
+/// put) is reported.
+fn finished(joinable: &Option<JoinableQueue<Item>>, report: &Array<u64>) {
+    if let Some(j) = joinable
+        && j.task_done().is_err()
+    {
+        let mut r = report.lock().unwrap_or_else(|d| d.into_guard());
+        r[2] += 1;
     }
 }
 
@@ -706,22 +854,42 @@ fn mark(seen: &Array<u8>, report: &Array<u64>, per: u32, (producer, seq, bytes):
 }
 
 fn queue(rng: &mut Rng) -> Result<Tally, String> {
+    stream(rng, false)
+}
+
+fn joinable(rng: &mut Rng) -> Result<Tally, String> {
+    stream(rng, true)
+}
+
+/// Producers and consumers on a `Queue`, or on a `JoinableQueue` whose consumers mark each
+/// task done, killed at random moments.
+fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
     let began = Instant::now();
     let producers = 1 + rng.below(3) as u32;
     let consumers = 1 + rng.below(3) as u32;
     let per = 300 + rng.below(1200) as u32;
-    let q: Queue<Item> = Queue::builder()
-        .capacity([4096, 64 << 10, 1 << 20][rng.below(3) as usize])
-        .build()
+    let capacity = [4096, 64 << 10, 1 << 20][rng.below(3) as usize];
+    let joinable = joinable
+        .then(|| Queue::<Item>::builder().capacity(capacity).build_joinable())
+        .transpose()
         .map_err(|e| e.to_string())?;
+    let q: Queue<Item> = match &joinable {
+        Some(j) => j.queue().clone(),
+        None => Queue::builder()
+            .capacity(capacity)
+            .build()
+            .map_err(|e| e.to_string())?,
+    };
+    let queues = (q.clone(), joinable.clone());
     let acked = Array::<u64>::new(producers as usize).map_err(|e| e.to_string())?;
     let seen = Array::<u8>::new((producers * per) as usize).map_err(|e| e.to_string())?;
-    let report = Array::<u64>::new(2).map_err(|e| e.to_string())?;
+    // Items received twice, items torn or garbled, task_done calls refused.
+    let report = Array::<u64>::new(3).map_err(|e| e.to_string())?;
     let done = Event::new().map_err(|e| e.to_string())?;
     let mut prods = Vec::new();
     for me in 0..producers {
         prods.push(
-            Process::new(produce, (q.clone(), acked.clone(), me, per))
+            Process::new(produce, (queues.clone(), acked.clone(), me, per))
                 .method(rng.method())
                 .daemon(true)
                 .start()
@@ -730,7 +898,13 @@ fn queue(rng: &mut Rng) -> Result<Tally, String> {
     }
     let mut cons = Vec::new();
     for _ in 0..consumers {
-        let args = (q.clone(), seen.clone(), report.clone(), done.clone(), per);
+        let args = (
+            queues.clone(),
+            seen.clone(),
+            report.clone(),
+            done.clone(),
+            per,
+        );
         cons.push(
             Process::new(consume, args)
                 .method(rng.method())
@@ -769,6 +943,7 @@ fn queue(rng: &mut Rng) -> Result<Tally, String> {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(item) = q.get_timeout(Duration::from_millis(20)) {
                     mark(&seen, &report, per, item);
+                    finished(&joinable, &report);
                 }
             }
         });
@@ -793,13 +968,48 @@ fn queue(rng: &mut Rng) -> Result<Tally, String> {
     // What no consumer took (all of them may have been killed) is drained here.
     while let Ok(item) = q.try_get() {
         mark(&seen, &report, per, item);
+        finished(&joinable, &report);
         left(began, "draining the queue")?;
     }
+    if let Some(j) = &joinable {
+        // Every task taken is done. Without a kill, `join` returns at once and one more
+        // `task_done` is refused; a producer killed inside a `put`, or a consumer between
+        // its `get` and its `task_done`, may leave a task unfinished for good (the
+        // documented rule), and then `join_timeout` must still return in its time.
+        let wait = if tally.kills == 0 {
+            left(began, "joining the queue")?
+        } else {
+            Duration::from_millis(50)
+        };
+        let t = Instant::now();
+        let joined = j.join_timeout(wait);
+        if t.elapsed() > wait + Duration::from_secs(1) {
+            return Err(format!(
+                "hang: join_timeout({wait:?}) took {:?}",
+                t.elapsed()
+            ));
+        }
+        // Each killed process had at most one put or one task in hand.
+        let unfinished = j.unfinished();
+        if unfinished > tally.kills {
+            return Err(format!(
+                "{unfinished} tasks unfinished with every one taken marked done \
+                 ({} processes killed)",
+                tally.kills
+            ));
+        }
+        if tally.kills == 0 && (joined.is_err() || j.task_done().is_ok()) {
+            return Err(format!(
+                "with every task done and nobody killed, join gave {joined:?}, or one more \
+                 task_done was taken"
+            ));
+        }
+    }
     let report = report.to_vec();
-    if report[0] > 0 || report[1] > 0 {
+    if report[0] > 0 || report[1] > 0 || report[2] > 0 {
         return Err(format!(
-            "{} items received twice, {} torn or garbled",
-            report[0], report[1]
+            "{} items received twice, {} torn or garbled, {} task_done calls refused",
+            report[0], report[1], report[2]
         ));
     }
     let seen = seen.to_vec();

@@ -21,8 +21,9 @@ use crate::{
 /// for all of them.
 ///
 /// A consumer that dies between its `get` and its `task_done` leaves that task unfinished
-/// for ever (as in Python): use [`join_timeout`](JoinableQueue::join_timeout) where that
-/// can happen.
+/// for ever (as in Python), and so does a producer killed inside a `put` (the item is
+/// counted before it is published): at most one task per process killed. Use
+/// [`join_timeout`](JoinableQueue::join_timeout) where that can happen.
 ///
 /// ```
 /// let q = multiprocessing::queues::JoinableQueue::<u32>::new()?;
@@ -66,6 +67,11 @@ impl<T: Message> JoinableQueue<T> {
         Ok(JoinableQueue {
             queue: Queue::with_maxsize(maxsize)?,
         })
+    }
+
+    /// Over a queue nobody else holds yet ([`Builder::build_joinable`](crate::Builder)).
+    pub(crate) fn over(queue: Queue<T>) -> Self {
+        JoinableQueue { queue }
     }
 
     /// The queue underneath, for everything but `put`.
@@ -227,6 +233,11 @@ impl<T: Message> SimpleQueue<T> {
         Ok(SimpleQueue {
             queue: Queue::new()?,
         })
+    }
+
+    /// Over a queue nobody else holds yet ([`Builder::build_simple`](crate::Builder)).
+    pub(crate) fn over(queue: Queue<T>) -> Self {
+        SimpleQueue { queue }
     }
 
     /// Puts `item`, waiting for room in the ring if it is full.

@@ -97,6 +97,41 @@ impl<T: Message> Builder<T> {
         let bell = sys::doorbell().map_err(|e| os("eventfd", e))?;
         Queue::from_parts(region, tx, rx, bell, Some(self.maxsize as u64))
     }
+
+    /// Makes a [`JoinableQueue`](crate::JoinableQueue) with this bound and ring.
+    ///
+    /// ```
+    /// let q = multiprocessing::queues::Queue::<u64>::builder()
+    ///     .capacity(64 << 10)
+    ///     .build_joinable()?;
+    /// assert_eq!(q.queue().capacity(), 64 << 10);
+    /// q.put(1)?;
+    /// assert_eq!(q.unfinished(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`build`](Builder::build).
+    pub fn build_joinable(self) -> Result<crate::JoinableQueue<T>> {
+        self.build().map(crate::JoinableQueue::over)
+    }
+
+    /// Makes a [`SimpleQueue`](crate::SimpleQueue) with this bound and ring.
+    ///
+    /// ```
+    /// let q = multiprocessing::queues::Queue::<u64>::builder()
+    ///     .maxsize(1)
+    ///     .build_simple()?;
+    /// q.put(1)?;
+    /// assert!(!q.empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`build`](Builder::build).
+    pub fn build_simple(self) -> Result<crate::SimpleQueue<T>> {
+        self.build().map(crate::SimpleQueue::over)
+    }
 }
 
 /// How long a call may wait. It becomes a deadline only once the call has to wait, so a
