@@ -92,7 +92,7 @@ const MAX_LEN: usize = 1 << 20;
 /// The input is cut into up to four sends. Each starts with a byte: its low 2 bits say how
 /// many descriptors ride with it (copies of `/dev/null`: none, too few, too many or
 /// unexpected ones, for what the frames announce): 0, 1, 2, or the most one message can
-/// carry ([`MAX_FDS`](mp_codec::wire::MAX_FDS)). With that many, the reading socket also
+/// carry ([`MAX_FDS`]). With that many, the reading socket also
 /// asks for the sender's credentials, which take room in the same control buffer, so the
 /// kernel truncates the descriptors (`MSG_CTRUNC`). The next 6 bits say how many of the
 /// following bytes the send carries (the rest of the input for the last). The reader takes
