@@ -379,11 +379,12 @@ impl<T: Message> Queue<T> {
     /// `put` from the moment it has room, so it may count an item still being copied in.
     pub fn qsize(&self) -> usize {
         let ring = self.ring();
-        if ring.counting() {
+        if ring.counting() && !ring.recount_owed() {
             return ring.items() as usize;
         }
         // An unbounded queue nobody polls keeps no count (one write fewer per item, on a
-        // line both sides share): count the frames instead.
+        // line both sides share), and a count owed a recount may be off: count the frames
+        // instead.
         self.snapshot(|| ring.count()).unwrap_or(0) as usize
     }
 
@@ -654,6 +655,15 @@ impl<T: Message> Queue<T> {
     /// ring may have landed just before the silencing).
     fn quiet_bell(&self) -> std::result::Result<(), Corrupt> {
         if self.polled() {
+            let ring = self.ring();
+            if ring.recount_owed() {
+                // Paid here if the producers' lock is free (a try, no wait): with both
+                // locks, a repair.
+                if ring.put_lock().try_acquire().is_held() {
+                    self.mend();
+                    let _ = ring.put_lock().release();
+                }
+            }
             sys::silence(self.inner.bell.as_fd());
             if self.ring().any_ready()? {
                 sys::ring(self.inner.bell.as_fd());
@@ -1237,26 +1247,23 @@ impl<T: Message> AsFd for Queue<T> {
     /// make one system call each (a busy queue that never empties makes none). Readable is
     /// a hint, as in Python: another consumer may take the item first, an item may still be
     /// being copied in, and a producer killed between publishing and ringing leaves the bell
-    /// silent until the next put. Wait with a timeout where that matters.
+    /// silent until the next put. Wait with a timeout where that matters. Arming waits for
+    /// the queue's locks 10 ms at most, so a process holding one for good (stopped, say)
+    /// never holds up a `wait` with a timeout.
     fn as_fd(&self) -> BorrowedFd<'_> {
         let pollers = self.ring().word32(ring::POLLERS);
         if pollers.load(Ordering::Relaxed) == 0 {
-            // Armed under both locks, with the count of items redone: from here on every
-            // put and get keeps it (they read the flag under their lock).
+            // From here on every put and get keeps the count of items (they read the flag
+            // under their lock); it is redone under both locks, which also repairs the ring
+            // should either have been taken from the dead. A lock held throughout
+            // `SNAPSHOT_WAIT` (a stopped process, or a word naming an owner nobody can
+            // judge) is not waited for: the count is then owed a recount, and until it is
+            // paid every put rings the bell and `qsize` counts the frames.
             let ring = self.ring();
-            let get = ring.get_lock().acquire();
-            let put = ring.put_lock().acquire();
             pollers.store(1, Ordering::SeqCst);
-            // Also what a repair does, should either lock have been taken from the dead.
-            self.mend();
-            if put.is_held() {
-                let _ = ring.put_lock().release();
-            }
-            if get.is_held() {
-                let _ = ring.get_lock().release();
-            }
-            // Items put before the arming rang no bell.
-            if with_lock(self, ring.get_lock(), || ring.any_ready()).unwrap_or(false) {
+            self.repair(Some(Instant::now() + SNAPSHOT_WAIT));
+            // Items put before the arming rang no bell (when unsure, ring: a hint).
+            if self.snapshot(|| ring.any_ready()).unwrap_or(true) {
                 sys::ring(self.inner.bell.as_fd());
             }
         }
@@ -1741,5 +1748,51 @@ mod tests {
         let _ = q.ring().get_lock().release();
         assert_eq!(outcome, Ok((2, false)), "a snapshot, in time");
         assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 1);
+    }
+
+    /// Whether `fd` polls readable now.
+    fn readable(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&zero)).unwrap() == 1
+    }
+
+    #[test]
+    fn arming_the_doorbell_waits_only_a_moment_for_a_lock_held_throughout() {
+        // Arming took both locks with no bound, so a `connection::wait` with a timeout hung
+        // while a live process (or a lock word naming one nobody can judge) held either.
+        let q = Queue::<u64>::new().unwrap();
+        q.put(1).unwrap();
+        assert!(q.ring().get_lock().acquire().is_held());
+        let (done, finished) = std::sync::mpsc::channel();
+        let other = q.clone();
+        std::thread::spawn(move || {
+            done.send(readable(other.as_fd())).unwrap();
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        let _ = q.ring().get_lock().release();
+        assert_eq!(
+            outcome,
+            Ok(true),
+            "armed in time; the item already there rings"
+        );
+        // The count could not be redone under both locks: owed, and told right meanwhile.
+        assert_eq!(q.qsize(), 1);
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 1);
+        assert!(!readable(q.as_fd()), "empty: the bell is silenced");
+        assert!(
+            !q.ring().recount_owed(),
+            "paid by the get that found the queue empty"
+        );
+        assert_eq!(q.qsize(), 0);
+        q.put(2).unwrap();
+        assert!(readable(q.as_fd()), "a put into the empty queue rings");
+        assert_eq!(q.qsize(), 1);
     }
 }
