@@ -368,6 +368,9 @@ pub fn region(data: &[u8]) {
                 let _ = q.try_put(1);
                 let _ = q.try_get();
                 let _ = q.qsize();
+                // Arms the doorbell (what `connection::wait` does first).
+                let _ = q.as_fd();
+                let _ = q.empty();
             },
         ),
     }
