@@ -412,6 +412,20 @@ fn left(began: Instant, what: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("hang: {what} past the round's deadline"))
 }
 
+/// Starts `target(args)` as a daemon child, by a start method picked at random.
+fn start<F, A, R>(rng: &mut Rng, target: F, args: A) -> Result<Process<R>, String>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: multiprocessing::Message + 'static,
+    R: multiprocessing::Message + 'static,
+{
+    Process::new(target, args)
+        .method(rng.method())
+        .daemon(true)
+        .start()
+        .map_err(|e| format!("start: {e}"))
+}
+
 /// Joins `p` within the round's deadline; `Ok(None)` if it was killed or failed.
 fn join<R: multiprocessing::Message + 'static>(
     p: &mut Process<R>,
@@ -492,13 +506,7 @@ fn barrier(rng: &mut Rng) -> Result<Tally, String> {
     let b = Barrier::new(parties).map_err(|e| e.to_string())?;
     let mut procs = Vec::new();
     for _ in 0..parties {
-        procs.push(
-            Process::new(meet, (b.clone(), rounds))
-                .method(rng.method())
-                .daemon(true)
-                .start()
-                .map_err(|e| format!("start: {e}"))?,
-        );
+        procs.push(start(rng, meet, (b.clone(), rounds))?);
     }
     let killed = rng.chance(70).then(|| {
         rng.pause(Duration::from_millis(20));
@@ -543,11 +551,7 @@ fn locks(rng: &mut Rng) -> Result<Tally, String> {
         let counts = Array::<u64>::new(workers as usize + 2).map_err(|e| e.to_string())?;
         let mut procs = Vec::new();
         for me in 0..workers {
-            let p = Process::new(count_under_lock, (counts.clone(), me, rounds, inside))
-                .method(rng.method())
-                .daemon(true)
-                .start()
-                .map_err(|e| format!("start: {e}"))?;
+            let p = start(rng, count_under_lock, (counts.clone(), me, rounds, inside))?;
             procs.push(p);
         }
         let mut killed = vec![false; procs.len()];
@@ -598,13 +602,7 @@ fn locks(rng: &mut Rng) -> Result<Tally, String> {
         let mut procs = Vec::new();
         for _ in 0..workers {
             let args = (lock.clone(), total.clone(), died.clone(), rounds);
-            procs.push(
-                Process::new(count_under_rlock, args)
-                    .method(rng.method())
-                    .daemon(true)
-                    .start()
-                    .map_err(|e| format!("start: {e}"))?,
-            );
+            procs.push(start(rng, count_under_rlock, args)?);
         }
         let mut killed = vec![false; procs.len()];
         if rng.chance(60) {
@@ -688,13 +686,7 @@ fn condition(rng: &mut Rng) -> Result<Tally, String> {
     let get = |i| state.get(i).unwrap_or(0);
     let mut procs = Vec::new();
     for me in 0..waiters {
-        procs.push(
-            Process::new(take_tokens, (cond.clone(), state.clone(), me))
-                .method(rng.method())
-                .daemon(true)
-                .start()
-                .map_err(|e| format!("start: {e}"))?,
-        );
+        procs.push(start(rng, take_tokens, (cond.clone(), state.clone(), me))?);
     }
     let victim = rng
         .chance(70)
@@ -888,13 +880,11 @@ fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
     let done = Event::new().map_err(|e| e.to_string())?;
     let mut prods = Vec::new();
     for me in 0..producers {
-        prods.push(
-            Process::new(produce, (queues.clone(), acked.clone(), me, per))
-                .method(rng.method())
-                .daemon(true)
-                .start()
-                .map_err(|e| format!("start: {e}"))?,
-        );
+        prods.push(start(
+            rng,
+            produce,
+            (queues.clone(), acked.clone(), me, per),
+        )?);
     }
     let mut cons = Vec::new();
     for _ in 0..consumers {
@@ -905,13 +895,7 @@ fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
             done.clone(),
             per,
         );
-        cons.push(
-            Process::new(consume, args)
-                .method(rng.method())
-                .daemon(true)
-                .start()
-                .map_err(|e| format!("start: {e}"))?,
-        );
+        cons.push(start(rng, consume, args)?);
     }
     let mut tally = Tally::default();
     let mut killed_p = vec![false; prods.len()];
@@ -1064,11 +1048,8 @@ fn pool_owner((tell, method): (multiprocessing::Connection, u8)) -> u32 {
 fn pool_parent_killed(rng: &mut Rng) -> Result<Tally, String> {
     let began = Instant::now();
     let (ours, theirs) = multiprocessing::pipe(true).map_err(|e| e.to_string())?;
-    let mut owner = Process::new(pool_owner, (theirs, rng.below(3) as u8))
-        .method(rng.method())
-        .daemon(true)
-        .start()
-        .map_err(|e| format!("start: {e}"))?;
+    let method = rng.below(3) as u8;
+    let mut owner = start(rng, pool_owner, (theirs, method))?;
     if !ours
         .poll(Some(left(began, "the pool's start")?))
         .unwrap_or(false)
@@ -1288,11 +1269,7 @@ fn anonymous_pipe(rng: &mut Rng) -> Result<Tally, String> {
     let began = Instant::now();
     let (ours, theirs) = multiprocessing::pipe(true).map_err(|e| e.to_string())?;
     let count = 50 + rng.below(500) as u32;
-    let mut child = Process::new(pipe_sends, (theirs, count))
-        .method(rng.method())
-        .daemon(true)
-        .start()
-        .map_err(|e| format!("start: {e}"))?;
+    let mut child = start(rng, pipe_sends, (theirs, count))?;
     let killed = rng.chance(60);
     let pid = child.pid();
     let mut killer_rng = rng.clone();
@@ -1331,11 +1308,7 @@ fn listener_and_client(rng: &mut Rng) -> Result<Tally, String> {
         let mut listener =
             Listener::bind(address.as_str(), Some(AUTHKEY)).map_err(|e| e.to_string())?;
         let count = 50 + rng.below(500) as u32;
-        let mut child = Process::new(client_sends, (address.clone(), count))
-            .method(rng.method())
-            .daemon(true)
-            .start()
-            .map_err(|e| format!("start: {e}"))?;
+        let mut child = start(rng, client_sends, (address.clone(), count))?;
         let killed = rng.chance(60);
         let killer_rng = rng.clone();
         let received = std::thread::scope(|s| -> Result<u32, String> {

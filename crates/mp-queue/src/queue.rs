@@ -942,16 +942,25 @@ impl<T: Message> Queue<T> {
     /// every put rings the doorbell.
     fn repair(&self, deadline: Option<Instant>) {
         let ring = self.ring();
+        if !self.with_both_locks(deadline, || self.mend()) && ring.counting() {
+            ring.owe_recount();
+        }
+    }
+
+    /// Runs `f` holding both locks (the consumers' first), each waited for until `deadline`
+    /// (or [`LOCK_GRACE`]; for ever without one); whether it ran. A lock taken from the
+    /// dead is not repaired here: both callers' `f` mend or reset the ring.
+    fn with_both_locks(&self, deadline: Option<Instant>, f: impl FnOnce()) -> bool {
+        let ring = self.ring();
         let get = take_until(ring.get_lock(), deadline);
         let put = if get.is_held() {
             take_until(ring.put_lock(), deadline)
         } else {
             Acquire::TimedOut
         };
-        if get.is_held() && put.is_held() {
-            self.mend();
-        } else if ring.counting() {
-            ring.owe_recount();
+        let both = get.is_held() && put.is_held();
+        if both {
+            f();
         }
         if put.is_held() {
             let _ = ring.put_lock().release();
@@ -959,6 +968,7 @@ impl<T: Message> Queue<T> {
         if get.is_held() {
             let _ = ring.get_lock().release();
         }
+        both
     }
 
     /// With both locks held: buries the frame of a producer that died inside a small put
@@ -982,21 +992,7 @@ impl<T: Message> Queue<T> {
     /// safe: the corruption stays where the next call finds it again, and resets then.
     fn reset(&self, deadline: Option<Instant>) {
         let ring = self.ring();
-        let get = take_until(ring.get_lock(), deadline);
-        let put = if get.is_held() {
-            take_until(ring.put_lock(), deadline)
-        } else {
-            Acquire::TimedOut
-        };
-        if get.is_held() && put.is_held() {
-            ring.reset();
-        }
-        if put.is_held() {
-            let _ = ring.put_lock().release();
-        }
-        if get.is_held() {
-            let _ = ring.get_lock().release();
-        }
+        self.with_both_locks(deadline, || ring.reset());
     }
 
     pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
