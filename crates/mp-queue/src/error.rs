@@ -43,6 +43,11 @@ pub enum Error {
     /// arrived (only another process writing into the queue's memory can do either).
     #[error("queue item was lost in transit")]
     Lost,
+    /// The peer a [`Queue::get_raw`](crate::Queue::get_raw) or
+    /// [`Queue::put_raw`](crate::Queue::put_raw) watched has hung up: nothing was there to
+    /// take, or no room came before it went.
+    #[error("the process at the other end has gone")]
+    Disconnected,
     /// `task_done` called more times than items were put (Python's `ValueError`).
     #[error("task_done() called too many times")]
     TooManyTaskDone,

@@ -36,5 +36,5 @@ mod sys;
 pub use crate::{
     error::{Error, PutError, Result},
     joinable::{JoinableQueue, SimpleQueue},
-    queue::{Builder, DEFAULT_CAPACITY, Queue},
+    queue::{Builder, DEFAULT_CAPACITY, Queue, hung_up},
 };

@@ -29,8 +29,8 @@ use crate::{
 /// fills (a memfd is allocated lazily), so an idle or lightly used queue costs a few pages.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
-/// Items whose frame would take more than this share of the ring go through the side
-/// channel instead: their bytes in a memfd of their own, its descriptor in a message of a
+/// By default, items whose frame would take more than this share of the ring go through
+/// the side channel instead (see [`Builder::in_ring_limit`]): their bytes in a memfd of their own, its descriptor in a message of a
 /// unix socket every handle holds. The ring then carries only a 16-byte reference, so big
 /// items neither crowd out small ones nor wait for each other's room, and an item of any
 /// size fits (a memfd costs a few system calls: noise next to copying 128 KiB or more).
@@ -60,6 +60,7 @@ struct Marker<T>(PhantomData<T>);
 pub struct Builder<T> {
     maxsize: usize,
     capacity: usize,
+    in_ring: Option<usize>,
     _type: PhantomData<fn(T) -> T>,
 }
 
@@ -75,6 +76,27 @@ impl<T: Message> Builder<T> {
     /// [`DEFAULT_CAPACITY`]). An item's encoding plus 24 bytes must fit in it.
     pub fn capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;
+        self
+    }
+
+    /// The largest item, in encoded bytes, copied into the ring itself; a larger one travels
+    /// beside it, its bytes in a memfd of its own (default: what fits in an eighth of the
+    /// ring, so that big items neither crowd out small ones nor wait long for room). At most
+    /// half the ring. A ring that carries large messages one after another, as a pipe does,
+    /// is faster with them inside: two copies through memory already mapped, against a
+    /// memfd's fresh pages.
+    ///
+    /// ```
+    /// let q = multiprocessing::queues::Queue::<Vec<u8>>::builder()
+    ///     .capacity(4 << 20)
+    ///     .in_ring_limit(2 << 20)
+    ///     .build()?;
+    /// q.put(vec![7; 1 << 20])?; // one frame in the ring
+    /// assert_eq!(q.get()?.len(), 1 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn in_ring_limit(mut self, bytes: usize) -> Self {
+        self.in_ring = Some(bytes);
         self
     }
 
@@ -95,7 +117,14 @@ impl<T: Message> Builder<T> {
         let region = Region::create(spec::<T>(cap))?;
         let (tx, rx) = sys::side_pair().map_err(|e| os("socketpair", e))?;
         let bell = sys::doorbell().map_err(|e| os("eventfd", e))?;
-        Queue::from_parts(region, tx, rx, bell, Some(self.maxsize as u64))
+        let config = ring::Config {
+            maxsize: self.maxsize as u64,
+            // (In frame bytes: the item's own plus header and owner.)
+            in_ring: self
+                .in_ring
+                .map_or(cap / BIG_SHARE, |bytes| ring::frame_size(bytes, true)),
+        };
+        Queue::from_parts(region, tx, rx, bell, Some(config))
     }
 
     /// Makes a [`JoinableQueue`](crate::JoinableQueue) with this bound and ring.
@@ -171,8 +200,6 @@ pub(crate) struct Inner {
     /// arrive, in the order of their frames, on `rx` (see [`BIG_SHARE`]).
     tx: OwnedFd,
     rx: OwnedFd,
-    /// An eventfd readable while the queue may hold an item, for `wait` (see `AsFd`).
-    bell: OwnedFd,
     closed: AtomicBool,
     /// Set by the tests that must see every wake-up (see [`Queue::owner_checks`]).
     #[cfg(test)]
@@ -255,21 +282,22 @@ impl<T: Message> Queue<T> {
         Builder {
             maxsize: 0,
             capacity: DEFAULT_CAPACITY,
+            in_ring: None,
             _type: PhantomData,
         }
     }
 
-    /// `maxsize`: `Some` when made here (writes it), `None` when attached.
+    /// `config`: `Some` when made here (writes it), `None` when attached.
     fn from_parts(
         region: Region,
         tx: OwnedFd,
         rx: OwnedFd,
         bell: OwnedFd,
-        maxsize: Option<u64>,
+        config: Option<ring::Config>,
     ) -> Result<Self> {
         // Descriptors made here are what they are; received ones are checked (five system
         // calls, a fifth of making a queue).
-        let made_here = maxsize.is_some();
+        let made_here = config.is_some();
         if !made_here && (!sys::is_side_socket(tx.as_fd()) || !sys::is_side_socket(rx.as_fd())) {
             return Err(Error::Region(mp_sync::Error::BadRegion(
                 "a queue's side channel must be a pair of unix seqpacket sockets".into(),
@@ -291,14 +319,13 @@ impl<T: Message> Queue<T> {
         // payload (checked by `Region::create`/`attach` and `expect` above) for as long as
         // `Inner` holds the region, which outlives the ring beside it.
         let bytes = unsafe { Bytes::new(region.payload(), CONTROL + cap) };
-        let ring = Ring::new(bytes, cap, maxsize.unwrap_or(0), maxsize.is_some());
+        let ring = Ring::new(bytes, cap, config, bell);
         Ok(Queue {
             inner: Arc::new(Inner {
                 ring,
                 region,
                 tx,
                 rx,
-                bell,
                 closed: AtomicBool::new(false),
                 #[cfg(test)]
                 checks_stretched: AtomicBool::new(false),
@@ -449,6 +476,112 @@ impl<T: Message> Queue<T> {
         with_lock(self, self.ring().put_lock(), || Ok(f()))
     }
 
+    /// Puts an item already encoded — its bytes and the descriptors that go with them — as
+    /// one frame, for transports built on a queue (a pipe on two rings, say). Waits for room
+    /// as long as it takes, unless `peer` is given: a stream socket whose other end the
+    /// consumers hold, whose hang-up (every holder closed it, or died) ends the wait with
+    /// [`Error::Disconnected`]. Its bytes are not checked to be a `T`: a `get` that cannot
+    /// decode them fails, and the next goes on.
+    ///
+    /// ```
+    /// let q = multiprocessing::queues::Queue::<String>::new()?;
+    /// let frame = multiprocessing::codec::Frame::encode("raw")?;
+    /// q.put_raw(&frame.bytes, &frame.fds, None)?;
+    /// assert_eq!(q.get()?, "raw");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Disconnected`], [`Error::Corrupted`], [`Error::Lost`],
+    /// [`Error::InvalidArgument`] (63 descriptors or more), [`Error::Os`].
+    pub fn put_raw(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let len = bytes.len();
+        if len <= ring::SMALL
+            && fds.is_empty()
+            && ring::frame_size(len, true) <= self.ring().in_ring_limit()
+            && let Some(done) = self.now(self.ring().put_lock(), || self.ring().put_small(bytes))
+        {
+            return done.map(drop);
+        }
+        self.put_encoded(bytes, fds, None, peer)
+    }
+
+    /// Takes the next item's frame as it is — bytes and descriptors, not decoded — waiting at
+    /// most `timeout` (`None`: as long as it takes), for transports built on a queue. With a
+    /// `peer` (see [`put_raw`](Queue::put_raw)) a consumer that waits sleeps on the doorbell
+    /// beside the peer's socket, and once the peer has hung up, takes what it finished
+    /// putting and then fails with [`Error::Disconnected`].
+    ///
+    /// ```
+    /// let q = multiprocessing::queues::Queue::<String>::new()?;
+    /// q.put("framed".to_string())?;
+    /// let frame = q.get_raw(Some(std::time::Duration::ZERO), None)?;
+    /// assert_eq!(frame.decode::<String>()?, "framed");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Empty`] after the timeout, [`Error::Disconnected`], or any error of
+    /// [`Queue::get`] but decoding.
+    pub fn get_raw(
+        &self,
+        timeout: Option<Duration>,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<Frame> {
+        let mut frame = Frame::new();
+        self.get_raw_into(&mut frame, timeout, peer)?;
+        Ok(frame)
+    }
+
+    /// [`get_raw`](Queue::get_raw) into `frame`, whose buffer is reused (a receiver of large
+    /// items in a loop then allocates nothing); it is cleared first.
+    ///
+    /// ```
+    /// let q = multiprocessing::queues::Queue::<Vec<u8>>::new()?;
+    /// let mut frame = multiprocessing::codec::Frame::new();
+    /// for n in [100, 200] {
+    ///     q.put(vec![1; n])?;
+    ///     q.get_raw_into(&mut frame, None, None)?;
+    ///     assert!(frame.bytes.len() > n);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`get_raw`](Queue::get_raw); `frame` is then empty.
+    pub fn get_raw_into(
+        &self,
+        frame: &mut Frame,
+        timeout: Option<Duration>,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
+        frame.clear();
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let ring = self.ring();
+        let result = match self.now(ring.get_lock(), || ring.claim(None, &mut frame.bytes)) {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e),
+            None => {
+                let within = timeout.map_or(Within::Forever, Within::Time);
+                self.take_waiting(frame, within.deadline(), peer)
+            }
+        };
+        if result.is_err() {
+            frame.clear();
+        }
+        result
+    }
+
     fn put_until(&self, item: T, within: Within) -> Result<(), PutError<T>> {
         match self.put_frame(&item, within) {
             Ok(()) => Ok(()),
@@ -466,35 +599,41 @@ impl<T: Message> Queue<T> {
         let len = frame.bytes.len();
         if len <= ring::SMALL
             && frame.fds.is_empty()
-            && ring::frame_size(len, true) <= self.ring().capacity() / BIG_SHARE
+            && ring::frame_size(len, true) <= self.ring().in_ring_limit()
             && let Some(done) = self.now(self.ring().put_lock(), || {
                 self.ring().put_small(&frame.bytes)
             })
         {
             return done.map(drop);
         }
-        self.put_encoded(&frame, within.deadline())
+        self.put_encoded(&frame.bytes, &frame.fds, within.deadline(), None)
     }
 
     /// Puts an encoded item, waiting for room until `deadline`.
     #[inline(never)]
-    fn put_encoded(&self, frame: &Frame, deadline: Option<Instant>) -> Result<()> {
+    fn put_encoded(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        deadline: Option<Instant>,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         let ring = self.ring();
-        let len = frame.bytes.len();
-        if !frame.fds.is_empty() || ring::frame_size(len, true) > ring.capacity() / BIG_SHARE {
-            return self.put_big(frame, deadline);
+        let len = bytes.len();
+        if !fds.is_empty() || ring::frame_size(len, true) > ring.in_ring_limit() {
+            return self.put_big(bytes, fds, deadline, peer);
         }
         if len <= ring::SMALL {
-            let first = self.room(deadline, || ring.put_small(&frame.bytes))?;
+            let first = self.room(deadline, peer, || ring.put_small(bytes))?;
             if first {
                 self.ring_bell();
             }
             return Ok(());
         }
         let slot = self
-            .reserve(len, false, deadline, |_| Ok(true))?
+            .reserve(len, false, deadline, peer, |_| Ok(true))?
             .ok_or(Error::Full)?;
-        ring.fill(slot, &frame.bytes);
+        ring.fill(slot, bytes);
         let published = ring.publish(slot);
         if slot.first {
             self.ring_bell();
@@ -554,10 +693,11 @@ impl<T: Message> Queue<T> {
     fn room<R>(
         &self,
         deadline: Option<Instant>,
+        peer: Option<BorrowedFd<'_>>,
         mut put: impl FnMut() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Result<R> {
         let ring = self.ring();
-        self.wait_for_room(deadline, |waited| {
+        self.wait_for_room(deadline, peer, |waited| {
             loop {
                 let Some(done) = with_lock_until(self, ring.put_lock(), deadline, &mut put)? else {
                     return Ok(None); // the lock was not had in time
@@ -588,6 +728,7 @@ impl<T: Message> Queue<T> {
     fn wait_for_room<R>(
         &self,
         deadline: Option<Instant>,
+        peer: Option<BorrowedFd<'_>>,
         mut attempt: impl FnMut(Waited) -> Result<Option<R>>,
     ) -> Result<Option<R>> {
         let ring = self.ring();
@@ -596,6 +737,7 @@ impl<T: Message> Queue<T> {
             ring.put_sleepers(),
             deadline,
             self.owner_checks(),
+            Watch { bell: None, peer },
             |waited| {
                 if waited != Waited::Briefly {
                     self.make_room(deadline, waited)?;
@@ -646,7 +788,7 @@ impl<T: Message> Queue<T> {
     /// polls it.
     fn ring_bell(&self) {
         if self.polled() {
-            sys::ring(self.inner.bell.as_fd());
+            sys::ring(self.ring().bell());
         }
     }
 
@@ -664,9 +806,9 @@ impl<T: Message> Queue<T> {
                     let _ = ring.put_lock().release();
                 }
             }
-            sys::silence(self.inner.bell.as_fd());
+            sys::silence(self.ring().bell());
             if self.ring().any_ready()? {
-                sys::ring(self.inner.bell.as_fd());
+                sys::ring(self.ring().bell());
             }
         }
         Ok(())
@@ -680,11 +822,12 @@ impl<T: Message> Queue<T> {
         len: usize,
         big: bool,
         deadline: Option<Instant>,
+        peer: Option<BorrowedFd<'_>>,
         mut then: impl FnMut(ring::Slot) -> Result<bool>,
     ) -> Result<Option<ring::Slot>> {
         let ring = self.ring();
         let me = Owner::me();
-        self.wait_for_room(deadline, |waited| {
+        self.wait_for_room(deadline, peer, |waited| {
             loop {
                 let reserved = with_lock_until(self, ring.put_lock(), deadline, || {
                     Ok(match ring.reserve(len, big, me)? {
@@ -723,8 +866,15 @@ impl<T: Message> Queue<T> {
     /// descriptors as one message numbered like its frame, all under the producers' lock so
     /// the messages go out in the order of the frames.
     #[cold]
-    fn put_big(&self, frame: &Frame, deadline: Option<Instant>) -> Result<()> {
-        if frame.fds.len() >= sys::MAX_FDS {
+    fn put_big(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        deadline: Option<Instant>,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
+        let frame_fds = fds;
+        if frame_fds.len() >= sys::MAX_FDS {
             return Err(Error::InvalidArgument(
                 "an item may own at most 63 file descriptors",
             ));
@@ -732,18 +882,18 @@ impl<T: Message> Queue<T> {
         let memfd = rustix::fs::memfd_create(c"mp-queue-item", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(|e| os("memfd_create", e.into()))?;
         let mut file = std::fs::File::from(memfd);
-        file.write_all(&frame.bytes)
+        file.write_all(bytes)
             .map_err(|e| os("write to a memfd", e))?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![file.as_fd()];
-        fds.extend(frame.fds.iter().map(AsFd::as_fd));
+        fds.extend(frame_fds.iter().map(AsFd::as_fd));
         let ring = self.ring();
         let mut published = false;
         let mut first = false;
-        self.reserve(BIG_REF, true, deadline, |slot| {
+        self.reserve(BIG_REF, true, deadline, peer, |slot| {
             let seq = ring.next_big();
             let mut reference = [0u8; BIG_REF];
             reference[..8].copy_from_slice(&seq.to_le_bytes());
-            reference[8..].copy_from_slice(&(frame.bytes.len() as u64).to_le_bytes());
+            reference[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
             if !sys::side_send(self.inner.tx.as_fd(), &reference, &fds)
                 .map_err(|e| os("sendmsg on the side channel", e))?
             {
@@ -778,15 +928,35 @@ impl<T: Message> Queue<T> {
     /// A get that may wait, until `deadline`, into `frame` (empty).
     #[inline(never)]
     fn get_waiting(&self, frame: &mut Frame, deadline: Option<Instant>) -> Result<T> {
+        self.take_waiting(frame, deadline, None)?;
+        Ok(T::decode(frame)?)
+    }
+
+    /// Takes an item's frame, waiting until `deadline`, into `frame` (empty); with a `peer`,
+    /// asleep on the doorbell beside it, until it hangs up.
+    fn take_waiting(
+        &self,
+        frame: &mut Frame,
+        deadline: Option<Instant>,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
         let ring = self.ring();
         {
             let me = Owner::me();
             let checks = self.owner_checks();
+            let watch = match peer {
+                Some(peer) => Watch {
+                    bell: Some((ring.bell_sleepers(), ring.bell())),
+                    peer: Some(peer),
+                },
+                None => Watch::default(),
+            };
             let taken = wait(
                 ring.published(),
                 ring.get_sleepers(),
                 deadline,
                 checks,
+                watch,
                 |waited| {
                     let waited_long = waited == Waited::Long;
                     if waited_long {
@@ -849,7 +1019,7 @@ impl<T: Message> Queue<T> {
                     frame.fds = fds;
                 }
             }
-            Ok(T::decode(frame)?)
+            Ok(())
         }
     }
 
@@ -1004,6 +1174,24 @@ impl<T: Message> Queue<T> {
     }
 }
 
+/// Whether `peer`, a stream socket, has hung up: every descriptor of its other end closed, by
+/// `close` or by the death of every process that held one. The look that
+/// [`Queue::put_raw`] and [`Queue::get_raw`] make of their `peer`, for transports that want
+/// to make it between calls. Nothing is expected on the socket: bytes found there are read
+/// and dropped (a bounded amount per look).
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// let (a, b) = std::os::unix::net::UnixStream::pair()?;
+/// assert!(!multiprocessing::queues::hung_up(a.as_fd()));
+/// drop(b);
+/// assert!(multiprocessing::queues::hung_up(a.as_fd()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn hung_up(peer: BorrowedFd<'_>) -> bool {
+    sys::hung_up(peer)
+}
+
 /// What a `get` took under the consumers' lock.
 enum Taken {
     /// A small item, already copied into the scratch frame.
@@ -1122,11 +1310,16 @@ enum Waited {
 /// first [`SPIN`] it tries again after growing pauses; then it sleeps on `word`, counted in
 /// `sleepers`, so that whoever may make the attempt succeed bumps `word` and wakes it.
 /// `attempt` is told how long the caller has waited ([`Waited`]).
+///
+/// With a [`Watch`], it sleeps on the doorbell beside a peer's socket instead, and ends with
+/// [`Error::Disconnected`] once the peer has hung up and an attempt made after that still
+/// found nothing.
 fn wait<R>(
     word: &AtomicU32,
     sleepers: &AtomicU32,
     deadline: Option<Instant>,
     (first_check, check): (Duration, Duration),
+    watch: Watch<'_>,
     mut attempt: impl FnMut(Waited) -> Result<Option<R>>,
 ) -> Result<Option<R>> {
     if let Some(value) = attempt(Waited::Briefly)? {
@@ -1155,10 +1348,22 @@ fn wait<R>(
         pause = (pause * 2).min(256);
     }
     let mut next_check = start + first_check;
+    let mut gone = false;
+    let awake = || {
+        if let Some((count, _)) = watch.bell {
+            count.fetch_sub(1, Ordering::SeqCst);
+        }
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+    };
     loop {
         // Sleep: count ourselves first, then look once more, so a waker either sees us or
-        // we see its change.
+        // we see its change. One asleep on the doorbell silences it after counting itself:
+        // a ring for an item it does not see lands after that.
         sleepers.fetch_add(1, Ordering::SeqCst);
+        if let Some((count, bell)) = watch.bell {
+            count.fetch_add(1, Ordering::SeqCst);
+            sys::silence(bell);
+        }
         std::sync::atomic::fence(Ordering::SeqCst);
         let seen = word.load(Ordering::SeqCst);
         let now = Instant::now();
@@ -1168,21 +1373,39 @@ fn wait<R>(
         }
         let result = attempt(if long { Waited::Long } else { Waited::Asleep });
         if !matches!(result, Ok(None)) {
-            sleepers.fetch_sub(1, Ordering::SeqCst);
+            awake();
             return result;
+        }
+        if gone {
+            // Looked once more after the hang-up: whatever the peer finished is taken.
+            awake();
+            return Err(Error::Disconnected);
         }
         let now = Instant::now();
         let mut timeout = next_check.saturating_duration_since(now);
         if let Some(d) = deadline {
             if now >= d {
-                sleepers.fetch_sub(1, Ordering::SeqCst);
+                awake();
                 return Ok(None);
             }
             timeout = timeout.min(d - now);
         }
-        sys::futex_wait(word, seen, Some(timeout));
-        sleepers.fetch_sub(1, Ordering::SeqCst);
+        match (watch.bell, watch.peer) {
+            (Some((_, bell)), peer) => gone = sys::sleep_on_bell(bell, peer, timeout),
+            (None, Some(peer)) if sys::hung_up(peer) => gone = true,
+            _ => sys::futex_wait(word, seen, Some(timeout)),
+        }
+        awake();
     }
+}
+
+/// What else a [`wait`] listens to (nothing, by default).
+#[derive(Clone, Copy, Default)]
+struct Watch<'a> {
+    /// Sleep on the doorbell, counted in the second word, rather than on the futex word.
+    bell: Option<(&'a AtomicU32, BorrowedFd<'a>)>,
+    /// A stream socket whose hang-up ends the wait (see [`sys::hung_up`]).
+    peer: Option<BorrowedFd<'a>>,
 }
 
 thread_local! {
@@ -1260,10 +1483,10 @@ impl<T: Message> AsFd for Queue<T> {
             self.repair(Some(Instant::now() + SNAPSHOT_WAIT));
             // Items put before the arming rang no bell (when unsure, ring: a hint).
             if self.snapshot(|| ring.any_ready()).unwrap_or(true) {
-                sys::ring(self.inner.bell.as_fd());
+                sys::ring(self.ring().bell());
             }
         }
-        self.inner.bell.as_fd()
+        self.ring().bell()
     }
 }
 
@@ -1276,7 +1499,7 @@ struct PartsOut<'a> {
     #[serde(serialize_with = "mp_codec::fd::serialize")]
     rx: &'a OwnedFd,
     #[serde(serialize_with = "mp_codec::fd::serialize")]
-    bell: &'a OwnedFd,
+    bell: &'a BorrowedFd<'a>,
 }
 
 #[derive(Deserialize)]
@@ -1296,7 +1519,7 @@ impl<T> Serialize for Queue<T> {
             region: &self.inner.region,
             tx: &self.inner.tx,
             rx: &self.inner.rx,
-            bell: &self.inner.bell,
+            bell: &self.inner.ring.bell(),
         }
         .serialize(serializer)
     }
@@ -1353,6 +1576,111 @@ mod tests {
         assert!(matches!(err.error, Error::Full));
         assert_eq!(q.get().unwrap(), "a");
         q.try_put("d".into()).unwrap();
+    }
+
+    fn lifeline() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Waits for `cond` (another thread's step), failing after 30 s.
+    fn until(cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "waited 30 s for another thread");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Runs `f` on a thread and waits at most 30 s for its result.
+    fn within_30s<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("hung: no answer in 30 s")
+    }
+
+    #[test]
+    fn a_watched_get_takes_what_was_put_then_sees_the_hang_up() {
+        let q = Queue::<u64>::new().unwrap();
+        let (ours, theirs) = lifeline();
+        q.put(1).unwrap();
+        q.put_raw(&vec![2; 300_000], &[], None).unwrap();
+        drop(theirs);
+        let frame = q.get_raw(None, Some(ours.as_fd())).unwrap();
+        assert_eq!(frame.decode::<u64>().unwrap(), 1);
+        assert_eq!(
+            q.get_raw(None, Some(ours.as_fd())).unwrap().bytes.len(),
+            300_000
+        );
+        assert!(matches!(
+            q.get_raw(None, Some(ours.as_fd())),
+            Err(Error::Disconnected)
+        ));
+        // Unwatched, the same wait is only a timeout.
+        assert!(matches!(
+            q.get_raw(Some(Duration::from_millis(1)), None),
+            Err(Error::Empty)
+        ));
+    }
+
+    #[test]
+    fn a_watched_get_asleep_is_woken_by_an_item_and_by_the_hang_up() {
+        let q = Queue::<u64>::new().unwrap();
+        let (ours, theirs) = lifeline();
+        let (reader_q, waiting) = (q.clone(), Arc::new(std::sync::Barrier::new(2)));
+        let gate = waiting.clone();
+        let reader = std::thread::spawn(move || {
+            gate.wait();
+            let first = reader_q.get_raw(None, Some(ours.as_fd())).map(|f| f.bytes);
+            let second = reader_q.get_raw(None, Some(ours.as_fd())).map(|f| f.bytes);
+            (first, second)
+        });
+        waiting.wait();
+        // Past its spin (20 µs), the reader sleeps; this item wakes it.
+        until(|| q.ring().get_sleepers().load(Ordering::SeqCst) > 0);
+        q.put_raw(b"12345678", &[], None).unwrap();
+        until(|| q.ring().get_sleepers().load(Ordering::SeqCst) > 0);
+        drop(theirs);
+        let (first, second) = within_30s(move || reader.join().unwrap());
+        assert_eq!(first.unwrap(), b"12345678");
+        assert!(matches!(second, Err(Error::Disconnected)), "{second:?}");
+    }
+
+    #[test]
+    fn a_watched_put_waiting_for_room_gives_up_when_the_peer_hangs_up() {
+        let q = Queue::<u64>::builder().capacity(4096).build().unwrap();
+        let (ours, theirs) = lifeline();
+        while q.try_put(7).is_ok() {}
+        let writer = q.clone();
+        let put = std::thread::spawn(move || writer.put_raw(&[1; 8], &[], Some(ours.as_fd())));
+        until(|| q.ring().put_sleepers().load(Ordering::SeqCst) > 0);
+        drop(theirs);
+        let result = within_30s(move || put.join().unwrap());
+        assert!(matches!(result, Err(Error::Disconnected)), "{result:?}");
+    }
+
+    #[test]
+    fn items_up_to_the_in_ring_limit_go_in_the_ring() {
+        let q = Queue::<Vec<u8>>::builder()
+            .capacity(1 << 20)
+            .in_ring_limit(300 << 10)
+            .build()
+            .unwrap();
+        let big_items = || q.word(ring::BIG_TAIL_FOR_TESTS).load(Ordering::Relaxed);
+        q.put(vec![1; 290 << 10]).unwrap();
+        assert_eq!(big_items(), 0, "in the ring");
+        q.put(vec![2; 310 << 10]).unwrap();
+        assert_eq!(big_items(), 1, "beside it");
+        assert_eq!(q.get().unwrap(), vec![1; 290 << 10]);
+        assert_eq!(q.get().unwrap(), vec![2; 310 << 10]);
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub(crate) const SMALL: usize = 1024;
 // Written at creation (and `POLLERS` once): read by all, moved by none.
 const CAPACITY: usize = 0;
 const MAXSIZE: usize = 8;
+/// The largest frame kept in the ring (bytes, see `Ring::in_ring_limit`); larger items go
+/// beside it.
+const IN_RING: usize = 24;
 /// Nonzero once some process asked for the queue's descriptor, to wait on it: puts and gets
 /// then ring its doorbell on empty/non-empty transitions.
 pub(crate) const POLLERS: usize = 16;
@@ -90,6 +93,8 @@ pub(crate) const POLLERS: usize = 16;
 const PUT_LOCK: usize = 64;
 const PUT_TAIL: usize = 112;
 const BIG_TAIL: usize = 120;
+#[cfg(test)]
+pub(crate) const BIG_TAIL_FOR_TESTS: usize = BIG_TAIL;
 // The consumers' own line: their lock, and where they start looking for a `READY` frame
 // (every frame from `head` to it is settled: claimed, done, dead or padding; a hint,
 // checked, never trusted).
@@ -113,6 +118,10 @@ const PUBLISHED: usize = 384;
 const GET_SLEEPERS: usize = 388;
 const FREED: usize = 392;
 const PUT_SLEEPERS: usize = 396;
+/// Of the consumers counted in `GET_SLEEPERS`, those asleep on the doorbell (with a peer's
+/// socket beside it, see `Queue::get_raw`) rather than on `PUBLISHED`: a producer waking
+/// consumers rings the doorbell too while any are.
+const BELL_SLEEPERS: usize = 400;
 /// `JoinableQueue`'s count of unfinished tasks (`u64`)…
 pub(crate) const UNFINISHED: usize = 448;
 /// …bumped when it reaches zero (joiners sleep on it)…
@@ -123,10 +132,20 @@ pub(crate) const JOIN_SLEEPERS: usize = 460;
 // there is room; a producer reads the consumers' `HEAD` only when that copy shows too
 // little.
 const PUT_HEAD: usize = 512;
+/// Where a producer next looks whether the ring is empty, to start the next frame at the
+/// top of a lap (see [`RESTART`]).
+const NEXT_LOOK: usize = 520;
+/// A producer that finds the ring empty this far (or farther) into a lap pads the rest of the
+/// lap and puts its frame at the top of the next: a queue whose consumers keep up cycles
+/// through its first pages only, which stay in cache, and the rest of the memfd is never
+/// touched (a pipe or queue used for small messages costs a few pages however large its
+/// ring). It looks at most once per this many bytes put, so a ring that is never empty pays
+/// one read of the consumers' line per 64 KiB.
+const RESTART: u64 = 64 << 10;
 
 const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= PUT_TAIL - PUT_LOCK);
 const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= GET_TAIL - GET_LOCK);
-const _: () = assert!(JOIN_SLEEPERS + 4 <= PUT_HEAD && PUT_HEAD + 8 <= CONTROL);
+const _: () = assert!(JOIN_SLEEPERS + 4 <= PUT_HEAD && NEXT_LOOK + 8 <= CONTROL);
 
 const RESERVED: u32 = 1;
 const READY: u32 = 2;
@@ -169,10 +188,22 @@ pub(crate) struct Claim {
     pub(crate) copied: bool,
 }
 
+/// What a ring is made with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    /// The most items it holds (0: as many as fit).
+    pub(crate) maxsize: u64,
+    /// The largest frame kept in it (see [`Ring::in_ring_limit`]).
+    pub(crate) in_ring: usize,
+}
+
 /// The ring inside a mapped region (see the module docs).
 pub(crate) struct Ring {
     mem: Bytes,
     cap: usize,
+    /// The doorbell: an eventfd every handle holds, readable while the queue may hold an
+    /// item (for `wait`) and rung for consumers asleep on it ([`BELL_SLEEPERS`]).
+    bell: std::os::fd::OwnedFd,
 }
 
 /// The bytes a frame with a payload of `len` bytes takes, with its owner recorded or not.
@@ -187,14 +218,43 @@ impl Ring {
     /// # Panics
     /// If `mem` is not `CONTROL + cap` bytes with `cap` a power of two of at least
     /// [`MIN_CAPACITY`] (callers check what they read from a peer first).
-    pub(crate) fn new(mem: Bytes, cap: usize, maxsize: u64, init: bool) -> Ring {
+    pub(crate) fn new(
+        mem: Bytes,
+        cap: usize,
+        init: Option<Config>,
+        bell: std::os::fd::OwnedFd,
+    ) -> Ring {
         assert!(cap.is_power_of_two() && cap >= MIN_CAPACITY && mem.len() == CONTROL + cap);
-        let ring = Ring { mem, cap };
-        if init {
+        let ring = Ring { mem, cap, bell };
+        if let Some(config) = init {
             ring.word(CAPACITY).store(cap as u64, Ordering::Relaxed);
-            ring.word(MAXSIZE).store(maxsize, Ordering::Relaxed);
+            ring.word(MAXSIZE).store(config.maxsize, Ordering::Relaxed);
+            ring.word(IN_RING)
+                .store(config.in_ring as u64, Ordering::Relaxed);
         }
         ring
+    }
+
+    /// The doorbell.
+    #[inline]
+    pub(crate) fn bell(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.bell.as_fd()
+    }
+
+    /// How many consumers sleep on the doorbell.
+    #[inline]
+    pub(crate) fn bell_sleepers(&self) -> &AtomicU32 {
+        self.mem.u32_at(BELL_SLEEPERS)
+    }
+
+    /// The largest frame (bytes, header included) that goes in the ring; an item needing a
+    /// larger one goes beside it. As set at creation, but never more than half the ring
+    /// nor less than a small item's frame (another process may have written anything there).
+    #[inline]
+    pub(crate) fn in_ring_limit(&self) -> usize {
+        let set = self.word(IN_RING).load(Ordering::Relaxed);
+        (set.min(self.cap as u64 / 2) as usize).max(frame_size(SMALL, true).min(self.cap / 8))
     }
 
     /// Ring bytes.
@@ -535,7 +595,20 @@ impl Ring {
         let (head, tail) = self.put_ends()?;
         let size = size as u64;
         let left = (self.cap - (tail as usize & (self.cap - 1))) as u64;
-        let pad = if left < size { left } else { 0 };
+        let mut pad = if left < size { left } else { 0 };
+        if pad == 0 && self.cap as u64 - left >= RESTART && size <= self.cap as u64 - left {
+            let look = self.word(NEXT_LOOK).load(Ordering::Relaxed);
+            // (A look far ahead, written over by another process, would only stop the
+            // restarts: a cost in pages, nothing worse.)
+            if tail >= look || look - tail > RESTART {
+                self.word(NEXT_LOOK)
+                    .store(tail + RESTART, Ordering::Relaxed);
+                if self.word(HEAD).load(Ordering::Acquire) == tail {
+                    self.word(PUT_HEAD).store(tail, Ordering::Relaxed);
+                    pad = left;
+                }
+            }
+        }
         if tail + pad + size - head > self.cap as u64 {
             // Too little room as last seen: look where the consumers are now.
             let head = self.word(HEAD).load(Ordering::Acquire);
@@ -578,6 +651,11 @@ impl Ring {
         if self.get_sleepers().load(Ordering::SeqCst) > 0 {
             self.published().fetch_add(1, Ordering::SeqCst);
             crate::sys::futex_wake_all(self.published());
+            // (Counted before they silence the bell and look: either they see the item or
+            // this sees them counted, and the ring lands after their silencing.)
+            if self.bell_sleepers().load(Ordering::SeqCst) > 0 {
+                crate::sys::ring(self.bell());
+            }
         }
     }
 
@@ -907,7 +985,11 @@ pub(crate) mod tests {
         // SAFETY: `mem` is 8-aligned, `CONTROL + cap` bytes, and lives as long as the ring
         // (both in `TestRing`; the Vec's buffer does not move when the Vec does).
         let bytes = unsafe { Bytes::new(base, CONTROL + cap) };
-        let ring = Ring::new(bytes, cap, maxsize, true);
+        let config = Config {
+            maxsize,
+            in_ring: cap / 8,
+        };
+        let ring = Ring::new(bytes, cap, Some(config), crate::sys::doorbell().unwrap());
         ring.word32(POLLERS).store(1, Ordering::Relaxed); // keep `items`, to check it
         TestRing { ring, _mem: mem }
     }
@@ -965,6 +1047,88 @@ pub(crate) mod tests {
         r.fill(slow, b"slowslow");
         r.publish(slow);
         assert_eq!(take(r, me()).unwrap(), b"slowslow");
+    }
+
+    /// Puts `payload` (small whole, larger reserved, filled and published) and takes it back.
+    fn round_trip(r: &Ring, payload: &[u8]) {
+        if payload.len() <= SMALL {
+            assert!(r.put_small(payload).unwrap().is_some());
+        } else {
+            let slot = r.reserve_small(payload.len(), me()).unwrap().unwrap();
+            r.fill(slot, payload);
+            assert!(r.publish(slot));
+        }
+        assert_eq!(take(r, me()).unwrap(), payload);
+    }
+
+    #[test]
+    fn a_ring_kept_empty_starts_again_at_the_top_of_a_lap() {
+        let cap = 1 << 20;
+        let t = test_ring(cap, 0);
+        let r = &t.ring;
+        let mut deepest = 0;
+        for i in 0..100_000u32 {
+            round_trip(r, &i.to_le_bytes().repeat(3));
+            let (head, tail) = r.ends().unwrap();
+            assert_eq!(head, tail);
+            deepest = deepest.max(tail % cap as u64);
+        }
+        // 100,000 frames of 16 bytes went through, 1.5 MB: without the restart they would
+        // have gone round the whole ring; with it they never go much past 64 KiB into it.
+        assert!(
+            deepest <= RESTART + 64,
+            "frames went {deepest} bytes into the ring"
+        );
+        assert!(
+            r.ends().unwrap().1 > cap as u64,
+            "the positions still only grow"
+        );
+    }
+
+    #[test]
+    fn a_ring_never_empty_goes_round_as_before() {
+        let cap = 1 << 18;
+        let t = test_ring(cap, 0);
+        let r = &t.ring;
+        // One frame always left in: the producer looks, finds it not empty, and goes on.
+        assert!(r.put_small(b"first!!!").unwrap().is_some());
+        let mut deepest = 0;
+        for i in 0..50_000u64 {
+            assert!(r.put_small(&i.to_le_bytes()).unwrap().is_some());
+            let got = take(r, me()).unwrap();
+            assert!(got.len() == 8, "{got:?}");
+            deepest = deepest.max(r.ends().unwrap().1 % cap as u64);
+        }
+        assert!(
+            deepest > cap as u64 / 2,
+            "went only {deepest} bytes into the ring"
+        );
+    }
+
+    #[test]
+    fn large_items_copy_whole_at_every_length_and_alignment() {
+        let t = test_ring(1 << 16, 0);
+        let r = &t.ring;
+        for len in (0..3000).chain([4095, 4096, 4097, 8191, 20_000]) {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            r.reclaim().unwrap();
+            round_trip(r, &payload);
+        }
+    }
+
+    #[test]
+    fn the_in_ring_limit_is_clamped_to_what_is_safe() {
+        let t = test_ring(1 << 16, 0);
+        let r = &t.ring;
+        assert_eq!(r.in_ring_limit(), (1 << 16) / 8);
+        r.word(IN_RING).store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(r.in_ring_limit(), (1 << 16) / 2, "at most half the ring");
+        r.word(IN_RING).store(0, Ordering::Relaxed);
+        assert_eq!(
+            r.in_ring_limit(),
+            frame_size(SMALL, true),
+            "a small item always fits"
+        );
     }
 
     #[test]
