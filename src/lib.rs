@@ -174,7 +174,7 @@ pub mod codec {
 pub mod connection {
     pub use mp_pipe::{
         Address, Client, Connection, DEFAULT_HANDSHAKE_TIMEOUT, Error, Listener, Result, ToAddress,
-        answer_challenge, deliver_challenge, pipe, wait,
+        answer_challenge, deliver_challenge, pipe, socket_pipe, wait,
     };
 }
 
@@ -191,6 +191,7 @@ pub mod process {
 pub mod queues {
     pub use mp_queue::{
         Builder, DEFAULT_CAPACITY, Error, JoinableQueue, PutError, Queue, Result, SimpleQueue,
+        hung_up,
     };
 }
 

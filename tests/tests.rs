@@ -7,6 +7,8 @@ mod support;
 mod codec;
 // Interop with CPython's multiprocessing.connection, both directions, both handshakes.
 mod connection;
+// Ring-backed pipes between processes: kills mid-send, EOF and EPIPE.
+mod pipe;
 // Pools through the facade; the documentation's pool program.
 mod pool;
 // Processes with pipes, and the documentation's example programs.

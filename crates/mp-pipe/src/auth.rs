@@ -167,6 +167,18 @@ fn verify(key: &[u8], challenge: &[u8], answer: &[u8], md5: bool) -> Result<()> 
 /// Reads one handshake message by `deadline`, which bounds the whole message (a peer that
 /// drips a byte at a time cannot stretch it); its failures are authentication failures.
 fn recv(conn: &Connection, deadline: Instant) -> Result<Vec<u8>> {
+    if let Some(got) = conn.ring_recv_by(deadline) {
+        return match got {
+            Ok(message) if message.len() > MAX_HANDSHAKE_MESSAGE => Err(refused(format!(
+                "handshake message length {} is out of range",
+                message.len()
+            ))),
+            Ok(message) => Ok(message),
+            Err(Error::Eof) => Err(refused("peer closed the connection during the handshake")),
+            Err(e) if is_timeout(&e) => Err(Error::HandshakeTimeout),
+            Err(e) => Err(e),
+        };
+    }
     let mut head = [0u8; 4];
     read_by(conn, &mut head, deadline)?;
     let len = i32::from_be_bytes(head);
@@ -268,10 +280,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::pipe;
 
     fn handshake(server_key: &'static [u8], client_key: &'static [u8]) -> (Result<()>, Result<()>) {
-        let (s, c) = pipe(true).unwrap();
+        let (s, c) = crate::socket_pipe(true).unwrap();
         let soon = || Instant::now() + Duration::from_secs(30);
         let server = thread::spawn(move || {
             deliver_challenge(&s, server_key, soon(), true)?;
@@ -355,7 +366,7 @@ mod tests {
 
     #[test]
     fn an_oversized_handshake_message_is_refused() {
-        let (s, c) = pipe(true).unwrap();
+        let (s, c) = crate::socket_pipe(true).unwrap();
         s.send_bytes(&[b'#'; 300]).unwrap();
         let soon = Instant::now() + Duration::from_secs(30);
         assert!(matches!(
@@ -366,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_peer_dripping_bytes_cannot_stretch_the_deadline() {
-        let (s, c) = pipe(true).unwrap();
+        let (s, c) = crate::socket_pipe(true).unwrap();
         // A header promising 10 bytes, then one byte every 20 ms: each read alone would be
         // quick, but the message as a whole misses its 100 ms deadline.
         let dripper = thread::spawn(move || {

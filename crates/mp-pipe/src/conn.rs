@@ -1,13 +1,16 @@
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
-    sync::{Mutex, MutexGuard, PoisonError},
-    time::Duration,
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use mp_codec::{Decode, Encode, Frame, wire};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result, sys};
+use crate::{Error, Result, ring, sys};
 
 /// What carries a connection's bytes; decides whether descriptors can travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +22,8 @@ pub(crate) enum Transport {
     Tcp,
     /// One end of a `pipe2`: one direction, bytes only.
     Pipe,
+    /// Shared-memory rings between our own processes (see [`pipe`]): carries descriptors.
+    Ring,
 }
 
 impl Transport {
@@ -27,18 +32,73 @@ impl Transport {
             Transport::Unix => "unix socket",
             Transport::Tcp => "TCP socket",
             Transport::Pipe => "pipe",
+            Transport::Ring => "shared-memory ring",
         }
     }
 }
 
-/// Returns the two ends of a new pipe, as Python's `multiprocessing.Pipe(duplex)`.
+/// Returns the two ends of a new pipe, as Python's `multiprocessing.Pipe(duplex)`, for our
+/// own processes: messages go through shared memory.
+///
+/// Each direction is a ring of frames in shared memory (the ring of `mp-queue`, see its
+/// docs), with a unix socket pair beside them whose hang-up tells each end that the other
+/// has gone. A busy exchange makes no system call: a receiver spins for a moment before it
+/// sleeps, and is woken only if it sleeps. A round trip of a small message takes under a
+/// microsecond where a socket's takes tens (each side wakes a sleeping CPU). Duplex
+/// (`true`): both ends send and receive; simplex (`false`): the first end only receives,
+/// the second only sends. Messages may carry file descriptors either way.
+///
+/// The ends behave as [`socket_pipe`]'s do: whole messages, EOF once every holder of the
+/// other end has closed it or died (after the messages it finished sending), a send to an
+/// end that has gone fails with `EPIPE` (within a millisecond of the going: see
+/// [`Connection::send`]), [`wait`](crate::wait) and [`Connection::poll`] work on them, and
+/// an end is a [`Message`](mp_codec::Message): a child gets it as an argument under every
+/// start method. A process killed in the middle of a send leaves nothing half-sent.
+///
+/// What it costs: each end holds nine descriptors (the socket's one holds one), and
+/// its rings are 4 MiB of shared memory each, of which a pipe of small messages touches a
+/// few pages. A peer that is not ours (a CPython process, say) needs [`socket_pipe`],
+/// which speaks CPython's wire format.
+///
+/// ```
+/// let (reader, writer) = multiprocessing::connection::pipe(false)?;
+/// writer.send(&(1, "one"))?;
+/// assert_eq!(reader.recv::<(i32, String)>()?, (1, "one".to_string()));
+/// assert!(reader.send(&0).is_err()); // read-only end
+/// drop(writer);
+/// assert!(matches!(reader.recv_bytes(), Err(multiprocessing::connection::Error::Eof)));
+/// # Ok::<(), multiprocessing::connection::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Os`] when the kernel is out of descriptors or memory.
+pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
+    let (life_a, life_b) = sys::socketpair()?;
+    let ab = ring::channel()?;
+    if duplex {
+        let ba = ring::channel()?;
+        Ok((
+            Connection::over_rings(life_a, Some(ba.clone()), Some(ab.clone())),
+            Connection::over_rings(life_b, Some(ab), Some(ba)),
+        ))
+    } else {
+        Ok((
+            Connection::over_rings(life_a, Some(ab.clone()), None),
+            Connection::over_rings(life_b, None, Some(ab)),
+        ))
+    }
+}
+
+/// Returns the two ends of a new pipe on the kernel's descriptors, speaking CPython's wire
+/// format: what `pipe` was before it moved to shared memory, for a peer that is not one of
+/// ours (a Python process handed the descriptor), or to compare.
 ///
 /// Duplex (`true`) is a unix `socketpair`: both ends send and receive, and messages may carry
 /// file descriptors. Simplex (`false`) is a `pipe2`: the first end only receives, the second
 /// only sends. Every descriptor is close-on-exec.
 ///
 /// ```
-/// let (reader, writer) = multiprocessing::connection::pipe(false)?;
+/// let (reader, writer) = multiprocessing::connection::socket_pipe(false)?;
 /// writer.send(&(1, "one"))?;
 /// assert_eq!(reader.recv::<(i32, String)>()?, (1, "one".to_string()));
 /// assert!(reader.send(&0).is_err()); // read-only end
@@ -47,7 +107,7 @@ impl Transport {
 ///
 /// # Errors
 /// [`Error::Os`] when the kernel is out of descriptors.
-pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
+pub fn socket_pipe(duplex: bool) -> Result<(Connection, Connection)> {
     if duplex {
         let (a, b) = sys::socketpair()?;
         Ok((
@@ -88,6 +148,7 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
 /// ```
 #[derive(Debug)]
 pub struct Connection {
+    /// The socket or pipe; for a ring connection, the lifeline.
     fd: OwnedFd,
     transport: Transport,
     readable: bool,
@@ -95,18 +156,47 @@ pub struct Connection {
     max_len: usize,
     send: Mutex<Frame>,
     recv: Mutex<Incoming>,
+    /// The rings, for a connection made by [`pipe`].
+    rings: Option<Box<ring::Rings>>,
+    /// [`set_nonblocking`](Connection::set_nonblocking), for a ring connection.
+    nonblocking: AtomicBool,
+}
+
+/// What a connection sends of itself. A socket or pipe is its descriptor alone: the
+/// receiver learns what it is from the descriptor, never from the bytes.
+#[derive(Serialize)]
+enum WireOut<'a> {
+    Descriptor(#[serde(serialize_with = "mp_codec::fd::serialize")] &'a OwnedFd),
+    Rings(ring::PartsOut<'a>),
+}
+
+#[derive(Deserialize)]
+enum WireIn {
+    Descriptor(#[serde(deserialize_with = "mp_codec::fd::deserialize")] OwnedFd),
+    Rings(ring::PartsIn),
 }
 
 impl Serialize for Connection {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        mp_codec::fd::serialize(&self.fd, serializer)
+        match &self.rings {
+            None => WireOut::Descriptor(&self.fd),
+            Some(rings) => WireOut::Rings(ring::PartsOut {
+                rx: rings.rx.as_ref(),
+                tx: rings.tx.as_ref(),
+                life: &self.fd,
+            }),
+        }
+        .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Connection {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let fd = mp_codec::fd::deserialize(deserializer)?;
-        Connection::from_received(fd).map_err(mp_codec::fd::rejected)
+        match WireIn::deserialize(deserializer)? {
+            WireIn::Descriptor(fd) => Connection::from_received(fd),
+            WireIn::Rings(parts) => Connection::from_received_rings(parts),
+        }
+        .map_err(mp_codec::fd::rejected)
     }
 }
 
@@ -127,7 +217,30 @@ impl Connection {
             max_len: wire::DEFAULT_MAX_LEN,
             send: Mutex::default(),
             recv: Mutex::default(),
+            rings: None,
+            nonblocking: AtomicBool::new(false),
         }
+    }
+
+    fn over_rings(life: OwnedFd, rx: Option<ring::Channel>, tx: Option<ring::Channel>) -> Self {
+        let mut conn = Connection::new(life, Transport::Ring, rx.is_some(), tx.is_some());
+        conn.rings = Some(Box::new(ring::Rings::new(rx, tx)));
+        conn
+    }
+
+    /// A ring connection that came from a peer: its rings were checked by the queue as they
+    /// arrived; its lifeline must be a unix stream socket; what it can do follows from the
+    /// rings it has.
+    fn from_received_rings(parts: ring::PartsIn) -> Result<Self, String> {
+        use rustix::net::{AddressFamily, SocketType};
+        let found = sys::describe(&parts.life).map_err(|e| format!("received lifeline: {e}"))?;
+        if found.socket != Some((SocketType::STREAM, AddressFamily::UNIX)) {
+            return Err("a ring connection's lifeline must be a unix stream socket".into());
+        }
+        if parts.rx.is_none() && parts.tx.is_none() {
+            return Err("a ring connection came with no ring".into());
+        }
+        Ok(Connection::over_rings(parts.life, parts.rx, parts.tx))
     }
 
     /// A connection for a descriptor that came from a peer, described by the descriptor alone
@@ -201,7 +314,13 @@ impl Connection {
     }
 
     /// Sends a value (any [`Encode`]: serde types, [`Pod`](mp_codec::Pod), [`Bytes`](mp_codec::Bytes)).
-    /// Descriptors the value holds travel with it over unix sockets.
+    /// Descriptors the value holds travel with it over unix sockets and rings.
+    ///
+    /// On a ring ([`pipe`]) a send looks whether the peer has gone on its first call and at
+    /// most once a millisecond after that (a look is a system call, which a busy exchange
+    /// should not make per message), and whenever it waits for room: a message sent in
+    /// between to an end already gone is dropped with the ring, as one in a socket's buffer
+    /// is when its reader exits, and the next look fails with `EPIPE`.
     ///
     /// # Errors
     /// [`Error::WrongDirection`] on a read-only end, [`Error::FdsNeedUnixSocket`],
@@ -232,6 +351,9 @@ impl Connection {
     }
 
     fn send_parts(&self, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
+        if let Some(rings) = &self.rings {
+            return rings.send(&self.fd, bytes, fds);
+        }
         match self.transport {
             Transport::Unix => wire::send_parts(&self.fd, bytes, fds)?,
             _ if !fds.is_empty() => {
@@ -239,6 +361,7 @@ impl Connection {
             }
             Transport::Tcp => wire::send_parts(&self.fd, bytes, fds)?,
             Transport::Pipe => wire::write_frame(&self.fd, bytes)?,
+            Transport::Ring => unreachable!("a ring connection has its rings"),
         }
         Ok(())
     }
@@ -288,6 +411,11 @@ impl Connection {
     /// # Errors
     /// [`Error::Os`] from `fcntl`.
     pub fn set_nonblocking(&self, nonblocking: bool) -> Result<()> {
+        if self.rings.is_some() {
+            // (A ring never stops half-way through a message: it stays readable.)
+            self.nonblocking.store(nonblocking, Ordering::Relaxed);
+            return Ok(());
+        }
         sys::set_nonblocking(&self.fd, nonblocking)
     }
 
@@ -360,9 +488,30 @@ impl Connection {
             return Err(Error::Unreadable);
         }
         let Incoming { frame, broken } = &mut *incoming;
+        if let Some(rings) = &self.rings {
+            let timeout = self
+                .nonblocking
+                .load(Ordering::Relaxed)
+                .then_some(Duration::ZERO);
+            rings.recv_into(&self.fd, timeout, frame)?;
+            if !with_fds {
+                frame.fds.clear();
+            }
+            if frame.bytes.len() > max_len {
+                // As a socket's: the connection is unreadable after it (CPython's rule).
+                *broken = true;
+                let len = frame.bytes.len() as u64;
+                frame.clear();
+                return Err(Error::BadMessageLength {
+                    len,
+                    max: max_len as u64,
+                });
+            }
+            return Ok(incoming);
+        }
         let result = match self.transport {
             Transport::Unix if with_fds => wire::recv_frame(&self.fd, max_len, frame),
-            Transport::Unix | Transport::Tcp | Transport::Pipe => {
+            Transport::Unix | Transport::Tcp | Transport::Pipe | Transport::Ring => {
                 frame.fds.clear();
                 wire::read_frame(&self.fd, max_len, &mut frame.bytes)
             }
@@ -389,14 +538,47 @@ impl Connection {
         if !self.readable {
             return Err(Error::WrongDirection("write"));
         }
-        Ok(!crate::wait::wait(&[&self.fd], timeout)?.is_empty())
+        let Some(rings) = &self.rings else {
+            return Ok(!crate::wait::wait(&[&self.fd], timeout)?.is_empty());
+        };
+        if rings.ready(&self.fd) {
+            return Ok(true);
+        }
+        // The doorbell is a hint (another reader may take the message first): look again
+        // after each wake, until the deadline.
+        let deadline = timeout.map(|t| Instant::now().checked_add(t));
+        loop {
+            let left = match deadline {
+                None | Some(None) => None,
+                Some(Some(at)) => match at.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(false),
+                },
+            };
+            let woke = !crate::wait::wait(&[rings.pollable(&self.fd)], left)?.is_empty();
+            if rings.ready(&self.fd) {
+                return Ok(true);
+            }
+            if !woke {
+                return Ok(false);
+            }
+        }
     }
 
     /// Closes this end. Dropping it does the same; this is Python's `close()`.
     pub fn close(self) {}
 
-    pub(crate) fn socket_fd(&self) -> &OwnedFd {
-        &self.fd
+    /// The socket or pipe; `None` for a ring connection.
+    pub(crate) fn socket_fd(&self) -> Option<&OwnedFd> {
+        self.rings.is_none().then_some(&self.fd)
+    }
+
+    /// For a ring connection, one message taken by `deadline` (`WouldBlock` after it);
+    /// `None` for a socket or pipe.
+    pub(crate) fn ring_recv_by(&self, deadline: Instant) -> Option<Result<Vec<u8>>> {
+        let rings = self.rings.as_ref()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        Some(rings.recv(&self.fd, Some(left)).map(|frame| frame.bytes))
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -409,14 +591,21 @@ impl Connection {
 }
 
 impl AsFd for Connection {
+    /// The descriptor to poll: the socket or pipe itself, or for a ring connection one that
+    /// polls readable when a message may be there or the peer has gone (asking for it arms
+    /// the read ring's doorbell: from then on, a send that finds the ring empty makes a
+    /// system call; see `mp_queue::Queue`'s `AsFd`).
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        match &self.rings {
+            Some(rings) => rings.pollable(&self.fd),
+            None => self.fd.as_fd(),
+        }
     }
 }
 
 impl AsRawFd for Connection {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
 }
 
@@ -435,6 +624,12 @@ mod tests {
 
     use super::*;
 
+    /// Both kinds of pipe: tests that loop over them hold for each (`pipe` in their bodies
+    /// is the loop's).
+    const KINDS: [MakePipe; 2] = [pipe, socket_pipe];
+
+    type MakePipe = fn(bool) -> Result<(Connection, Connection)>;
+
     fn raw_read(fd: &impl AsFd, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
         let mut got = 0;
@@ -446,7 +641,7 @@ mod tests {
 
     #[test]
     fn frames_are_cpythons_byte_for_byte() {
-        let (a, b) = pipe(true).unwrap();
+        let (a, b) = socket_pipe(true).unwrap();
         a.send_bytes(b"abc").unwrap();
         a.send_bytes(b"").unwrap();
         assert_eq!(raw_read(&b, 11), [0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0]);
@@ -454,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_long_header_is_understood() {
-        let (a, b) = pipe(true).unwrap();
+        let (a, b) = socket_pipe(true).unwrap();
         let mut bytes = (-1i32).to_be_bytes().to_vec();
         bytes.extend(5u64.to_be_bytes());
         bytes.extend(b"hello");
@@ -464,76 +659,179 @@ mod tests {
 
     #[test]
     fn messages_are_never_merged_or_split() {
-        let (r, w) = pipe(false).unwrap();
-        let sizes = [0usize, 1, 100_000, 0, 3 << 20, 7];
-        let writer = thread::spawn(move || {
+        for pipe in KINDS {
+            let (r, w) = pipe(false).unwrap();
+            let sizes = [0usize, 1, 100_000, 0, 3 << 20, 7];
+            let writer = thread::spawn(move || {
+                for (i, n) in sizes.into_iter().enumerate() {
+                    w.send_bytes(&vec![i as u8; n]).unwrap();
+                }
+            });
             for (i, n) in sizes.into_iter().enumerate() {
-                w.send_bytes(&vec![i as u8; n]).unwrap();
+                assert_eq!(r.recv_bytes().unwrap(), vec![i as u8; n]);
             }
-        });
-        for (i, n) in sizes.into_iter().enumerate() {
-            assert_eq!(r.recv_bytes().unwrap(), vec![i as u8; n]);
+            writer.join().unwrap();
+            assert!(matches!(r.recv_bytes(), Err(Error::Eof)));
         }
-        writer.join().unwrap();
-        assert!(matches!(r.recv_bytes(), Err(Error::Eof)));
     }
 
     #[test]
     fn empty_messages_are_visible_to_poll() {
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+            a.send_bytes(b"").unwrap();
+            assert!(b.poll(Some(Duration::from_secs(10))).unwrap());
+            assert_eq!(b.recv_bytes().unwrap(), b"");
+            assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+        }
+    }
+
+    /// Runs `f` on a thread and waits at most 30 s for its result.
+    fn within_30s<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("hung: no answer in 30 s")
+    }
+
+    #[test]
+    fn a_reader_asleep_wakes_with_eof_when_the_writer_goes_after_its_messages() {
+        for pipe in KINDS {
+            let (r, w) = pipe(false).unwrap();
+            let (started_tx, started) = std::sync::mpsc::channel();
+            let reader = thread::spawn(move || {
+                started_tx.send(()).unwrap();
+                let first = r.recv_bytes();
+                let second = r.recv_bytes();
+                let third = r.recv_bytes();
+                (first, second, third)
+            });
+            started.recv().unwrap();
+            w.send_bytes(b"one").unwrap();
+            w.send_bytes(&[2; 700_000]).unwrap();
+            drop(w);
+            let (first, second, third) = within_30s(move || reader.join().unwrap());
+            assert_eq!(first.unwrap(), b"one");
+            assert_eq!(second.unwrap(), vec![2; 700_000]);
+            assert!(matches!(third, Err(Error::Eof)), "{third:?}");
+        }
+    }
+
+    #[test]
+    fn poll_with_a_timeout_wakes_for_a_message_and_for_the_end() {
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            assert!(!b.poll(Some(Duration::from_millis(5))).unwrap());
+            let b = std::sync::Arc::new(b);
+            let poller = b.clone();
+            let polled = thread::spawn(move || poller.poll(Some(Duration::from_secs(30))));
+            a.send(&5u32).unwrap();
+            assert!(within_30s(move || polled.join().unwrap()).unwrap());
+            assert_eq!(b.recv::<u32>().unwrap(), 5);
+            let poller = b.clone();
+            let polled = thread::spawn(move || poller.poll(None));
+            drop(a);
+            assert!(within_30s(move || polled.join().unwrap()).unwrap());
+            assert!(matches!(b.recv_bytes(), Err(Error::Eof)));
+        }
+    }
+
+    #[test]
+    fn wait_sees_ring_and_socket_connections_side_by_side() {
+        let (ring_a, ring_b) = pipe(true).unwrap();
+        let (sock_a, sock_b) = socket_pipe(true).unwrap();
+        let ten = Some(Duration::from_secs(10));
+        assert!(
+            crate::wait(&[&ring_b, &sock_b], Some(Duration::ZERO))
+                .unwrap()
+                .is_empty()
+        );
+        sock_a.send(&1u8).unwrap();
+        assert_eq!(crate::wait(&[&ring_b, &sock_b], ten).unwrap(), [1]);
+        sock_b.recv::<u8>().unwrap();
+        ring_a.send(&2u8).unwrap();
+        assert_eq!(crate::wait(&[&ring_b, &sock_b], ten).unwrap(), [0]);
+        assert_eq!(ring_b.recv::<u8>().unwrap(), 2);
+        assert!(
+            crate::wait(&[&ring_b, &sock_b], Some(Duration::ZERO))
+                .unwrap()
+                .is_empty()
+        );
+        drop(ring_a);
+        assert_eq!(crate::wait(&[&ring_b, &sock_b], ten).unwrap(), [0]);
+    }
+
+    #[test]
+    fn a_ring_message_over_the_limit_leaves_the_end_unreadable_as_a_sockets_does() {
         let (a, b) = pipe(true).unwrap();
-        assert!(!b.poll(Some(Duration::ZERO)).unwrap());
-        a.send_bytes(b"").unwrap();
-        assert!(b.poll(Some(Duration::from_secs(10))).unwrap());
-        assert_eq!(b.recv_bytes().unwrap(), b"");
-        assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+        a.send_bytes(&[0; 300]).unwrap();
+        assert!(matches!(
+            b.recv_bytes_max(256),
+            Err(Error::BadMessageLength { len: 300, .. })
+        ));
+        assert!(matches!(b.recv_bytes(), Err(Error::Unreadable)));
     }
 
     #[test]
     fn poll_sees_end_of_file() {
-        let (a, b) = pipe(true).unwrap();
-        drop(a);
-        assert!(b.poll(None).unwrap());
-        assert!(matches!(b.recv::<u8>(), Err(Error::Eof)));
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            drop(a);
+            assert!(b.poll(None).unwrap());
+            assert!(matches!(b.recv::<u8>(), Err(Error::Eof)));
+        }
     }
 
     #[test]
     fn writing_to_a_closed_peer_is_a_broken_pipe_error() {
-        let (a, b) = pipe(true).unwrap();
-        drop(b);
-        let err = a.send_bytes(b"x").unwrap_err();
-        assert!(err.is_disconnect(), "{err:?}");
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            drop(b);
+            let err = a.send_bytes(b"x").unwrap_err();
+            assert!(err.is_disconnect(), "{err:?}");
 
-        let (r, w) = pipe(false).unwrap();
-        drop(r);
-        let err = w.send(&1u8).unwrap_err();
-        assert!(err.is_disconnect(), "{err:?}");
+            let (r, w) = pipe(false).unwrap();
+            drop(r);
+            let err = w.send(&1u8).unwrap_err();
+            assert!(err.is_disconnect(), "{err:?}");
+        }
     }
 
     #[test]
     fn each_end_of_a_simplex_pipe_has_one_direction() {
-        let (r, w) = pipe(false).unwrap();
-        assert!(r.readable() && !r.writable() && w.writable() && !w.readable());
-        assert!(matches!(
-            r.send_bytes(b""),
-            Err(Error::WrongDirection("read"))
-        ));
-        assert!(matches!(
-            w.recv_bytes(),
-            Err(Error::WrongDirection("write"))
-        ));
-        assert!(matches!(w.poll(None), Err(Error::WrongDirection("write"))));
+        for pipe in KINDS {
+            let (r, w) = pipe(false).unwrap();
+            assert!(r.readable() && !r.writable() && w.writable() && !w.readable());
+            assert!(matches!(
+                r.send_bytes(b""),
+                Err(Error::WrongDirection("read"))
+            ));
+            assert!(matches!(
+                w.recv_bytes(),
+                Err(Error::WrongDirection("write"))
+            ));
+            assert!(matches!(w.poll(None), Err(Error::WrongDirection("write"))));
+        }
     }
 
     #[test]
     fn fds_travel_over_duplex_pipes_only() {
         let (mut reader, writer) = std::io::pipe().unwrap();
         let writer = mp_codec::Fd::from(OwnedFd::from(writer));
-        let (r, w) = pipe(false).unwrap();
+        let (r, w) = socket_pipe(false).unwrap();
         assert!(matches!(
             w.send(&writer),
             Err(Error::FdsNeedUnixSocket("pipe"))
         ));
         drop((r, w));
+        // A simplex ring carries them.
+        let (r, w) = pipe(false).unwrap();
+        let (_, spare) = sys::pipe().unwrap();
+        w.send(&mp_codec::Fd::from(spare)).unwrap();
+        r.recv::<mp_codec::Fd>().unwrap();
 
         let (a, b) = pipe(true).unwrap();
         a.send(&("out", writer)).unwrap();
@@ -548,13 +846,15 @@ mod tests {
 
     #[test]
     fn a_connection_can_be_sent_over_a_connection() {
-        let (a, b) = pipe(true).unwrap();
-        let (inner_a, inner_b) = pipe(true).unwrap();
-        a.send(&inner_b).unwrap();
-        drop(inner_b);
-        let received: Connection = b.recv().unwrap();
-        inner_a.send("through the sent end").unwrap();
-        assert_eq!(received.recv::<String>().unwrap(), "through the sent end");
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            let (inner_a, inner_b) = pipe(true).unwrap();
+            a.send(&inner_b).unwrap();
+            drop(inner_b);
+            let received: Connection = b.recv().unwrap();
+            inner_a.send("through the sent end").unwrap();
+            assert_eq!(received.recv::<String>().unwrap(), "through the sent end");
+        }
     }
 
     /// What `/proc/self/fd` says `fd` is, e.g. `pipe:[1234]` (both ends of a pipe alike).
@@ -608,8 +908,9 @@ mod tests {
     #[test]
     fn a_received_connection_takes_its_kind_from_the_descriptor() {
         let (a, b) = pipe(true).unwrap();
+        // What a socket or pipe connection sends of itself: its descriptor alone.
         let pass = |fd: OwnedFd| {
-            a.send(&mp_codec::Fd::from(fd)).unwrap();
+            a.send(&WireOut::Descriptor(&fd)).unwrap();
             b.recv::<Connection>()
         };
         let (r, w) = sys::pipe().unwrap();
@@ -673,87 +974,95 @@ mod tests {
 
     #[test]
     fn recv_closes_descriptors_the_decoded_type_did_not_claim() {
-        /// A `Decode` that, like many a hand-written one, never looks at the descriptors.
-        struct Ignores;
-        impl Decode for Ignores {
-            fn decode(_: &mut Frame) -> mp_codec::Result<Self> {
-                Ok(Ignores)
+        for pipe in KINDS {
+            /// A `Decode` that, like many a hand-written one, never looks at the descriptors.
+            struct Ignores;
+            impl Decode for Ignores {
+                fn decode(_: &mut Frame) -> mp_codec::Result<Self> {
+                    Ok(Ignores)
+                }
             }
+            let (a, b) = pipe(true).unwrap();
+            let (r, w) = sys::pipe().unwrap();
+            let before = open_copies(&link(&r));
+            let frame = Frame {
+                bytes: vec![1],
+                fds: vec![w],
+            };
+            a.send_frame(&frame).unwrap();
+            drop(frame);
+            b.recv::<Ignores>().unwrap();
+            assert_eq!(
+                open_copies(&link(&r)),
+                before - 1,
+                "the stray descriptor lingers"
+            );
+            // and a Pod receive closes them too
+            let (r, w) = sys::pipe().unwrap();
+            let before = open_copies(&link(&r));
+            a.send_frame(&Frame {
+                bytes: 7u32.to_ne_bytes().to_vec(),
+                fds: vec![w],
+            })
+            .unwrap();
+            assert_eq!(b.recv::<mp_codec::Pod<u32>>().unwrap().0, 7);
+            assert_eq!(
+                open_copies(&link(&r)),
+                before - 1,
+                "the stray descriptor lingers"
+            );
         }
-        let (a, b) = pipe(true).unwrap();
-        let (r, w) = sys::pipe().unwrap();
-        let before = open_copies(&link(&r));
-        let frame = Frame {
-            bytes: vec![1],
-            fds: vec![w],
-        };
-        a.send_frame(&frame).unwrap();
-        drop(frame);
-        b.recv::<Ignores>().unwrap();
-        assert_eq!(
-            open_copies(&link(&r)),
-            before - 1,
-            "the stray descriptor lingers"
-        );
-        // and a Pod receive closes them too
-        let (r, w) = sys::pipe().unwrap();
-        let before = open_copies(&link(&r));
-        a.send_frame(&Frame {
-            bytes: 7u32.to_ne_bytes().to_vec(),
-            fds: vec![w],
-        })
-        .unwrap();
-        assert_eq!(b.recv::<mp_codec::Pod<u32>>().unwrap().0, 7);
-        assert_eq!(
-            open_copies(&link(&r)),
-            before - 1,
-            "the stray descriptor lingers"
-        );
     }
 
     #[test]
     fn a_decode_error_leaves_the_connection_usable() {
-        let (a, b) = pipe(true).unwrap();
-        a.send(&(1u8, 2u8)).unwrap();
-        a.send(&3u8).unwrap();
-        assert!(matches!(b.recv::<u8>(), Err(Error::Codec(_))));
-        assert_eq!(b.recv::<u8>().unwrap(), 3);
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            a.send(&(1u8, 2u8)).unwrap();
+            a.send(&3u8).unwrap();
+            assert!(matches!(b.recv::<u8>(), Err(Error::Codec(_))));
+            assert_eq!(b.recv::<u8>().unwrap(), 3);
+        }
     }
 
     #[test]
     fn concurrent_senders_never_interleave_frames() {
-        let (a, b) = pipe(true).unwrap();
-        let a = std::sync::Arc::new(a);
-        let senders: Vec<_> = (0..2u8)
-            .map(|t| {
-                let a = a.clone();
-                thread::spawn(move || {
-                    for _ in 0..20 {
-                        a.send_bytes(&vec![t; 300_000]).unwrap();
-                    }
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            let a = std::sync::Arc::new(a);
+            let senders: Vec<_> = (0..2u8)
+                .map(|t| {
+                    let a = a.clone();
+                    thread::spawn(move || {
+                        for _ in 0..20 {
+                            a.send_bytes(&vec![t; 300_000]).unwrap();
+                        }
+                    })
                 })
-            })
-            .collect();
-        for _ in 0..40 {
-            let msg = b.recv_bytes().unwrap();
-            assert_eq!(msg.len(), 300_000);
-            assert!(msg.iter().all(|&x| x == msg[0]));
-        }
-        for s in senders {
-            s.join().unwrap();
+                .collect();
+            for _ in 0..40 {
+                let msg = b.recv_bytes().unwrap();
+                assert_eq!(msg.len(), 300_000);
+                assert!(msg.iter().all(|&x| x == msg[0]));
+            }
+            for s in senders {
+                s.join().unwrap();
+            }
         }
     }
 
     #[test]
     fn a_nonblocking_read_with_nothing_there_leaves_the_connection_usable() {
-        let (a, b) = pipe(true).unwrap();
-        b.set_nonblocking(true).unwrap();
-        assert!(matches!(
-            b.recv_bytes(),
-            Err(Error::Codec(mp_codec::Error::WouldBlock))
-        ));
-        a.send_bytes(b"later").unwrap();
-        assert_eq!(b.recv_bytes().unwrap(), b"later");
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            b.set_nonblocking(true).unwrap();
+            assert!(matches!(
+                b.recv_bytes(),
+                Err(Error::Codec(mp_codec::Error::WouldBlock))
+            ));
+            a.send_bytes(b"later").unwrap();
+            assert_eq!(b.recv_bytes().unwrap(), b"later");
+        }
     }
 
     #[test]
@@ -773,14 +1082,16 @@ mod tests {
 
     #[test]
     fn recv_bytes_into_fits_or_hands_the_message_back() {
-        let (a, b) = pipe(true).unwrap();
-        a.send_bytes(b"12345").unwrap();
-        a.send_bytes(b"123").unwrap();
-        let mut buf = [0; 4];
-        assert!(
-            matches!(b.recv_bytes_into(&mut buf), Err(Error::BufferTooShort(m)) if m == b"12345")
-        );
-        assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 3);
-        assert_eq!(&buf[..3], b"123");
+        for pipe in KINDS {
+            let (a, b) = pipe(true).unwrap();
+            a.send_bytes(b"12345").unwrap();
+            a.send_bytes(b"123").unwrap();
+            let mut buf = [0; 4];
+            assert!(
+                matches!(b.recv_bytes_into(&mut buf), Err(Error::BufferTooShort(m)) if m == b"12345")
+            );
+            assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 3);
+            assert_eq!(&buf[..3], b"123");
+        }
     }
 }

@@ -22,12 +22,13 @@ mod auth;
 mod conn;
 mod error;
 mod listener;
+mod ring;
 mod sys;
 mod wait;
 
 pub use crate::{
     address::{Address, ToAddress},
-    conn::{Connection, pipe},
+    conn::{Connection, pipe, socket_pipe},
     error::{Error, Result},
     listener::{Client, DEFAULT_HANDSHAKE_TIMEOUT, Listener, answer_challenge, deliver_challenge},
     wait::wait,

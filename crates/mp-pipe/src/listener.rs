@@ -234,14 +234,20 @@ fn handshake(
     timeout: Duration,
     steps: impl FnOnce(&Connection, std::time::Instant) -> Result<()>,
 ) -> Result<()> {
-    let fd = conn.socket_fd();
     let timeout = timeout.max(Duration::from_micros(1));
-    sys::set_io_timeout(fd, Some(timeout))?;
+    // (A ring's receives take the deadline themselves, and its sends of a few hundred bytes
+    // never wait for room in a fresh ring.)
+    if let Some(fd) = conn.socket_fd() {
+        sys::set_io_timeout(fd, Some(timeout))?;
+    }
     let deadline = std::time::Instant::now()
         .checked_add(timeout)
         .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400 * 365));
     steps(conn, deadline)?;
-    sys::set_io_timeout(fd, None)
+    match conn.socket_fd() {
+        Some(fd) => sys::set_io_timeout(fd, None),
+        None => Ok(()),
+    }
 }
 
 /// Connects to a [`Listener`]: Python's `multiprocessing.connection.Client`.

@@ -1009,7 +1009,7 @@ mod tests {
     /// A socket pair made by another process (a fork child of ours), which it hands back.
     fn pair_made_elsewhere() -> (mp_pipe::Connection, mp_pipe::Connection, u32) {
         let mut maker = Process::fork(|| {
-            let (a, b) = mp_pipe::pipe(true).unwrap();
+            let (a, b) = mp_pipe::socket_pipe(true).unwrap();
             (a, b, std::process::id())
         })
         .start()
