@@ -80,6 +80,8 @@ pub enum Unit {
     /// A speed-up (a serial time over a parallel one, ×): higher is better, and so is a
     /// ratio above 1.
     Speedup,
+    /// Percent of one CPU used: lower is better.
+    PercentCpu,
 }
 
 impl Unit {
@@ -89,6 +91,7 @@ impl Unit {
             Unit::MegabytesPerSec => "MB/s",
             Unit::OpsPerSec => "ops/s",
             Unit::Speedup => "x",
+            Unit::PercentCpu => "% CPU",
         }
     }
 }
@@ -297,7 +300,10 @@ fn check_targets(rows: &[Row], json: bool) -> Vec<String> {
     let row =
         |workload: &str, imp: &str| rows.iter().find(|r| r.workload == workload && r.imp == imp);
     let mut lines = Vec::new();
-    for target in queue::targets().into_iter().chain(pool::targets()) {
+    for target in (pipe::targets().into_iter())
+        .chain(queue::targets())
+        .chain(pool::targets())
+    {
         let Some(value) = row(target.workload, target.imp) else {
             continue;
         };

@@ -6,10 +6,17 @@
 //!   on a raw socket the I/O CPython's framing needs: 12 bytes written at once, read as a
 //!   4-byte header then the payload; it shows what the second read costs here.
 //! - `pipe_1mib`: 1 MiB messages one way, acknowledged once per batch (MB/s).
+//! - `pipe_idle_reader`: the CPU a reader uses while it waits 1 s for a message that comes
+//!   only then (% of one CPU, from the thread's CPU-time clock around the wait).
+//!
+//! `ours/mp-pipe socket` is our `Connection` on the socket (`socket_pipe`, CPython's wire
+//! format); `ours/mp-pipe ring` is what `pipe()` returns, on shared-memory rings, its peer's
+//! end sent to it over the bootstrap socket.
 
 use std::{
     os::fd::{AsFd, OwnedFd},
     process::{Child, Command, Stdio},
+    time::Duration,
 };
 
 use ipc_channel::ipc::{
@@ -18,7 +25,7 @@ use ipc_channel::ipc::{
 use mp_pipe::Connection;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
 
-use super::{Impl, Unit, Workload, cpython, time_batched};
+use super::{Bound, Impl, Target, Unit, Workload, cpython, time_batched};
 
 const MIB: usize = 1 << 20;
 /// The CPUs of the measuring process and of its peer.
@@ -32,7 +39,8 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::NsPerOp,
             impls: vec![
                 peer_impl("raw/socketpair", "raw-echo", raw_rtt),
-                peer_impl("ours/mp-pipe", "ours-echo", ours_rtt),
+                peer_impl("ours/mp-pipe socket", "ours-echo", ours_rtt),
+                ring_impl("ours/mp-pipe ring", "ring-echo", conn_rtt),
                 peer_impl("raw/framed, 2 reads", "raw-framed-echo", raw_framed_rtt),
                 cpython("multiprocessing.Pipe", "pipe.py", "pipe_rtt_8b"),
             ],
@@ -42,12 +50,93 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::MegabytesPerSec,
             impls: vec![
                 peer_impl("raw/socketpair", "raw-sink", raw_stream),
-                peer_impl("ours/mp-pipe", "ours-sink", ours_stream),
+                peer_impl("ours/mp-pipe socket", "ours-sink", ours_stream),
+                ring_impl("ours/mp-pipe ring", "ring-sink", conn_stream),
                 cpython("multiprocessing.Pipe", "pipe.py", "pipe_1mib"),
                 ipc_channel_impl(),
             ],
         },
+        Workload {
+            name: "pipe_idle_reader",
+            unit: Unit::PercentCpu,
+            impls: vec![
+                Impl::new("ours/mp-pipe ring", || idle_reader(mp_pipe::pipe)),
+                Impl::new("ours/mp-pipe socket", || idle_reader(mp_pipe::socket_pipe)),
+            ],
+        },
     ]
+}
+
+/// Issue 17's targets for the ring-backed pipe, checked after the table.
+pub fn targets() -> Vec<Target> {
+    const RING: &str = "ours/mp-pipe ring";
+    vec![
+        Target::new("pipe_rtt_8b", RING, "raw/socketpair", Bound::AtMost(0.05)),
+        Target::new(
+            "pipe_rtt_8b",
+            "cpython/multiprocessing.Pipe",
+            RING,
+            Bound::AtLeast(20.0),
+        ),
+        Target::new("pipe_1mib", RING, "raw/socketpair", Bound::AtLeast(1.5)),
+        Target::absolute("pipe_idle_reader", RING, Bound::AtMost(1.0)),
+    ]
+}
+
+/// The CPU time (user and system) this thread has used: its CPU-time clock, which counts
+/// what `getrusage(RUSAGE_THREAD)` does, in nanoseconds rather than ticks.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A reader thread waits in `recv` for a message the main thread sends 1 s later; the CPU
+/// the reader used meanwhile, as a percentage of the second.
+fn idle_reader(make: fn(bool) -> mp_pipe::Result<(Connection, Connection)>) -> Result<f64, String> {
+    const IDLE: Duration = Duration::from_secs(1);
+    let (reader, writer) = make(false).map_err(|e| e.to_string())?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        pin(PEER_CPU);
+        let before = thread_cpu();
+        let start = std::time::Instant::now();
+        let _ = ready_tx.send(());
+        let got = reader.recv_bytes();
+        let (used, waited) = (thread_cpu() - before, start.elapsed());
+        got.map(|_| used.as_secs_f64() / waited.as_secs_f64() * 100.0)
+            .map_err(|e| e.to_string())
+    });
+    pin(PARENT_CPU);
+    ready_rx.recv().map_err(|e| e.to_string())?;
+    // The clock the reader is measured by, not a synchronization: it waits for the message.
+    std::thread::sleep(IDLE);
+    writer.send_bytes(b"wake").map_err(|e| e.to_string())?;
+    waiter.join().map_err(|_| "reader panicked".to_string())?
+}
+
+/// An implementation over a ring pipe (`pipe(true)`), whose other end goes to a peer started
+/// on first use (over the bootstrap socket, its stdin) and kept for every run.
+fn ring_impl(
+    name: &str,
+    kind: &'static str,
+    mut run: impl FnMut(&Connection, &mut u64) -> Result<f64, String> + 'static,
+) -> Impl {
+    let mut state: Option<(Connection, OwnedFd, Peer)> = None;
+    let mut iters = 0;
+    Impl::new(name, move || {
+        if state.is_none() {
+            let (ours, theirs) = pair();
+            let peer = Peer::start(kind, Stdio::from(theirs))?;
+            let (here, there) = mp_pipe::pipe(true).map_err(|e| e.to_string())?;
+            Connection::from_unix_socket(ours.try_clone().map_err(|e| e.to_string())?)
+                .send(&there)
+                .map_err(|e| format!("sending the peer its end: {e}"))?;
+            state = Some((here, ours, peer));
+        }
+        pin(PARENT_CPU);
+        let (conn, _, _) = state.as_ref().unwrap();
+        run(conn, &mut iters)
+    })
 }
 
 /// Pins the calling thread to `cpu` if the machine has it (best effort).
@@ -174,6 +263,11 @@ fn raw_framed_rtt(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
 
 fn ours_rtt(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
     let conn = Connection::from_unix_socket(fd.try_clone().map_err(|e| e.to_string())?);
+    conn_rtt(&conn, iters)
+}
+
+/// Round trips of an 8-byte message over one of our connections.
+fn conn_rtt(conn: &Connection, iters: &mut u64) -> Result<f64, String> {
     let message = [7u8; 8];
     let mut failed = None;
     let ns = time_batched(iters, |n| {
@@ -209,6 +303,11 @@ fn raw_stream(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
 
 fn ours_stream(fd: &OwnedFd, iters: &mut u64) -> Result<f64, String> {
     let conn = Connection::from_unix_socket(fd.try_clone().map_err(|e| e.to_string())?);
+    conn_stream(&conn, iters)
+}
+
+/// Batches of 1 MiB messages over one of our connections, each batch acknowledged.
+fn conn_stream(conn: &Connection, iters: &mut u64) -> Result<f64, String> {
     let message = vec![7u8; MIB];
     let mut failed = None;
     let ns = time_batched(iters, |n| {
@@ -305,30 +404,13 @@ pub fn peer(kind: &str) -> Result<(), String> {
                 write_all(&stdin, &[1]).map_err(|e| e.to_string())?;
             }
         }
-        "ours-echo" => {
-            let conn = Connection::from_unix_socket(stdin);
-            loop {
-                match conn.recv_bytes() {
-                    Ok(m) => conn.send_bytes(&m).map_err(|e| e.to_string())?,
-                    Err(mp_pipe::Error::Eof) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
+        "ring-echo" | "ring-sink" => {
+            let conn: Connection = Connection::from_unix_socket(stdin)
+                .recv()
+                .map_err(|e| format!("receiving our end: {e}"))?;
+            conn_peer(kind, &conn)
         }
-        "ours-sink" => {
-            let conn = Connection::from_unix_socket(stdin);
-            loop {
-                let n: u64 = match conn.recv() {
-                    Ok(n) => n,
-                    Err(mp_pipe::Error::Eof) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                };
-                for _ in 0..n {
-                    conn.recv_bytes().map_err(|e| e.to_string())?;
-                }
-                conn.send_bytes(b"").map_err(|e| e.to_string())?;
-            }
-        }
+        "ours-echo" | "ours-sink" => conn_peer(kind, &Connection::from_unix_socket(stdin)),
         "ipc-sink" => {
             let mut name = Vec::new();
             mp_codec::wire::read_frame(&stdin, 4096, &mut name).map_err(|e| e.to_string())?;
@@ -351,5 +433,31 @@ pub fn peer(kind: &str) -> Result<(), String> {
             }
         }
         other => Err(format!("unknown peer kind {other}")),
+    }
+}
+
+/// The peer on one of our connections: echoes each message back (`*-echo`), or takes
+/// batches of 1 MiB messages and acknowledges each (`*-sink`); returns when the parent's
+/// end is gone.
+fn conn_peer(kind: &str, conn: &Connection) -> Result<(), String> {
+    let mut buf = vec![0u8; MIB];
+    loop {
+        if kind.ends_with("-echo") {
+            match conn.recv_bytes_into(&mut buf) {
+                Ok(n) => conn.send_bytes(&buf[..n]).map_err(|e| e.to_string())?,
+                Err(mp_pipe::Error::Eof) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+            continue;
+        }
+        let n: u64 = match conn.recv() {
+            Ok(n) => n,
+            Err(mp_pipe::Error::Eof) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        for _ in 0..n {
+            conn.recv_bytes_into(&mut buf).map_err(|e| e.to_string())?;
+        }
+        conn.send_bytes(b"").map_err(|e| e.to_string())?;
     }
 }

@@ -111,7 +111,8 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::NsPerOp,
             impls: vec![
                 raw_rtt(),
-                ours_pipe_rtt(),
+                ours_pipe_rtt("ours/mp-pipe socket", mp_pipe::socket_pipe),
+                ours_pipe_rtt("ours/mp-pipe ring", mp_pipe::pipe),
                 ours_rtt(),
                 cpython("Queue", "queue_rtt_8b"),
                 ipc_rtt(),
@@ -139,7 +140,12 @@ pub fn targets() -> Vec<Target> {
             Bound::AtLeast(0.3),
         ),
         Target::new("queue_64kib", ours, "cpython/Queue", Bound::AtLeast(2.0)),
-        Target::new("queue_rtt_8b", ours, "ours/mp-pipe", Bound::AtMost(0.2)),
+        Target::new(
+            "queue_rtt_8b",
+            ours,
+            "ours/mp-pipe socket",
+            Bound::AtMost(0.2),
+        ),
     ]
 }
 
@@ -635,13 +641,17 @@ fn check_echo(sent: u64, got: u64) -> Result<(), String> {
     }
 }
 
-/// Our `pipe(true)` (a socketpair), `send`/`recv` of the `u64`; the parent drops the
+/// Our `socket_pipe(true)` (a socketpair, what `pipe` was when issue 14 set its target) or
+/// `pipe(true)` (shared-memory rings), `send`/`recv` of the `u64`; the parent drops the
 /// child's end, so that a dead child ends its `recv`.
-fn ours_pipe_rtt() -> Impl {
+fn ours_pipe_rtt(
+    name: &str,
+    make: fn(bool) -> mp_pipe::Result<(mp_pipe::Connection, mp_pipe::Connection)>,
+) -> Impl {
     let mut n = 0;
-    Impl::new("ours/mp-pipe", move || {
+    Impl::new(name, move || {
         per_round_trip(&mut n, |n| {
-            let (here, there) = mp_pipe::pipe(true).map_err(|e| format!("pipe: {e}"))?;
+            let (here, there) = make(true).map_err(|e| format!("pipe: {e}"))?;
             let there = Cell::new(Some(there));
             in_processes(
                 &[PRODUCER_CPU],

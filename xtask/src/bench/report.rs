@@ -140,7 +140,7 @@ fn is_ours(row: &Row) -> bool {
 
 fn better(unit: Unit) -> &'static str {
     match unit {
-        Unit::NsPerOp => "lower is better",
+        Unit::NsPerOp | Unit::PercentCpu => "lower is better",
         Unit::MegabytesPerSec | Unit::OpsPerSec | Unit::Speedup => "higher is better",
     }
 }
@@ -166,6 +166,7 @@ fn format_value(value: f64, unit: Unit) -> String {
             v => format!("{} ops/s", sig3(v)),
         },
         Unit::Speedup => format!("{}×", sig3(value)),
+        Unit::PercentCpu => format!("{}% of a CPU", sig3(value)),
     }
 }
 
