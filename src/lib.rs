@@ -5,7 +5,7 @@
 //! and converts their errors into one [`Error`]. Each crate is usable on its own too.
 //!
 //! ```
-//! // Python's Pipe(): whole messages, any serde value or raw bytes, CPython's wire format.
+//! // Python's Pipe(): whole messages, any serde value or raw bytes, through shared memory.
 //! let (parent, child) = multiprocessing::pipe(true)?;
 //! parent.send(&("job", 7u32))?;
 //! assert_eq!(child.recv::<(String, u32)>()?, ("job".to_string(), 7));

@@ -1,8 +1,11 @@
 //! Message pipes between processes: Python's `Pipe()` and `multiprocessing.connection`.
 //!
-//! A [`Connection`] sends whole messages — any [`mp_codec::Encode`] value, or raw bytes — in
-//! CPython's wire format, so it can talk to a Python process's `Connection` byte for byte;
-//! over unix sockets a message may carry file descriptors. [`Listener`] and [`Client`] speak
+//! A [`Connection`] sends whole messages — any [`mp_codec::Encode`] value, or raw bytes.
+//! [`pipe`] connects our own processes through shared memory (a ring of frames per
+//! direction, from `mp-queue`; see its docs); [`socket_pipe`] and the connections of
+//! [`Listener`] and [`Client`] are sockets speaking CPython's wire format, so they can talk to
+//! a Python process's `Connection` byte for byte. Over rings and unix sockets a message may
+//! carry file descriptors. [`Listener`] and [`Client`] speak
 //! CPython's authkey handshake (both the legacy HMAC-MD5 and the 3.12+ `{sha256}` form; either
 //! side can refuse MD5, see [`Listener::set_legacy_md5`]), and [`wait`] waits on any mix of
 //! connections, listeners and other descriptors.

@@ -16,7 +16,8 @@
 //! - **Killed processes cost one item at most.** A process killed mid-`put` leaves no torn
 //!   item (its item was never put); one killed mid-`get` loses the item it was taking. The
 //!   others carry on: see [`Queue`] for the rule.
-//! - **Items of any size, descriptors too.** An item larger than an eighth of the ring, or
+//! - **Items of any size, descriptors too.** An item larger than an eighth of the ring (or
+//!   the limit set by [`Builder::in_ring_limit`]), or
 //!   one that owns file descriptors (a `Connection`, another queue), travels beside the
 //!   ring: its bytes in a memfd of its own, sent with its descriptors over a unix socket every
 //!   handle holds, in the order of the frames. The memfd outlives its producer.
