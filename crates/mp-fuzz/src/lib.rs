@@ -189,6 +189,17 @@ fn decode_as_many(frame: &mut Frame) {
     let _ = bytes().decode::<Tree>();
     let _ = bytes().decode::<Job>();
     let _ = bytes().decode::<mp_codec::Bytes>();
+    // A connection: a socket or pipe judged by its descriptor, or a ring end whose queues
+    // check their own parts (on copies of the descriptors, closed with whatever came out).
+    let _ = Frame {
+        bytes: frame.bytes.clone(),
+        fds: frame
+            .fds
+            .iter()
+            .filter_map(|fd| fd.try_clone().ok())
+            .collect(),
+    }
+    .decode::<mp_pipe::Connection>();
     // A value owning descriptors takes them from the frame (closing what it does not use).
     let _ = std::mem::take(frame).decode::<(Fd, Option<Fd>, Vec<Fd>)>();
 }
@@ -210,9 +221,10 @@ pub fn message(data: &[u8]) {
 
 /// A queue's shared region written over by a hostile process between operations.
 ///
-/// The input is a list of operations, each a byte and its arguments: put an item of a
-/// given length (small ones go in the ring under the lock, larger ones are copied outside
-/// it, the largest go through the side channel), take one (without waiting), or write
+/// The input is a byte choosing the ring (4 KiB or 128 KiB), then a list of operations,
+/// each a byte and its arguments: put an item of a given length (small ones go in the ring
+/// under the lock, larger ones are copied outside it, the largest go through the side
+/// channel), take one (without waiting), or write
 /// bytes at an offset of the region, as any process that maps it can. Every operation must
 /// give a value or an error; none may wait (only the `try_` calls are used, so a hang is a
 /// finding). An item's own bytes may have been written over: the queue checks its frames'
@@ -222,8 +234,17 @@ pub fn message(data: &[u8]) {
 /// mp_fuzz::queue_ring(&[0, 5, 1, 2, 0, 9, 0xff]);
 /// ```
 pub fn queue_ring(data: &[u8]) {
+    // The first byte picks the ring: 4 KiB (laps come quickly), or 128 KiB, where a ring
+    // found empty 64 KiB into a lap starts again at its top.
+    let Some((&size, data)) = data.split_first() else {
+        return;
+    };
+    let capacity = if size % 2 == 0 { 4096 } else { 128 << 10 };
     // A fresh queue each time: what an input wrote must not leak into the next one.
-    let Ok(queue) = mp_queue::Queue::<Vec<u8>>::builder().capacity(4096).build() else {
+    let Ok(queue) = mp_queue::Queue::<Vec<u8>>::builder()
+        .capacity(capacity)
+        .build()
+    else {
         return;
     };
     let Some(region) = region_of(&queue) else {
@@ -306,8 +327,8 @@ pub fn handshake(data: &[u8]) {
 const KEY: &[u8] = b"fuzz";
 
 /// A shared region's header, as another process could have written it, met by a process
-/// that attaches: the handle of a `Value`, an `Array`, a `RawArray`, a `Lock` or a queue
-/// crosses as its region's memfd, and the input is written over the start of that region
+/// that attaches: the handle of a `Value`, an `Array`, a `RawArray`, a `Lock`, a ring
+/// pipe's end or a queue crosses as its region's memfd, and the input is written over the start of that region
 /// before the handle is decoded again (attached) and used with calls that do not wait.
 ///
 /// The first byte chooses the kind, the second where the write goes (in 8-byte steps), the
@@ -323,7 +344,7 @@ pub fn region(data: &[u8]) {
     };
     let at = u64::from(*at) * 8;
     let short = std::time::Duration::from_millis(1);
-    match kind % 5 {
+    match kind % 6 {
         0 => attach_and(
             mp_shm::Value::new(7u64),
             at,
@@ -360,6 +381,18 @@ pub fn region(data: &[u8]) {
                 drop(guard);
             }
         }),
+        4 => attach_and(
+            // One end of a ring pipe, the other gone: its first region is the ring it reads.
+            mp_pipe::pipe(true).map(|(ours, _theirs)| ours),
+            at,
+            bytes,
+            |c: mp_pipe::Connection| {
+                let _ = c.set_nonblocking(true);
+                let _ = c.poll(Some(short));
+                let _ = c.recv_bytes();
+                let _ = c.send_bytes(b"hostile");
+            },
+        ),
         _ => attach_and(
             mp_queue::Queue::<u8>::new(),
             at,
