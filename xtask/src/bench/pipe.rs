@@ -11,7 +11,9 @@
 //!
 //! `ours/mp-pipe socket` is our `Connection` on the socket (`socket_pipe`, CPython's wire
 //! format); `ours/mp-pipe ring` is what `pipe()` returns, on shared-memory rings, its peer's
-//! end sent to it over the bootstrap socket.
+//! end sent to it over the bootstrap socket. In `pipe_1mib` the ring's peer reads into one
+//! buffer (`recv_bytes_into`), as the raw socket's does; `ring, recv_bytes` takes each
+//! message as a new `Vec`, as the socket row's peer does.
 
 use std::{
     os::fd::{AsFd, OwnedFd},
@@ -51,7 +53,8 @@ pub fn workloads() -> Vec<Workload> {
             impls: vec![
                 peer_impl("raw/socketpair", "raw-sink", raw_stream),
                 peer_impl("ours/mp-pipe socket", "ours-sink", ours_stream),
-                ring_impl("ours/mp-pipe ring", "ring-sink", conn_stream),
+                ring_impl("ours/mp-pipe ring", "ring-sink-into", conn_stream),
+                ring_impl("ours/mp-pipe ring, recv_bytes", "ring-sink", conn_stream),
                 cpython("multiprocessing.Pipe", "pipe.py", "pipe_1mib"),
                 ipc_channel_impl(),
             ],
@@ -404,7 +407,7 @@ pub fn peer(kind: &str) -> Result<(), String> {
                 write_all(&stdin, &[1]).map_err(|e| e.to_string())?;
             }
         }
-        "ring-echo" | "ring-sink" => {
+        "ring-echo" | "ring-sink" | "ring-sink-into" => {
             let conn: Connection = Connection::from_unix_socket(stdin)
                 .recv()
                 .map_err(|e| format!("receiving our end: {e}"))?;
@@ -437,8 +440,9 @@ pub fn peer(kind: &str) -> Result<(), String> {
 }
 
 /// The peer on one of our connections: echoes each message back (`*-echo`), or takes
-/// batches of 1 MiB messages and acknowledges each (`*-sink`); returns when the parent's
-/// end is gone.
+/// batches of 1 MiB messages, each a new `Vec` from `recv_bytes` (`*-sink`, what most
+/// callers write) or into one buffer with `recv_bytes_into` (`*-sink-into`, as the raw
+/// socket's peer reads), and acknowledges each batch; returns when the parent's end is gone.
 fn conn_peer(kind: &str, conn: &Connection) -> Result<(), String> {
     let mut buf = vec![0u8; MIB];
     loop {
@@ -456,7 +460,11 @@ fn conn_peer(kind: &str, conn: &Connection) -> Result<(), String> {
             Err(e) => return Err(e.to_string()),
         };
         for _ in 0..n {
-            conn.recv_bytes_into(&mut buf).map_err(|e| e.to_string())?;
+            if kind.ends_with("-into") {
+                conn.recv_bytes_into(&mut buf).map_err(|e| e.to_string())?;
+            } else {
+                conn.recv_bytes().map_err(|e| e.to_string())?;
+            }
         }
         conn.send_bytes(b"").map_err(|e| e.to_string())?;
     }
