@@ -239,6 +239,13 @@ pub use mp_codec::{Decode, Encode, Message};
 pub use mp_pipe::{Connection, pipe};
 pub use mp_pool::{AsyncResult, Pool};
 pub use mp_queue::{JoinableQueue, Queue, SimpleQueue};
+
+/// The pool on MPI ranks, across machines (`mp-mpi`; with the `mpi` feature): what
+/// `mpi4py.util.pool` is to Python's `multiprocessing.Pool`.
+#[cfg(feature = "mpi")]
+pub mod mpi {
+    pub use mp_mpi::{AsyncResult, Error, Imap, MpiPool, Result, StarFn};
+}
 pub use mp_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use mp_spawn::{
     Context, Process, StartMethod, active_children, cpu_count, current_process,
