@@ -12,7 +12,7 @@
 
 mod codec;
 mod pipe;
-mod pool;
+pub mod pool;
 mod queue;
 mod report;
 mod shm;
@@ -238,13 +238,14 @@ fn selected(filters: &[&str], group: &str, name: &str) -> bool {
 
 pub fn run(options: Options) -> Result<(), String> {
     // A filter matches a workload's name or its group (the module's name).
-    let groups: [(&str, Group); 6] = [
+    let groups: [(&str, Group); 7] = [
         ("codec", codec::workloads),
         ("pipe", pipe::workloads),
         ("spawn", spawn::workloads),
         ("shm", shm::workloads),
         ("queue", queue::workloads),
         ("pool", pool::workloads),
+        ("mpi", crate::mpi::workloads),
     ];
     // Several filters, comma-separated, select what any of them selects.
     let filters: Vec<&str> = options
@@ -303,6 +304,7 @@ fn check_targets(rows: &[Row], json: bool) -> Vec<String> {
     for target in (pipe::targets().into_iter())
         .chain(queue::targets())
         .chain(pool::targets())
+        .chain(crate::mpi::targets())
     {
         let Some(value) = row(target.workload, target.imp) else {
             continue;

@@ -11,10 +11,13 @@
 //!   libFuzzer, with cargo-fuzz on the nightly toolchain.
 //! - `cargo xtask soak [--quick | --minutes N] [--seed S]`: the fault campaign: workloads
 //!   across processes, killed at random moments, and what must hold afterwards.
+//! - `cargo xtask test-mpi`: `mp-mpi` under Open MPI's `mpirun` (installing Open MPI where
+//!   it can).
 
 mod bench;
 mod ci;
 mod fuzz;
+mod mpi;
 mod sanitize;
 mod soak;
 
@@ -25,8 +28,10 @@ const USAGE: &str = "usage: cargo xtask ci
        cargo xtask sanitize [address] [thread] [valgrind] [CRATE...]
        cargo xtask fuzz [TARGET...] [--seconds N]
        cargo xtask soak [--quick | --minutes N] [--seed S]
+       cargo xtask test-mpi
+       cargo xtask mpi-setup
 
-FILTER is a group (codec, pipe, spawn, shm, queue, pool) or part of a workload's name;
+FILTER is a group (codec, pipe, spawn, shm, queue, pool, mpi) or part of a workload's name;
 several, comma-separated (queue,pool), select what any of them selects.
 --report DIR also writes DIR/REPORT.md (every row, the targets, the machine) and
 one SVG chart per group, linked from it.
@@ -37,7 +42,10 @@ fuzz runs each fuzz target (all when none is named) under libFuzzer for N second
 (default 60) and prints what it ran; a crash lands in fuzz/regressions/.
 soak runs random workloads across processes for N minutes (5 by default; --quick: 80 s),
 SIGKILLs some of their processes at random moments, and checks that nothing hangs, is
-lost beyond the documented rules, is garbled or is left behind; --seed S replays a run.";
+lost beyond the documented rules, is garbled or is left behind; --seed S replays a run.
+test-mpi checks for Open MPI and libclang (installing them with apt-get as root where it
+can, else saying what to install), then builds mp-mpi and runs its tests under mpirun;
+mpi-setup does only the first part.";
 
 fn main() -> ExitCode {
     // procspawn's children re-enter here and are dispatched by this call.
@@ -54,6 +62,8 @@ fn main() -> ExitCode {
         Some("sanitize") => sanitize::Options::parse(&args[1..]).and_then(sanitize::run),
         Some("fuzz") => fuzz::Options::parse(&args[1..]).and_then(fuzz::run),
         Some("soak") => soak::Options::parse(&args[1..]).and_then(soak::run),
+        Some("test-mpi") if args.len() == 1 => mpi::test(),
+        Some("mpi-setup") if args.len() == 1 => mpi::ensure(),
         // The other process of a two-process workload (started by `bench`, not by hand).
         Some("__peer") if args.len() == 2 => bench::peer(&args[1]),
         // What `sanitize` runs under valgrind.

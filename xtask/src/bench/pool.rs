@@ -111,7 +111,7 @@ fn burn_iterations() -> u64 {
 }
 
 /// The 16 tasks of `pool_cpu16_speedup`.
-fn cpu_tasks() -> Vec<(u64, u64)> {
+pub fn cpu_tasks() -> Vec<(u64, u64)> {
     let iterations = burn_iterations();
     (0..CPU_TASKS).map(|seed| (seed, iterations)).collect()
 }
