@@ -48,6 +48,15 @@ pub enum Error {
     /// take, or no room came before it went.
     #[error("the process at the other end has gone")]
     Disconnected,
+    /// An item over the limit a [`Queue::get_raw_into`](crate::Queue::get_raw_into) set:
+    /// taken and dropped.
+    #[error("an item of {len} bytes is over the taker's limit of {max}")]
+    OverLimit {
+        /// The item's length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// `task_done` called more times than items were put (Python's `ValueError`).
     #[error("task_done() called too many times")]
     TooManyTaskDone,

@@ -478,26 +478,27 @@ impl<T: Message> Queue<T> {
 
     /// Puts an item already encoded — its bytes and the descriptors that go with them — as
     /// one frame, for transports built on a queue (a pipe on two rings, say). Waits for room
-    /// as long as it takes, unless `peer` is given: a stream socket whose other end the
-    /// consumers hold, whose hang-up (every holder closed it, or died) ends the wait with
-    /// [`Error::Disconnected`]. Its bytes are not checked to be a `T`: a `get` that cannot
+    /// at most `timeout` (`None`: as long as it takes; then [`Error::Full`]); with a `peer`, a
+    /// stream socket whose other end the consumers hold, whose hang-up (every holder closed
+    /// it, or died) ends the wait with [`Error::Disconnected`]. Its bytes are not checked to be a `T`: a `get` that cannot
     /// decode them fails, and the next goes on.
     ///
     /// ```
     /// let q = multiprocessing::queues::Queue::<String>::new()?;
     /// let frame = multiprocessing::codec::Frame::encode("raw")?;
-    /// q.put_raw(&frame.bytes, &frame.fds, None)?;
+    /// q.put_raw(&frame.bytes, &frame.fds, None, None)?;
     /// assert_eq!(q.get()?, "raw");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// # Errors
-    /// [`Error::Closed`], [`Error::Disconnected`], [`Error::Corrupted`], [`Error::Lost`],
-    /// [`Error::InvalidArgument`] (63 descriptors or more), [`Error::Os`].
+    /// [`Error::Full`], [`Error::Closed`], [`Error::Disconnected`], [`Error::Corrupted`],
+    /// [`Error::Lost`], [`Error::InvalidArgument`] (63 descriptors or more), [`Error::Os`].
     pub fn put_raw(
         &self,
         bytes: &[u8],
         fds: &[OwnedFd],
+        timeout: Option<Duration>,
         peer: Option<BorrowedFd<'_>>,
     ) -> Result<()> {
         if self.is_closed() {
@@ -511,7 +512,8 @@ impl<T: Message> Queue<T> {
         {
             return done.map(drop);
         }
-        self.put_encoded(bytes, fds, None, peer)
+        let within = timeout.map_or(Within::Forever, Within::Time);
+        self.put_encoded(bytes, fds, within.deadline(), peer)
     }
 
     /// Takes the next item's frame as it is — bytes and descriptors, not decoded — waiting at
@@ -537,31 +539,35 @@ impl<T: Message> Queue<T> {
         peer: Option<BorrowedFd<'_>>,
     ) -> Result<Frame> {
         let mut frame = Frame::new();
-        self.get_raw_into(&mut frame, timeout, peer)?;
+        self.get_raw_into(&mut frame, timeout, peer, usize::MAX)?;
         Ok(frame)
     }
 
     /// [`get_raw`](Queue::get_raw) into `frame`, whose buffer is reused (a receiver of large
-    /// items in a loop then allocates nothing); it is cleared first.
+    /// items in a loop then allocates nothing); it is cleared first. An item of more than
+    /// `max_len` bytes is taken and dropped, and the call fails with [`Error::OverLimit`]:
+    /// one beside the ring before its bytes are read, one in the ring (at most the ring's
+    /// in-ring limit) before it is copied out, but for a small one (1 KiB at most).
     ///
     /// ```
     /// let q = multiprocessing::queues::Queue::<Vec<u8>>::new()?;
     /// let mut frame = multiprocessing::codec::Frame::new();
     /// for n in [100, 200] {
     ///     q.put(vec![1; n])?;
-    ///     q.get_raw_into(&mut frame, None, None)?;
+    ///     q.get_raw_into(&mut frame, None, None, usize::MAX)?;
     ///     assert!(frame.bytes.len() > n);
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
     /// # Errors
-    /// As [`get_raw`](Queue::get_raw); `frame` is then empty.
+    /// As [`get_raw`](Queue::get_raw), and [`Error::OverLimit`]; `frame` is then empty.
     pub fn get_raw_into(
         &self,
         frame: &mut Frame,
         timeout: Option<Duration>,
         peer: Option<BorrowedFd<'_>>,
+        max_len: usize,
     ) -> Result<()> {
         frame.clear();
         if self.is_closed() {
@@ -569,11 +575,11 @@ impl<T: Message> Queue<T> {
         }
         let ring = self.ring();
         let result = match self.now(ring.get_lock(), || ring.claim(None, &mut frame.bytes)) {
-            Some(Ok(_)) => Ok(()),
+            Some(Ok(_)) => over_limit(frame.bytes.len(), max_len),
             Some(Err(e)) => Err(e),
             None => {
                 let within = timeout.map_or(Within::Forever, Within::Time);
-                self.take_waiting(frame, within.deadline(), peer)
+                self.take_waiting(frame, within.deadline(), peer, max_len)
             }
         };
         if result.is_err() {
@@ -779,6 +785,29 @@ impl<T: Message> Queue<T> {
         Ok(freed == Some(true))
     }
 
+    /// Makes the readiness of the queue's descriptor (see `AsFd`) match the queue now:
+    /// unreadable if no item is ready, readable if one is (under the consumers' lock, waited
+    /// for 10 ms at most). For a caller woken by the descriptor that then found nothing to
+    /// take: the doorbell is a hint, and a ring that came late, after the item was taken,
+    /// leaves it readable until the next `get` finds the queue empty.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// let q = multiprocessing::queues::Queue::<u8>::new()?;
+    /// let _ = q.as_fd(); // arms the doorbell
+    /// q.resync_doorbell();
+    /// # Ok::<(), multiprocessing::queues::Error>(())
+    /// ```
+    pub fn resync_doorbell(&self) {
+        if !self.polled() {
+            return;
+        }
+        let lock = self.ring().get_lock();
+        let _ = with_lock_until(self, lock, Some(Instant::now() + SNAPSHOT_WAIT), || {
+            self.quiet_bell()
+        });
+    }
+
     /// Whether some process waits (or has waited) on the queue's descriptor.
     fn polled(&self) -> bool {
         self.ring().word32(ring::POLLERS).load(Ordering::Relaxed) != 0
@@ -928,7 +957,7 @@ impl<T: Message> Queue<T> {
     /// A get that may wait, until `deadline`, into `frame` (empty).
     #[inline(never)]
     fn get_waiting(&self, frame: &mut Frame, deadline: Option<Instant>) -> Result<T> {
-        self.take_waiting(frame, deadline, None)?;
+        self.take_waiting(frame, deadline, None, usize::MAX)?;
         Ok(T::decode(frame)?)
     }
 
@@ -939,6 +968,7 @@ impl<T: Message> Queue<T> {
         frame: &mut Frame,
         deadline: Option<Instant>,
         peer: Option<BorrowedFd<'_>>,
+        max_len: usize,
     ) -> Result<()> {
         let ring = self.ring();
         {
@@ -995,13 +1025,23 @@ impl<T: Message> Queue<T> {
                 },
             )?
             .ok_or(Error::Empty)?;
+            if peer.is_some() && self.polled() {
+                // This consumer slept on the doorbell, and silenced it each time: an item left
+                // after its take must keep the descriptor readable for `wait`.
+                self.resync_doorbell();
+            }
             match taken {
-                Taken::Copied => {}
+                Taken::Copied => over_limit(frame.bytes.len(), max_len)?,
                 Taken::Small(claim) => {
+                    if claim.len() > max_len {
+                        ring.release(claim);
+                        return over_limit(claim.len(), max_len);
+                    }
                     ring.read(claim, &mut frame.bytes);
                     ring.release(claim);
                 }
                 Taken::Big { memfd, len, fds } => {
+                    over_limit(usize::try_from(len).unwrap_or(usize::MAX), max_len)?;
                     let mut file = std::fs::File::from(memfd);
                     let size = file
                         .metadata()
@@ -1171,6 +1211,18 @@ impl<T: Message> Queue<T> {
 
     pub(crate) fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
         self.ring().word(offset)
+    }
+}
+
+/// `Ok` if an item of `len` bytes is within `max_len`.
+fn over_limit(len: usize, max_len: usize) -> Result<()> {
+    if len > max_len {
+        Err(Error::OverLimit {
+            len: len as u64,
+            max: max_len as u64,
+        })
+    } else {
+        Ok(())
     }
 }
 
@@ -1612,7 +1664,7 @@ mod tests {
         let q = Queue::<u64>::new().unwrap();
         let (ours, theirs) = lifeline();
         q.put(1).unwrap();
-        q.put_raw(&vec![2; 300_000], &[], None).unwrap();
+        q.put_raw(&vec![2; 300_000], &[], None, None).unwrap();
         drop(theirs);
         let frame = q.get_raw(None, Some(ours.as_fd())).unwrap();
         assert_eq!(frame.decode::<u64>().unwrap(), 1);
@@ -1646,7 +1698,7 @@ mod tests {
         waiting.wait();
         // Past its spin (20 µs), the reader sleeps; this item wakes it.
         until(|| q.ring().get_sleepers().load(Ordering::SeqCst) > 0);
-        q.put_raw(b"12345678", &[], None).unwrap();
+        q.put_raw(b"12345678", &[], None, None).unwrap();
         until(|| q.ring().get_sleepers().load(Ordering::SeqCst) > 0);
         drop(theirs);
         let (first, second) = within_30s(move || reader.join().unwrap());
@@ -1660,11 +1712,67 @@ mod tests {
         let (ours, theirs) = lifeline();
         while q.try_put(7).is_ok() {}
         let writer = q.clone();
-        let put = std::thread::spawn(move || writer.put_raw(&[1; 8], &[], Some(ours.as_fd())));
+        let put =
+            std::thread::spawn(move || writer.put_raw(&[1; 8], &[], None, Some(ours.as_fd())));
         until(|| q.ring().put_sleepers().load(Ordering::SeqCst) > 0);
         drop(theirs);
         let result = within_30s(move || put.join().unwrap());
         assert!(matches!(result, Err(Error::Disconnected)), "{result:?}");
+    }
+
+    #[test]
+    fn a_sleeper_on_the_doorbell_leaves_it_readable_while_items_remain() {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let readable = |fd: BorrowedFd<'_>| {
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            poll(&mut fds, Some(&rustix::time::Timespec::default())).unwrap() == 1
+        };
+        let q = Queue::<u64>::new().unwrap();
+        let _ = q.as_fd(); // polled, as `connection::wait` does
+        let (ours, theirs) = lifeline();
+        let reader_q = q.clone();
+        let reader = std::thread::spawn(move || {
+            reader_q
+                .get_raw(None, Some(ours.as_fd()))
+                .map(|f| f.bytes.len())
+        });
+        until(|| q.ring().bell_sleepers().load(Ordering::SeqCst) > 0);
+        // Both items in before the reader can take one (it needs the consumers' lock).
+        assert!(q.ring().get_lock().acquire().is_held());
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let _ = q.ring().get_lock().release();
+        assert!(within_30s(move || reader.join().unwrap()).is_ok());
+        assert!(
+            readable(q.as_fd()),
+            "an item is left, yet the doorbell is silent"
+        );
+        drop(theirs);
+    }
+
+    #[test]
+    fn a_raw_get_refuses_an_item_over_its_limit_and_goes_on() {
+        let q = Queue::<u64>::new().unwrap();
+        let mut frame = Frame::new();
+        for len in [10, 5000, 300_000] {
+            q.put_raw(&vec![1; len], &[], None, None).unwrap();
+            let err = q.get_raw_into(&mut frame, None, None, 9).unwrap_err();
+            assert!(matches!(err, Error::OverLimit { max: 9, .. }), "{err:?}");
+            assert!(frame.bytes.is_empty());
+        }
+        q.put_raw(b"12345678", &[], None, None).unwrap();
+        q.get_raw_into(&mut frame, None, None, 9).unwrap();
+        assert_eq!(frame.bytes, b"12345678");
+    }
+
+    #[test]
+    fn a_raw_put_with_a_timeout_gives_up_on_a_full_ring() {
+        let q = Queue::<u64>::builder().capacity(4096).build().unwrap();
+        while q.try_put(7).is_ok() {}
+        let err = q
+            .put_raw(&[1; 8], &[], Some(Duration::from_millis(5)), None)
+            .unwrap_err();
+        assert!(matches!(err, Error::Full), "{err:?}");
     }
 
     #[test]

@@ -197,6 +197,13 @@ pub(crate) struct Config {
     pub(crate) in_ring: usize,
 }
 
+impl Claim {
+    /// The payload's length.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// The ring inside a mapped region (see the module docs).
 pub(crate) struct Ring {
     mem: Bytes,
@@ -596,7 +603,13 @@ impl Ring {
         let size = size as u64;
         let left = (self.cap - (tail as usize & (self.cap - 1))) as u64;
         let mut pad = if left < size { left } else { 0 };
-        if pad == 0 && self.cap as u64 - left >= RESTART && size <= self.cap as u64 - left {
+        // (A pad's length must fit its header's `LEN` bits: for a ring of 2 GiB a restart
+        // early in a lap would not.)
+        if pad == 0
+            && self.cap as u64 - left >= RESTART
+            && size <= self.cap as u64 - left
+            && left - HDR as u64 <= u64::from(LEN)
+        {
             let look = self.word(NEXT_LOOK).load(Ordering::Relaxed);
             // (A look far ahead, written over by another process, would only stop the
             // restarts: a cost in pages, nothing worse.)
@@ -1083,6 +1096,19 @@ pub(crate) mod tests {
             r.ends().unwrap().1 > cap as u64,
             "the positions still only grow"
         );
+    }
+
+    #[test]
+    fn a_two_gib_ring_restarts_only_where_its_pad_fits_a_header() {
+        // (2 GiB of zeros: the pages a test touches are the only ones mapped.)
+        let cap = 1 << 31;
+        let t = test_ring(cap, 0);
+        let r = &t.ring;
+        for i in 0..20_000u32 {
+            round_trip(r, &i.to_le_bytes());
+        }
+        let tail = r.ends().unwrap().1;
+        assert!(tail > RESTART, "went round without a corrupt frame");
     }
 
     #[test]
