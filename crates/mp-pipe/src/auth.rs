@@ -167,13 +167,12 @@ fn verify(key: &[u8], challenge: &[u8], answer: &[u8], md5: bool) -> Result<()> 
 /// Reads one handshake message by `deadline`, which bounds the whole message (a peer that
 /// drips a byte at a time cannot stretch it); its failures are authentication failures.
 fn recv(conn: &Connection, deadline: Instant) -> Result<Vec<u8>> {
-    if let Some(got) = conn.ring_recv_by(deadline) {
+    if let Some(got) = conn.ring_recv_by(deadline, MAX_HANDSHAKE_MESSAGE) {
         return match got {
-            Ok(message) if message.len() > MAX_HANDSHAKE_MESSAGE => Err(refused(format!(
-                "handshake message length {} is out of range",
-                message.len()
-            ))),
             Ok(message) => Ok(message),
+            Err(Error::BadMessageLength { len, .. }) => Err(refused(format!(
+                "handshake message length {len} is out of range"
+            ))),
             Err(Error::Eof) => Err(refused("peer closed the connection during the handshake")),
             Err(e) if is_timeout(&e) => Err(Error::HandshakeTimeout),
             Err(e) => Err(e),

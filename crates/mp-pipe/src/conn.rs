@@ -352,7 +352,11 @@ impl Connection {
 
     fn send_parts(&self, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
         if let Some(rings) = &self.rings {
-            return rings.send(&self.fd, bytes, fds);
+            let timeout = self
+                .nonblocking
+                .load(Ordering::Relaxed)
+                .then_some(Duration::ZERO);
+            return rings.send(&self.fd, bytes, fds, timeout);
         }
         match self.transport {
             Transport::Unix => wire::send_parts(&self.fd, bytes, fds)?,
@@ -493,19 +497,17 @@ impl Connection {
                 .nonblocking
                 .load(Ordering::Relaxed)
                 .then_some(Duration::ZERO);
-            rings.recv_into(&self.fd, timeout, frame)?;
+            match rings.recv_into(&self.fd, timeout, frame, max_len) {
+                Ok(()) => {}
+                Err(err @ Error::BadMessageLength { .. }) => {
+                    // As a socket's: the connection is unreadable after it (CPython's rule).
+                    *broken = true;
+                    return Err(err);
+                }
+                Err(err) => return Err(err),
+            }
             if !with_fds {
                 frame.fds.clear();
-            }
-            if frame.bytes.len() > max_len {
-                // As a socket's: the connection is unreadable after it (CPython's rule).
-                *broken = true;
-                let len = frame.bytes.len() as u64;
-                frame.clear();
-                return Err(Error::BadMessageLength {
-                    len,
-                    max: max_len as u64,
-                });
             }
             return Ok(incoming);
         }
@@ -562,6 +564,9 @@ impl Connection {
             if !woke {
                 return Ok(false);
             }
+            // Woken with nothing there: a late ring of the doorbell. Silence it (it rings
+            // again for the next message), or this loop would spin.
+            rings.resync();
         }
     }
 
@@ -575,10 +580,22 @@ impl Connection {
 
     /// For a ring connection, one message taken by `deadline` (`WouldBlock` after it);
     /// `None` for a socket or pipe.
-    pub(crate) fn ring_recv_by(&self, deadline: Instant) -> Option<Result<Vec<u8>>> {
+    pub(crate) fn ring_recv_by(
+        &self,
+        deadline: Instant,
+        max_len: usize,
+    ) -> Option<Result<Vec<u8>>> {
         let rings = self.rings.as_ref()?;
+        let incoming = lock(&self.recv);
+        if incoming.broken {
+            return Some(Err(Error::Unreadable));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
-        Some(rings.recv(&self.fd, Some(left)).map(|frame| frame.bytes))
+        Some(
+            rings
+                .recv(&self.fd, Some(left), max_len)
+                .map(|frame| frame.bytes),
+        )
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -718,6 +735,45 @@ mod tests {
             assert_eq!(second.unwrap(), vec![2; 700_000]);
             assert!(matches!(third, Err(Error::Eof)), "{third:?}");
         }
+    }
+
+    #[test]
+    fn a_nonblocking_ring_end_says_end_of_file_and_would_block_as_a_socket_does() {
+        for pipe in KINDS {
+            let (r, w) = pipe(false).unwrap();
+            r.set_nonblocking(true).unwrap();
+            assert!(matches!(
+                r.recv_bytes(),
+                Err(Error::Codec(mp_codec::Error::WouldBlock))
+            ));
+            w.send_bytes(b"last").unwrap();
+            drop(w);
+            assert_eq!(r.recv_bytes().unwrap(), b"last");
+            assert!(matches!(r.recv_bytes(), Err(Error::Eof)));
+        }
+        // A send into a full ring fails instead of waiting.
+        let (r, w) = pipe(false).unwrap();
+        w.set_nonblocking(true).unwrap();
+        let message = vec![0u8; 1 << 20];
+        let err = (0..64)
+            .find_map(|_| w.send_bytes(&message).err())
+            .expect("a 4 MiB ring took 64 MiB");
+        assert!(
+            matches!(err, Error::Codec(mp_codec::Error::WouldBlock)),
+            "{err:?}"
+        );
+        drop(r);
+    }
+
+    #[test]
+    fn a_big_ring_message_over_the_limit_is_refused() {
+        let (a, mut b) = pipe(true).unwrap();
+        b.set_max_message_len(1000);
+        a.send_bytes(&vec![3; 3 << 20]).unwrap(); // beside the ring, in a memfd
+        assert!(matches!(
+            b.recv_bytes(),
+            Err(Error::BadMessageLength { len, max: 1000 }) if len == 3 << 20
+        ));
     }
 
     #[test]

@@ -100,8 +100,15 @@ impl Rings {
         }
     }
 
-    /// Sends one frame into the write ring; `Err(EPIPE)` once the peer is seen gone.
-    pub(crate) fn send(&self, life: &OwnedFd, bytes: &[u8], fds: &[OwnedFd]) -> Result<()> {
+    /// Sends one frame into the write ring, waiting for room at most `timeout` (`None`: as
+    /// long as it takes; then `WouldBlock`); `Err(EPIPE)` once the peer is seen gone.
+    pub(crate) fn send(
+        &self,
+        life: &OwnedFd,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        timeout: Option<Duration>,
+    ) -> Result<()> {
         let tx = self.tx.as_ref().ok_or(Error::WrongDirection("read"))?;
         let now = epoch().elapsed().as_nanos() as u64 + 1;
         let last = self.last_look.load(Ordering::Relaxed);
@@ -111,35 +118,61 @@ impl Rings {
                 return Err(broken_pipe());
             }
         }
-        tx.put_raw(bytes, fds, Some(life.as_fd()))
+        tx.put_raw(bytes, fds, timeout, Some(life.as_fd()))
             .map_err(|e| match e {
                 mp_queue::Error::Disconnected => broken_pipe(),
+                mp_queue::Error::Full => Error::Codec(mp_codec::Error::WouldBlock),
                 other => queue_error(other),
             })
     }
 
     /// Receives one frame from the read ring, waiting at most `timeout` (`None`: for ever):
     /// `Eof` once the peer has gone and nothing it sent is left, `WouldBlock` on timeout.
-    pub(crate) fn recv(&self, life: &OwnedFd, timeout: Option<Duration>) -> Result<Frame> {
+    pub(crate) fn recv(
+        &self,
+        life: &OwnedFd,
+        timeout: Option<Duration>,
+        max_len: usize,
+    ) -> Result<Frame> {
         let mut frame = Frame::new();
-        self.recv_into(life, timeout, &mut frame)?;
+        self.recv_into(life, timeout, &mut frame, max_len)?;
         Ok(frame)
     }
 
-    /// [`recv`](Rings::recv) into `frame`, reusing its buffer.
+    /// [`recv`](Rings::recv) into `frame`, reusing its buffer. A message over `max_len` is
+    /// taken and refused (`BadMessageLength`).
     pub(crate) fn recv_into(
         &self,
         life: &OwnedFd,
         timeout: Option<Duration>,
         frame: &mut Frame,
+        max_len: usize,
     ) -> Result<()> {
         let rx = self.rx.as_ref().ok_or(Error::WrongDirection("write"))?;
-        rx.get_raw_into(frame, timeout, Some(life.as_fd()))
-            .map_err(|e| match e {
-                mp_queue::Error::Disconnected => Error::Eof,
-                mp_queue::Error::Empty => Error::Codec(mp_codec::Error::WouldBlock),
-                other => queue_error(other),
-            })
+        let mut got = |timeout| rx.get_raw_into(frame, timeout, Some(life.as_fd()), max_len);
+        let mut result = got(timeout);
+        if matches!(result, Err(mp_queue::Error::Empty)) && hung_up(life.as_fd()) {
+            // A timed wait (a nonblocking receive above all) may end before it looks at the
+            // peer: one more look, then end of file, as a socket would say.
+            result = match got(Some(Duration::ZERO)) {
+                Err(mp_queue::Error::Empty) => Err(mp_queue::Error::Disconnected),
+                other => other,
+            };
+        }
+        result.map_err(|e| match e {
+            mp_queue::Error::Disconnected => Error::Eof,
+            mp_queue::Error::Empty => Error::Codec(mp_codec::Error::WouldBlock),
+            mp_queue::Error::OverLimit { len, max } => Error::BadMessageLength { len, max },
+            other => queue_error(other),
+        })
+    }
+
+    /// After a wake by [`pollable`](Rings::pollable) that found nothing to take: makes the
+    /// doorbell match the ring again (a late ring leaves it readable).
+    pub(crate) fn resync(&self) {
+        if let Some(rx) = &self.rx {
+            rx.resync_doorbell();
+        }
     }
 
     /// Whether a receive would not block now: a message is there, or the peer has gone.
