@@ -51,11 +51,38 @@ pub(crate) trait Sink: Send + Sync {
     fn deliver(&self, index: usize, reply: Result<Vec<u8>, Error>);
 }
 
-/// A chunk of a job, for the MPI thread to send.
+/// A chunk of a job, for the MPI thread to send. One dropped before its reply was delivered
+/// (sent after the pool ended, say) fails with [`Error::Terminated`]: no result waits for
+/// ever.
 pub(crate) struct Chunk {
     pub(crate) index: usize,
     pub(crate) task: Vec<u8>,
-    pub(crate) sink: Arc<dyn Sink>,
+    sink: Option<Arc<dyn Sink>>,
+}
+
+impl Chunk {
+    pub(crate) fn new(index: usize, task: Vec<u8>, sink: Arc<dyn Sink>) -> Chunk {
+        Chunk {
+            index,
+            task,
+            sink: Some(sink),
+        }
+    }
+
+    /// Hands the chunk's reply (or failure) to its sink.
+    fn deliver(mut self, reply: Result<Vec<u8>, Error>) {
+        if let Some(sink) = self.sink.take() {
+            sink.deliver(self.index, reply);
+        }
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.deliver(self.index, Err(Error::Terminated));
+        }
+    }
 }
 
 /// What rank 0's threads ask of the MPI thread.
@@ -175,10 +202,19 @@ fn run(how: Start, told: &mpsc::Sender<Result<Role, Error>>, inbox: mpsc::Receiv
     // `universe` drops here: MPI_Finalize, on the thread that initialized it.
 }
 
+/// The most memory the buffer for tasks sent ahead may take, whatever the workers' number.
+const BSEND_BUDGET: usize = 64 << 20;
+
+/// How many chunks each of `workers` workers is sent ahead at most: [`AHEAD`], or fewer for
+/// so many workers that their buffer would pass [`BSEND_BUDGET`].
+fn ahead_for(workers: usize) -> usize {
+    (BSEND_BUDGET / (workers.max(1) * (AHEAD_TASK + 1024))).clamp(1, AHEAD)
+}
+
 /// The buffer for tasks sent ahead: every chunk in flight may sit in it, with MPI's own
 /// bookkeeping (`MPI_BSEND_OVERHEAD`, some hundred bytes) beside each.
 fn bsend_bytes(workers: usize) -> usize {
-    workers * AHEAD * (AHEAD_TASK + 1024)
+    workers * ahead_for(workers) * (AHEAD_TASK + 1024)
 }
 
 /// Waits for `look` to find something: spins, then naps in growing steps.
@@ -248,6 +284,7 @@ fn dispatch<C: Communicator>(comm: &C, ranks: Vec<Rank>, inbox: &mpsc::Receiver<
             ahead: 2,
         })
         .collect();
+    let most_ahead = ahead_for(workers.len());
     let mut pending: VecDeque<Chunk> = VecDeque::new();
     let mut end: Option<End> = None;
     let mut idle_since: Option<Instant> = None;
@@ -314,8 +351,8 @@ fn dispatch<C: Communicator>(comm: &C, ranks: Vec<Rank>, inbox: &mpsc::Receiver<
                 continue; // a reply to nothing: dropped
             };
             // A worker whose chunks take long gets one at a time.
-            worker.ahead = if sent.elapsed() > LONG { 1 } else { AHEAD };
-            chunk.sink.deliver(chunk.index, Ok(reply));
+            worker.ahead = if sent.elapsed() > LONG { 1 } else { most_ahead };
+            chunk.deliver(Ok(reply));
         }
         let settled = pending.is_empty()
             && workers
@@ -354,6 +391,16 @@ fn dispatch<C: Communicator>(comm: &C, ranks: Vec<Rank>, inbox: &mpsc::Receiver<
             nap = (nap * 2).min(MAX_NAP);
         }
     }
+    // Work that came after the end fails now (as every chunk still in the channel will when
+    // the channel goes: see `Chunk`'s drop).
+    while let Ok(command) = inbox.try_recv() {
+        match command {
+            Command::Chunk(chunk) => chunk.deliver(Err(Error::Terminated)),
+            Command::Close(reply) | Command::Terminate(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
     // (Every reply is in: each worker waits for a task, and takes this at once.)
     for worker in &workers {
         comm.process_at_rank(worker.rank)
@@ -372,10 +419,10 @@ fn fail_all(workers: &mut [Worker], pending: &mut VecDeque<Chunk>, err: &Error) 
     for worker in workers.iter_mut() {
         worker.owed += worker.in_flight.len();
         for (chunk, _) in worker.in_flight.drain(..) {
-            chunk.sink.deliver(chunk.index, Err(err.clone()));
+            chunk.deliver(Err(err.clone()));
         }
     }
     for chunk in pending.drain(..) {
-        chunk.sink.deliver(chunk.index, Err(err.clone()));
+        chunk.deliver(Err(err.clone()));
     }
 }

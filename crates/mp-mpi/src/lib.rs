@@ -165,11 +165,7 @@ impl MpiPool {
         let mut count = 0;
         for (i, chunk) in items.chunks(chunksize.max(1)).enumerate() {
             let task = wire::task(target, plain, chunk)?;
-            self.send(Command::Chunk(Chunk {
-                index: i,
-                task,
-                sink: sink.clone(),
-            }))?;
+            self.send(Command::Chunk(Chunk::new(i, task, sink.clone())))?;
             count += 1;
         }
         Ok(count)
@@ -214,7 +210,10 @@ impl MpiPool {
         R: Message + 'static,
     {
         self.check_open()?;
-        let (result, sink) = AsyncResult::<R>::new(1, result::one::<R>);
+        let plain = wire::plain_types::<A, R>();
+        let (result, sink) = AsyncResult::<R>::new(1, move |replies: &[Vec<u8>]| {
+            result::one::<R>(replies, plain)
+        });
         self.submit(&f, vec![args], 1, &sink)?;
         Ok(result)
     }
@@ -413,11 +412,7 @@ impl MpiPool {
         let submit = Box::new(move |index: usize, chunk: &[A]| -> Result<()> {
             let task = wire::task(target, plain, chunk)?;
             commands
-                .send(Command::Chunk(Chunk {
-                    index,
-                    task,
-                    sink: sink.clone(),
-                }))
+                .send(Command::Chunk(Chunk::new(index, task, sink.clone())))
                 .map_err(|_| Error::Terminated)
         });
         Ok(Imap::new(

@@ -116,7 +116,10 @@ impl Sink for Collect {
                 inner.calling = true;
                 drop(inner);
                 for callback in callbacks {
-                    callback(outcome.as_deref());
+                    // A panicking callback must not take the pool's thread with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        callback(outcome.as_deref())
+                    }));
                 }
                 inner = self.lock();
                 inner.calling = false;
@@ -127,11 +130,11 @@ impl Sink for Collect {
     }
 }
 
-/// A job of one chunk of one item: its value.
-pub(crate) fn one<R: mp_codec::Message + 'static>(replies: &[Vec<u8>]) -> Result<R> {
+/// A job of one chunk of one item (sent `plain` or not): its value.
+pub(crate) fn one<R: mp_codec::Message + 'static>(replies: &[Vec<u8>], plain: bool) -> Result<R> {
     let mut out = Vec::with_capacity(1);
     let reply = replies.first().map(Vec::as_slice).unwrap_or_default();
-    crate::wire::results::<R>(reply, crate::wire::plain_types::<R, R>(), 1, &mut out)?;
+    crate::wire::results::<R>(reply, plain, 1, &mut out)?;
     out.pop().ok_or(Error::InvalidArgument("no result"))
 }
 
@@ -362,7 +365,9 @@ impl<R, I: Iterator> Imap<R, I> {
 
     /// Sends chunks until `bound` are in flight or the input ends.
     fn top_up(&mut self) {
-        while !self.exhausted && self.in_flight < self.bound {
+        // (Replies held back for order count against the bound: memory stays flat even
+        // behind a slow first chunk.)
+        while !self.exhausted && self.in_flight + self.early.len() < self.bound {
             let chunk: Vec<I::Item> = self.items.by_ref().take(self.chunksize).collect();
             if chunk.is_empty() {
                 self.exhausted = true;
@@ -371,10 +376,12 @@ impl<R, I: Iterator> Imap<R, I> {
             let index = self.sent;
             self.sent += 1;
             if let Err(err) = (self.submit)(index, &chunk) {
-                // Not sent: its items fail in their place.
+                // Not sent (the pool has ended): its items fail in their place, and nothing
+                // more is taken from the input (which may be endless).
                 self.sizes.insert(index, chunk.len());
                 self.arrive(index, Err(err));
-                continue;
+                self.exhausted = true;
+                break;
             }
             self.sizes.insert(index, chunk.len());
             self.in_flight += 1;

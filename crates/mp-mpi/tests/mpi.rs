@@ -31,6 +31,10 @@ fn fail_on_13(x: u32) -> u32 {
     x
 }
 
+fn length(s: String) -> u64 {
+    s.len() as u64
+}
+
 fn power(base: u64, exp: u32) -> u64 {
     base.pow(exp)
 }
@@ -126,6 +130,16 @@ fn main() {
         pool.starmap(power, [(2u64, 10u32), (3, 3)]).unwrap() == [1024, 27],
     );
     check("apply", pool.apply(square, 12u64).unwrap() == 144);
+    check(
+        "apply: an encoded argument, a plain result",
+        pool.apply(length, "four".to_string()).unwrap() == 4,
+    );
+    let noisy = pool.apply_async(square, 2u64).unwrap();
+    noisy.on_ready(|_| panic!("a callback that panics"));
+    check(
+        "a panicking callback harms neither its result nor the pool",
+        noisy.get().unwrap() == 4 && pool.apply(square, 3u64).unwrap() == 9,
+    );
     let later = pool.apply_async(square, 9u64).unwrap();
     let called = Arc::new(AtomicUsize::new(0));
     let seen = called.clone();
@@ -170,6 +184,15 @@ fn main() {
         matches!(pool.join(), Err(Error::Running)),
     );
     let pending = pool.map_async(square, 0..1000u64).unwrap();
+    let mut endless = pool.imap(square, 0u64..).unwrap();
+    check(
+        "imap before the end",
+        endless
+            .by_ref()
+            .take(5)
+            .map(Result::unwrap)
+            .eq((0..5).map(square)),
+    );
     pool.close();
     check(
         "closed: no new work",
@@ -179,6 +202,13 @@ fn main() {
     check(
         "close and join finish what was given",
         pending.get().unwrap().len() == 1000,
+    );
+    // The imap made before the end: what it had sent comes back, then it fails and stops
+    // (its input is endless: it must not go on taking from it).
+    let rest: Vec<_> = endless.collect();
+    check(
+        "an imap outliving its pool ends with Terminated",
+        rest.len() < 100 && matches!(rest.last(), Some(Err(Error::Terminated))),
     );
     println!(
         "mp-mpi: {checks} checks passed on a pool of {} workers ({})",
