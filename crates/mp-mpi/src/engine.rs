@@ -315,9 +315,16 @@ fn dispatch<C: Communicator>(comm: &C, ranks: Vec<Rank>, inbox: &mpsc::Receiver<
         // with chunks in flight gets small tasks only, buffered (see [`AHEAD_TASK`]).
         while let Some(next) = pending.front() {
             let small = next.task.len() <= AHEAD_TASK;
+            // A worker of long chunks holds one more while at least a chunk per worker is
+            // left, so it never waits for rank 0 between two; near the end, one at a time,
+            // so none waits behind another while a worker idles.
+            let bulk = pending.len() >= workers.len();
             let Some(worker) = workers
                 .iter_mut()
-                .filter(|w| w.in_flight.is_empty() || (small && w.in_flight.len() < w.ahead))
+                .filter(|w| {
+                    let ahead = if bulk { w.ahead.max(2) } else { w.ahead };
+                    w.in_flight.is_empty() || (small && w.in_flight.len() < ahead)
+                })
                 .min_by_key(|w| w.in_flight.len())
             else {
                 break;
