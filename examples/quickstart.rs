@@ -113,7 +113,7 @@ fn main() -> Result<(), multiprocessing::Error> {
         Ok(v) => println!("unexpectedly got {v}"),
     }
 
-    // 3. A pipe between parent and child: whole typed messages, CPython's wire format.
+    // 3. A pipe between parent and child: whole typed messages, through shared memory.
     let (ours, theirs) = pipe(true)?;
     let mut child = Process::new(echo_upper, theirs).start()?;
     for word in ["ping", "pong"] {

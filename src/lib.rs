@@ -151,7 +151,7 @@
 //! |---|---|
 //! | `Process(target=f, args=a)`, `start`, `join(timeout)`, `is_alive`, `terminate`, `kill`, `exitcode`, `pid`, `name`, `daemon`, `sentinel` | [`Process`] (a builder; `join` returns the target's value) |
 //! | `get_context`, `set_start_method`, `get_start_method` | [`get_context`], [`set_start_method`], [`get_start_method`], [`StartMethod`] |
-//! | `Pipe(duplex)`, `Connection.send/recv/send_bytes/recv_bytes/recv_bytes_into/poll/close` | [`pipe`] → two [`Connection`]s |
+//! | `Pipe(duplex)`, `Connection.send/recv/send_bytes/recv_bytes/recv_bytes_into/poll/close` | [`pipe`] → two [`Connection`]s (shared-memory rings; `connection::socket_pipe` for sockets) |
 //! | `connection.Listener/Client/wait` | [`connection::Listener`], [`connection::Client`], [`connection::wait`] |
 //! | `Queue`, `SimpleQueue`, `JoinableQueue` | [`Queue`], [`SimpleQueue`], [`JoinableQueue`] |
 //! | `Value`, `Array`, `RawValue`, `RawArray` (`sharedctypes`) | [`Value`], [`Array`], [`RawValue`], [`RawArray`] |

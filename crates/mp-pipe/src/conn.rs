@@ -125,17 +125,23 @@ pub fn socket_pipe(duplex: bool) -> Result<(Connection, Connection)> {
 
 /// One end of a message pipe: Python's `multiprocessing.connection.Connection`.
 ///
-/// Messages are whole: never merged, never split, and the bytes on the wire are CPython's
-/// (`send_bytes` here is `recv_bytes` there). Senders are serialized against each other and
-/// so are receivers, so a `Connection` can be shared between threads without interleaving
-/// frames. A connection is a [`Message`](mp_codec::Message) itself: send it over a unix socket and the
-/// receiver gets its own descriptor for the same end.
+/// Messages are whole: never merged, never split. Senders are serialized against each other
+/// and so are receivers, so a `Connection` can be shared between threads without
+/// interleaving frames. A connection is made by [`pipe`] (shared-memory rings, between our
+/// own processes), by [`socket_pipe`], or by a [`Listener`](crate::Listener) or
+/// [`Client`](crate::Client); on the last three the bytes on the wire are CPython's
+/// (`send_bytes` here is `recv_bytes` there).
 ///
-/// Only the descriptor travels. The receiver learns what it holds from the descriptor itself
-/// — a pipe end (read-only or write-only by its access mode), a unix or a TCP stream socket —
-/// and applies its own default message limit: a peer's bytes cannot make a read end writable,
-/// a pipe pass for a socket, or lift the limit. Any other descriptor is refused
-/// (the codec's [`Malformed`](mp_codec::Error::Malformed) error) and closed.
+/// A connection is a [`Message`](mp_codec::Message) itself: send it to another process (over
+/// a unix socket, a ring pipe, or as a `Process` argument) and the receiver gets its own
+/// handle on the same end. A socket or pipe travels as its descriptor alone: the receiver
+/// learns what it holds from the descriptor itself — a pipe end (read-only or write-only by
+/// its access mode), a unix or a TCP stream socket — and applies its own default message
+/// limit: a peer's bytes cannot make a read end writable, a pipe pass for a socket, or lift
+/// the limit. Any other descriptor is refused (the codec's
+/// [`Malformed`](mp_codec::Error::Malformed) error) and closed. A ring end travels as its
+/// rings' queue handles, which check their own parts, and its lifeline, which must be a
+/// unix stream socket.
 ///
 /// ```
 /// let (a, b) = multiprocessing::connection::pipe(true)?;
