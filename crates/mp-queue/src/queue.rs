@@ -504,16 +504,8 @@ impl<T: Message> Queue<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let len = bytes.len();
-        if len <= ring::SMALL
-            && fds.is_empty()
-            && ring::frame_size(len, true) <= self.ring().in_ring_limit()
-            && let Some(done) = self.now(self.ring().put_lock(), || self.ring().put_small(bytes))
-        {
-            return done.map(drop);
-        }
         let within = timeout.map_or(Within::Forever, Within::Time);
-        self.put_encoded(bytes, fds, within.deadline(), peer)
+        self.put_parts(bytes, fds, within, peer)
     }
 
     /// Takes the next item's frame as it is — bytes and descriptors, not decoded — waiting at
@@ -602,17 +594,28 @@ impl<T: Message> Queue<T> {
         }
         let mut frame = Scratch::take();
         item.encode(&mut frame)?;
-        let len = frame.bytes.len();
+        self.put_parts(&frame.bytes, &frame.fds, within, None)
+    }
+
+    /// Puts an encoded item: a small one at once if the producers' lock is free (the common
+    /// case, kept lean), else by [`put_encoded`](Queue::put_encoded), waiting `within`.
+    #[inline]
+    fn put_parts(
+        &self,
+        bytes: &[u8],
+        fds: &[OwnedFd],
+        within: Within,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<()> {
+        let len = bytes.len();
         if len <= ring::SMALL
-            && frame.fds.is_empty()
+            && fds.is_empty()
             && ring::frame_size(len, true) <= self.ring().in_ring_limit()
-            && let Some(done) = self.now(self.ring().put_lock(), || {
-                self.ring().put_small(&frame.bytes)
-            })
+            && let Some(done) = self.now(self.ring().put_lock(), || self.ring().put_small(bytes))
         {
             return done.map(drop);
         }
-        self.put_encoded(&frame.bytes, &frame.fds, within.deadline(), None)
+        self.put_encoded(bytes, fds, within.deadline(), peer)
     }
 
     /// Puts an encoded item, waiting for room until `deadline`.
