@@ -114,7 +114,7 @@ impl Rings {
         let last = self.last_look.load(Ordering::Relaxed);
         if last == 0 || now.saturating_sub(last) >= LOOK_EVERY.as_nanos() as u64 {
             self.last_look.store(now, Ordering::Relaxed);
-            if hung_up(life.as_fd()) {
+            if mp_queue::hung_up(life.as_fd()) {
                 return Err(broken_pipe());
             }
         }
@@ -151,7 +151,7 @@ impl Rings {
         let rx = self.rx.as_ref().ok_or(Error::WrongDirection("write"))?;
         let mut got = |timeout| rx.get_raw_into(frame, timeout, Some(life.as_fd()), max_len);
         let mut result = got(timeout);
-        if matches!(result, Err(mp_queue::Error::Empty)) && hung_up(life.as_fd()) {
+        if matches!(result, Err(mp_queue::Error::Empty)) && mp_queue::hung_up(life.as_fd()) {
             // A timed wait (a nonblocking receive above all) may end before it looks at the
             // peer: one more look, then end of file, as a socket would say.
             result = match got(Some(Duration::ZERO)) {
@@ -177,7 +177,7 @@ impl Rings {
 
     /// Whether a receive would not block now: a message is there, or the peer has gone.
     pub(crate) fn ready(&self, life: &OwnedFd) -> bool {
-        self.rx.as_ref().is_some_and(|rx| !rx.empty()) || hung_up(life.as_fd())
+        self.rx.as_ref().is_some_and(|rx| !rx.empty()) || mp_queue::hung_up(life.as_fd())
     }
 
     /// The descriptor `wait` polls: for a readable end, an epoll set of the read ring's
@@ -209,11 +209,6 @@ fn epoll_of(fds: &[BorrowedFd<'_>]) -> rustix::io::Result<OwnedFd> {
         )?;
     }
     Ok(set)
-}
-
-/// Whether the lifeline `life` has hung up: every descriptor of the other end closed.
-pub(crate) fn hung_up(life: BorrowedFd<'_>) -> bool {
-    mp_queue::hung_up(life)
 }
 
 fn broken_pipe() -> Error {
