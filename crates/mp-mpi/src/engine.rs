@@ -158,48 +158,62 @@ fn run(how: Start, told: &mpsc::Sender<Result<Role, Error>>, inbox: mpsc::Receiv
             serve(&world);
             let _ = told.send(Ok(Role::Worker));
         }
-        Start::World => {
-            let workers: Vec<Rank> = (1..world.size()).collect();
-            if workers.is_empty() {
-                let _ = told.send(Err(Error::InvalidArgument(
-                    "MpiPool::world needs workers: run under `mpirun -n N` with N of 2 or more, or use MpiPool::spawn",
-                )));
-                return;
-            }
-            universe.set_buffer_size(bsend_bytes(workers.len()));
-            let _ = told.send(Ok(Role::Boss(workers.len())));
-            dispatch(&world, workers, &inbox);
+        Start::World if world.size() < 2 => {
+            let _ = told.send(Err(Error::InvalidArgument(
+                "MpiPool::world needs workers: run under `mpirun -n N` with N of 2 or more, or use MpiPool::spawn",
+            )));
         }
-        Start::Spawn(n) => {
-            if world.size() != 1 {
-                let _ = told.send(Err(Error::InvalidArgument(
-                    "MpiPool::spawn starts its own workers: run the program alone, or use MpiPool::world under mpirun",
-                )));
-                return;
-            }
-            let exe = match std::env::current_exe() {
-                Ok(exe) => exe,
-                Err(e) => {
-                    let _ = told.send(Err(Error::Os("current_exe", Arc::new(e))));
-                    return;
-                }
-            };
-            let mut command = Exe::new(exe);
-            command.args(std::env::args_os().skip(1));
-            let children = match world.process_at_rank(0).spawn(&command, n as Rank) {
-                Ok(children) => children,
-                Err(e) => {
-                    let _ = told.send(Err(mpi_error(format!("MPI_Comm_spawn failed: {e:?}"))));
-                    return;
-                }
-            };
-            let workers: Vec<Rank> = (0..children.remote_size()).collect();
-            universe.set_buffer_size(bsend_bytes(workers.len()));
-            let _ = told.send(Ok(Role::Boss(workers.len())));
-            dispatch(&children, workers, &inbox);
+        Start::World => lead(
+            &mut universe,
+            &world,
+            (1..world.size()).collect(),
+            told,
+            &inbox,
+        ),
+        Start::Spawn(_) if world.size() != 1 => {
+            let _ = told.send(Err(Error::InvalidArgument(
+                "MpiPool::spawn starts its own workers: run the program alone, or use MpiPool::world under mpirun",
+            )));
         }
+        Start::Spawn(n) => match spawn_workers(&world, n) {
+            Ok(children) => {
+                let workers = (0..children.remote_size()).collect();
+                lead(&mut universe, &children, workers, told, &inbox);
+            }
+            Err(e) => {
+                let _ = told.send(Err(e));
+            }
+        },
     }
     // `universe` drops here: MPI_Finalize, on the thread that initialized it.
+}
+
+/// Starts `n` workers of this executable (with its arguments) by `MPI_Comm_spawn`.
+fn spawn_workers(
+    world: &mpi::topology::SimpleCommunicator,
+    n: usize,
+) -> Result<mpi::topology::InterCommunicator, Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::Os("current_exe", Arc::new(e)))?;
+    let mut command = Exe::new(exe);
+    command.args(std::env::args_os().skip(1));
+    world
+        .process_at_rank(0)
+        .spawn(&command, n as Rank)
+        .map_err(|e| mpi_error(format!("MPI_Comm_spawn failed: {e:?}")))
+}
+
+/// Rank 0 of a pool of the `workers` ranks of `comm`: attaches the buffer for tasks sent
+/// ahead, says so, and dispatches until the pool ends.
+fn lead<C: Communicator>(
+    universe: &mut mpi::environment::Universe,
+    comm: &C,
+    workers: Vec<Rank>,
+    told: &mpsc::Sender<Result<Role, Error>>,
+    inbox: &mpsc::Receiver<Command>,
+) {
+    universe.set_buffer_size(bsend_bytes(workers.len()));
+    let _ = told.send(Ok(Role::Boss(workers.len())));
+    dispatch(comm, workers, inbox);
 }
 
 /// The most memory the buffer for tasks sent ahead may take, whatever the workers' number.
