@@ -59,30 +59,31 @@ def startup():
     return total / n
 
 
-def chunk1():
-    with ctx.Pool(WORKERS) as pool:
-        def batch(n):
-            got = sum(pool.map(square, range(n), chunksize=1))
-            assert got == sum_of_squares(n), (got, n)
+def chunk1_on(pool):
+    """ns per task of map(square, range(n), chunksize=1) on a running `pool`."""
+    def batch(n):
+        got = sum(pool.map(square, range(n), chunksize=1))
+        assert got == sum_of_squares(n), (got, n)
 
-        batch(100)  # warm-up
-        return measure(batch)
+    batch(100)  # warm-up
+    return measure(batch)
 
 
-def map_1m():
+def map_1m_on(pool):
+    """ns per item of map(square, range(1_000_000)) on a running `pool`."""
     n = 1_000_000
-    with ctx.Pool(WORKERS) as pool:
-        pool.map(square, range(1000))  # warm-up
-        start = time.perf_counter_ns()
-        squares = pool.map(square, range(n))
-        took = time.perf_counter_ns() - start
-        assert len(squares) == n and sum(squares) == sum_of_squares(n)
-        return took / n
+    pool.map(square, range(1000))  # warm-up
+    start = time.perf_counter_ns()
+    squares = pool.map(square, range(n))
+    took = time.perf_counter_ns() - start
+    assert len(squares) == n and sum(squares) == sum_of_squares(n)
+    return took / n
 
 
-def cpu16_speedup():
+def cpu_tasks():
+    """The 16 tasks of about 20 ms each, calibrated here."""
     iterations = 1 << 10
-    while True:  # about 20 ms a task
+    while True:
         start = time.perf_counter_ns()
         burn((1, iterations))
         took = time.perf_counter_ns() - start
@@ -90,17 +91,36 @@ def cpu16_speedup():
             iterations = int(iterations * 20e6 / took)
             break
         iterations *= 2
-    tasks = [(seed, iterations) for seed in range(16)]
+    return [(seed, iterations) for seed in range(16)]
+
+
+def speedup_on(pool, tasks):
+    """Serial time here over `pool`'s time for map(burn, tasks); the results checked."""
+    pool.map(square, range(10))  # warm-up: the workers are running
+    start = time.perf_counter_ns()
+    serial = [burn(task) for task in tasks]
+    serial_ns = time.perf_counter_ns() - start
+    start = time.perf_counter_ns()
+    parallel = pool.map(burn, tasks)
+    parallel_ns = time.perf_counter_ns() - start
+    assert parallel == serial
+    return serial_ns / parallel_ns
+
+
+def chunk1():
     with ctx.Pool(WORKERS) as pool:
-        pool.map(square, range(10))  # warm-up: the workers are running
-        start = time.perf_counter_ns()
-        serial = [burn(task) for task in tasks]
-        serial_ns = time.perf_counter_ns() - start
-        start = time.perf_counter_ns()
-        parallel = pool.map(burn, tasks)
-        parallel_ns = time.perf_counter_ns() - start
-        assert parallel == serial
-        return serial_ns / parallel_ns
+        return chunk1_on(pool)
+
+
+def map_1m():
+    with ctx.Pool(WORKERS) as pool:
+        return map_1m_on(pool)
+
+
+def cpu16_speedup():
+    tasks = cpu_tasks()
+    with ctx.Pool(WORKERS) as pool:
+        return speedup_on(pool, tasks)
 
 
 WORKLOADS = {

@@ -389,55 +389,13 @@ fn ensure_mpi4py() -> Result<(), String> {
     }
 }
 
-/// Our `mp-pool` with two workers, the same jobs in this process.
+/// Our `mp-pool` with two workers, the same jobs in this process: the pool group's own rows.
 fn ours_pool(workload: &'static str) -> Impl {
-    use crate::bench::pool::{burn, square};
-    let mut pool: Option<mp_pool::Pool> = None;
-    Impl::new("ours/mp-pool", move || {
-        if pool.is_none() {
-            pool = Some(mp_pool::Pool::new(2).map_err(|e| e.to_string())?);
-        }
-        let pool = pool.as_ref().unwrap();
-        let sum = |v: &[u64]| v.iter().fold(0u64, |s, &x| s.wrapping_add(x));
-        let expected = |n: u64| (0..n).fold(0u64, |s, x| s.wrapping_add(square(x)));
-        match workload {
-            "mpi_task_chunk1" => {
-                let mut iters = 0;
-                let mut failed = None;
-                let ns = crate::bench::time_batched(&mut iters, |n| {
-                    match pool.map_chunked(square, 0..n, 1) {
-                        Ok(v) if sum(&v) == expected(n) => {}
-                        other => failed = Some(format!("{other:?}")),
-                    }
-                });
-                failed.map_or(Ok(ns), Err)
-            }
-            "mpi_map_1m" => {
-                let n = 1_000_000u64;
-                let start = Instant::now();
-                let v = pool.map(square, 0..n).map_err(|e| e.to_string())?;
-                let took = start.elapsed();
-                if sum(&v) != expected(n) {
-                    return Err("wrong sum".into());
-                }
-                Ok(took.as_nanos() as f64 / n as f64)
-            }
-            _ => {
-                let tasks = crate::bench::pool::cpu_tasks();
-                let start = Instant::now();
-                let serial: Vec<u64> = tasks
-                    .iter()
-                    .map(|&t| burn(std::hint::black_box(t)))
-                    .collect();
-                let serial_time = start.elapsed();
-                let start = Instant::now();
-                let parallel = pool.map(burn, tasks).map_err(|e| e.to_string())?;
-                let parallel_time = start.elapsed();
-                if parallel != serial {
-                    return Err("results differ from the serial run's".into());
-                }
-                Ok(serial_time.as_secs_f64() / parallel_time.as_secs_f64())
-            }
-        }
-    })
+    use crate::bench::pool;
+    match workload {
+        "mpi_task_chunk1" => pool::ours_chunk1(),
+        "mpi_map_1m" => pool::ours_map(),
+        _ => pool::ours_cpu16(),
+    }
+    .on_first_cpus(2)
 }

@@ -111,7 +111,7 @@ fn burn_iterations() -> u64 {
 }
 
 /// The 16 tasks of `pool_cpu16_speedup`.
-pub fn cpu_tasks() -> Vec<(u64, u64)> {
+fn cpu_tasks() -> Vec<(u64, u64)> {
     let iterations = burn_iterations();
     (0..CPU_TASKS).map(|seed| (seed, iterations)).collect()
 }
@@ -338,7 +338,7 @@ fn raw_chunk1() -> Impl {
     })
 }
 
-fn ours_chunk1() -> Impl {
+pub(crate) fn ours_chunk1() -> Impl {
     let mut pool = None;
     per_task("ours/mp-pool", move |n| {
         if pool.is_none() {
@@ -435,7 +435,7 @@ fn raw_map() -> Impl {
     })
 }
 
-fn ours_map() -> Impl {
+pub(crate) fn ours_map() -> Impl {
     let mut pool = None;
     per_map_item("ours/mp-pool", move || {
         if pool.is_none() {
@@ -538,7 +538,7 @@ fn rayon_cpu16() -> Impl {
     })
 }
 
-fn ours_cpu16() -> Impl {
+pub(crate) fn ours_cpu16() -> Impl {
     let mut pool = None;
     speedup("ours/mp-pool", move |tasks| {
         if pool.is_none() {
