@@ -197,10 +197,17 @@ pub(crate) fn me() -> Me {
     }
 }
 
-/// Forgets the cached identity in a fork child (a `pthread_atfork` child handler). It writes
-/// only when there is something to forget: a write costs the child a copy-on-write page fault.
+/// The pid of the process this one was forked from, when that process had read its identity
+/// (see [`inherited`]); 0 otherwise.
+static FORKED_FROM: AtomicU32 = AtomicU32::new(0);
+
+/// Forgets the cached identity in a fork child (a `pthread_atfork` child handler), keeping
+/// the parent's pid aside for [`inherited`]. It writes only when there is something to
+/// forget: a write costs the child a copy-on-write page fault (both words share a page).
 extern "C" fn forget_pid() {
-    if PID.load(Ordering::Relaxed) != 0 {
+    let parent = PID.load(Ordering::Relaxed);
+    if parent != 0 {
+        FORKED_FROM.store(parent, Ordering::Relaxed);
         PID.store(0, Ordering::Relaxed);
     }
 }
@@ -236,8 +243,10 @@ fn refresh() -> Me {
     let start = read_proc(c"/proc/self/stat", &mut buf)
         .and_then(start_time)
         .map_or(0, |t| t + 1);
-    let proc_ok = read_proc(c"/proc/self/status", &mut buf).is_some_and(|s| nspid_is(s, pid));
-    let ns = ns_id();
+    let (ns, proc_ok) = inherited().unwrap_or_else(|| {
+        let proc_ok = read_proc(c"/proc/self/status", &mut buf).is_some_and(|s| nspid_is(s, pid));
+        (ns_id(), proc_ok)
+    });
     let nonce = image_nonce(&NONCE, pid, start);
     START.store(start, Ordering::Relaxed);
     NS.store(ns, Ordering::Relaxed);
@@ -250,6 +259,38 @@ fn refresh() -> Me {
         proc_ok,
         nonce,
     }
+}
+
+/// In a fork child whose parent had read its identity: the parent's namespaces and its
+/// answer about `/proc` ([`Me::ns`], [`Me::proc_ok`]), when they are provably ours too, so
+/// that a child (a pool's worker, say) is ready sooner: one `stat` instead of reading
+/// `/proc/self/status` and two `stat`s (about 20 µs of a fresh child's start here).
+///
+/// The proof. A fork child lives in its parent's pid namespace, or, if the parent had
+/// moved its future children (`unshare(CLONE_NEWPID)`), in a new one below it, where the
+/// parent is not visible: `getppid()` is then 0. So `getppid()` equal to the pid the
+/// parent had as its own means the same pid namespace. (A parent that died meanwhile leaves
+/// the child another parent, with another pid: we read everything.) The child has its
+/// parent's mount namespace, so the same `/proc`, and in the same pid namespace that
+/// `/proc` answers for the child as it did for the parent. The time namespace may differ
+/// (`unshare(CLONE_NEWTIME)` also moves only future children): its inode is read again and
+/// must be the parent's.
+fn inherited() -> Option<(u64, bool)> {
+    let parent = FORKED_FROM.load(Ordering::Relaxed);
+    let ns = NS.load(Ordering::Relaxed);
+    if parent == 0 || ns == 0 {
+        return None;
+    }
+    let seen = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    if seen != parent {
+        return None;
+    }
+    let time_ino = match rustix::fs::stat(c"/proc/self/ns/time") {
+        Ok(time_ns) => u32::try_from(time_ns.st_ino).ok()?,
+        Err(Errno::NOENT) => 0,
+        Err(_) => return None,
+    };
+    (u64::from(time_ino) == ns & u64::from(u32::MAX)).then(|| (ns, PROC_OK.load(Ordering::Relaxed)))
 }
 
 /// This process image's nonce: the pid in the high half, 32 random bits (mixed with the
@@ -609,6 +650,53 @@ mod tests {
         let mut out = [0u8; 10];
         assert_eq!(format_pid(4_194_303, &mut out), 7);
         assert_eq!(&out[..7], b"4194303");
+    }
+
+    #[test]
+    fn a_fork_child_inherits_its_parents_namespaces_only_when_they_are_its_own() {
+        use crate::test_util::{fork, in_new_pid_namespace, reap, root_or_skip};
+        let parent = me();
+        assert!(parent.ns != 0 && parent.proc_ok, "{parent:?}");
+        // Same namespaces: taken from the parent, and what reading them would give.
+        let code = reap(fork(|| {
+            let child = me();
+            let mut buf = [0u8; 4096];
+            let read_ok =
+                read_proc(c"/proc/self/status", &mut buf).is_some_and(|s| nspid_is(s, child.pid));
+            let inherited = FORKED_FROM.load(Ordering::Relaxed) == parent.pid;
+            match (
+                child.pid != parent.pid,
+                inherited,
+                child.ns == ns_id(),
+                child.proc_ok == read_ok,
+            ) {
+                (true, true, true, true) => 0,
+                (false, ..) => 1,
+                (_, false, ..) => 2,
+                (_, _, false, _) => 3,
+                _ => 4,
+            }
+        }));
+        assert_eq!(code, 0, "1: same pid, 2: not inherited, 3: ns, 4: proc_ok");
+        if !root_or_skip("pid namespace") {
+            return;
+        }
+        // A child in a new pid namespace sees its parent as pid 0: it reads its own.
+        let code = in_new_pid_namespace(|| {
+            reap(fork(|| {
+                let child = me();
+                match (child.ns == ns_id(), child.ns != parent.ns, child.proc_ok) {
+                    (true, true, false) => 0,
+                    (false, ..) => 1,
+                    (_, false, _) => 2,
+                    _ => 3,
+                }
+            }))
+        });
+        assert_eq!(
+            code, 0,
+            "1: ns misread, 2: the parent's ns kept, 3: proc_ok kept"
+        );
     }
 
     #[test]

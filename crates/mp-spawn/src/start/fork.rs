@@ -45,6 +45,10 @@ pub(crate) fn start<R: mp_codec::Encode + 'static, J: Job<R>>(
     };
     let channel = channel::take(parent)?;
     entry::install_panic_hook();
+    // The executable's fingerprint, which the child checks on every target it is handed
+    // (a pool worker's first task): computed once here, inherited, instead of a `stat` of
+    // `/proc/self/exe` in every child.
+    let _ = entry::fingerprint();
     let main_thread = sys::on_main_thread(parent);
     // Everything the child needs is allocated here, before the fork.
     let mut me = current::prepare_child(
