@@ -10,6 +10,12 @@
 //!   shared write position to fight over. (A true MPSC ring would need the producers to
 //!   reserve slots with an atomic on one cache line, which is part of what is measured in
 //!   ours, not of the floor.)
+//! - `raw/spsc ring +1 rmw` (and `raw/2 spsc rings +1 rmw`): the same rings, where each
+//!   push and each pop also makes one uncontended atomic read-modify-write on a word of its
+//!   own side ([`raw::Ring::with_rmw`]). Any queue that lets more than one process put, or
+//!   more than one take, needs at least that per item (a reservation, a claim or a lock),
+//!   so this row is the ceiling of every such design here, ours included; the gap between
+//!   the two raw rows is what a `lock`ed instruction costs an item on this machine.
 //! - `queue_64kib`: 64 KiB items, one producer to one consumer (MB/s). The raw ring has
 //!   16 slots of 64 KiB; its producer copies a buffer in, its consumer copies it out into
 //!   a buffer of its own. Ours and crossbeam take an owned item: their producer makes each
@@ -75,6 +81,7 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::OpsPerSec,
             impls: vec![
                 raw_stream("raw/spsc ring", 8, SMALL_SLOTS, 1),
+                raw_stream_with("raw/spsc ring +1 rmw", 8, SMALL_SLOTS, 1, Ring::with_rmw),
                 ours_stream::<u64>(8, 1),
                 cpython("Queue", "queue_1to1_8b"),
                 cpython("SimpleQueue", "queue_1to1_8b"),
@@ -87,6 +94,7 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::OpsPerSec,
             impls: vec![
                 raw_stream("raw/2 spsc rings", 8, SMALL_SLOTS, 2),
+                raw_stream_with("raw/2 spsc rings +1 rmw", 8, SMALL_SLOTS, 2, Ring::with_rmw),
                 ours_stream::<u64>(8, 2),
                 cpython("Queue", "queue_2to1_8b"),
                 cpython("SimpleQueue", "queue_2to1_8b"),
@@ -409,12 +417,23 @@ fn in_threads(
 /// `producers` forked producers, each with a ring of `slots` slots of `size` bytes, the
 /// consumer taking from each in turn.
 fn raw_stream(name: &str, size: usize, slots: usize, producers: usize) -> Impl {
+    raw_stream_with(name, size, slots, producers, Ring::new)
+}
+
+/// [`raw_stream`] on rings made by `make` ([`Ring::with_rmw`], say).
+fn raw_stream_with(
+    name: &str,
+    size: usize,
+    slots: usize,
+    producers: usize,
+    make: fn(usize, usize) -> Result<Ring, String>,
+) -> Impl {
     let mut rings: Vec<Ring> = Vec::new();
     let mut n = 0;
     Impl::new(name, move || {
         if rings.is_empty() {
             rings = (0..producers)
-                .map(|_| Ring::new(size, slots))
+                .map(|_| make(size, slots))
                 .collect::<Result<_, _>>()?;
         }
         let rings = &rings;

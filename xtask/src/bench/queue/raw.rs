@@ -20,10 +20,13 @@ use std::{
 use super::DEADLINE;
 
 /// Where the consumer's counter (slots taken) and the producer's (slots filled) live, a
-/// cache line apart; slots start after them.
+/// cache line apart; then a word of each side's own, each on a line of its own, for
+/// [`Ring::with_rmw`]; slots start after them.
 const HEAD: usize = 0;
 const TAIL: usize = 64;
-const SLOTS: usize = 128;
+const PRODUCER_RMW: usize = 128;
+const CONSUMER_RMW: usize = 192;
+const SLOTS: usize = 256;
 
 /// A `MAP_SHARED` mapping of a fresh memfd, zeroed, unmapped on drop. A fork shares it.
 pub struct Shared {
@@ -93,6 +96,11 @@ pub struct Ring {
     map: Shared,
     slot: usize,
     slots: u64,
+    /// Whether each push and each pop also makes one atomic read-modify-write (a `lock`ed
+    /// instruction on x86) on a word of its own side, on a line nobody else touches: the
+    /// least any queue pays that lets more than one process use a side (a reservation, a
+    /// claim or a lock), without the contention. See [`Ring::with_rmw`].
+    rmw: bool,
 }
 
 impl Ring {
@@ -102,6 +110,20 @@ impl Ring {
             map: Shared::new(SLOTS + slot * slots)?,
             slot,
             slots: slots as u64,
+            rmw: false,
+        })
+    }
+
+    /// The same ring, where each push and each pop also makes one uncontended atomic
+    /// read-modify-write on its own side's word: the floor of a queue with more than one
+    /// producer or consumer, which needs at least that per item to keep them apart. On x86
+    /// such an instruction waits for the stores before it to reach the cache, and the
+    /// slots and counters just written are lines the other side reads: each one waits for
+    /// a line to come back from the other core.
+    pub fn with_rmw(slot: usize, slots: usize) -> Result<Ring, String> {
+        Ok(Ring {
+            rmw: true,
+            ..Ring::new(slot, slots)?
         })
     }
 
@@ -162,6 +184,12 @@ impl Producer<'_> {
                 self.tail - self.head < self.ring.slots
             })?;
         }
+        if self.ring.rmw {
+            self.ring
+                .map
+                .word(PRODUCER_RMW)
+                .fetch_add(1, Ordering::SeqCst);
+        }
         // SAFETY: the slot is in the mapping (`slot_ptr`); the consumer has released it
         // (its head, read with Acquire, passed it) and will not read it before our Release
         // store of `tail` below, so no other process touches these bytes meanwhile.
@@ -192,6 +220,12 @@ impl Consumer<'_> {
             }
         }
         assert!(out.len() <= self.ring.slot);
+        if self.ring.rmw {
+            self.ring
+                .map
+                .word(CONSUMER_RMW)
+                .fetch_add(1, Ordering::SeqCst);
+        }
         // SAFETY: the slot is in the mapping; the producer published it (its tail, read
         // with Acquire, passed it) and will not write it again before our Release store of
         // `head` below.
