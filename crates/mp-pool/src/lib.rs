@@ -33,6 +33,7 @@
 
 mod cell;
 mod error;
+mod place;
 mod pool;
 mod result;
 mod shared;

@@ -30,7 +30,7 @@ use mp_spawn::{Process, StartMethod, TargetId};
 use crate::{
     Error, ExitStatus, Result,
     cell::{Arrival, Callback, Cell},
-    sys,
+    place, sys,
     wire::{Head, Msg},
     worker::{self, Boot},
 };
@@ -239,12 +239,21 @@ impl Shared {
     fn spawn_with(&self, state: &mut State, slot: u32, inbox: Queue<Msg>) -> Result<Slot> {
         let generation = state.next_generation;
         state.next_generation += 1;
+        // A worker this thread forks starts beside it (see `place`).
+        let plan = (self
+            .config
+            .method
+            .unwrap_or_else(mp_spawn::get_start_method)
+            == StartMethod::Fork)
+            .then(place::plan)
+            .flatten();
         let boot = Boot {
             slot,
             generation,
             inbox: inbox.clone(),
             replies: self.replies.clone(),
             init: self.config.init.clone(),
+            placed: plan.clone(),
         };
         let mut builder = Process::new(worker::main, boot)
             .daemon(true)
@@ -253,6 +262,9 @@ impl Shared {
             builder = builder.method(method);
         }
         let process = builder.start()?;
+        if let Some(plan) = &plan {
+            plan.start_beside(process.pid());
+        }
         let sentinel = process
             .sentinel()?
             .try_clone_to_owned()

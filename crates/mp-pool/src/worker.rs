@@ -22,6 +22,9 @@ pub(crate) struct Boot {
     pub(crate) replies: Queue<Msg>,
     /// The initializer and its encoded argument.
     pub(crate) init: Option<(TargetId, Vec<u8>)>,
+    /// For a worker forked by the pool: where it was put to start, and the CPUs to take
+    /// back ([`crate::place`]).
+    pub(crate) placed: Option<crate::place::Plan>,
 }
 
 /// This worker's reply queue (for [`crate::__testing`]).
@@ -50,14 +53,18 @@ const CANNOT_REPLY: i32 = 3;
 pub(crate) fn main(boot: Boot) {
     // Ctrl-C reaches the whole process group: the pool, not each worker, decides what it
     // means (it kills its workers and returns an error from the wait).
-    sys::ignore_sigint();
     let Boot {
         slot,
         generation,
         inbox,
         replies,
         init,
+        placed,
     } = boot;
+    if let Some(plan) = &placed {
+        plan.back_to_all();
+    }
+    sys::ignore_sigint();
     if let Some((id, args)) = init {
         let ran = id.resolve().map_err(|e| e.to_string()).and_then(|t| {
             let mut args = Frame {

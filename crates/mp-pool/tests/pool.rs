@@ -104,6 +104,34 @@ fn map_squares_in_order_under_every_start_method() {
     }
 }
 
+/// The CPUs the calling thread may run on.
+fn my_cpus(_: ()) -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(None).unwrap();
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect()
+}
+
+#[test]
+fn forked_workers_end_up_on_every_cpu_their_parent_may_use() {
+    // A forked worker starts away from its parent's CPU, then takes the whole set back
+    // before its first task (the pool's `place` module): every task sees the mask the
+    // worker would have inherited. (On a machine of one CPU nothing is moved, and this
+    // holds all the same.)
+    for method in [StartMethod::Fork, StartMethod::Forkserver] {
+        let pool = Pool::builder().processes(2).method(method).build().unwrap();
+        let mine = my_cpus(());
+        for _ in 0..4 {
+            assert_eq!(pool.apply(my_cpus, ()).unwrap(), mine, "{method:?}");
+        }
+        let answers: Vec<Vec<usize>> = pool.map(my_cpus, vec![(); 16]).unwrap();
+        assert!(
+            answers.iter().all(|a| *a == mine),
+            "{method:?}: {answers:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_arguments_are_errors_that_say_what_was_wrong() {
     assert!(matches!(Pool::new(0), Err(Error::InvalidArgument(_))));
