@@ -9,11 +9,15 @@
 //! with its whole start-up in the way of the result.
 //!
 //! So a worker forked by the pool is first allowed every CPU its parent may use but the one
-//! the parent runs on ([`start_beside`]), which makes the scheduler move it at once; its
-//! first step is to take back the whole set ([`back_to_all`]), so it ends with the mask it
-//! would have inherited. Both steps are best effort: a failure leaves the worker where the
-//! kernel put it, never stops it. Workers started by the forkserver or by spawn are not
-//! the pool's children to place, and a parent allowed a single CPU has nothing to do.
+//! the parent runs on ([`Plan::start_beside`]), which makes the scheduler move it at once.
+//! Before its first task it takes back the whole set ([`Plan::back_to_all`]), so every task
+//! runs with the mask the worker would have inherited. Not before: the worker may start
+//! running before its parent has moved it, but every task is sent after that move, by the
+//! thread that made it. (For the same reason a pool with an initializer, which runs before
+//! any task, does not move its workers.) Both steps are best effort: a failure leaves the
+//! worker where the kernel put it, never stops it. Workers started by the forkserver or by
+//! spawn are not the pool's children to place, and a parent allowed a single CPU has
+//! nothing to do.
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
 use serde::{Deserialize, Serialize};
@@ -64,8 +68,9 @@ impl Plan {
         }
     }
 
-    /// A worker's first step: back on every CPU of the plan, if its mask is still the one
-    /// [`Plan::start_beside`] gave it (a mask someone else gave it meanwhile is theirs).
+    /// In a worker, before its first task: back on every CPU of the plan, if its mask is
+    /// still the one [`Plan::start_beside`] gave it (a mask someone else gave it meanwhile
+    /// is theirs).
     pub(crate) fn back_to_all(&self) {
         if sched_getaffinity(None).is_ok_and(|now| now == self.beside()) {
             let _ = sched_setaffinity(None, &set_of(self.allowed.iter().copied()));

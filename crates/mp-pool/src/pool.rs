@@ -381,6 +381,7 @@ impl Pool {
                     self.shared
                         .submit(&mut state, [task::<A, R>(job, chunk, count, target, frame)]);
                     drop(state);
+                    self.shared.ensure_threads();
                     chunk += 1;
                     // What came back meanwhile, decoded now rather than after the last chunk.
                     if let Some(collector) = collector.as_mut()

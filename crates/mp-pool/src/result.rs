@@ -394,6 +394,8 @@ where
         if !tasks.is_empty() {
             let mut state = self.shared.lock();
             self.shared.submit(&mut state, tasks);
+            drop(state);
+            self.shared.ensure_threads();
         }
     }
 

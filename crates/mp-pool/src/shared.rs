@@ -138,7 +138,12 @@ pub(crate) struct Shared {
     config: Config,
     /// Threads waiting on this pool's results now (for SIGINT).
     pub(crate) waiting: AtomicUsize,
+    /// The reply thread and the watcher, once started ([`Shared::ensure_threads`]).
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once `threads` holds them.
+    threads_started: std::sync::atomic::AtomicBool,
+    /// This pool, for the threads `ensure_threads` starts to hold.
+    me: std::sync::Weak<Shared>,
     /// Whether the watcher sleeps with no deadline (no task to time): for a test that must
     /// catch it there.
     pub(crate) watcher_untimed: std::sync::atomic::AtomicBool,
@@ -153,7 +158,7 @@ impl Shared {
         )
         .map_err(|e| Error::os("eventfd", e))?;
         sys::watch_sigint().map_err(|e| Error::os("installing the SIGINT handler", e))?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
             state: Mutex::new(State {
                 phase: Phase::Running,
                 slots: Vec::with_capacity(config.processes),
@@ -170,6 +175,8 @@ impl Shared {
             config,
             waiting: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
+            threads_started: std::sync::atomic::AtomicBool::new(false),
+            me: me.clone(),
             watcher_untimed: std::sync::atomic::AtomicBool::new(false),
         });
         {
@@ -194,7 +201,47 @@ impl Shared {
                 }
             }
         }
-        let threads = [
+        // The reply thread and the watcher start with the first task (`ensure_threads`):
+        // then their start-up, about 60 µs of this thread's time and more of the other
+        // CPU's here, overlaps the first worker's work on that task instead of delaying it.
+        {
+            let mut pools = sys::POOLS.lock().unwrap_or_else(|e| e.into_inner());
+            // Ended pools leave their entries behind: dropped here, as the list grows.
+            pools.retain(|p| p.strong_count() > 0);
+            pools.push(Arc::downgrade(&shared));
+        }
+        Ok(shared)
+    }
+
+    /// Starts the reply thread and the watcher, unless they run already (or the pool has
+    /// ended: nothing would be left for them to do). Called, without the state's lock, after
+    /// the first task is sent and before any wait that needs them (`join`): a pool nobody
+    /// gives work to has no use for them, and one that gets work starts them while its first
+    /// worker takes the task. A failure to start them ends the pool with that error.
+    pub(crate) fn ensure_threads(&self) {
+        if self
+            .threads_started
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if self
+            .threads_started
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let Some(shared) = self.me.upgrade() else {
+            return;
+        };
+        {
+            let state = self.lock();
+            if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                return;
+            }
+        }
+        let started = [
             ("mp-pool-replies", Shared::reply_thread as fn(Arc<Shared>)),
             ("mp-pool-watcher", Shared::watcher_thread),
         ]
@@ -205,21 +252,21 @@ impl Shared {
                 .name(name.into())
                 .spawn(move || body(me))
         })
-        .collect::<std::io::Result<Vec<_>>>();
-        match threads {
-            Ok(threads) => *shared.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads,
-            Err(err) => {
-                shared.end(Error::Terminated);
-                return Err(Error::os("starting the pool's threads", err));
+        .collect::<Vec<_>>();
+        let mut failed = None;
+        for t in started {
+            match t {
+                Ok(t) => threads.push(t),
+                Err(err) => failed = Some(err),
             }
         }
-        {
-            let mut pools = sys::POOLS.lock().unwrap_or_else(|e| e.into_inner());
-            // Ended pools leave their entries behind: dropped here, as the list grows.
-            pools.retain(|p| p.strong_count() > 0);
-            pools.push(Arc::downgrade(&shared));
+        self.threads_started
+            .store(true, std::sync::atomic::Ordering::Release);
+        drop(threads);
+        if let Some(err) = failed {
+            // Without both threads no result would come back: every job fails with why.
+            self.end(Error::os("starting the pool's threads", err));
         }
-        Ok(shared)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -239,14 +286,16 @@ impl Shared {
     fn spawn_with(&self, state: &mut State, slot: u32, inbox: Queue<Msg>) -> Result<Slot> {
         let generation = state.next_generation;
         state.next_generation += 1;
-        // A worker this thread forks starts beside it (see `place`).
+        // A worker this thread forks starts beside it (see `place`); not one with an
+        // initializer, which would run on the CPUs it starts on.
         let plan = (self
             .config
             .method
             .unwrap_or_else(mp_spawn::get_start_method)
-            == StartMethod::Fork)
-            .then(place::plan)
-            .flatten();
+            == StartMethod::Fork
+            && self.config.init.is_none())
+        .then(place::plan)
+        .flatten();
         let boot = Boot {
             slot,
             generation,
@@ -835,7 +884,7 @@ impl Shared {
     /// `join`: after `close`, waits for every task sent to finish, stops the workers and
     /// reaps them; after `terminate`, only reaps. Not for a running pool.
     pub(crate) fn join(&self) -> Result<()> {
-        let mut state = self.lock();
+        let state = self.lock();
         match state.phase {
             Phase::Running => return Err(Error::Running),
             Phase::Ended(_) => {
@@ -845,6 +894,10 @@ impl Shared {
             }
             Phase::Closed => {}
         }
+        drop(state);
+        // The reply thread reaps the workers as their notices come.
+        self.ensure_threads();
+        let mut state = self.lock();
         let _waiting = sys::Waiting::new(&self.waiting);
         // Every task sent (and queued) answered.
         while matches!(state.phase, Phase::Closed)

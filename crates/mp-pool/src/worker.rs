@@ -22,8 +22,8 @@ pub(crate) struct Boot {
     pub(crate) replies: Queue<Msg>,
     /// The initializer and its encoded argument.
     pub(crate) init: Option<(TargetId, Vec<u8>)>,
-    /// For a worker forked by the pool: where it was put to start, and the CPUs to take
-    /// back ([`crate::place`]).
+    /// For a worker forked by the pool without an initializer: where it was put to start,
+    /// and the CPUs to take back before its first task ([`crate::place`]).
     pub(crate) placed: Option<crate::place::Plan>,
 }
 
@@ -59,11 +59,8 @@ pub(crate) fn main(boot: Boot) {
         inbox,
         replies,
         init,
-        placed,
+        mut placed,
     } = boot;
-    if let Some(plan) = &placed {
-        plan.back_to_all();
-    }
     sys::ignore_sigint();
     if let Some((id, args)) = init {
         let ran = id.resolve().map_err(|e| e.to_string()).and_then(|t| {
@@ -95,6 +92,12 @@ pub(crate) fn main(boot: Boot) {
     // task it held as lost and sends the others elsewhere, rather than wait for a reply
     // that would never come.
     while let Ok(msg) = inbox.get() {
+        // Every CPU back before the first task runs. Not at start-up: the parent moves us
+        // after the fork, and may do so only once we have started; a task, though, is sent
+        // after that move (see `crate::place`).
+        if let Some(plan) = placed.take() {
+            plan.back_to_all();
+        }
         let Head::Task {
             job,
             chunk,
