@@ -68,7 +68,9 @@ struct Slot {
     generation: u64,
     process: Option<Process<()>>,
     pid: u32,
-    sentinel: Arc<OwnedFd>,
+    /// A descriptor readable once the worker has ended, opened by the watcher on its first
+    /// look (not by the thread that forks the workers, which has the first task to send).
+    sentinel: Option<Arc<OwnedFd>>,
     inbox: Queue<Msg>,
     /// Sent, not answered, oldest first: the first is the one it runs.
     held: VecDeque<Task>,
@@ -314,15 +316,11 @@ impl Shared {
         if let Some(plan) = &plan {
             plan.start_beside(process.pid());
         }
-        let sentinel = process
-            .sentinel()?
-            .try_clone_to_owned()
-            .map_err(|e| Error::os("dup", e))?;
         Ok(Slot {
             generation,
             pid: process.pid(),
             process: Some(process),
-            sentinel: Arc::new(sentinel),
+            sentinel: None,
             inbox,
             held: VecDeque::new(),
             since: Instant::now(),
@@ -709,44 +707,66 @@ impl Shared {
     fn watcher_thread(self: Arc<Self>) {
         let mut buf = [0u8; 8];
         loop {
-            let (watched, deadline) = {
-                let mut state = self.lock();
-                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
-                    return;
-                }
-                let timeout = self.config.task_timeout;
-                let now = Instant::now();
-                let mut deadline: Option<Instant> = None;
-                for s in state
-                    .slots
-                    .iter_mut()
-                    .filter(|s| s.process.is_some() && !s.ended)
+            let (watched, deadline) =
                 {
-                    let (Some(after), false) = (timeout, s.held.is_empty()) else {
-                        continue;
-                    };
-                    // A timeout past the clock's range never comes.
-                    let Some(at) = s.since.checked_add(after) else {
-                        continue;
-                    };
-                    if at <= now && s.timed_out.is_none() {
-                        s.timed_out = s.held.front().map(|t| (t.job, t.chunk));
-                        if let Some(p) = &s.process {
-                            let _ = p.kill();
-                        }
-                    } else if s.timed_out.is_none() {
-                        deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                    let mut state = self.lock();
+                    if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                        return;
                     }
-                }
-                let watched: Vec<(u32, u64, Arc<OwnedFd>)> = state
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.process.is_some() && !s.ended)
-                    .map(|(i, s)| (i as u32, s.generation, s.sentinel.clone()))
-                    .collect();
-                (watched, deadline)
-            };
+                    let timeout = self.config.task_timeout;
+                    let now = Instant::now();
+                    let mut deadline: Option<Instant> = None;
+                    for s in state
+                        .slots
+                        .iter_mut()
+                        .filter(|s| s.process.is_some() && !s.ended)
+                    {
+                        let (Some(after), false) = (timeout, s.held.is_empty()) else {
+                            continue;
+                        };
+                        // A timeout past the clock's range never comes.
+                        let Some(at) = s.since.checked_add(after) else {
+                            continue;
+                        };
+                        if at <= now && s.timed_out.is_none() {
+                            s.timed_out = s.held.front().map(|t| (t.job, t.chunk));
+                            if let Some(p) = &s.process {
+                                let _ = p.kill();
+                            }
+                        } else if s.timed_out.is_none() {
+                            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                        }
+                    }
+                    let mut watched: Vec<(u32, u64, Arc<OwnedFd>)> = Vec::new();
+                    let mut failed = None;
+                    for (i, s) in state.slots.iter_mut().enumerate() {
+                        let (Some(p), false) = (&s.process, s.ended) else {
+                            continue;
+                        };
+                        if s.sentinel.is_none() {
+                            match p.sentinel().map_err(Error::from).and_then(|fd| {
+                                fd.try_clone_to_owned().map_err(|e| Error::os("dup", e))
+                            }) {
+                                Ok(fd) => s.sentinel = Some(Arc::new(fd)),
+                                Err(err) => {
+                                    failed = Some(err);
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some(fd) = &s.sentinel {
+                            watched.push((i as u32, s.generation, fd.clone()));
+                        }
+                    }
+                    if let Some(err) = failed {
+                        // A worker it cannot watch could die unseen, its task waiting for
+                        // ever: the pool stops instead, every job failing with why.
+                        drop(state);
+                        self.end(err);
+                        return;
+                    }
+                    (watched, deadline)
+                };
             let mut fds: Vec<rustix::event::PollFd<'_>> = watched
                 .iter()
                 .map(|(_, _, fd)| rustix::event::PollFd::new(&**fd, rustix::event::PollFlags::IN))
