@@ -117,6 +117,11 @@ pub(crate) enum Phase {
     Ended(Error),
 }
 
+/// How long the reply thread, just started with the first task, waits awake for that
+/// task's reply before it sleeps like any consumer: about what a worker takes to wake and
+/// answer a small task here.
+const FIRST_REPLY_SPIN: Duration = Duration::from_micros(200);
+
 pub(crate) struct State {
     pub(crate) phase: Phase,
     slots: Vec<Slot>,
@@ -484,8 +489,10 @@ impl Shared {
 
     /// The reply thread: delivers results, handles ended workers, refills inboxes.
     fn reply_thread(self: Arc<Self>) {
-        // A reply taken but not handled yet (the bound of a batch came first).
-        let mut carried = None;
+        // This thread starts as the first task is sent (`ensure_threads`): its reply is
+        // near. Waiting for it awake, a little longer than a `get` spins, spares the
+        // first result a wake-up (tens of microseconds here).
+        let mut carried = Self::first_reply(&self.replies);
         loop {
             let mut next = carried.take().unwrap_or_else(|| self.replies.get());
             let mut state = self.lock();
@@ -526,6 +533,27 @@ impl Shared {
             self.notify_if_idle(&state);
             drop(state);
             run_callbacks(callbacks);
+        }
+    }
+
+    /// Tries for the first reply for up to [`FIRST_REPLY_SPIN`], with growing pauses: what
+    /// it took (a reply, or an error, handled as one from `get` is), or `None` if nothing
+    /// came.
+    fn first_reply(replies: &Queue<Msg>) -> Option<mp_queue::Result<Msg>> {
+        let start = Instant::now();
+        let mut pause = 16u32;
+        loop {
+            match replies.try_get() {
+                Err(mp_queue::Error::Empty) => {}
+                taken => return Some(taken),
+            }
+            if start.elapsed() >= FIRST_REPLY_SPIN {
+                return None;
+            }
+            for _ in 0..pause {
+                std::hint::spin_loop();
+            }
+            pause = (pause * 2).min(1024);
         }
     }
 
