@@ -46,6 +46,10 @@ const REPLIES: usize = 1 << 20;
 /// How long the watcher waits for room for a worker's end notice before it looks whether
 /// the pool has ended (and its reply thread with it).
 const NOTICE_RETRY: Duration = Duration::from_millis(50);
+/// How long the reply thread, just started with the first task, waits awake for that
+/// task's reply before it sleeps like any consumer: about what a worker takes to wake and
+/// answer a small task here.
+const FIRST_REPLY_SPIN: Duration = Duration::from_micros(200);
 
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -117,11 +121,6 @@ pub(crate) enum Phase {
     Ended(Error),
 }
 
-/// How long the reply thread, just started with the first task, waits awake for that
-/// task's reply before it sleeps like any consumer: about what a worker takes to wake and
-/// answer a small task here.
-const FIRST_REPLY_SPIN: Duration = Duration::from_micros(200);
-
 pub(crate) struct State {
     pub(crate) phase: Phase,
     slots: Vec<Slot>,
@@ -147,10 +146,8 @@ pub(crate) struct Shared {
     pub(crate) waiting: AtomicUsize,
     /// The reply thread and the watcher, once started ([`Shared::ensure_threads`]).
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Set once `threads` holds them.
-    threads_started: std::sync::atomic::AtomicBool,
-    /// This pool, for the threads `ensure_threads` starts to hold.
-    me: std::sync::Weak<Shared>,
+    /// Passed once `ensure_threads` has started them (or found no need to).
+    threads_started: std::sync::Once,
     /// Whether the watcher sleeps with no deadline (no task to time): for a test that must
     /// catch it there.
     pub(crate) watcher_untimed: std::sync::atomic::AtomicBool,
@@ -165,7 +162,7 @@ impl Shared {
         )
         .map_err(|e| Error::os("eventfd", e))?;
         sys::watch_sigint().map_err(|e| Error::os("installing the SIGINT handler", e))?;
-        let shared = Arc::new_cyclic(|me| Shared {
+        let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 phase: Phase::Running,
                 slots: Vec::with_capacity(config.processes),
@@ -182,8 +179,7 @@ impl Shared {
             config,
             waiting: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
-            threads_started: std::sync::atomic::AtomicBool::new(false),
-            me: me.clone(),
+            threads_started: std::sync::Once::new(),
             watcher_untimed: std::sync::atomic::AtomicBool::new(false),
         });
         {
@@ -225,55 +221,35 @@ impl Shared {
     /// the first task is sent and before any wait that needs them (`join`): a pool nobody
     /// gives work to has no use for them, and one that gets work starts them while its first
     /// worker takes the task. A failure to start them ends the pool with that error.
-    pub(crate) fn ensure_threads(&self) {
-        if self
-            .threads_started
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return;
-        }
-        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        if self
-            .threads_started
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return;
-        }
-        let Some(shared) = self.me.upgrade() else {
-            return;
-        };
-        {
-            let state = self.lock();
-            if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
-                return;
+    pub(crate) fn ensure_threads(self: &Arc<Self>) {
+        self.threads_started.call_once(|| {
+            {
+                let state = self.lock();
+                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                    return;
+                }
             }
-        }
-        let started = [
-            ("mp-pool-replies", Shared::reply_thread as fn(Arc<Shared>)),
-            ("mp-pool-watcher", Shared::watcher_thread),
-        ]
-        .into_iter()
-        .map(|(name, body)| {
-            let me = shared.clone();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || body(me))
-        })
-        .collect::<Vec<_>>();
-        let mut failed = None;
-        for t in started {
-            match t {
-                Ok(t) => threads.push(t),
-                Err(err) => failed = Some(err),
+            let mut failed = None;
+            let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, body) in [
+                ("mp-pool-replies", Shared::reply_thread as fn(Arc<Shared>)),
+                ("mp-pool-watcher", Shared::watcher_thread),
+            ] {
+                let me = self.clone();
+                match std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || body(me))
+                {
+                    Ok(t) => threads.push(t),
+                    Err(err) => failed = Some(err),
+                }
             }
-        }
-        self.threads_started
-            .store(true, std::sync::atomic::Ordering::Release);
-        drop(threads);
-        if let Some(err) = failed {
-            // Without both threads no result would come back: every job fails with why.
-            self.end(Error::os("starting the pool's threads", err));
-        }
+            drop(threads);
+            if let Some(err) = failed {
+                // Without both threads no result would come back: every job fails with why.
+                self.end(Error::os("starting the pool's threads", err));
+            }
+        });
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -731,70 +707,74 @@ impl Shared {
         callbacks
     }
 
+    /// The workers to watch (slot, generation, sentinel): every one started and not seen
+    /// ended, its sentinel opened on this first look (see [`Slot::sentinel`]).
+    fn watched(state: &mut State) -> Result<Vec<(u32, u64, Arc<OwnedFd>)>> {
+        let mut watched = Vec::new();
+        for (i, s) in state.slots.iter_mut().enumerate() {
+            let (Some(p), false) = (&s.process, s.ended) else {
+                continue;
+            };
+            let fd = match &s.sentinel {
+                Some(fd) => fd.clone(),
+                None => {
+                    let fd = p
+                        .sentinel()?
+                        .try_clone_to_owned()
+                        .map_err(|e| Error::os("dup", e))?;
+                    s.sentinel.insert(Arc::new(fd)).clone()
+                }
+            };
+            watched.push((i as u32, s.generation, fd));
+        }
+        Ok(watched)
+    }
+
     /// The watcher thread: posts `Ended` for workers that ended, kills timed-out ones.
     fn watcher_thread(self: Arc<Self>) {
         let mut buf = [0u8; 8];
         loop {
-            let (watched, deadline) =
+            let (watched, deadline) = {
+                let mut state = self.lock();
+                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                    return;
+                }
+                let timeout = self.config.task_timeout;
+                let now = Instant::now();
+                let mut deadline: Option<Instant> = None;
+                for s in state
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.process.is_some() && !s.ended)
                 {
-                    let mut state = self.lock();
-                    if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
-                        return;
-                    }
-                    let timeout = self.config.task_timeout;
-                    let now = Instant::now();
-                    let mut deadline: Option<Instant> = None;
-                    for s in state
-                        .slots
-                        .iter_mut()
-                        .filter(|s| s.process.is_some() && !s.ended)
-                    {
-                        let (Some(after), false) = (timeout, s.held.is_empty()) else {
-                            continue;
-                        };
-                        // A timeout past the clock's range never comes.
-                        let Some(at) = s.since.checked_add(after) else {
-                            continue;
-                        };
-                        if at <= now && s.timed_out.is_none() {
-                            s.timed_out = s.held.front().map(|t| (t.job, t.chunk));
-                            if let Some(p) = &s.process {
-                                let _ = p.kill();
-                            }
-                        } else if s.timed_out.is_none() {
-                            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                    let (Some(after), false) = (timeout, s.held.is_empty()) else {
+                        continue;
+                    };
+                    // A timeout past the clock's range never comes.
+                    let Some(at) = s.since.checked_add(after) else {
+                        continue;
+                    };
+                    if at <= now && s.timed_out.is_none() {
+                        s.timed_out = s.held.front().map(|t| (t.job, t.chunk));
+                        if let Some(p) = &s.process {
+                            let _ = p.kill();
                         }
+                    } else if s.timed_out.is_none() {
+                        deadline = Some(deadline.map_or(at, |d| d.min(at)));
                     }
-                    let mut watched: Vec<(u32, u64, Arc<OwnedFd>)> = Vec::new();
-                    let mut failed = None;
-                    for (i, s) in state.slots.iter_mut().enumerate() {
-                        let (Some(p), false) = (&s.process, s.ended) else {
-                            continue;
-                        };
-                        if s.sentinel.is_none() {
-                            match p.sentinel().map_err(Error::from).and_then(|fd| {
-                                fd.try_clone_to_owned().map_err(|e| Error::os("dup", e))
-                            }) {
-                                Ok(fd) => s.sentinel = Some(Arc::new(fd)),
-                                Err(err) => {
-                                    failed = Some(err);
-                                    break;
-                                }
-                            }
-                        }
-                        if let Some(fd) = &s.sentinel {
-                            watched.push((i as u32, s.generation, fd.clone()));
-                        }
-                    }
-                    if let Some(err) = failed {
+                }
+                let watched = match Self::watched(&mut state) {
+                    Ok(watched) => watched,
+                    Err(err) => {
                         // A worker it cannot watch could die unseen, its task waiting for
                         // ever: the pool stops instead, every job failing with why.
                         drop(state);
                         self.end(err);
                         return;
                     }
-                    (watched, deadline)
                 };
+                (watched, deadline)
+            };
             let mut fds: Vec<rustix::event::PollFd<'_>> = watched
                 .iter()
                 .map(|(_, _, fd)| rustix::event::PollFd::new(&**fd, rustix::event::PollFlags::IN))
@@ -931,7 +911,7 @@ impl Shared {
 
     /// `join`: after `close`, waits for every task sent to finish, stops the workers and
     /// reaps them; after `terminate`, only reaps. Not for a running pool.
-    pub(crate) fn join(&self) -> Result<()> {
+    pub(crate) fn join(self: &Arc<Self>) -> Result<()> {
         let state = self.lock();
         match state.phase {
             Phase::Running => return Err(Error::Running),

@@ -53,6 +53,7 @@ const CANNOT_REPLY: i32 = 3;
 pub(crate) fn main(boot: Boot) {
     // Ctrl-C reaches the whole process group: the pool, not each worker, decides what it
     // means (it kills its workers and returns an error from the wait).
+    sys::ignore_sigint();
     let Boot {
         slot,
         generation,
@@ -61,7 +62,6 @@ pub(crate) fn main(boot: Boot) {
         init,
         mut placed,
     } = boot;
-    sys::ignore_sigint();
     if let Some((id, args)) = init {
         let ran = id.resolve().map_err(|e| e.to_string()).and_then(|t| {
             let mut args = Frame {
