@@ -285,11 +285,7 @@ fn inherited() -> Option<(u64, bool)> {
     if seen != parent {
         return None;
     }
-    let time_ino = match rustix::fs::stat(c"/proc/self/ns/time") {
-        Ok(time_ns) => u32::try_from(time_ns.st_ino).ok()?,
-        Err(Errno::NOENT) => 0,
-        Err(_) => return None,
-    };
+    let time_ino = time_ns_inode(None)?;
     (u64::from(time_ino) == ns & u64::from(u32::MAX)).then(|| (ns, PROC_OK.load(Ordering::Relaxed)))
 }
 
@@ -381,14 +377,24 @@ fn ns_id() -> u64 {
     let Ok(pid_ns) = rustix::fs::stat(c"/proc/self/ns/pid") else {
         return 0;
     };
-    let time_ino = match rustix::fs::stat(c"/proc/self/ns/time") {
-        Ok(time_ns) if time_ns.st_dev == pid_ns.st_dev => time_ns.st_ino,
-        Err(Errno::NOENT) => 0,
-        _ => return 0,
-    };
-    match (u32::try_from(pid_ns.st_ino), u32::try_from(time_ino)) {
-        (Ok(p), Ok(t)) if p != 0 => (u64::from(p) << 32) | u64::from(t),
+    match (
+        u32::try_from(pid_ns.st_ino),
+        time_ns_inode(Some(pid_ns.st_dev)),
+    ) {
+        (Ok(p), Some(t)) if p != 0 => (u64::from(p) << 32) | u64::from(t),
         _ => 0,
+    }
+}
+
+/// Our time namespace's inode, 0 on a kernel without time namespaces; `None` if unknown.
+/// With `nsfs`, the namespace file must be on that device (see [`ns_id`]).
+fn time_ns_inode(nsfs: Option<u64>) -> Option<u32> {
+    match rustix::fs::stat(c"/proc/self/ns/time") {
+        Ok(time_ns) if nsfs.is_none_or(|dev| time_ns.st_dev == dev) => {
+            u32::try_from(time_ns.st_ino).ok()
+        }
+        Err(Errno::NOENT) => Some(0),
+        _ => None,
     }
 }
 
