@@ -4,43 +4,54 @@
 //! vCPUs) nothing moved it while the parent kept that CPU busy, even with the other CPU
 //! idle: in a C probe, 185 of 200 children of a parent that worked on for 400 µs after
 //! `fork` had not run by then; allowed only the other CPU, 199 of 200 had. A pool's parent
-//! forks its workers back to back, then starts its threads and sends the first task: its
-//! first worker used to start only once the parent slept waiting for that task's result,
-//! with its whole start-up in the way of the result.
+//! forks its workers back to back, then sends the first task: its first worker used to
+//! start only once the parent slept waiting for that task's result, with its whole start-up
+//! in the way of the result.
 //!
-//! So a worker forked by the pool is first allowed every CPU its parent may use but the one
-//! the parent runs on ([`Plan::start_beside`]), which makes the scheduler move it at once.
-//! Before its first task it takes back the whole set ([`Plan::back_to_all`]), so every task
-//! runs with the mask the worker would have inherited. Not before: the worker may start
-//! running before its parent has moved it, but every task is sent after that move, by the
-//! thread that made it. (For the same reason a pool with an initializer, which runs before
-//! any task, does not move its workers.) Both steps are best effort: a failure leaves the
-//! worker where the kernel put it, never stops it. Workers started by the forkserver or by
-//! spawn are not the pool's children to place, and a parent allowed a single CPU has
-//! nothing to do.
+//! So the pool's `k`-th worker (counting from 0) is first allowed only the `k`-th CPU of
+//! those its parent may use, the parent's own CPU left out ([`Plan::start_beside`]), which
+//! makes the scheduler move it at once. Workers beyond the number of such CPUs stay where
+//! the kernel put them, beside the parent, which soon waits for its first result and leaves
+//! them its CPU: two workers moved onto one CPU took longer to answer the first task than
+//! one moved and one left (the first worker's start-up then shared its CPU with the
+//! second's; a first result about 20% sooner here, in the bench's A/B).
+//!
+//! Before its first task a moved worker takes back the whole set ([`Plan::back_to_all`]),
+//! so every task runs with the mask the worker would have inherited. Not before: the worker
+//! may start running before its parent has moved it, but every task is sent after that
+//! move, by the thread that made it. (For the same reason a pool with an initializer, which
+//! runs before any task, does not move its workers.) Both steps are best effort: a failure
+//! leaves the worker where the kernel put it, never stops it. Workers started by the
+//! forkserver or by spawn are not the pool's children to place, and a parent allowed a
+//! single CPU has nothing to do.
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
 use serde::{Deserialize, Serialize};
 
-/// Where a worker about to be forked goes: every CPU of `allowed` but `away_from`.
+/// Where a worker about to be forked starts: on CPU `to` of `allowed`, until its first task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Plan {
     /// The CPUs this thread may run on (two or more), which the worker inherits.
     allowed: Vec<u32>,
-    /// The CPU this thread runs on, one of `allowed`.
-    away_from: u32,
+    /// The CPU the worker starts on: one of `allowed`, not the one this thread runs on.
+    to: u32,
 }
 
-/// The plan for a worker forked next by this thread; `None` if it is allowed a single CPU
-/// (or its set or its CPU cannot be read).
-pub(crate) fn plan() -> Option<Plan> {
+/// The plan for the `k`-th worker (from 0) forked next by this thread: the `k`-th CPU of
+/// those it may run on, its own left out. `None` if there is no such CPU (it is allowed a
+/// single CPU, or fewer than `k + 2`), or its set or its CPU cannot be read.
+pub(crate) fn plan(k: usize) -> Option<Plan> {
     let set = sched_getaffinity(None).ok()?;
     let allowed: Vec<u32> = (0..CpuSet::MAX_CPU)
         .filter(|&cpu| set.is_set(cpu))
         .filter_map(|cpu| u32::try_from(cpu).ok())
         .collect();
-    let away_from = u32::try_from(sched_getcpu()).ok()?;
-    (allowed.len() >= 2 && allowed.contains(&away_from)).then_some(Plan { allowed, away_from })
+    let here = u32::try_from(sched_getcpu()).ok()?;
+    if !allowed.contains(&here) {
+        return None;
+    }
+    let to = allowed.iter().copied().filter(|&c| c != here).nth(k)?;
+    Some(Plan { allowed, to })
 }
 
 fn set_of(cpus: impl IntoIterator<Item = u32>) -> CpuSet {
@@ -53,15 +64,10 @@ fn set_of(cpus: impl IntoIterator<Item = u32>) -> CpuSet {
 
 impl Plan {
     fn beside(&self) -> CpuSet {
-        set_of(
-            self.allowed
-                .iter()
-                .copied()
-                .filter(|&c| c != self.away_from),
-        )
+        set_of([self.to])
     }
 
-    /// Moves `child`, just forked, onto every CPU of the plan but the parent's.
+    /// Moves `child`, just forked, onto the plan's CPU.
     pub(crate) fn start_beside(&self, child: u32) {
         if let Some(pid) = rustix::process::Pid::from_raw(child as i32) {
             let _ = sched_setaffinity(Some(pid), &self.beside());
@@ -85,7 +91,7 @@ mod tests {
     #[test]
     fn a_moved_worker_gets_its_whole_set_back_and_another_mask_is_left_alone() {
         std::thread::spawn(|| {
-            let Some(plan) = plan() else {
+            let Some(plan) = plan(0) else {
                 return; // a single CPU: nothing is ever moved
             };
             // As `start_beside` leaves a worker.
@@ -95,8 +101,8 @@ mod tests {
                 sched_getaffinity(None).unwrap(),
                 set_of(plan.allowed.clone())
             );
-            // A mask someone else set (here: the parent's CPU alone) is theirs.
-            let theirs = set_of([plan.away_from]);
+            // A mask someone else set (here: every CPU but the plan's) is theirs.
+            let theirs = set_of(plan.allowed.iter().copied().filter(|&c| c != plan.to));
             sched_setaffinity(None, &theirs).unwrap();
             plan.back_to_all();
             assert_eq!(sched_getaffinity(None).unwrap(), theirs);
@@ -106,8 +112,32 @@ mod tests {
     }
 
     #[test]
+    fn the_kth_worker_gets_the_kth_cpu_but_this_one_and_no_plan_past_them() {
+        std::thread::spawn(|| {
+            let set = sched_getaffinity(None).unwrap();
+            let allowed: Vec<u32> = (0..CpuSet::MAX_CPU)
+                .filter(|&cpu| set.is_set(cpu))
+                .map(|cpu| cpu as u32)
+                .collect();
+            // Pinned to its first CPU, so the CPU it runs on is known.
+            sched_setaffinity(None, &set_of([allowed[0]])).unwrap();
+            assert_eq!(plan(0), None, "a thread allowed one CPU moves nothing");
+            sched_setaffinity(None, &set_of(allowed.clone())).unwrap();
+            let Some(first) = plan(0) else {
+                return; // a single CPU: nothing is ever moved
+            };
+            assert!(allowed.contains(&first.to));
+            assert_eq!(first.beside(), set_of([first.to]), "one CPU, not a set");
+            let others = allowed.len() - 1;
+            assert_eq!(plan(others), None, "one worker per other CPU, no more");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn a_child_moved_beside_runs_beside() {
-        let Some(plan) = plan() else {
+        let Some(plan) = plan(0) else {
             return;
         };
         let (read, _write) = rustix::pipe::pipe().unwrap();

@@ -269,7 +269,7 @@ impl Shared {
     fn spawn_with(&self, state: &mut State, slot: u32, inbox: Queue<Msg>) -> Result<Slot> {
         let generation = state.next_generation;
         state.next_generation += 1;
-        // A worker this thread forks starts beside it (see `place`); not one with an
+        // A worker this thread forks starts on another CPU (see `place`); not one with an
         // initializer, which would run on the CPUs it starts on.
         let plan = (self
             .config
@@ -277,7 +277,7 @@ impl Shared {
             .unwrap_or_else(mp_spawn::get_start_method)
             == StartMethod::Fork
             && self.config.init.is_none())
-        .then(place::plan)
+        .then(|| place::plan(slot as usize))
         .flatten();
         let boot = Boot {
             slot,
