@@ -59,4 +59,9 @@ pub mod __testing {
     pub fn watcher_untimed(pool: &crate::Pool) -> bool {
         pool.watcher_untimed()
     }
+
+    /// Whether `pool`'s reply thread and watcher have been started.
+    pub fn threads_started(pool: &crate::Pool) -> bool {
+        pool.threads_started()
+    }
 }

@@ -14,7 +14,7 @@
 //! the kernel put them, beside the parent, which soon waits for its first result and leaves
 //! them its CPU: two workers moved onto one CPU took longer to answer the first task than
 //! one moved and one left (the first worker's start-up then shared its CPU with the
-//! second's; a first result about 20% sooner here, in the bench's A/B).
+//! second's: in three A/B pairs of the bench, the first result came 10 to 18% sooner).
 //!
 //! Before its first task a moved worker takes back the whole set ([`Plan::back_to_all`]),
 //! so every task runs with the mask the worker would have inherited. Not before: the worker

@@ -257,6 +257,11 @@ impl Pool {
         self.shared.config().processes
     }
 
+    /// See [`crate::__testing::threads_started`].
+    pub(crate) fn threads_started(&self) -> bool {
+        self.shared.threads_started()
+    }
+
     /// See [`crate::__testing::watcher_untimed`].
     pub(crate) fn watcher_untimed(&self) -> bool {
         self.shared
@@ -289,7 +294,8 @@ impl Pool {
         R: Message + 'static,
     {
         let mut collector = None;
-        let started = self.start_collecting(f, items, chunksize, true, Some(&mut collector))?;
+        let started =
+            self.start_collecting(f, items, chunksize, true, Then::Collects(&mut collector))?;
         started.collect(collector.unwrap_or_else(|| result::Collector::new(0)))
     }
 
@@ -306,18 +312,17 @@ impl Pool {
         A: Message + 'static,
         R: Message + 'static,
     {
-        self.start_collecting(f, items, chunksize, fail_fast, None)
+        self.start_collecting(f, items, chunksize, fail_fast, Then::Returns)
     }
 
-    /// [`start`](Self::start), decoding what arrives between chunks into a collector made
-    /// in `collector` (a blocking map's).
+    /// [`start`](Self::start), with what its caller does `then`.
     fn start_collecting<F, A, R>(
         &self,
         f: &F,
         items: impl IntoIterator<Item = A>,
         chunksize: Option<usize>,
         fail_fast: bool,
-        collector: Option<&mut Option<result::Collector<R>>>,
+        then: Then<'_, R>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
         F: Fn(A) -> R + Copy + 'static,
@@ -332,19 +337,12 @@ impl Pool {
         match items.size_hint() {
             // An input that knows its length (most do) is encoded as it is read.
             (low, Some(high)) if low == high => {
-                self.start_sized(target, items, low, chunksize, fail_fast, collector)
+                self.start_sized(target, items, low, chunksize, fail_fast, then)
             }
             _ => {
                 let items: Vec<A> = items.collect();
                 let len = items.len();
-                self.start_sized(
-                    target,
-                    items.into_iter(),
-                    len,
-                    chunksize,
-                    fail_fast,
-                    collector,
-                )
+                self.start_sized(target, items.into_iter(), len, chunksize, fail_fast, then)
             }
         }
     }
@@ -359,13 +357,17 @@ impl Pool {
         len: usize,
         chunksize: Option<usize>,
         fail_fast: bool,
-        collector: Option<&mut Option<result::Collector<R>>>,
+        then: Then<'_, R>,
     ) -> Result<AsyncResult<Vec<R>>>
     where
         A: Message + 'static,
         R: Message + 'static,
     {
-        let mut collector = collector.map(|c| c.insert(result::Collector::new(len)));
+        let waits_now = !matches!(then, Then::Returns);
+        let mut collector = match then {
+            Then::Collects(c) => Some(c.insert(result::Collector::new(len))),
+            _ => None,
+        };
         let chunksize = chunksize.unwrap_or_else(|| default_chunksize(len, self.processes()));
         let (job, cell) = {
             let mut state = self.shared.lock();
@@ -381,7 +383,9 @@ impl Pool {
                     self.shared
                         .submit(&mut state, [task::<A, R>(job, chunk, count, target, frame)]);
                     drop(state);
-                    self.shared.ensure_threads();
+                    if !(waits_now && self.shared.caller_may_take()) {
+                        self.shared.ensure_threads();
+                    }
                     chunk += 1;
                     // What came back meanwhile, decoded now rather than after the last chunk.
                     if let Some(collector) = collector.as_mut()
@@ -415,7 +419,11 @@ impl Pool {
         A: Message + 'static,
         R: Message + 'static,
     {
-        self.blocking(|| self.apply_async(f, args)?.get())
+        self.blocking(|| {
+            self.start_collecting(&f, [args], Some(1), true, Then::Waits)?
+                .map(result::finish_one::<R>)
+                .get()
+        })
     }
 
     /// Runs `f(args)` in a worker; the value comes later (Python's `apply_async`).
@@ -728,3 +736,16 @@ star_fn!(A, B, C);
 star_fn!(A, B, C, D);
 star_fn!(A, B, C, D, E);
 star_fn!(A, B, C, D, E, G);
+
+/// What the caller of [`Pool::start_collecting`] does once the job is sent.
+enum Then<'a, R> {
+    /// Returns its `AsyncResult` (an `*_async` call): the pool's threads take the replies.
+    Returns,
+    /// Waits for the result at once (`apply`), and may take the replies itself while the
+    /// pool's threads have not started ([`Shared::take_replies`]): sending leaves them
+    /// unstarted.
+    Waits,
+    /// As `Waits`, decoding what arrives between chunks into a collector made here (a
+    /// blocking `map`'s).
+    Collects(&'a mut Option<result::Collector<R>>),
+}

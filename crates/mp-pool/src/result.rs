@@ -98,6 +98,9 @@ impl<T> AsyncResult<T> {
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let _waiting = Waiting::new(&self.shared.waiting);
+        // Before the pool's threads run (a first `apply`), the reply may be taken here.
+        self.shared
+            .take_replies(|| self.cell.lock().done(), deadline);
         let inner = self.cell.lock();
         self.cell
             .wait_until(inner, deadline, u32::MAX, Inner::done)
@@ -127,11 +130,13 @@ impl<T> AsyncResult<T> {
     }
 
     /// Calls `callback` with the value (or the error) once it is there (Python's `callback`
-    /// and `error_callback` in one): on the pool's reply thread, or at once on this thread
-    /// if it is there already. It may use the pool (submit more, take this result), but
-    /// should be quick: the pool delivers no other result while it runs. A panic in it on
-    /// the pool's thread is reported and goes no further (CPython's result handler dies of
-    /// an exception in a callback, and the pool hangs).
+    /// and `error_callback` in one): on the thread that takes the pool's replies, or at once
+    /// on this thread if it is there already. That thread is the pool's reply thread, or,
+    /// for the few milliseconds before that thread takes over, a thread of yours waiting in
+    /// `apply` or `map` on a pool that had no threads yet. It may use the pool (submit more,
+    /// take this result), but should be quick: the pool delivers no other result while it
+    /// runs. A panic in it is reported and goes no further (CPython's result handler dies
+    /// of an exception in a callback, and the pool hangs).
     ///
     /// ```
     /// use std::sync::mpsc;
@@ -216,6 +221,8 @@ impl<R: Decode + 'static> AsyncResult<Vec<R>> {
     /// A blocking `map`'s values, with what `collector` decoded already.
     pub(crate) fn collect(self, mut collector: Collector<R>) -> Result<Vec<R>> {
         let _waiting = Waiting::new(&self.shared.waiting);
+        // Before the pool's threads run (a first `map`), the replies may be taken here.
+        self.shared.take_replies(|| self.cell.lock().done(), None);
         while !collector.step(&self.cell, true)? {}
         Ok(collector.values)
     }

@@ -50,6 +50,13 @@ const NOTICE_RETRY: Duration = Duration::from_millis(50);
 /// task's reply before it sleeps like any consumer: about what a worker takes to wake and
 /// answer a small task here.
 const FIRST_REPLY_SPIN: Duration = Duration::from_micros(200);
+/// How long a caller waiting for its own result takes the replies itself, while the pool's
+/// threads have not started, before it starts them ([`Shared::take_replies`]): long enough
+/// for a small task's round trip, short enough that a worker's death or a task's end
+/// reaches the watcher and the reply thread soon after.
+const TAKE_SLICE: Duration = Duration::from_millis(5);
+/// The most replies handled under one hold of the state's lock.
+const BATCH: usize = 256;
 
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -148,6 +155,11 @@ pub(crate) struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Passed once `ensure_threads` has started them (or found no need to).
     threads_started: std::sync::Once,
+    /// Held by whoever takes from `replies`: the reply thread, for its whole life, or,
+    /// before it starts, a caller waiting for its own result ([`Shared::take_replies`]).
+    /// Replies must be handled one at a time in the order they were taken (a worker's
+    /// `Ended` after its `Done`s decides which of its tasks was lost).
+    taker: Mutex<()>,
     /// Whether the watcher sleeps with no deadline (no task to time): for a test that must
     /// catch it there.
     pub(crate) watcher_untimed: std::sync::atomic::AtomicBool,
@@ -180,6 +192,7 @@ impl Shared {
             waiting: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
             threads_started: std::sync::Once::new(),
+            taker: Mutex::new(()),
             watcher_untimed: std::sync::atomic::AtomicBool::new(false),
         });
         {
@@ -250,6 +263,11 @@ impl Shared {
                 self.end(Error::os("starting the pool's threads", err));
             }
         });
+    }
+
+    /// Whether [`Shared::ensure_threads`] has run.
+    pub(crate) fn threads_started(&self) -> bool {
+        self.threads_started.is_completed()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -465,51 +483,109 @@ impl Shared {
 
     /// The reply thread: delivers results, handles ended workers, refills inboxes.
     fn reply_thread(self: Arc<Self>) {
+        // The only taker from now on: a caller taking replies itself lets go within
+        // `TAKE_SLICE`.
+        let _taker = self.taker.lock().unwrap_or_else(|e| e.into_inner());
         // This thread starts as the first task is sent (`ensure_threads`): its reply is
         // near. Waiting for it awake, a little longer than a `get` spins, spares the
         // first result a wake-up (tens of microseconds here).
-        let mut carried = Self::first_reply(&self.replies);
+        let mut first = Self::first_reply(&self.replies);
         loop {
-            let mut next = carried.take().unwrap_or_else(|| self.replies.get());
-            let mut state = self.lock();
-            // This reply, and the others already there (up to a bound), under one hold of
-            // the lock and with one refill of the inboxes after them.
-            let mut callbacks = Vec::new();
-            for _ in 0..256 {
-                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
-                    // Ended by a reply of this batch (an initializer that failed, say): a
-                    // `join` waiting for the pool to drain must hear of it, and the
-                    // callbacks gathered so far still run.
-                    self.idle.notify_all();
+            let next = first.take().unwrap_or_else(|| self.replies.get());
+            if !self.absorb(next) {
+                return;
+            }
+        }
+    }
+
+    /// Handles `next`, and the replies already behind it (up to [`BATCH`]), under one hold of
+    /// the lock, then refills the inboxes and runs the callbacks. Only by the holder of
+    /// `taker`. Whether to go on taking: `false` once the pool has ended.
+    fn absorb(&self, mut next: mp_queue::Result<Msg>) -> bool {
+        let mut state = self.lock();
+        let mut callbacks = Vec::new();
+        for taken in 1.. {
+            if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                // Ended by a reply of this batch (an initializer that failed, say): a
+                // `join` waiting for the pool to drain must hear of it, and the callbacks
+                // gathered so far still run.
+                self.idle.notify_all();
+                drop(state);
+                run_callbacks(callbacks);
+                return false;
+            }
+            match next {
+                Ok(msg) => callbacks.extend(self.handle(&mut state, msg)),
+                Err(err) => {
+                    // Only memory scribbled over by another process gets here: which task
+                    // the lost reply answered is unknown, so the pool stops rather than
+                    // leave a job waiting for ever.
                     drop(state);
                     run_callbacks(callbacks);
-                    return;
+                    self.end(Error::from(err));
+                    return false;
                 }
-                match next {
-                    Ok(msg) => callbacks.extend(self.handle(&mut state, msg)),
-                    Err(err) => {
-                        // Only memory scribbled over by another process gets here: which
-                        // task the lost reply answered is unknown, so the pool stops rather
-                        // than leave a job waiting for ever.
-                        drop(state);
-                        run_callbacks(callbacks);
-                        self.end(Error::from(err));
-                        return;
-                    }
-                }
-                next = self.replies.try_get();
-                if matches!(next, Err(mp_queue::Error::Empty)) {
+            }
+            if taken == BATCH {
+                break;
+            }
+            next = self.replies.try_get();
+            if matches!(next, Err(mp_queue::Error::Empty)) {
+                break;
+            }
+        }
+        self.pump(&mut state);
+        self.notify_if_idle(&state);
+        drop(state);
+        run_callbacks(callbacks);
+        true
+    }
+
+    /// Whether a caller waiting for its own result may take the replies itself while the
+    /// pool's threads have not started: not when a task's timeout or a worker's last task
+    /// needs the watcher at once.
+    pub(crate) fn caller_may_take(&self) -> bool {
+        self.config.task_timeout.is_none() && self.config.maxtasks.is_none()
+    }
+
+    /// Takes replies on this thread until `done()` or `until` (at most [`TAKE_SLICE`] from
+    /// now), if the pool's threads have not started and no other thread takes them: a
+    /// caller waiting for its own result then gets it straight from the worker, sparing it
+    /// the reply thread's hop and the threads' start-up. Starts the threads afterwards if
+    /// the pool still has work under way (and at once if it cannot take them).
+    pub(crate) fn take_replies(self: &Arc<Self>, done: impl Fn() -> bool, until: Option<Instant>) {
+        if self.threads_started.is_completed() {
+            return;
+        }
+        if self.caller_may_take()
+            && let Ok(_taker) = self.taker.try_lock()
+        {
+            let slice = Instant::now() + TAKE_SLICE;
+            let until = until.map_or(slice, |u| u.min(slice));
+            while !done() {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     break;
                 }
+                match self.replies.get_timeout(left) {
+                    Err(mp_queue::Error::Empty) => break,
+                    next => {
+                        if !self.absorb(next) {
+                            break;
+                        }
+                    }
+                }
             }
-            if !matches!(next, Err(mp_queue::Error::Empty)) {
-                carried = Some(next);
-            }
-            self.pump(&mut state);
-            self.notify_if_idle(&state);
+            let state = self.lock();
+            let idle = state.jobs.is_empty()
+                && state.pending.is_empty()
+                && state.slots.iter().all(|s| s.held.is_empty());
             drop(state);
-            run_callbacks(callbacks);
+            if idle && done() {
+                return;
+            }
         }
+        self.ensure_threads();
     }
 
     /// Tries for the first reply for up to [`FIRST_REPLY_SPIN`], with growing pauses: what

@@ -851,6 +851,112 @@ fn a_callback_that_panics_does_not_stop_the_pool() {
 }
 
 #[test]
+fn a_first_apply_takes_its_own_reply_and_the_threads_start_once_needed() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.apply(square, 3).unwrap(), 9);
+    assert_eq!(pool.apply(square, 4).unwrap(), 16);
+    assert_eq!(pool.map(square, 0..100).unwrap()[99], 99 * 99);
+    assert!(
+        !mp_pool::__testing::threads_started(&pool),
+        "apply waited through the reply thread"
+    );
+    // A result nobody waits for needs the reply thread: its callback still runs.
+    let (tx, rx) = mpsc::channel();
+    pool.apply_async(square, 5)
+        .unwrap()
+        .on_ready(move |r| tx.send(*r.unwrap()).unwrap());
+    assert!(mp_pool::__testing::threads_started(&pool));
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), 25);
+    assert_eq!(pool.apply(square, 6).unwrap(), 36);
+}
+
+#[test]
+fn a_first_apply_whose_worker_dies_fails_within_a_second_and_the_pool_goes_on() {
+    for how in 0..3u8 {
+        let pool = Pool::new(1).unwrap();
+        let started = Instant::now();
+        match pool.apply(die, how) {
+            Err(Error::WorkerLost { .. }) => {}
+            other => panic!("death {how}: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "death {how}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(pool.apply(square, 5).unwrap(), 25, "death {how}");
+    }
+}
+
+#[test]
+fn first_applies_from_many_threads_all_get_their_answers() {
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|s| {
+        let answers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let pool = &pool;
+                s.spawn(move || {
+                    (0..20u64)
+                        .map(|j| pool.apply(square, i * 20 + j).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let expected: Vec<u64> = (0..20u64).map(|j| (i as u64 * 20 + j).pow(2)).collect();
+            assert_eq!(answer.join().unwrap(), expected);
+        }
+    });
+}
+
+#[test]
+fn terminate_from_another_thread_ends_a_first_apply_at_once() {
+    let pool = Pool::new(1).unwrap();
+    let (hold, held) = pipe(true).unwrap();
+    let (started_rx, started_tx) = pipe(true).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| pool.apply(start_and_hold, (started_tx, held)));
+        assert!(started_rx.poll(Some(DEADLINE)).unwrap());
+        let terminated = Instant::now();
+        pool.terminate();
+        assert!(matches!(waiter.join().unwrap(), Err(Error::Terminated)));
+        assert!(terminated.elapsed() < Duration::from_secs(1));
+    });
+    drop(hold);
+}
+
+fn ctrl_c_alone(_: u8) -> u8 {
+    let _ = rustix::process::kill_current_process_group(rustix::process::Signal::INT);
+    forever(0)
+}
+
+/// In a process group of its own: a fresh pool's first `apply` gets Ctrl-C. Whether it said
+/// so, and which workers are still alive.
+fn interrupted_apply(_: ()) -> (bool, Vec<u32>) {
+    rustix::process::setpgid(None, None).unwrap();
+    let pool = Pool::builder()
+        .processes(1)
+        .method(StartMethod::Fork)
+        .build()
+        .unwrap();
+    let pids = pool.pids();
+    let interrupted = matches!(pool.apply(ctrl_c_alone, 0), Err(Error::Interrupted));
+    let left = pids.into_iter().filter(|&p| alive(p)).collect();
+    (interrupted, left)
+}
+
+#[test]
+fn ctrl_c_during_a_first_apply_returns_interrupted_with_no_worker_left() {
+    let mut child = Process::new(interrupted_apply, ())
+        .method(StartMethod::Fork)
+        .start()
+        .unwrap();
+    let (interrupted, left) = child.join_timeout(DEADLINE).unwrap().expect("finished");
+    assert!(interrupted);
+    assert!(left.is_empty(), "workers left {left:?}");
+}
+
+#[test]
 fn a_dead_worker_is_replaced_under_every_start_method() {
     for method in [
         StartMethod::Fork,
