@@ -1074,11 +1074,13 @@ fn pool(rng: &mut Rng) -> Result<Tally, String> {
         return pool_parent_killed(rng);
     }
     let began = Instant::now();
-    let p = Pool::builder()
-        .processes(2)
-        .method(rng.method())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let p = std::sync::Arc::new(
+        Pool::builder()
+            .processes(2)
+            .method(rng.method())
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
     let n = 200 + rng.below(2000);
     let chunk = 1 + rng.below(20) as usize;
     let kills = rng.below(3);
@@ -1105,7 +1107,7 @@ fn pool(rng: &mut Rng) -> Result<Tally, String> {
             }
         }
     };
-    match rng.below(3) {
+    match rng.below(4) {
         0 => {
             let it = p
                 .imap_unordered_chunked(soak_task, 0..n, chunk)
@@ -1151,6 +1153,36 @@ fn pool(rng: &mut Rng) -> Result<Tally, String> {
             }
             tally.lost = lost;
             tally.allowed = tally.kills * chunk as u64;
+        }
+        3 => {
+            // Blocking `apply`s on a fresh pool: until its threads start, the caller takes
+            // the replies itself, and the kills land there too.
+            let m = n.min(300);
+            tally.ops = m;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let applier = p.clone();
+            let applying = std::thread::spawn(move || {
+                for x in 0..m {
+                    if tx.send((x, applier.apply(soak_task, x))).is_err() {
+                        return;
+                    }
+                }
+            });
+            kill_some(rng, &mut tally);
+            let mut lost = 0;
+            for _ in 0..m {
+                let (x, r) = rx
+                    .recv_timeout(left(began, "apply")?)
+                    .map_err(|_| "hang: an apply not answered".to_string())?;
+                check(x, r, &mut lost)?;
+            }
+            // Done with its last `send`: its handle on the pool goes now, not after the
+            // round's check for processes left behind.
+            applying
+                .join()
+                .map_err(|_| "the applying thread panicked".to_string())?;
+            tally.lost = lost;
+            tally.allowed = tally.kills;
         }
         1 => {
             let asyncs: Vec<_> = (0..n.min(300))
