@@ -16,6 +16,12 @@
 //!   more than one take, needs at least that per item (a reservation, a claim or a lock),
 //!   so this row is the ceiling of every such design here, ours included; the gap between
 //!   the two raw rows is what a `lock`ed instruction costs an item on this machine.
+//! - `raw/spsc ring biased` (and `raw/2 spsc rings biased`): the same rings, where each push
+//!   and each pop also makes what the fast path of an end owned by one process at a time
+//!   makes (two stores and a load on its own side's lines, ordered by the compiler only;
+//!   another process taking the end over would make every CPU fence with `membarrier(2)`):
+//!   the ceiling of a queue with no atomic read-modify-write in its steady state
+//!   ([`raw::Ring::biased`]). Two such rings are the ceiling of per-producer lanes.
 //! - `queue_64kib`: 64 KiB items, one producer to one consumer (MB/s). The raw ring has
 //!   16 slots of 64 KiB; its producer copies a buffer in, its consumer copies it out into
 //!   a buffer of its own. Ours and crossbeam take an owned item: their producer makes each
@@ -82,6 +88,7 @@ pub fn workloads() -> Vec<Workload> {
             impls: vec![
                 raw_stream("raw/spsc ring", 8, SMALL_SLOTS, 1),
                 raw_stream_with("raw/spsc ring +1 rmw", 8, SMALL_SLOTS, 1, Ring::with_rmw),
+                raw_stream_with("raw/spsc ring biased", 8, SMALL_SLOTS, 1, Ring::biased),
                 ours_stream::<u64>(8, 1),
                 cpython("Queue", "queue_1to1_8b"),
                 cpython("SimpleQueue", "queue_1to1_8b"),
@@ -95,6 +102,7 @@ pub fn workloads() -> Vec<Workload> {
             impls: vec![
                 raw_stream("raw/2 spsc rings", 8, SMALL_SLOTS, 2),
                 raw_stream_with("raw/2 spsc rings +1 rmw", 8, SMALL_SLOTS, 2, Ring::with_rmw),
+                raw_stream_with("raw/2 spsc rings biased", 8, SMALL_SLOTS, 2, Ring::biased),
                 ours_stream::<u64>(8, 2),
                 cpython("Queue", "queue_2to1_8b"),
                 cpython("SimpleQueue", "queue_2to1_8b"),

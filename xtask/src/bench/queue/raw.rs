@@ -21,12 +21,16 @@ use super::DEADLINE;
 
 /// Where the consumer's counter (slots taken) and the producer's (slots filled) live, a
 /// cache line apart; then a word of each side's own, each on a line of its own, for
-/// [`Ring::with_rmw`]; slots start after them.
+/// [`Ring::with_rmw`] (or, for [`Ring::biased`], the side's "in an operation" word); then
+/// a line of words nobody writes, each side's "give up your end" request of
+/// [`Ring::biased`]; slots start after them.
 const HEAD: usize = 0;
 const TAIL: usize = 64;
 const PRODUCER_RMW: usize = 128;
 const CONSUMER_RMW: usize = 192;
-const SLOTS: usize = 256;
+const PRODUCER_REVOKE: usize = 256;
+const CONSUMER_REVOKE: usize = 264;
+const SLOTS: usize = 320;
 
 /// A `MAP_SHARED` mapping of a fresh memfd, zeroed, unmapped on drop. A fork shares it.
 pub struct Shared {
@@ -96,11 +100,20 @@ pub struct Ring {
     map: Shared,
     slot: usize,
     slots: u64,
-    /// Whether each push and each pop also makes one atomic read-modify-write (a `lock`ed
-    /// instruction on x86) on a word of its own side, on a line nobody else touches: the
-    /// least any queue pays that lets more than one process use a side (a reservation, a
-    /// claim or a lock), without the contention. See [`Ring::with_rmw`].
-    rmw: bool,
+    /// What each push and each pop pays besides the SPSC ring's own work.
+    extra: Extra,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    Nothing,
+    /// One atomic read-modify-write (a `lock`ed instruction on x86) on a word of its own
+    /// side, on a line nobody else touches: the least any queue pays that lets more than
+    /// one process use a side (a reservation, a claim or a lock), without the contention.
+    /// See [`Ring::with_rmw`].
+    Rmw,
+    /// The fast path of an end biased to one process: see [`Ring::biased`].
+    Biased,
 }
 
 impl Ring {
@@ -110,7 +123,7 @@ impl Ring {
             map: Shared::new(SLOTS + slot * slots)?,
             slot,
             slots: slots as u64,
-            rmw: false,
+            extra: Extra::Nothing,
         })
     }
 
@@ -122,9 +135,44 @@ impl Ring {
     /// a line to come back from the other core.
     pub fn with_rmw(slot: usize, slots: usize) -> Result<Ring, String> {
         Ok(Ring {
-            rmw: true,
+            extra: Extra::Rmw,
             ..Ring::new(slot, slots)?
         })
+    }
+
+    /// The same ring, where each push and each pop also makes what the fast path of an end
+    /// *biased* to one process makes, and no atomic read-modify-write: a store saying it is
+    /// in an operation, a load of a "give up your end" request (never made here), and a
+    /// store saying it is out again, all on lines of its own side (the request's line is
+    /// read by its end only). That is the steady state of a multi-producer, multi-consumer
+    /// queue whose ends stay with the process that last used them: another process that
+    /// wants an end sets the request, makes every CPU fence with `membarrier(2)`
+    /// (`MEMBARRIER_CMD_GLOBAL_EXPEDITED`) and then reads the "in an operation" word, so the
+    /// owner's store and load need only the compiler's ordering (an asymmetric Dekker
+    /// handshake). The slow paths (taking an end over, a consumer about to sleep, an owner
+    /// that died inside its operation) are not measured: this row is the ceiling of such a
+    /// design here.
+    pub fn biased(slot: usize, slots: usize) -> Result<Ring, String> {
+        Ok(Ring {
+            extra: Extra::Biased,
+            ..Ring::new(slot, slots)?
+        })
+    }
+
+    /// The start of a biased end's operation (see [`Ring::biased`]): whether it may go on
+    /// (the end was not asked for).
+    #[inline]
+    fn enter(&self, in_op: usize, revoke: usize) -> bool {
+        self.map.word(in_op).store(1, Ordering::Relaxed);
+        // The other half of the handshake is the taker's `membarrier`: only the compiler
+        // must keep the store above before the load below.
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        self.map.word(revoke).load(Ordering::Relaxed) == 0
+    }
+
+    #[inline]
+    fn leave(&self, in_op: usize) {
+        self.map.word(in_op).store(0, Ordering::Release);
     }
 
     fn slot_ptr(&self, index: u64) -> *mut u8 {
@@ -184,11 +232,20 @@ impl Producer<'_> {
                 self.tail - self.head < self.ring.slots
             })?;
         }
-        if self.ring.rmw {
-            self.ring
-                .map
-                .word(PRODUCER_RMW)
-                .fetch_add(1, Ordering::SeqCst);
+        match self.ring.extra {
+            Extra::Nothing => {}
+            Extra::Rmw => {
+                self.ring
+                    .map
+                    .word(PRODUCER_RMW)
+                    .fetch_add(1, Ordering::SeqCst);
+            }
+            Extra::Biased => {
+                if !self.ring.enter(PRODUCER_RMW, PRODUCER_REVOKE) {
+                    self.ring.leave(PRODUCER_RMW);
+                    return Err("raw ring: a producer's end was asked for".into());
+                }
+            }
         }
         // SAFETY: the slot is in the mapping (`slot_ptr`); the consumer has released it
         // (its head, read with Acquire, passed it) and will not read it before our Release
@@ -198,6 +255,9 @@ impl Producer<'_> {
         };
         self.tail += 1;
         self.ring.map.word(TAIL).store(self.tail, Ordering::Release);
+        if self.ring.extra == Extra::Biased {
+            self.ring.leave(PRODUCER_RMW);
+        }
         Ok(())
     }
 }
@@ -220,11 +280,21 @@ impl Consumer<'_> {
             }
         }
         assert!(out.len() <= self.ring.slot);
-        if self.ring.rmw {
-            self.ring
-                .map
-                .word(CONSUMER_RMW)
-                .fetch_add(1, Ordering::SeqCst);
+        match self.ring.extra {
+            Extra::Nothing => {}
+            Extra::Rmw => {
+                self.ring
+                    .map
+                    .word(CONSUMER_RMW)
+                    .fetch_add(1, Ordering::SeqCst);
+            }
+            Extra::Biased => {
+                // Never asked for in a bench: a consumer's end given up would be a bug here.
+                assert!(
+                    self.ring.enter(CONSUMER_RMW, CONSUMER_REVOKE),
+                    "raw ring: a consumer's end was asked for"
+                );
+            }
         }
         // SAFETY: the slot is in the mapping; the producer published it (its tail, read
         // with Acquire, passed it) and will not write it again before our Release store of
@@ -238,6 +308,9 @@ impl Consumer<'_> {
         };
         self.head += 1;
         self.ring.map.word(HEAD).store(self.head, Ordering::Release);
+        if self.ring.extra == Extra::Biased {
+            self.ring.leave(CONSUMER_RMW);
+        }
         true
     }
 
@@ -247,5 +320,52 @@ impl Consumer<'_> {
             return Ok(());
         }
         spin_until("empty", || self.try_pop(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_ring_hands_items_over_in_order() {
+        for make in [Ring::new, Ring::with_rmw, Ring::biased] {
+            let ring = make(8, 4).unwrap();
+            let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
+            let mut out = [0u8; 8];
+            for round in 0..3u64 {
+                for i in 0..4u64 {
+                    producer.push(&(round * 4 + i).to_ne_bytes()).unwrap();
+                }
+                for i in 0..4u64 {
+                    consumer.pop(&mut out).unwrap();
+                    assert_eq!(u64::from_ne_bytes(out), round * 4 + i);
+                }
+                assert!(!consumer.try_pop(&mut out), "empty");
+            }
+        }
+    }
+
+    #[test]
+    fn a_biased_end_that_was_asked_for_stops_and_says_so() {
+        let ring = Ring::biased(8, 4).unwrap();
+        let mut producer = ring.producer();
+        producer.push(&1u64.to_ne_bytes()).unwrap();
+        assert_eq!(
+            ring.map.word(PRODUCER_RMW).load(Ordering::Relaxed),
+            0,
+            "left"
+        );
+        ring.map.word(PRODUCER_REVOKE).store(1, Ordering::Relaxed);
+        assert!(producer.push(&2u64.to_ne_bytes()).is_err());
+        assert_eq!(ring.map.word(PRODUCER_RMW).load(Ordering::Relaxed), 0, "left");
+        let mut out = [0u8; 8];
+        let mut consumer = ring.consumer();
+        assert!(consumer.try_pop(&mut out));
+        assert_eq!(u64::from_ne_bytes(out), 1);
+        assert!(
+            !consumer.try_pop(&mut out),
+            "the refused item was not published"
+        );
     }
 }
