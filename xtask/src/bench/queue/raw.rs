@@ -358,7 +358,11 @@ mod tests {
         );
         ring.map.word(PRODUCER_REVOKE).store(1, Ordering::Relaxed);
         assert!(producer.push(&2u64.to_ne_bytes()).is_err());
-        assert_eq!(ring.map.word(PRODUCER_RMW).load(Ordering::Relaxed), 0, "left");
+        assert_eq!(
+            ring.map.word(PRODUCER_RMW).load(Ordering::Relaxed),
+            0,
+            "left"
+        );
         let mut out = [0u8; 8];
         let mut consumer = ring.consumer();
         assert!(consumer.try_pop(&mut out));
