@@ -56,7 +56,8 @@ impl Inner {
     }
 }
 
-/// A job's results: filled by the pool's reply thread, read by the job's owner.
+/// A job's results: filled by whoever takes the pool's replies (its reply thread, or a
+/// caller waiting before that thread runs), read by the job's owner.
 pub(crate) struct Cell {
     inner: Mutex<Inner>,
     changed: Condvar,

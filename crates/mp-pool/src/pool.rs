@@ -1,4 +1,7 @@
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use mp_codec::{Encode, Frame, Message, plain};
 use mp_spawn::{StartMethod, TargetId};
@@ -373,6 +376,12 @@ impl Pool {
             let mut state = self.shared.lock();
             self.shared.open_job(&mut state, fail_fast)?
         };
+        // A caller that waits next may take the replies itself, while the pool's threads
+        // have not started (`Shared::take_replies`): they are left unstarted, and between
+        // chunks this thread takes what has come back (refilling the workers' inboxes), so
+        // the workers run while the rest is encoded. Encoding that outlasts a slice starts
+        // them after all.
+        let mut deferred = (waits_now && self.shared.caller_may_take()).then(Instant::now);
         let mut chunk = 0u32;
         loop {
             match encode_chunk::<A, R>(&mut items, chunksize) {
@@ -383,8 +392,16 @@ impl Pool {
                     self.shared
                         .submit(&mut state, [task::<A, R>(job, chunk, count, target, frame)]);
                     drop(state);
-                    if !(waits_now && self.shared.caller_may_take()) {
-                        self.shared.ensure_threads();
+                    match deferred {
+                        Some(since) if !self.shared.slice_over(since) => {
+                            if chunk > 0 {
+                                self.shared.take_ready_replies();
+                            }
+                        }
+                        _ => {
+                            deferred = None;
+                            self.shared.ensure_threads();
+                        }
                     }
                     chunk += 1;
                     // What came back meanwhile, decoded now rather than after the last chunk.

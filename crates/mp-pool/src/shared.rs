@@ -217,9 +217,11 @@ impl Shared {
                 }
             }
         }
-        // The reply thread and the watcher start with the first task (`ensure_threads`):
-        // then their start-up, about 60 µs of this thread's time and more of the other
-        // CPU's here, overlaps the first worker's work on that task instead of delaying it.
+        // The reply thread and the watcher start later (`ensure_threads`): with the first
+        // task sent by an `*_async` call or an `imap`, or once a thread waiting in `apply` or
+        // `map` stops taking the replies itself (`take_replies`). Their start-up, about
+        // 60 µs of this thread's time and more of the other CPU's here, then overlaps the
+        // workers' work instead of delaying the first task.
         {
             let mut pools = sys::POOLS.lock().unwrap_or_else(|e| e.into_inner());
             // Ended pools leave their entries behind: dropped here, as the list grows.
@@ -231,9 +233,11 @@ impl Shared {
 
     /// Starts the reply thread and the watcher, unless they run already (or the pool has
     /// ended: nothing would be left for them to do). Called, without the state's lock, after
-    /// the first task is sent and before any wait that needs them (`join`): a pool nobody
-    /// gives work to has no use for them, and one that gets work starts them while its first
-    /// worker takes the task. A failure to start them ends the pool with that error.
+    /// a task is sent that no caller waits for at once, by a caller that stops taking the
+    /// replies itself with work under way ([`Shared::take_replies`]), and before any wait
+    /// that needs them (`join`): a pool nobody gives work to has no use for them, and one
+    /// that gets work starts them while its workers take it. A failure to start them ends
+    /// the pool with that error.
     pub(crate) fn ensure_threads(self: &Arc<Self>) {
         self.threads_started.call_once(|| {
             {
@@ -263,6 +267,12 @@ impl Shared {
                 self.end(Error::os("starting the pool's threads", err));
             }
         });
+    }
+
+    /// Whether the pool has ended, or `join` is done with it: its threads leave.
+    fn has_ended(&self) -> bool {
+        let state = self.lock();
+        matches!(state.phase, Phase::Ended(_)) || state.shutdown
     }
 
     /// Whether [`Shared::ensure_threads`] has run.
@@ -486,9 +496,14 @@ impl Shared {
         // The only taker from now on: a caller taking replies itself lets go within
         // `TAKE_SLICE`.
         let _taker = self.taker.lock().unwrap_or_else(|e| e.into_inner());
-        // This thread starts as the first task is sent (`ensure_threads`): its reply is
-        // near. Waiting for it awake, a little longer than a `get` spins, spares the
-        // first result a wake-up (tens of microseconds here).
+        // That caller may have taken the `Wake` of a pool that ended meanwhile, or ended it
+        // itself (a failed initializer): no notice would come to end a wait below.
+        if self.has_ended() {
+            return;
+        }
+        // This thread usually starts as the first task is sent (`ensure_threads`): its
+        // reply is near. Waiting for it awake, a little longer than a `get` spins, spares
+        // the first result a wake-up (tens of microseconds here).
         let mut first = Self::first_reply(&self.replies);
         loop {
             let next = first.take().unwrap_or_else(|| self.replies.get());
@@ -546,6 +561,33 @@ impl Shared {
     /// needs the watcher at once.
     pub(crate) fn caller_may_take(&self) -> bool {
         self.config.task_timeout.is_none() && self.config.maxtasks.is_none()
+    }
+
+    /// Whether a caller that began deferring the threads at `since` has had its
+    /// [`TAKE_SLICE`].
+    pub(crate) fn slice_over(&self, since: Instant) -> bool {
+        since.elapsed() >= TAKE_SLICE
+    }
+
+    /// Takes the replies already there, if the pool's threads have not started and no
+    /// other thread takes them: for a caller still sending a job it will wait for, so the
+    /// workers' inboxes are refilled (and its collector sees what came back) meanwhile.
+    pub(crate) fn take_ready_replies(&self) {
+        if self.threads_started.is_completed() {
+            return;
+        }
+        if let Ok(_taker) = self.taker.try_lock() {
+            loop {
+                match self.replies.try_get() {
+                    Err(mp_queue::Error::Empty) => return,
+                    next => {
+                        if !self.absorb(next) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Takes replies on this thread until `done()` or `until` (at most [`TAKE_SLICE`] from
@@ -1062,5 +1104,54 @@ fn run_callbacks_later(callbacks: Vec<Callback>) {
 fn run_callbacks(callbacks: Vec<Callback>) {
     for callback in callbacks {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_forked_worker() -> Arc<Shared> {
+        Shared::start(Config {
+            processes: 1,
+            init: None,
+            maxtasks: None,
+            method: Some(StartMethod::Fork),
+            task_timeout: None,
+        })
+        .unwrap()
+    }
+
+    /// Runs `f` on a thread of its own; fails (rather than hang) if it has not returned
+    /// within 30 s.
+    fn within_30s(f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("still waiting after 30 s");
+    }
+
+    #[test]
+    fn a_reply_thread_that_starts_after_a_caller_took_the_last_wake_still_leaves() {
+        let shared = one_forked_worker();
+        // A caller taking the replies: the reply thread, started now, waits for it.
+        let taker = shared.taker.lock().unwrap();
+        shared.ensure_threads();
+        // The pool ends, and the caller takes the one `Wake` meant to end a wait.
+        shared.end(Error::Terminated);
+        assert!(matches!(
+            shared.replies.try_get(),
+            Ok(Msg {
+                head: Head::Wake,
+                ..
+            })
+        ));
+        drop(taker);
+        let pool = shared.clone();
+        within_30s(move || pool.join_threads());
     }
 }
