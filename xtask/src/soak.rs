@@ -1170,11 +1170,18 @@ fn pool(rng: &mut Rng) -> Result<Tally, String> {
             });
             kill_some(rng, &mut tally);
             let mut lost = 0;
-            for _ in 0..m {
+            let answered = (0..m).try_for_each(|_| {
                 let (x, r) = rx
                     .recv_timeout(left(began, "apply")?)
                     .map_err(|_| "hang: an apply not answered".to_string())?;
-                check(x, r, &mut lost)?;
+                check(x, r, &mut lost)
+            });
+            if let Err(err) = answered {
+                // The applying thread may still wait on the pool: ended here, so it lets go
+                // of its handle and nothing of the pool outlives the round.
+                p.terminate();
+                let _ = applying.join();
+                return Err(err);
             }
             // Done with its last `send`: its handle on the pool goes now, not after the
             // round's check for processes left behind.
