@@ -393,6 +393,8 @@ impl Pool {
                         .submit(&mut state, [task::<A, R>(job, chunk, count, target, frame)]);
                     drop(state);
                     match deferred {
+                        // Started by now (by another call, or by this one): nothing to do.
+                        _ if self.shared.threads_started() => deferred = None,
                         Some(since) if !self.shared.slice_over(since) => {
                             if chunk > 0 {
                                 self.shared.take_ready_replies();
