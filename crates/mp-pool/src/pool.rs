@@ -24,6 +24,11 @@ use crate::{
 ///   [`Error::WorkerLost`] (its pid and how it ended), as soon as its death is seen; it is
 ///   replaced, its other queued tasks go to the other workers, and the pool goes on. A
 ///   worker that dies between tasks fails none: a task still in its inbox never started.
+///   (The pool's threads, which watch the workers and take their replies, start with its
+///   first `*_async` job or `imap`, or once a blocking call outlasts a few milliseconds:
+///   before, an `apply` or `map` takes its own replies. So in a pool used only by short
+///   blocking calls, a worker that dies while idle is seen, reaped and replaced at the
+///   pool's next call.)
 /// - **Every failure reaches the caller**: a panic (with its message), an argument or
 ///   result that cannot be encoded or decoded (with the type), a task past the pool's
 ///   [`task_timeout`](Builder::task_timeout), a failing initializer (the pool stops, rather
