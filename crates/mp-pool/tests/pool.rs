@@ -918,6 +918,10 @@ fn a_first_apply_whose_worker_dies_fails_within_a_second_and_the_pool_goes_on() 
                 Err(Error::WorkerLost { .. }) => {}
                 other => panic!("death {how}: {other:?}"),
             }
+            eprintln!(
+                "death {how} on a first apply: error after {:?}",
+                started.elapsed()
+            );
             assert!(
                 started.elapsed() < Duration::from_secs(1),
                 "death {how}: {:?}",
