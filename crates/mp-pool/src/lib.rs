@@ -60,6 +60,13 @@ pub mod __testing {
         pool.watcher_untimed()
     }
 
+    /// How long a thread waiting in `apply` or `map` on `pool`, before its threads run,
+    /// takes the replies itself (5 ms unless set): a test sets it long, so that what it
+    /// checks does not depend on how busy the machine is.
+    pub fn set_take_slice(pool: &crate::Pool, slice: std::time::Duration) {
+        pool.set_take_slice(slice);
+    }
+
     /// Whether `pool`'s reply thread and watcher have been started.
     pub fn threads_started(pool: &crate::Pool) -> bool {
         pool.threads_started()

@@ -265,6 +265,11 @@ impl Pool {
         self.shared.config().processes
     }
 
+    /// See [`crate::__testing::set_take_slice`].
+    pub(crate) fn set_take_slice(&self, slice: Duration) {
+        self.shared.set_take_slice(slice);
+    }
+
     /// See [`crate::__testing::threads_started`].
     pub(crate) fn threads_started(&self) -> bool {
         self.shared.threads_started()

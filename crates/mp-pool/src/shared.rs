@@ -160,6 +160,9 @@ pub(crate) struct Shared {
     /// Replies must be handled one at a time in the order they were taken (a worker's
     /// `Ended` after its `Done`s decides which of its tasks was lost).
     taker: Mutex<()>,
+    /// [`TAKE_SLICE`] in nanoseconds, unless a test set another
+    /// ([`crate::__testing::set_take_slice`]).
+    take_slice: std::sync::atomic::AtomicU64,
     /// Whether the watcher sleeps with no deadline (no task to time): for a test that must
     /// catch it there.
     pub(crate) watcher_untimed: std::sync::atomic::AtomicBool,
@@ -193,6 +196,7 @@ impl Shared {
             threads: Mutex::new(Vec::new()),
             threads_started: std::sync::Once::new(),
             taker: Mutex::new(()),
+            take_slice: std::sync::atomic::AtomicU64::new(TAKE_SLICE.as_nanos() as u64),
             watcher_untimed: std::sync::atomic::AtomicBool::new(false),
         });
         {
@@ -563,10 +567,22 @@ impl Shared {
         self.config.task_timeout.is_none() && self.config.maxtasks.is_none()
     }
 
-    /// Whether a caller that began deferring the threads at `since` has had its
-    /// [`TAKE_SLICE`].
+    /// How long a caller takes the replies itself ([`TAKE_SLICE`], unless a test set
+    /// another).
+    fn take_slice(&self) -> Duration {
+        Duration::from_nanos(self.take_slice.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// See [`crate::__testing::set_take_slice`].
+    pub(crate) fn set_take_slice(&self, slice: Duration) {
+        let nanos = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
+        self.take_slice
+            .store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a caller that began deferring the threads at `since` has had its slice.
     pub(crate) fn slice_over(&self, since: Instant) -> bool {
-        since.elapsed() >= TAKE_SLICE
+        since.elapsed() >= self.take_slice()
     }
 
     /// Takes the replies already there, if the pool's threads have not started and no
@@ -602,7 +618,8 @@ impl Shared {
         if self.caller_may_take()
             && let Ok(_taker) = self.taker.try_lock()
         {
-            let slice = Instant::now() + TAKE_SLICE;
+            let now = Instant::now();
+            let slice = now.checked_add(self.take_slice()).unwrap_or(now);
             let until = until.map_or(slice, |u| u.min(slice));
             while !done() {
                 let left = until.saturating_duration_since(Instant::now());
