@@ -25,10 +25,9 @@ use crate::{
 ///   replaced, its other queued tasks go to the other workers, and the pool goes on. A
 ///   worker that dies between tasks fails none: a task still in its inbox never started.
 ///   (The pool's threads, which watch the workers and take their replies, start with its
-///   first `*_async` job or `imap`, or once a blocking call outlasts a few milliseconds:
-///   before, an `apply` or `map` takes its own replies. So in a pool used only by short
-///   blocking calls, a worker that dies while idle is seen, reaped and replaced at the
-///   pool's next call.)
+///   second call at the latest: its first, if an `apply` or a `map`, takes its own replies
+///   for up to a few milliseconds. A worker that dies between the first call and the
+///   second is seen, reaped and replaced as the second begins.)
 /// - **Every failure reaches the caller**: a panic (with its message), an argument or
 ///   result that cannot be encoded or decoded (with the type), a task past the pool's
 ///   [`task_timeout`](Builder::task_timeout), a failing initializer (the pool stops, rather
@@ -386,12 +385,12 @@ impl Pool {
             let mut state = self.shared.lock();
             self.shared.open_job(&mut state, fail_fast)?
         };
-        // A caller that waits next may take the replies itself, while the pool's threads
-        // have not started (`Shared::take_replies`): they are left unstarted, and between
-        // chunks this thread takes what has come back (refilling the workers' inboxes), so
-        // the workers run while the rest is encoded. Encoding that outlasts a slice starts
-        // them after all.
-        let mut deferred = (waits_now && self.shared.caller_may_take()).then(Instant::now);
+        // The pool's first blocking call may take its replies itself, while the pool's
+        // threads have not started (`Shared::take_replies`): they are left unstarted, and
+        // between chunks this thread takes what has come back (refilling the workers'
+        // inboxes), so the workers run while the rest is encoded. Encoding that outlasts a
+        // slice starts them after all.
+        let mut deferred = (waits_now && self.shared.may_defer_threads()).then(Instant::now);
         let mut chunk = 0u32;
         loop {
             match encode_chunk::<A, R>(&mut items, chunksize) {

@@ -160,6 +160,10 @@ pub(crate) struct Shared {
     /// Replies must be handled one at a time in the order they were taken (a worker's
     /// `Ended` after its `Done`s decides which of its tasks was lost).
     taker: Mutex<()>,
+    /// Set by the first caller to take the replies itself: only a pool's first blocking
+    /// call does; from the next call on the threads run, so no worker goes unwatched for
+    /// longer than that first call.
+    taken_once: std::sync::atomic::AtomicBool,
     /// [`TAKE_SLICE`] in nanoseconds, unless a test set another
     /// ([`crate::__testing::set_take_slice`]).
     take_slice: std::sync::atomic::AtomicU64,
@@ -197,6 +201,7 @@ impl Shared {
             threads_started: std::sync::Once::new(),
             taker: Mutex::new(()),
             take_slice: std::sync::atomic::AtomicU64::new(TAKE_SLICE.as_nanos() as u64),
+            taken_once: std::sync::atomic::AtomicBool::new(false),
             watcher_untimed: std::sync::atomic::AtomicBool::new(false),
         });
         {
@@ -222,10 +227,11 @@ impl Shared {
             }
         }
         // The reply thread and the watcher start later (`ensure_threads`): with the first
-        // task sent by an `*_async` call or an `imap`, or once a thread waiting in `apply` or
-        // `map` stops taking the replies itself (`take_replies`). Their start-up, about
-        // 60 µs of this thread's time and more of the other CPU's here, then overlaps the
-        // workers' work instead of delaying the first task.
+        // task sent by an `*_async` call or an `imap`, with the pool's second call, or once
+        // its first, an `apply` or a `map`, stops taking the replies itself with work
+        // still under way (`take_replies`). Their start-up, about 60 µs of this thread's
+        // time and more of the other CPU's here, then overlaps the workers' work instead of
+        // delaying the first result.
         {
             let mut pools = sys::POOLS.lock().unwrap_or_else(|e| e.into_inner());
             // Ended pools leave their entries behind: dropped here, as the list grows.
@@ -497,8 +503,8 @@ impl Shared {
 
     /// The reply thread: delivers results, handles ended workers, refills inboxes.
     fn reply_thread(self: Arc<Self>) {
-        // The only taker from now on: a caller taking replies itself lets go within
-        // `TAKE_SLICE`.
+        // The only taker from now on: a caller taking replies itself lets go within its
+        // slice (`TAKE_SLICE`), or after one batch (`take_ready_replies`).
         let _taker = self.taker.lock().unwrap_or_else(|e| e.into_inner());
         // That caller may have taken the `Wake` of a pool that ended meanwhile, or ended it
         // itself (a failed initializer): no notice would come to end a wait below.
@@ -511,38 +517,40 @@ impl Shared {
         let mut first = Self::first_reply(&self.replies);
         loop {
             let next = first.take().unwrap_or_else(|| self.replies.get());
-            if !self.absorb(next) {
+            // Callbacks run here, holding `taker`: one that ends the pool and joins its
+            // threads skips this one (`join_threads`).
+            if !self.settle(self.absorb(next)) {
                 return;
             }
         }
     }
 
     /// Handles `next`, and the replies already behind it (up to [`BATCH`]), under one hold of
-    /// the lock, then refills the inboxes and runs the callbacks. Only by the holder of
-    /// `taker`. Whether to go on taking: `false` once the pool has ended.
-    fn absorb(&self, mut next: mp_queue::Result<Msg>) -> bool {
+    /// the lock, then refills the inboxes. Only by the holder of `taker`. What is left to do
+    /// (run the callbacks, end the pool) is for [`Shared::settle`], which a caller runs
+    /// once it has let go of `taker`: a callback may end the pool and join its threads,
+    /// and the reply thread may be waiting for `taker`.
+    fn absorb(&self, mut next: mp_queue::Result<Msg>) -> Absorbed {
         let mut state = self.lock();
-        let mut callbacks = Vec::new();
+        let mut absorbed = Absorbed {
+            go_on: true,
+            callbacks: Vec::new(),
+            failed: None,
+            wake: false,
+        };
         for taken in 1.. {
             if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
-                // Ended by a reply of this batch (an initializer that failed, say): a
-                // `join` waiting for the pool to drain must hear of it, and the callbacks
-                // gathered so far still run.
-                self.idle.notify_all();
-                drop(state);
-                run_callbacks(callbacks);
-                return false;
+                break;
             }
             match next {
-                Ok(msg) => callbacks.extend(self.handle(&mut state, msg)),
+                Ok(msg) => absorbed.callbacks.extend(self.handle(&mut state, msg)),
                 Err(err) => {
                     // Only memory scribbled over by another process gets here: which task
                     // the lost reply answered is unknown, so the pool stops rather than
                     // leave a job waiting for ever.
-                    drop(state);
-                    run_callbacks(callbacks);
-                    self.end(Error::from(err));
-                    return false;
+                    absorbed.go_on = false;
+                    absorbed.failed = Some(Error::from(err));
+                    return absorbed;
                 }
             }
             if taken == BATCH {
@@ -553,11 +561,30 @@ impl Shared {
                 break;
             }
         }
+        if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+            // Ended before or by a reply of this batch (an initializer that failed, say):
+            // a `join` waiting for the pool to drain must hear of it, and the watcher,
+            // which may sleep with nothing left to watch, must be told to leave.
+            self.idle.notify_all();
+            absorbed.go_on = false;
+            absorbed.wake = true;
+            return absorbed;
+        }
         self.pump(&mut state);
         self.notify_if_idle(&state);
-        drop(state);
-        run_callbacks(callbacks);
-        true
+        absorbed
+    }
+
+    /// Does what [`Shared::absorb`] left to do: runs the callbacks, ends the pool if a reply
+    /// was unreadable, wakes the threads if it ended. Whether to go on taking.
+    fn settle(&self, absorbed: Absorbed) -> bool {
+        run_callbacks(absorbed.callbacks);
+        if let Some(err) = absorbed.failed {
+            self.end(err);
+        } else if absorbed.wake {
+            self.wake_threads();
+        }
+        absorbed.go_on
     }
 
     /// Whether a caller waiting for its own result may take the replies itself while the
@@ -585,62 +612,80 @@ impl Shared {
         since.elapsed() >= self.take_slice()
     }
 
-    /// Takes the replies already there, if the pool's threads have not started and no
-    /// other thread takes them: for a caller still sending a job it will wait for, so the
-    /// workers' inboxes are refilled (and its collector sees what came back) meanwhile.
+    /// Whether a blocking call about to send its job may leave the threads unstarted, to
+    /// take its replies itself ([`Shared::take_replies`]): only the pool's first.
+    pub(crate) fn may_defer_threads(&self) -> bool {
+        self.caller_may_take()
+            && !self.threads_started.is_completed()
+            && !self.taken_once.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes one batch of the replies already there, if the pool's threads have not
+    /// started and no other thread takes them: for a caller still sending a job it will
+    /// wait for, so the workers' inboxes are refilled (and its collector sees what came
+    /// back) meanwhile.
     pub(crate) fn take_ready_replies(&self) {
         if self.threads_started.is_completed() {
             return;
         }
-        if let Ok(_taker) = self.taker.try_lock() {
-            loop {
-                match self.replies.try_get() {
-                    Err(mp_queue::Error::Empty) => return,
-                    next => {
-                        if !self.absorb(next) {
-                            return;
-                        }
-                    }
-                }
+        let absorbed = {
+            let Ok(_taker) = self.taker.try_lock() else {
+                return;
+            };
+            match self.replies.try_get() {
+                Err(mp_queue::Error::Empty) => return,
+                next => self.absorb(next),
             }
-        }
+        };
+        self.settle(absorbed);
     }
 
-    /// Takes replies on this thread until `done()` or `until` (at most [`TAKE_SLICE`] from
-    /// now), if the pool's threads have not started and no other thread takes them: a
-    /// caller waiting for its own result then gets it straight from the worker, sparing it
-    /// the reply thread's hop and the threads' start-up. Starts the threads afterwards if
-    /// the pool still has work under way (and at once if it cannot take them).
+    /// Takes replies on this thread until `done()` or `until` (at most the slice,
+    /// [`TAKE_SLICE`], from now), if the pool's threads have not started, no other thread
+    /// takes them and this is the pool's first blocking call: its caller then gets its
+    /// result straight from the worker, sparing it the reply thread's hop and the threads'
+    /// start-up. Starts the threads afterwards if the pool still has work under way (and
+    /// at once if it cannot take them); otherwise the pool's next call starts them.
     pub(crate) fn take_replies(self: &Arc<Self>, done: impl Fn() -> bool, until: Option<Instant>) {
         if self.threads_started.is_completed() {
             return;
         }
         if self.caller_may_take()
-            && let Ok(_taker) = self.taker.try_lock()
+            && let Ok(taker) = self.taker.try_lock()
+            && !self
+                .taken_once
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             let now = Instant::now();
             let slice = now.checked_add(self.take_slice()).unwrap_or(now);
             let until = until.map_or(slice, |u| u.min(slice));
+            let mut settled = true;
             while !done() {
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                match self.replies.get_timeout(left) {
+                let absorbed = match self.replies.get_timeout(left) {
                     Err(mp_queue::Error::Empty) => break,
-                    next => {
-                        if !self.absorb(next) {
-                            break;
-                        }
+                    next => self.absorb(next),
+                };
+                if absorbed.callbacks.is_empty() && absorbed.failed.is_none() && !absorbed.wake {
+                    if !absorbed.go_on {
+                        break;
                     }
+                    continue;
                 }
+                // Something to run: not holding `taker` (see `absorb`).
+                drop(taker);
+                settled = self.settle(absorbed);
+                break;
             }
             let state = self.lock();
             let idle = state.jobs.is_empty()
                 && state.pending.is_empty()
                 && state.slots.iter().all(|s| s.held.is_empty());
             drop(state);
-            if idle && done() {
+            if settled && idle && done() {
                 return;
             }
         }
@@ -1052,6 +1097,9 @@ impl Shared {
             Phase::Running => return Err(Error::Running),
             Phase::Ended(_) => {
                 drop(state);
+                // Ended from inside (an initializer that failed) rather than by `end`: the
+                // threads may not have been told.
+                self.wake_threads();
                 self.join_threads();
                 return Ok(());
             }
@@ -1071,6 +1119,7 @@ impl Shared {
         if let Phase::Ended(err) = &state.phase {
             let err = err.clone();
             drop(state);
+            self.wake_threads();
             self.join_threads();
             return match err {
                 Error::Interrupted => Err(err),
@@ -1106,6 +1155,17 @@ impl Shared {
             .map(|s| s.pid)
             .collect()
     }
+}
+
+/// What [`Shared::absorb`] leaves for [`Shared::settle`].
+struct Absorbed {
+    /// Whether the taker goes on taking (the pool has not ended).
+    go_on: bool,
+    callbacks: Vec<Callback>,
+    /// A reply could not be read: the pool ends with this.
+    failed: Option<Error>,
+    /// The pool has ended: its threads are to be woken, to leave.
+    wake: bool,
 }
 
 /// Runs callbacks gathered under the state lock, from a caller that still holds it: on a
@@ -1158,18 +1218,34 @@ mod tests {
         // A caller taking the replies: the reply thread, started now, waits for it.
         let taker = shared.taker.lock().unwrap();
         shared.ensure_threads();
-        // The pool ends, and the caller takes the one `Wake` meant to end a wait (after
-        // what the worker may have put before it was killed).
+        // The pool ends. Once the watcher has left (it may post a notice of the killed
+        // worker first), the caller takes everything there, the one `Wake` meant to end a
+        // wait among it: nothing is left for the reply thread to find.
         shared.end(Error::Terminated);
+        let since = Instant::now();
+        while !shared
+            .threads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.thread().name() == Some("mp-pool-watcher"))
+            .all(JoinHandle::is_finished)
+        {
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "the watcher stays"
+            );
+            std::thread::yield_now();
+        }
+        let mut woken = false;
         loop {
             match shared.replies.try_get() {
-                Ok(Msg {
-                    head: Head::Wake, ..
-                }) => break,
-                Ok(_) => {}
-                Err(err) => panic!("no Wake: {err}"),
+                Ok(msg) => woken |= matches!(msg.head, Head::Wake),
+                Err(mp_queue::Error::Empty) => break,
+                Err(err) => panic!("{err}"),
             }
         }
+        assert!(woken, "no Wake");
         drop(taker);
         let pool = shared.clone();
         within_30s(move || pool.join_threads());

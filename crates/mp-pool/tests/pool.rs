@@ -641,6 +641,33 @@ fn an_initializer_that_exits_stops_the_pool() {
     }
 }
 
+/// A pool whose one worker's initializer exits, then closed and joined: `join` returns
+/// (the pool ended inside the reply handling, which must tell the threads to leave).
+#[test]
+fn join_returns_after_an_initializer_that_exits() {
+    for first in ["apply", "apply_async"] {
+        let pool = Pool::builder()
+            .processes(1)
+            .initializer(exiting_init, ())
+            .build()
+            .unwrap();
+        let outcome = within_deadline(move || {
+            let outcome = match first {
+                "apply" => pool.apply(square, 2),
+                _ => pool.apply_async(square, 2).and_then(|r| r.get()),
+            };
+            pool.close();
+            (outcome, pool.join())
+        });
+        assert!(
+            matches!(outcome.0, Err(Error::Initializer { .. })),
+            "{first}: {:?}",
+            outcome.0
+        );
+        assert!(outcome.1.is_ok(), "{first}: {:?}", outcome.1);
+    }
+}
+
 /// A pool of several workers whose initializer fails, closed and joined: `join` hears that
 /// the pool ended (every worker's failure arrives in one batch of replies).
 #[test]
@@ -863,23 +890,27 @@ fn within_deadline<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) ->
 }
 
 #[test]
-fn a_first_apply_takes_its_own_reply_and_the_threads_start_once_needed() {
+fn a_first_blocking_call_takes_its_own_replies_and_the_next_call_starts_the_threads() {
     within_deadline(|| {
         let pool = Pool::new(2).unwrap();
-        // Long enough for any machine: the calls below are answered inside it.
+        // Long enough for any machine: the first call is answered inside it.
         mp_pool::__testing::set_take_slice(&pool, DEADLINE);
-        assert_eq!(pool.apply(square, 3).unwrap(), 9);
-        assert_eq!(pool.apply(square, 4).unwrap(), 16);
+        // A map of several chunks: its replies are taken between chunks, then after.
         assert_eq!(pool.map_chunked(square, 0..100, 7).unwrap()[99], 99 * 99);
         assert!(
             !mp_pool::__testing::threads_started(&pool),
-            "apply or map waited through the reply thread"
+            "the first map waited through the reply thread"
+        );
+        assert_eq!(pool.apply(square, 4).unwrap(), 16);
+        assert!(
+            mp_pool::__testing::threads_started(&pool),
+            "the second call left the workers unwatched"
         );
     });
 }
 
 #[test]
-fn a_result_nobody_waits_for_starts_the_threads_after_applies_that_did_not() {
+fn a_result_nobody_waits_for_starts_the_threads_after_an_apply_that_did_not() {
     let pool = Pool::builder()
         .processes(2)
         .method(StartMethod::Fork)
@@ -949,6 +980,34 @@ fn first_applies_and_maps_from_many_threads_all_get_their_answers() {
             }
         });
     });
+}
+
+#[test]
+fn a_callback_that_terminates_the_pool_from_a_first_apply_taking_replies_deadlocks_nobody() {
+    let (terminated, outcome) = within_deadline(|| {
+        let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+        mp_pool::__testing::set_take_slice(&pool, DEADLINE);
+        let (hold, held) = pipe(true).unwrap();
+        let (started_rx, started_tx) = pipe(true).unwrap();
+        let first = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.apply(start_and_hold, (started_tx, held)))
+        };
+        // The first apply's task runs: its caller takes the replies (usually by now).
+        assert!(started_rx.poll(Some(DEADLINE)).unwrap());
+        let (tx, rx) = mpsc::channel();
+        let p = pool.clone();
+        pool.apply_async(square, 2).unwrap().on_ready(move |_| {
+            p.terminate();
+            let _ = tx.send(());
+        });
+        let terminated = rx.recv_timeout(DEADLINE).is_ok();
+        let outcome = first.join().unwrap();
+        drop(hold);
+        (terminated, outcome)
+    });
+    assert!(terminated, "the callback's terminate did not return");
+    assert!(matches!(outcome, Err(Error::Terminated)), "{outcome:?}");
 }
 
 #[test]
