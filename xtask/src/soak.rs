@@ -1155,8 +1155,8 @@ fn pool(rng: &mut Rng) -> Result<Tally, String> {
             tally.allowed = tally.kills * chunk as u64;
         }
         3 => {
-            // Blocking `apply`s on a fresh pool: until its threads start, the caller takes
-            // the replies itself, and the kills land there too.
+            // Blocking `apply`s on a fresh pool: the first takes its replies itself (the
+            // next starts the pool's threads), and the kills land there too.
             let m = n.min(300);
             tally.ops = m;
             let (tx, rx) = std::sync::mpsc::channel();
@@ -1178,9 +1178,16 @@ fn pool(rng: &mut Rng) -> Result<Tally, String> {
             });
             if let Err(err) = answered {
                 // The applying thread may still wait on the pool: ended here, so it lets go
-                // of its handle and nothing of the pool outlives the round.
+                // of its handle and nothing of the pool outlives the round. A pool that
+                // cannot even be terminated is left behind, the hang already reported.
                 p.terminate();
-                let _ = applying.join();
+                let since = Instant::now();
+                while !applying.is_finished() && since.elapsed() < Duration::from_secs(10) {
+                    std::thread::yield_now();
+                }
+                if applying.is_finished() {
+                    let _ = applying.join();
+                }
                 return Err(err);
             }
             // Done with its last `send`: its handle on the pool goes now, not after the

@@ -18,8 +18,9 @@
 //!   the two raw rows is what a `lock`ed instruction costs an item on this machine.
 //! - `raw/spsc ring biased` (and `raw/2 spsc rings biased`): the same rings, where each push
 //!   and each pop also makes what the fast path of an end owned by one process at a time
-//!   makes (two stores and a load on its own side's lines, ordered by the compiler only;
-//!   another process taking the end over would make every CPU fence with `membarrier(2)`):
+//!   makes (two stores and a load, ordered by the compiler only, on lines no other party
+//!   writes in the steady state; another process taking the end over would run
+//!   `membarrier(2)`, which fences every CPU running a registered owner):
 //!   the ceiling of a queue with no atomic read-modify-write in its steady state
 //!   ([`raw::Ring::biased`]). Two such rings are the ceiling of per-producer lanes.
 //! - `queue_64kib`: 64 KiB items, one producer to one consumer (MB/s). The raw ring has

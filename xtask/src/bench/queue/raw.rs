@@ -22,15 +22,15 @@ use super::DEADLINE;
 /// Where the consumer's counter (slots taken) and the producer's (slots filled) live, a
 /// cache line apart; then a word of each side's own, each on a line of its own, for
 /// [`Ring::with_rmw`] (or, for [`Ring::biased`], the side's "in an operation" word); then
-/// a line of words nobody writes, each side's "give up your end" request of
-/// [`Ring::biased`]; slots start after them.
+/// each side's "give up your end" request of [`Ring::biased`], each on a line of its own,
+/// which nobody writes here; slots start after them.
 const HEAD: usize = 0;
 const TAIL: usize = 64;
 const PRODUCER_RMW: usize = 128;
 const CONSUMER_RMW: usize = 192;
 const PRODUCER_REVOKE: usize = 256;
-const CONSUMER_REVOKE: usize = 264;
-const SLOTS: usize = 320;
+const CONSUMER_REVOKE: usize = 320;
+const SLOTS: usize = 384;
 
 /// A `MAP_SHARED` mapping of a fresh memfd, zeroed, unmapped on drop. A fork shares it.
 pub struct Shared {
@@ -143,15 +143,19 @@ impl Ring {
     /// The same ring, where each push and each pop also makes what the fast path of an end
     /// *biased* to one process makes, and no atomic read-modify-write: a store saying it is
     /// in an operation, a load of a "give up your end" request (never made here), and a
-    /// store saying it is out again, all on lines of its own side (the request's line is
-    /// read by its end only). That is the steady state of a multi-producer, multi-consumer
-    /// queue whose ends stay with the process that last used them: another process that
-    /// wants an end sets the request, makes every CPU fence with `membarrier(2)`
-    /// (`MEMBARRIER_CMD_GLOBAL_EXPEDITED`) and then reads the "in an operation" word, so the
-    /// owner's store and load need only the compiler's ordering (an asymmetric Dekker
-    /// handshake). The slow paths (taking an end over, a consumer about to sleep, an owner
-    /// that died inside its operation) are not measured: this row is the ceiling of such a
-    /// design here.
+    /// store saying it is out again. The "in an operation" word sits on a line of its own
+    /// side's; the request, on a line only that end reads (another process would write it
+    /// only to take the end over). That is the steady state of a multi-producer,
+    /// multi-consumer queue whose ends stay with the process that last used them: another
+    /// process that wants an end sets the request, runs `membarrier(2)` with
+    /// `MEMBARRIER_CMD_GLOBAL_EXPEDITED` (a full fence on every CPU running a thread of a
+    /// process registered for it with `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`, as each
+    /// owner would before taking an end) and then reads the "in an operation" word with
+    /// Acquire. So the owner's store and load need only the compiler's ordering (an
+    /// asymmetric Dekker handshake). The slow paths (taking an end over, a consumer about
+    /// to sleep, an owner that died inside its operation) are not measured: this row is the
+    /// ceiling of such a design here. (The owner's check of room or of an item comes before
+    /// its `enter` here; a real end would check after it, at the same cost.)
     pub fn biased(slot: usize, slots: usize) -> Result<Ring, String> {
         Ok(Ring {
             extra: Extra::Biased,
