@@ -402,13 +402,14 @@ impl Pool {
                         .submit(&mut state, [task::<A, R>(job, chunk, count, target, frame)]);
                     drop(state);
                     match deferred {
-                        // Started by now (by another call, or by this one): nothing to do.
-                        _ if self.shared.threads_started() => deferred = None,
-                        Some(since) if !self.shared.slice_over(since) => {
+                        Some(since)
+                            if !self.shared.threads_started() && !self.shared.slice_over(since) =>
+                        {
                             if chunk > 0 {
                                 self.shared.take_ready_replies();
                             }
                         }
+                        // Not deferred, or no longer: started now if nothing started them.
                         _ => {
                             deferred = None;
                             self.shared.ensure_threads();

@@ -141,6 +141,18 @@ pub(crate) struct State {
     joining: bool,
 }
 
+impl State {
+    /// The pool has ended, or `join` is done with it: its threads leave.
+    fn over(&self) -> bool {
+        matches!(self.phase, Phase::Ended(_)) || self.shutdown
+    }
+
+    /// No task queued, none sent and unanswered.
+    fn drained(&self) -> bool {
+        self.pending.is_empty() && self.slots.iter().all(|s| s.held.is_empty())
+    }
+}
+
 pub(crate) struct Shared {
     state: Mutex<State>,
     /// Notified when the pool has no task in flight, or a worker was reaped.
@@ -252,7 +264,7 @@ impl Shared {
         self.threads_started.call_once(|| {
             {
                 let state = self.lock();
-                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                if state.over() {
                     return;
                 }
             }
@@ -281,8 +293,7 @@ impl Shared {
 
     /// Whether the pool has ended, or `join` is done with it: its threads leave.
     fn has_ended(&self) -> bool {
-        let state = self.lock();
-        matches!(state.phase, Phase::Ended(_)) || state.shutdown
+        self.lock().over()
     }
 
     /// Whether [`Shared::ensure_threads`] has run.
@@ -496,7 +507,7 @@ impl Shared {
     }
 
     fn notify_if_idle(&self, state: &State) {
-        if state.pending.is_empty() && state.slots.iter().all(|s| s.held.is_empty()) {
+        if state.drained() {
             self.idle.notify_all();
         }
     }
@@ -539,7 +550,7 @@ impl Shared {
             wake: false,
         };
         for taken in 1.. {
-            if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+            if state.over() {
                 break;
             }
             match next {
@@ -561,7 +572,7 @@ impl Shared {
                 break;
             }
         }
-        if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+        if state.over() {
             // Ended before or by a reply of this batch (an initializer that failed, say):
             // a `join` waiting for the pool to drain must hear of it, and the watcher,
             // which may sleep with nothing left to watch, must be told to leave.
@@ -669,10 +680,7 @@ impl Shared {
                     Err(mp_queue::Error::Empty) => break,
                     next => self.absorb(next),
                 };
-                if absorbed.callbacks.is_empty() && absorbed.failed.is_none() && !absorbed.wake {
-                    if !absorbed.go_on {
-                        break;
-                    }
+                if absorbed.is_quiet() {
                     continue;
                 }
                 // Something to run: not holding `taker` (see `absorb`).
@@ -680,11 +688,10 @@ impl Shared {
                 settled = self.settle(absorbed);
                 break;
             }
-            let state = self.lock();
-            let idle = state.jobs.is_empty()
-                && state.pending.is_empty()
-                && state.slots.iter().all(|s| s.held.is_empty());
-            drop(state);
+            let idle = {
+                let state = self.lock();
+                state.jobs.is_empty() && state.drained()
+            };
             if settled && idle && done() {
                 return;
             }
@@ -916,7 +923,7 @@ impl Shared {
         loop {
             let (watched, deadline) = {
                 let mut state = self.lock();
-                if matches!(state.phase, Phase::Ended(_)) || state.shutdown {
+                if state.over() {
                     return;
                 }
                 let timeout = self.config.task_timeout;
@@ -1111,9 +1118,7 @@ impl Shared {
         let mut state = self.lock();
         let _waiting = sys::Waiting::new(&self.waiting);
         // Every task sent (and queued) answered.
-        while matches!(state.phase, Phase::Closed)
-            && !(state.pending.is_empty() && state.slots.iter().all(|s| s.held.is_empty()))
-        {
+        while matches!(state.phase, Phase::Closed) && !state.drained() {
             state = self.idle.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         if let Phase::Ended(err) = &state.phase {
@@ -1166,6 +1171,14 @@ struct Absorbed {
     failed: Option<Error>,
     /// The pool has ended: its threads are to be woken, to leave.
     wake: bool,
+}
+
+impl Absorbed {
+    /// Nothing left for `settle` (and so the pool goes on: it stops only with `failed` or
+    /// `wake`).
+    fn is_quiet(&self) -> bool {
+        self.callbacks.is_empty() && self.failed.is_none() && !self.wake
+    }
 }
 
 /// Runs callbacks gathered under the state lock, from a caller that still holds it: on a

@@ -155,7 +155,7 @@ impl Ring {
     /// asymmetric Dekker handshake). The slow paths (taking an end over, a consumer about
     /// to sleep, an owner that died inside its operation) are not measured: this row is the
     /// ceiling of such a design here. (The owner's check of room or of an item comes before
-    /// its `enter` here; a real end would check after it, at the same cost.)
+    /// its `begin` here; a real end would check after it, at the same cost.)
     pub fn biased(slot: usize, slots: usize) -> Result<Ring, String> {
         Ok(Ring {
             extra: Extra::Biased,
@@ -163,20 +163,37 @@ impl Ring {
         })
     }
 
-    /// The start of a biased end's operation (see [`Ring::biased`]): whether it may go on
-    /// (the end was not asked for).
+    /// What a push or a pop pays before it touches the slot, on its side's words `own` and
+    /// `revoke` ([`Extra`]): whether it may go on (false only for a biased end that was
+    /// asked for, which is then out of its operation again).
     #[inline]
-    fn enter(&self, in_op: usize, revoke: usize) -> bool {
-        self.map.word(in_op).store(1, Ordering::Relaxed);
-        // The other half of the handshake is the taker's `membarrier`: only the compiler
-        // must keep the store above before the load below.
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        self.map.word(revoke).load(Ordering::Relaxed) == 0
+    fn begin(&self, own: usize, revoke: usize) -> bool {
+        match self.extra {
+            Extra::Nothing => true,
+            Extra::Rmw => {
+                self.map.word(own).fetch_add(1, Ordering::SeqCst);
+                true
+            }
+            Extra::Biased => {
+                self.map.word(own).store(1, Ordering::Relaxed);
+                // The other half of the handshake is the taker's `membarrier`: only the
+                // compiler must keep the store above before the load below.
+                std::sync::atomic::compiler_fence(Ordering::SeqCst);
+                let free = self.map.word(revoke).load(Ordering::Relaxed) == 0;
+                if !free {
+                    self.end(own);
+                }
+                free
+            }
+        }
     }
 
+    /// What a push or a pop pays once done: a biased end says it is out of its operation.
     #[inline]
-    fn leave(&self, in_op: usize) {
-        self.map.word(in_op).store(0, Ordering::Release);
+    fn end(&self, own: usize) {
+        if self.extra == Extra::Biased {
+            self.map.word(own).store(0, Ordering::Release);
+        }
     }
 
     fn slot_ptr(&self, index: u64) -> *mut u8 {
@@ -236,20 +253,8 @@ impl Producer<'_> {
                 self.tail - self.head < self.ring.slots
             })?;
         }
-        match self.ring.extra {
-            Extra::Nothing => {}
-            Extra::Rmw => {
-                self.ring
-                    .map
-                    .word(PRODUCER_RMW)
-                    .fetch_add(1, Ordering::SeqCst);
-            }
-            Extra::Biased => {
-                if !self.ring.enter(PRODUCER_RMW, PRODUCER_REVOKE) {
-                    self.ring.leave(PRODUCER_RMW);
-                    return Err("raw ring: a producer's end was asked for".into());
-                }
-            }
+        if !self.ring.begin(PRODUCER_RMW, PRODUCER_REVOKE) {
+            return Err("raw ring: a producer's end was asked for".into());
         }
         // SAFETY: the slot is in the mapping (`slot_ptr`); the consumer has released it
         // (its head, read with Acquire, passed it) and will not read it before our Release
@@ -259,9 +264,7 @@ impl Producer<'_> {
         };
         self.tail += 1;
         self.ring.map.word(TAIL).store(self.tail, Ordering::Release);
-        if self.ring.extra == Extra::Biased {
-            self.ring.leave(PRODUCER_RMW);
-        }
+        self.ring.end(PRODUCER_RMW);
         Ok(())
     }
 }
@@ -284,22 +287,11 @@ impl Consumer<'_> {
             }
         }
         assert!(out.len() <= self.ring.slot);
-        match self.ring.extra {
-            Extra::Nothing => {}
-            Extra::Rmw => {
-                self.ring
-                    .map
-                    .word(CONSUMER_RMW)
-                    .fetch_add(1, Ordering::SeqCst);
-            }
-            Extra::Biased => {
-                // Never asked for in a bench: a consumer's end given up would be a bug here.
-                assert!(
-                    self.ring.enter(CONSUMER_RMW, CONSUMER_REVOKE),
-                    "raw ring: a consumer's end was asked for"
-                );
-            }
-        }
+        // Never asked for in a bench: a consumer's end given up would be a bug here.
+        assert!(
+            self.ring.begin(CONSUMER_RMW, CONSUMER_REVOKE),
+            "raw ring: a consumer's end was asked for"
+        );
         // SAFETY: the slot is in the mapping; the producer published it (its tail, read
         // with Acquire, passed it) and will not write it again before our Release store of
         // `head` below.
@@ -312,9 +304,7 @@ impl Consumer<'_> {
         };
         self.head += 1;
         self.ring.map.word(HEAD).store(self.head, Ordering::Release);
-        if self.ring.extra == Extra::Biased {
-            self.ring.leave(CONSUMER_RMW);
-        }
+        self.ring.end(CONSUMER_RMW);
         true
     }
 
