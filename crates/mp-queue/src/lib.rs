@@ -27,6 +27,7 @@
 //!   carries it to any process as a descriptor.
 #![deny(missing_docs)]
 
+mod bias;
 mod error;
 mod joinable;
 mod owner;

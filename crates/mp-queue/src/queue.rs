@@ -14,11 +14,12 @@ use std::{
 };
 
 use mp_codec::{Frame, Message};
-use mp_sync::{Acquire, RawLock, Region, Spec};
+use mp_sync::{Acquire, Region, Spec};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     Error, PutError, Result,
+    bias::Lock,
     owner::Owner,
     ring::{self, CONTROL, Claim, Corrupt, Ring},
     sys::{self, Bytes},
@@ -656,7 +657,7 @@ impl<T: Message> Queue<T> {
     #[inline]
     fn now<R>(
         &self,
-        lock: &RawLock,
+        lock: Lock<'_>,
         op: impl FnOnce() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Option<Result<R>> {
         if !self.took_now(lock) {
@@ -664,11 +665,11 @@ impl<T: Message> Queue<T> {
         }
         // Read under the lock: the doorbell is armed under both (see `AsFd`).
         if self.polled() {
-            let _ = lock.release();
+            lock.release();
             return None;
         }
         let done = op();
-        let _ = lock.release();
+        lock.release();
         match done {
             Ok(Some(value)) => Some(Ok(value)),
             Ok(None) => None,
@@ -684,7 +685,7 @@ impl<T: Message> Queue<T> {
     /// Whether the caller now holds `lock`, taken only if free, with no repair pending (a
     /// lock whose owner died is released and the ring repaired, and the caller told no).
     #[inline]
-    fn took_now(&self, lock: &RawLock) -> bool {
+    fn took_now(&self, lock: Lock<'_>) -> bool {
         match lock.try_acquire() {
             Acquire::Acquired => true,
             Acquire::OwnerDied => {
@@ -835,7 +836,7 @@ impl<T: Message> Queue<T> {
                 // locks, a repair.
                 if ring.put_lock().try_acquire().is_held() {
                     self.mend();
-                    let _ = ring.put_lock().release();
+                    ring.put_lock().release();
                 }
             }
             sys::silence(self.ring().bell());
@@ -1122,7 +1123,7 @@ impl<T: Message> Queue<T> {
         match lock.acquire_timeout(Duration::from_millis(30)) {
             Acquire::OwnerDied => self.release_after_death(lock, None),
             Acquire::Acquired => {
-                let _ = lock.release();
+                lock.release();
             }
             Acquire::TimedOut => {}
         }
@@ -1133,15 +1134,15 @@ impl<T: Message> Queue<T> {
     /// and the producers' copy of `tail` made good first, before anyone else can take the
     /// lock: the dead may have moved `tail` and not its copy, and its half-put frame would
     /// hold back `head` for ever.
-    fn release_after_death(&self, lock: &RawLock, deadline: Option<Instant>) {
+    fn release_after_death(&self, lock: Lock<'_>, deadline: Option<Instant>) {
         let ring = self.ring();
-        if std::ptr::eq(lock, ring.put_lock()) && ring.bury_lock_holders().is_err() {
+        if lock.same(&ring.put_lock()) && ring.bury_lock_holders().is_err() {
             // Corrupted: a reset needs both locks, and the consumers' is taken first. Spoil
             // the producers' copy instead, so that a producer coming before the repair below
             // copies again, finds the corruption and resets under both.
             ring.spoil_put();
         }
-        let _ = lock.release();
+        lock.release();
         self.repair(deadline);
     }
 
@@ -1176,10 +1177,10 @@ impl<T: Message> Queue<T> {
             f();
         }
         if put.is_held() {
-            let _ = ring.put_lock().release();
+            ring.put_lock().release();
         }
         if get.is_held() {
-            let _ = ring.get_lock().release();
+            ring.get_lock().release();
         }
         both
     }
@@ -1269,7 +1270,7 @@ fn os(op: &'static str, e: std::io::Error) -> Error {
 /// holding it, and after corruption resets it and reports [`Error::Corrupted`].
 fn with_lock<T: Message, R>(
     queue: &Queue<T>,
-    lock: &RawLock,
+    lock: Lock<'_>,
     f: impl FnOnce() -> std::result::Result<R, Corrupt>,
 ) -> Result<R> {
     Ok(with_lock_until(queue, lock, None, f)?.expect("no deadline, no timeout"))
@@ -1290,7 +1291,7 @@ const LOCK_GRACE: Duration = Duration::from_micros(100);
 /// never makes a timed `put` or `get` overstay its timeout.
 fn with_lock_until<T: Message, R>(
     queue: &Queue<T>,
-    lock: &RawLock,
+    lock: Lock<'_>,
     deadline: Option<Instant>,
     f: impl FnOnce() -> std::result::Result<R, Corrupt>,
 ) -> Result<Option<R>> {
@@ -1298,7 +1299,7 @@ fn with_lock_until<T: Message, R>(
 }
 
 /// Takes `lock`: for ever with no `deadline`, else until it (or [`LOCK_GRACE`] from now).
-fn take_until(lock: &RawLock, deadline: Option<Instant>) -> Acquire {
+fn take_until(lock: Lock<'_>, deadline: Option<Instant>) -> Acquire {
     match deadline {
         None => lock.acquire(),
         Some(d) => match lock.try_acquire() {
@@ -1314,7 +1315,7 @@ fn take_until(lock: &RawLock, deadline: Option<Instant>) -> Acquire {
 /// the lock's last owner died holding it, and resetting it after corruption.
 fn locked<T: Message, R>(
     queue: &Queue<T>,
-    lock: &RawLock,
+    lock: Lock<'_>,
     took: Acquire,
     deadline: Option<Instant>,
     f: impl FnOnce() -> std::result::Result<R, Corrupt>,
@@ -1323,14 +1324,14 @@ fn locked<T: Message, R>(
         return Ok(None);
     }
     let ring = queue.ring();
-    let result = if took == Acquire::OwnerDied && std::ptr::eq(lock, ring.put_lock()) {
+    let result = if took == Acquire::OwnerDied && lock.same(&ring.put_lock()) {
         // The dead producer may have moved `tail` and not the producers' copy of it, and
         // left its frame half put (see `Queue::release_after_death`).
         ring.bury_lock_holders().and_then(|()| f())
     } else {
         f()
     };
-    let _ = lock.release();
+    lock.release();
     if took == Acquire::OwnerDied {
         queue.repair(deadline);
     }
@@ -1744,7 +1745,7 @@ mod tests {
         assert!(q.ring().get_lock().acquire().is_held());
         q.put(1).unwrap();
         q.put(2).unwrap();
-        let _ = q.ring().get_lock().release();
+        q.ring().get_lock().release();
         assert!(within_30s(move || reader.join().unwrap()).is_ok());
         assert!(
             readable(q.as_fd()),
@@ -1822,14 +1823,14 @@ mod tests {
             .reserve(ring::SMALL + 8, false, Owner::me())
             .unwrap()
             .unwrap();
-        let _ = ring.put_lock().release();
+        ring.put_lock().release();
         ring.fill(slot, &[1; ring::SMALL + 8]);
         assert!(ring.publish(slot));
         let claim = ring
             .claim(Some(Owner::me()), &mut Vec::new())
             .unwrap()
             .unwrap();
-        let _ = ring.get_lock().release();
+        ring.get_lock().release();
         assert!(!claim.copied);
         // …so the small items after it, taken, are marked `DONE` behind it…
         let mut taken = 0;
@@ -1956,8 +1957,8 @@ mod tests {
             .unwrap();
         });
         let outcome = finished.recv_timeout(Duration::from_secs(30));
-        let _ = q.ring().put_lock().release();
-        let _ = q.ring().get_lock().release();
+        q.ring().put_lock().release();
+        q.ring().get_lock().release();
         assert_eq!(outcome, Ok((true, true, true)), "timed calls overstayed");
         assert_eq!(q.get().unwrap(), 1);
     }
@@ -1982,7 +1983,7 @@ mod tests {
                 .unwrap();
         });
         let outcome = finished.recv_timeout(Duration::from_secs(30));
-        let _ = q.ring().put_lock().release();
+        q.ring().put_lock().release();
         assert_eq!(
             outcome,
             Ok(true),
@@ -2134,7 +2135,7 @@ mod tests {
             done.send(put.map_err(|e| e.error.to_string())).unwrap();
         });
         let outcome = finished.recv_timeout(Duration::from_secs(30));
-        let _ = q.ring().get_lock().release();
+        q.ring().get_lock().release();
         // Full by the count (the dead's frame, buried, still counted: a recount is owed).
         assert_eq!(
             outcome,
@@ -2180,7 +2181,7 @@ mod tests {
             done.send((other.qsize(), other.empty())).unwrap();
         });
         let outcome = finished.recv_timeout(Duration::from_secs(30));
-        let _ = q.ring().get_lock().release();
+        q.ring().get_lock().release();
         assert_eq!(outcome, Ok((2, false)), "a snapshot, in time");
         assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 1);
     }
@@ -2211,7 +2212,7 @@ mod tests {
             done.send(readable(other.as_fd())).unwrap();
         });
         let outcome = finished.recv_timeout(Duration::from_secs(30));
-        let _ = q.ring().get_lock().release();
+        q.ring().get_lock().release();
         assert_eq!(
             outcome,
             Ok(true),
@@ -2229,5 +2230,169 @@ mod tests {
         q.put(2).unwrap();
         assert!(readable(q.as_fd()), "a put into the empty queue rings");
         assert_eq!(q.qsize(), 1);
+    }
+
+    /// Ends this process at once, running no destructor (as a kill would, but cleanly).
+    fn exit_now() {
+        std::process::exit(0)
+    }
+
+    /// Puts and takes items on this thread until it holds both sides biased.
+    fn bias_both_sides(q: &Queue<u64>) {
+        for i in 0..u64::from(crate::bias::STREAK) + 2 {
+            q.put(i).unwrap();
+            assert_eq!(q.get().unwrap(), i);
+        }
+        assert!(q.ring().put_lock().biased_here(), "the producers' side");
+        assert!(q.ring().get_lock().biased_here(), "the consumers' side");
+    }
+
+    #[test]
+    fn a_side_used_by_one_thread_alone_ends_up_biased_to_it_and_another_thread_takes_it_back() {
+        let q = Queue::<u64>::new().unwrap();
+        bias_both_sides(&q);
+        let theirs = q.clone();
+        within_30s(move || {
+            for i in 0..100 {
+                theirs.put(i).unwrap();
+            }
+            for i in 0..100 {
+                assert_eq!(theirs.get().unwrap(), i);
+            }
+            assert!(
+                !theirs.ring().put_lock().biased_here(),
+                "only the first thread biases"
+            );
+        });
+        assert!(!q.ring().put_lock().is_locked(), "given back, released");
+        // The first thread finds its bias gone, takes the lock the plain way, and biases
+        // again after a streak.
+        q.put(7).unwrap();
+        assert_eq!(q.get().unwrap(), 7);
+        bias_both_sides(&q);
+    }
+
+    #[test]
+    fn a_thread_never_biases_a_side_another_thread_keeps_taking() {
+        let q = Queue::<u64>::new().unwrap();
+        let theirs = q.clone();
+        for round in 0..u64::from(crate::bias::STREAK) * 2 {
+            q.put(round).unwrap();
+            let theirs = theirs.clone();
+            within_30s(move || assert_eq!(theirs.get().unwrap(), round));
+        }
+        assert!(!q.ring().get_lock().biased_here());
+        assert!(!q.ring().get_lock().is_locked());
+    }
+
+    #[test]
+    fn a_process_holding_both_sides_biased_and_idle_gives_them_up_to_another() {
+        let q = Queue::<u64>::new().unwrap();
+        let (ready_rx, ready_tx) = rustix::pipe::pipe().unwrap();
+        let (hold_rx, hold_tx) = rustix::pipe::pipe().unwrap();
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            bias_both_sides(&theirs);
+            rustix::io::write(&ready_tx, b"r").unwrap();
+            // Idle, biased, until the parent is done.
+            let mut byte = [0u8];
+            let _ = rustix::io::read(&hold_rx, &mut byte);
+            // The parent took both sides back: this process finds that and carries on.
+            theirs.put(99).unwrap();
+        })
+        .start()
+        .unwrap();
+        let mut byte = [0u8];
+        assert_eq!(rustix::io::read(&ready_rx, &mut byte).unwrap(), 1);
+        within_30s(move || {
+            for i in 0..50 {
+                q.put_timeout(i, Duration::from_secs(30)).unwrap();
+            }
+            for i in 0..50 {
+                assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), i);
+            }
+            rustix::io::write(&hold_tx, b"g").unwrap();
+            assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 99);
+        });
+        child.join().unwrap();
+        assert_eq!(child.exitcode(), Some(0));
+    }
+
+    #[test]
+    fn a_process_that_dies_holding_a_side_biased_outside_an_operation_wedges_nobody() {
+        let q = Queue::<u64>::new().unwrap();
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            bias_both_sides(&theirs);
+            theirs.put(5).unwrap();
+            // No destructor runs: the bias dies with the process.
+            exit_now();
+        })
+        .start()
+        .unwrap();
+        // (Joined as a child that exited without returning its result.)
+        let _ = child.join();
+        assert_eq!(child.exitcode(), Some(0));
+        assert!(
+            q.ring().put_lock().is_locked(),
+            "the dead holds the producers' side"
+        );
+        within_30s(move || {
+            assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 5);
+            q.put_timeout(6, Duration::from_secs(30)).unwrap();
+            assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 6);
+            assert!(matches!(q.try_get(), Err(Error::Empty)));
+        });
+    }
+
+    #[test]
+    fn a_process_that_dies_inside_a_biased_small_put_leaves_nothing_and_wedges_nobody() {
+        let q = Queue::<u64>::new().unwrap();
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            bias_both_sides(&theirs);
+            let ring = theirs.ring();
+            // Entered as the holder: "inside" stays set when it dies.
+            assert!(ring.put_lock().try_acquire().is_held());
+            ring.begin_small_for_tests(8);
+            exit_now();
+        })
+        .start()
+        .unwrap();
+        // (Joined as a child that exited without returning its result.)
+        let _ = child.join();
+        assert_eq!(child.exitcode(), Some(0));
+        within_30s(move || {
+            q.put_timeout(7, Duration::from_secs(30)).unwrap();
+            assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
+            assert!(matches!(q.try_get(), Err(Error::Empty)));
+            assert_eq!(q.qsize(), 0, "the half-put frame counts for nothing");
+        });
+    }
+
+    #[test]
+    fn a_fork_child_never_uses_its_parents_bias() {
+        let q = Queue::<u64>::new().unwrap();
+        bias_both_sides(&q);
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            assert!(
+                !theirs.ring().put_lock().biased_here(),
+                "the parent's, not ours"
+            );
+            for i in 0..100 {
+                theirs.put(i).unwrap();
+            }
+            for i in 0..100 {
+                assert_eq!(theirs.get().unwrap(), i);
+            }
+        })
+        .start()
+        .unwrap();
+        child.join().unwrap();
+        assert_eq!(child.exitcode(), Some(0));
+        q.put(1).unwrap();
+        assert_eq!(q.get().unwrap(), 1);
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
     }
 }

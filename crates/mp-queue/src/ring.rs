@@ -60,10 +60,14 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::{owner::Owner, sys::Bytes};
+use crate::{
+    bias::{self, Local, Lock},
+    owner::Owner,
+    sys::Bytes,
+};
 
 /// Bytes of control block before the ring.
-pub(crate) const CONTROL: usize = 576;
+pub(crate) const CONTROL: usize = GET_TABLE + bias::TABLE_BYTES;
 /// Bytes of a frame header.
 pub(crate) const HDR: usize = 8;
 /// Bytes of the owner's identity an owned frame keeps after its header.
@@ -143,6 +147,14 @@ const NEXT_LOOK: usize = 520;
 /// one read of the consumers' line per 64 KiB.
 const RESTART: u64 = 64 << 10;
 
+/// Each side's bias word (see [`bias`]): read by its holder twice per operation, written only
+/// when the bias moves, so a line of their own that stays in every cache.
+const PUT_BIAS: usize = 576;
+const GET_BIAS: usize = 584;
+/// Each side's slot table (see [`bias`]), a line per slot.
+const PUT_TABLE: usize = 640;
+const GET_TABLE: usize = PUT_TABLE + bias::TABLE_BYTES;
+
 const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= PUT_TAIL - PUT_LOCK);
 const _: () = assert!(std::mem::size_of::<mp_sync::RawLock>() <= GET_TAIL - GET_LOCK);
 const _: () = assert!(JOIN_SLEEPERS + 4 <= PUT_HEAD && NEXT_LOOK + 8 <= CONTROL);
@@ -208,9 +220,20 @@ impl Claim {
 pub(crate) struct Ring {
     mem: Bytes,
     cap: usize,
+    /// This process's state of each side's biased lock.
+    put_local: Local,
+    get_local: Local,
     /// The doorbell: an eventfd every handle holds, readable while the queue may hold an
     /// item (for `wait`) and rung for consumers asleep on it ([`BELL_SLEEPERS`]).
     bell: std::os::fd::OwnedFd,
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Gives up this process's bias of either side (the lock with it) and its slots.
+        self.put_lock().forget();
+        self.get_lock().forget();
+    }
 }
 
 /// The bytes a frame with a payload of `len` bytes takes, with its owner recorded or not.
@@ -232,7 +255,13 @@ impl Ring {
         bell: std::os::fd::OwnedFd,
     ) -> Ring {
         assert!(cap.is_power_of_two() && cap >= MIN_CAPACITY && mem.len() == CONTROL + cap);
-        let ring = Ring { mem, cap, bell };
+        let ring = Ring {
+            mem,
+            cap,
+            put_local: Local::default(),
+            get_local: Local::default(),
+            bell,
+        };
         if let Some(config) = init {
             ring.word(CAPACITY).store(cap as u64, Ordering::Relaxed);
             ring.word(MAXSIZE).store(config.maxsize, Ordering::Relaxed);
@@ -276,14 +305,28 @@ impl Ring {
         self.word(MAXSIZE).load(Ordering::Relaxed)
     }
 
+    /// The producers' lock (biased: see [`bias`]).
     #[inline]
-    pub(crate) fn put_lock(&self) -> &mp_sync::RawLock {
-        self.mem.lock_at(PUT_LOCK)
+    pub(crate) fn put_lock(&self) -> Lock<'_> {
+        Lock::new(
+            self.mem.lock_at(PUT_LOCK),
+            self.mem.u64_at(PUT_BIAS),
+            &self.mem,
+            PUT_TABLE,
+            &self.put_local,
+        )
     }
 
+    /// The consumers' lock (biased: see [`bias`]).
     #[inline]
-    pub(crate) fn get_lock(&self) -> &mp_sync::RawLock {
-        self.mem.lock_at(GET_LOCK)
+    pub(crate) fn get_lock(&self) -> Lock<'_> {
+        Lock::new(
+            self.mem.lock_at(GET_LOCK),
+            self.mem.u64_at(GET_BIAS),
+            &self.mem,
+            GET_TABLE,
+            &self.get_local,
+        )
     }
 
     #[inline]

@@ -306,6 +306,20 @@ impl RawLock {
         guard_result(self.acquire_timeout(timeout), || LockGuard { lock: self })
     }
 
+    /// Whether some thread or process may be asleep waiting for the lock (a snapshot, and
+    /// conservative: the flag stays set from a waiter's sleep until the next release). A
+    /// holder about to keep the lock longer than one critical section (as mp-queue's biased
+    /// sides do) lets go instead when it is set.
+    ///
+    /// ```
+    /// let lock = multiprocessing::synchronize::Lock::new()?;
+    /// assert!(!lock.has_waiters());
+    /// # Ok::<(), multiprocessing::synchronize::Error>(())
+    /// ```
+    pub fn has_waiters(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & WAITERS != 0
+    }
+
     /// Whether some thread or process holds the lock right now (a snapshot).
     pub fn is_locked(&self) -> bool {
         self.state.load(Ordering::Relaxed) & PID != 0

@@ -36,6 +36,7 @@ impl ProcessId {
     };
 
     /// The calling process (no system call after the first in each process).
+    #[inline]
     pub fn current() -> ProcessId {
         let me = sys::me();
         ProcessId {
@@ -45,6 +46,7 @@ impl ProcessId {
     }
 
     /// The two words to store.
+    #[inline]
     pub fn to_words(self) -> [u64; 2] {
         [self.ns, self.pid_start]
     }
