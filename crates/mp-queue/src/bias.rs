@@ -138,7 +138,7 @@ fn thread_token() -> u64 {
 /// This process (the second word of its [`ProcessId`]: pid and start time).
 #[inline]
 fn my_pid() -> u64 {
-    ProcessId::current().to_words()[1]
+    ProcessId::current_pid_word()
 }
 
 /// One side's lock: the [`RawLock`] in the region, its bias word and slot table, and this
@@ -177,14 +177,14 @@ impl<'a> Lock<'a> {
 
     /// The "in an operation" word of the slot a token names; `None` for a token that names
     /// no slot (written over by another process).
-    #[inline]
+    #[inline(always)]
     fn in_op(&self, token: u64) -> Option<&'a AtomicU32> {
         let index = (token & SLOT_BITS).checked_sub(1)? as usize;
         (index < SLOTS).then(|| self.mem.u32_at(self.table + index * SLOT_BYTES + IN_OP))
     }
 
     /// Whether the calling thread holds this side biased through this handle.
-    #[inline]
+    #[inline(always)]
     fn mine(&self) -> Option<u64> {
         let token = self.local.token.load(Ordering::Relaxed);
         (token != 0
@@ -197,10 +197,21 @@ impl<'a> Lock<'a> {
     /// operation. Whether it did; if so, [`Lock::release`] leaves.
     #[inline]
     pub(crate) fn enter_biased(&self) -> bool {
-        match self.mine() {
-            Some(token) => self.enter(token),
-            None => false,
-        }
+        self.enter_biased_token().is_some()
+    }
+
+    /// As [`Lock::enter_biased`], giving the token to leave with ([`Lock::leave_biased`]),
+    /// for a caller that keeps it (a look at this thread's state saved).
+    #[inline(always)]
+    pub(crate) fn enter_biased_token(&self) -> Option<u64> {
+        let token = self.mine()?;
+        self.enter(token).then_some(token)
+    }
+
+    /// Leaves what [`Lock::enter_biased_token`] entered.
+    #[inline(always)]
+    pub(crate) fn leave_biased(&self, token: u64) {
+        self.leave(token);
     }
 
     /// Takes the lock only if nobody is using the side now (a biased holder outside its
@@ -336,7 +347,7 @@ impl<'a> Lock<'a> {
     }
 
     /// The holder enters its operation: whether the side is still its own.
-    #[inline]
+    #[inline(always)]
     fn enter(&self, token: u64) -> bool {
         let Some(in_op) = self.in_op(token) else {
             return false;
@@ -354,7 +365,7 @@ impl<'a> Lock<'a> {
     }
 
     /// The holder leaves its operation.
-    #[inline]
+    #[inline(always)]
     fn leave(&self, token: u64) {
         let Some(in_op) = self.in_op(token) else {
             return;

@@ -567,7 +567,7 @@ impl<T: Message> Queue<T> {
             return Err(Error::Closed);
         }
         let ring = self.ring();
-        let result = match self.now(ring.get_lock(), || ring.claim(None, &mut frame.bytes)) {
+        let result = match self.now(ring.get_lock(), || ring.claim_now(None, &mut frame.bytes)) {
             Some(Ok(_)) => over_limit(frame.bytes.len(), max_len),
             Some(Err(e)) => Err(e),
             None => {
@@ -612,7 +612,8 @@ impl<T: Message> Queue<T> {
         if len <= ring::SMALL
             && fds.is_empty()
             && ring::frame_size(len, true) <= self.ring().in_ring_limit()
-            && let Some(done) = self.now(self.ring().put_lock(), || self.ring().put_small(bytes))
+            && let Some(done) =
+                self.now(self.ring().put_lock(), || self.ring().put_small_now(bytes))
         {
             return done.map(drop);
         }
@@ -634,7 +635,7 @@ impl<T: Message> Queue<T> {
             return self.put_big(bytes, fds, deadline, peer);
         }
         if len <= ring::SMALL {
-            let first = self.room(deadline, peer, || ring.put_small(bytes))?;
+            let first = self.room(deadline, peer, || ring.put_small_now(bytes))?;
             if first {
                 self.ring_bell();
             }
@@ -660,6 +661,17 @@ impl<T: Message> Queue<T> {
         lock: Lock<'_>,
         op: impl FnOnce() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Option<Result<R>> {
+        if let Some(token) = lock.enter_biased_token() {
+            // The side is this thread's (see `bias`): the same as below, with no look at
+            // the lock's words.
+            if self.polled() {
+                lock.leave_biased(token);
+                return None;
+            }
+            let done = op();
+            lock.leave_biased(token);
+            return self.settle_now(done);
+        }
         if !self.took_now(lock) {
             return None;
         }
@@ -670,6 +682,12 @@ impl<T: Message> Queue<T> {
         }
         let done = op();
         lock.release();
+        self.settle_now(done)
+    }
+
+    /// What [`Queue::now`] gives for what its `op` gave.
+    #[inline]
+    fn settle_now<R>(&self, done: std::result::Result<Option<R>, Corrupt>) -> Option<Result<R>> {
         match done {
             Ok(Some(value)) => Some(Ok(value)),
             Ok(None) => None,
@@ -951,7 +969,7 @@ impl<T: Message> Queue<T> {
         let mut frame = Scratch::take();
         let ring = self.ring();
         // Without an owner to record, `claim` takes only a small item, copied under the lock.
-        match self.now(ring.get_lock(), || ring.claim(None, &mut frame.bytes)) {
+        match self.now(ring.get_lock(), || ring.claim_now(None, &mut frame.bytes)) {
             Some(Ok(_)) => Ok(T::decode(&mut frame)?),
             Some(Err(e)) => Err(e),
             None => self.get_waiting(&mut frame, within.deadline()),
@@ -1014,7 +1032,7 @@ impl<T: Message> Queue<T> {
                             // Frames of the dead still count in `qsize` until buried.
                             ring.bury_dead()?;
                         }
-                        let claimed = ring.claim(Some(me), &mut frame.bytes)?;
+                        let claimed = ring.claim_now(Some(me), &mut frame.bytes)?;
                         if claimed.is_none() || ring.items() == 0 {
                             self.quiet_bell()?;
                         }

@@ -79,6 +79,9 @@ pub(crate) const MIN_CAPACITY: usize = 4096;
 /// while copying leaves the item for the next). Larger ones are copied outside it, so that
 /// processes copy in parallel, with the frame's owner recorded.
 pub(crate) const SMALL: usize = 1024;
+/// Items of at most this many bytes take the short paths ([`Ring::put_short`],
+/// [`Ring::take_short`]) when nothing unusual is going on.
+const SHORT: usize = 64;
 
 // The control block, one cache line per party that writes a word often, so that reading
 // another party's word never takes a line that the reader's own lock sits in.
@@ -581,6 +584,62 @@ impl Ring {
         Ok(Some(first))
     }
 
+    /// [`Ring::put_small`] for the fast path of a put: the short case inline, the rest in
+    /// a call.
+    #[inline(always)]
+    pub(crate) fn put_small_now(&self, bytes: &[u8]) -> Result<Option<bool>, Corrupt> {
+        if self.put_short(bytes) {
+            return Ok(Some(false));
+        }
+        self.put_small(bytes)
+    }
+
+    /// [`Ring::claim`] for a get: the short case inline, the rest in a call.
+    #[inline(always)]
+    pub(crate) fn claim_now(
+        &self,
+        me: Option<Owner>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Claim>, Corrupt> {
+        if let Some(claim) = self.take_short(out) {
+            return Ok(Some(claim));
+        }
+        self.claim(me, out)
+    }
+
+    /// The common case of [`Ring::put_small`], kept short: an item of at most [`SHORT`]
+    /// bytes into an uncounted queue, with room at `tail` in this lap as the producers' own
+    /// copies show it, and no look for a restart due (see [`RESTART`]). The frame is written whole (header
+    /// `READY`), then `tail` moves past it: a producer killed before that move leaves bytes
+    /// past `tail`, which nobody reads, and nothing else. Whether it was put; if not, the
+    /// general path puts it. The caller holds the producers' lock.
+    #[inline(always)]
+    fn put_short(&self, bytes: &[u8]) -> bool {
+        let len = bytes.len();
+        if len > SHORT || self.counting() {
+            return false;
+        }
+        let head = self.word(PUT_HEAD).load(Ordering::Relaxed);
+        let tail = self.word(PUT_TAIL).load(Ordering::Relaxed);
+        let size = frame_size(len, false) as u64;
+        let left = (self.cap - (tail as usize & (self.cap - 1))) as u64;
+        if !self.one_lap(head, tail)
+            || size > left
+            || tail + size - head > self.cap as u64
+            || (self.cap as u64 - left >= RESTART
+                && tail >= self.word(NEXT_LOOK).load(Ordering::Relaxed))
+        {
+            return false;
+        }
+        self.len_word(tail).store(len as u32, Ordering::Relaxed);
+        self.mem.copy_in(self.payload(tail, false), bytes);
+        self.state(tail).store(READY, Ordering::Release);
+        // No fence before the look at sleeping consumers: see `put_small`.
+        self.set_tail(tail + size);
+        self.wake_consumers();
+        true
+    }
+
     /// The first half of [`Ring::put_small`]: a frame reserved for the producers' lock
     /// holder, `tail` past it; where it is.
     fn begin_small(&self, len: usize) -> Result<Option<u64>, Corrupt> {
@@ -899,6 +958,56 @@ impl Ring {
         self.word(CURSOR)
             .store(unsettled.unwrap_or(tail), Ordering::Relaxed);
         Ok(None)
+    }
+
+    /// The common case of [`Ring::claim`], kept short: in an uncounted queue, the frame at
+    /// `head` (the cursor there too, so every frame before it is gone), `READY`, with no
+    /// owner, of at most [`SHORT`] bytes: copied into `out` and `head` moved past it. `None`
+    /// for anything else (including an empty queue), which the general path takes. The
+    /// caller holds the consumers' lock.
+    #[inline(always)]
+    fn take_short(&self, out: &mut Vec<u8>) -> Option<Claim> {
+        if self.counting() {
+            return None;
+        }
+        let head = self.word(HEAD).load(Ordering::Acquire);
+        let mut tail = self.word(GET_TAIL).load(Ordering::Relaxed);
+        if self.word(CURSOR).load(Ordering::Relaxed) != head {
+            return None;
+        }
+        if !(head < tail && self.one_lap(head, tail)) {
+            tail = self.word(TAIL).load(Ordering::Acquire);
+            if !(head < tail && self.one_lap(head, tail)) {
+                return None;
+            }
+            self.word(GET_TAIL).store(tail, Ordering::Relaxed);
+        }
+        let left = (self.cap - (head as usize & (self.cap - 1))) as u64;
+        if left < HDR as u64 || self.state(head).load(Ordering::Acquire) != READY {
+            return None;
+        }
+        let word = self.len_word(head).load(Ordering::Relaxed);
+        let len = word as usize;
+        let size = frame_size(len, false) as u64;
+        if len > SHORT || size > left || head + size > tail {
+            // (An owned or big frame has a flag bit set, far above `SHORT`.)
+            return None;
+        }
+        self.mem.copy_out(self.payload(head, false), len, out);
+        // The copy is done before anyone may reuse the bytes (Release); no fence before the
+        // look at sleeping producers: see `claim`.
+        self.word(HEAD).store(head + size, Ordering::Release);
+        self.word(CURSOR).store(head + size, Ordering::Relaxed);
+        if self.put_sleepers().load(Ordering::Relaxed) > 0 {
+            self.signal_room();
+        }
+        Some(Claim {
+            pos: head,
+            len,
+            owned: false,
+            big: false,
+            copied: true,
+        })
     }
 
     /// Where to start looking for a `READY` frame: the cursor if it lies between `head` and

@@ -197,6 +197,19 @@ pub(crate) fn me() -> Me {
     }
 }
 
+/// This process's pid and the low 32 bits of its start time plus one, as
+/// [`crate::ProcessId`]'s second word: two loads after the first call.
+#[inline]
+pub(crate) fn pid_start() -> u64 {
+    match PID.load(Ordering::Acquire) {
+        0 => {
+            let me = refresh();
+            u64::from(me.pid) << 32 | (me.start & 0xffff_ffff)
+        }
+        pid => u64::from(pid) << 32 | (START.load(Ordering::Relaxed) & 0xffff_ffff),
+    }
+}
+
 /// The pid of the process this one was forked from, when that process had read its identity
 /// (see [`inherited`]); 0 otherwise.
 static FORKED_FROM: AtomicU32 = AtomicU32::new(0);
