@@ -1520,114 +1520,158 @@ pub(crate) mod tests {
             tail - head + needed <= 4096
         }
 
+        /// Any interleaving of reserve/publish/claim/release agrees with a model: a claim
+        /// takes the oldest published frame in reservation order, with the bytes put in it;
+        /// reserving fails only when the bytes in use leave no room; and once everything is
+        /// released, the whole ring is free again. `counted`: a ring that keeps its item
+        /// count (every path the general one); else an uncounted ring, whose puts and gets
+        /// take the short paths where they can, as the queue's do.
+        fn agrees_with_the_model(ops: Vec<Op>, counted: bool) -> Result<(), TestCaseError> {
+            let t = test_ring(4096, 0);
+            let r = &t.ring;
+            if !counted {
+                r.word32(POLLERS).store(0, Ordering::Relaxed);
+            }
+            let me = Owner::me();
+            // Frames in reservation order: (id, payload, state, slot or claim).
+            let mut frames: VecDeque<ModelFrame> = VecDeque::new();
+            let mut next_id = 0u64;
+            for op in ops {
+                match op {
+                    Op::Reserve(len) => {
+                        let payload: Vec<u8> =
+                            (0..len).map(|i| (next_id as usize + i) as u8).collect();
+                        let fits = fits(r, len, true);
+                        match r.reserve_small(len, me).unwrap() {
+                            Some(slot) => {
+                                prop_assert!(fits);
+                                r.fill(slot, &payload);
+                                frames.push_back((
+                                    next_id,
+                                    payload,
+                                    St::Reserved,
+                                    Some(slot),
+                                    None,
+                                ));
+                                next_id += 1;
+                            }
+                            None => prop_assert!(!fits, "refused {} bytes with room", len),
+                        }
+                    }
+                    Op::PutSmall(len) => {
+                        let payload: Vec<u8> =
+                            (0..len).map(|i| (next_id as usize + i) as u8).collect();
+                        let fits = fits(r, len, false);
+                        match if counted {
+                            r.put_small(&payload)
+                        } else {
+                            r.put_small_now(&payload)
+                        }
+                        .unwrap()
+                        {
+                            Some(_) => {
+                                prop_assert!(fits);
+                                frames.push_back((next_id, payload, St::Ready, None, None));
+                                next_id += 1;
+                            }
+                            None => prop_assert!(!fits, "refused {} bytes with room", len),
+                        }
+                    }
+                    Op::Publish(i) => {
+                        let reserved: Vec<usize> = frames
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, f)| f.2 == St::Reserved)
+                            .map(|(i, _)| i)
+                            .collect();
+                        if let Some(&k) = reserved.get(i % reserved.len().max(1)) {
+                            prop_assert!(r.publish(frames[k].3.unwrap()));
+                            frames[k].2 = St::Ready;
+                        }
+                    }
+                    Op::Claim => {
+                        let expected = frames.iter().position(|f| f.2 == St::Ready);
+                        let mut copied = Vec::new();
+                        let got = if counted {
+                            r.claim(Some(me), &mut copied)
+                        } else {
+                            r.claim_now(Some(me), &mut copied)
+                        }
+                        .unwrap();
+                        match (expected, got) {
+                            (None, None) => {}
+                            (Some(k), Some(claim)) if claim.copied => {
+                                // Small: copied and released under the claim.
+                                prop_assert_eq!(&copied, &frames[k].1);
+                                frames.remove(k);
+                            }
+                            (Some(k), Some(claim)) => {
+                                let mut out = Vec::new();
+                                r.read(claim, &mut out);
+                                prop_assert_eq!(&out, &frames[k].1);
+                                frames[k].2 = St::Claimed;
+                                frames[k].4 = Some(claim);
+                            }
+                            (e, g) => prop_assert!(false, "model {:?}, ring {:?}", e, g),
+                        }
+                    }
+                    Op::Release(i) => {
+                        let claimed: Vec<usize> = frames
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, f)| f.2 == St::Claimed)
+                            .map(|(i, _)| i)
+                            .collect();
+                        if let Some(&k) = claimed.get(i % claimed.len().max(1)) {
+                            r.release(frames[k].4.unwrap());
+                            frames.remove(k);
+                        }
+                    }
+                }
+                let live = frames.iter().filter(|f| f.2 != St::Claimed).count() as u64;
+                prop_assert_eq!(r.items(), if counted { live } else { 0 });
+            }
+            // Drain: publish all, claim and release all, in model order.
+            for f in frames.iter_mut().filter(|f| f.2 == St::Reserved) {
+                prop_assert!(r.publish(f.3.unwrap()));
+                f.2 = St::Ready;
+            }
+            for f in frames.iter().filter(|f| f.2 == St::Claimed) {
+                r.release(f.4.unwrap());
+            }
+            for f in frames.iter().filter(|f| f.2 == St::Ready) {
+                let mut out = Vec::new();
+                let claim = r
+                    .claim(Some(me), &mut out)
+                    .unwrap()
+                    .expect("a published frame");
+                if !claim.copied {
+                    r.read(claim, &mut out);
+                    r.release(claim);
+                }
+                prop_assert_eq!(&out, &f.1);
+            }
+            prop_assert!(r.claim(Some(me), &mut Vec::new()).unwrap().is_none());
+            r.reclaim().unwrap();
+            let (head, tail) = r.ends().unwrap();
+            prop_assert_eq!(head, tail);
+            prop_assert_eq!(r.items(), 0);
+            Ok(())
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
-            /// Any interleaving of reserve/publish/claim/release agrees with a model: a
-            /// claim takes the oldest published frame in reservation order, with the bytes
-            /// put in it; reserving fails only when the bytes in use leave no room; and once
-            /// everything is released, the whole ring is free again.
             #[test]
             fn the_ring_agrees_with_a_model(ops in proptest::collection::vec(op(), 1..300)) {
-                let t = test_ring(4096, 0);
-                let r = &t.ring;
-                let me = Owner::me();
-                // Frames in reservation order: (id, payload, state, slot or claim).
-                let mut frames: VecDeque<ModelFrame> =
-                    VecDeque::new();
-                let mut next_id = 0u64;
-                for op in ops {
-                    match op {
-                        Op::Reserve(len) => {
-                            let payload: Vec<u8> =
-                                (0..len).map(|i| (next_id as usize + i) as u8).collect();
-                            let fits = fits(r, len, true);
-                            match r.reserve_small(len, me).unwrap() {
-                                Some(slot) => {
-                                    prop_assert!(fits);
-                                    r.fill(slot, &payload);
-                                    frames.push_back((next_id, payload, St::Reserved, Some(slot), None));
-                                    next_id += 1;
-                                }
-                                None => prop_assert!(!fits, "refused {} bytes with room", len),
-                            }
-                        }
-                        Op::PutSmall(len) => {
-                            let payload: Vec<u8> =
-                                (0..len).map(|i| (next_id as usize + i) as u8).collect();
-                            let fits = fits(r, len, false);
-                            match r.put_small(&payload).unwrap() {
-                                Some(_) => {
-                                    prop_assert!(fits);
-                                    frames.push_back((next_id, payload, St::Ready, None, None));
-                                    next_id += 1;
-                                }
-                                None => prop_assert!(!fits, "refused {} bytes with room", len),
-                            }
-                        }
-                        Op::Publish(i) => {
-                            let reserved: Vec<usize> = frames.iter().enumerate()
-                                .filter(|(_, f)| f.2 == St::Reserved).map(|(i, _)| i).collect();
-                            if let Some(&k) = reserved.get(i % reserved.len().max(1)) {
-                                prop_assert!(r.publish(frames[k].3.unwrap()));
-                                frames[k].2 = St::Ready;
-                            }
-                        }
-                        Op::Claim => {
-                            let expected = frames.iter().position(|f| f.2 == St::Ready);
-                            let mut copied = Vec::new();
-                            let got = r.claim(Some(me), &mut copied).unwrap();
-                            match (expected, got) {
-                                (None, None) => {}
-                                (Some(k), Some(claim)) if claim.copied => {
-                                    // Small: copied and released under the claim.
-                                    prop_assert_eq!(&copied, &frames[k].1);
-                                    frames.remove(k);
-                                }
-                                (Some(k), Some(claim)) => {
-                                    let mut out = Vec::new();
-                                    r.read(claim, &mut out);
-                                    prop_assert_eq!(&out, &frames[k].1);
-                                    frames[k].2 = St::Claimed;
-                                    frames[k].4 = Some(claim);
-                                }
-                                (e, g) => prop_assert!(false, "model {:?}, ring {:?}", e, g),
-                            }
-                        }
-                        Op::Release(i) => {
-                            let claimed: Vec<usize> = frames.iter().enumerate()
-                                .filter(|(_, f)| f.2 == St::Claimed).map(|(i, _)| i).collect();
-                            if let Some(&k) = claimed.get(i % claimed.len().max(1)) {
-                                r.release(frames[k].4.unwrap());
-                                frames.remove(k);
-                            }
-                        }
-                    }
-                    let live = frames.iter().filter(|f| f.2 != St::Claimed).count() as u64;
-                    prop_assert_eq!(r.items(), live);
-                }
-                // Drain: publish all, claim and release all, in model order.
-                for f in frames.iter_mut().filter(|f| f.2 == St::Reserved) {
-                    prop_assert!(r.publish(f.3.unwrap()));
-                    f.2 = St::Ready;
-                }
-                for f in frames.iter().filter(|f| f.2 == St::Claimed) {
-                    r.release(f.4.unwrap());
-                }
-                for f in frames.iter().filter(|f| f.2 == St::Ready) {
-                    let mut out = Vec::new();
-                    let claim = r.claim(Some(me), &mut out).unwrap().expect("a published frame");
-                    if !claim.copied {
-                        r.read(claim, &mut out);
-                        r.release(claim);
-                    }
-                    prop_assert_eq!(&out, &f.1);
-                }
-                prop_assert!(r.claim(Some(me), &mut Vec::new()).unwrap().is_none());
-                r.reclaim().unwrap();
-                let (head, tail) = r.ends().unwrap();
-                prop_assert_eq!(head, tail);
-                prop_assert_eq!(r.items(), 0);
+                agrees_with_the_model(ops, true)?;
+            }
+
+            #[test]
+            fn the_uncounted_ring_on_its_short_paths_agrees_with_a_model(
+                ops in proptest::collection::vec(op(), 1..300)
+            ) {
+                agrees_with_the_model(ops, false)?;
             }
         }
     }
@@ -1668,6 +1712,12 @@ pub(crate) mod tests {
         #[derive(Debug, Clone)]
         enum Op {
             PutSmall(usize),
+            /// A put by the queue's fast path (the short path where it applies).
+            PutNow(usize),
+            /// A get by the queue's fast path (the short path where it applies).
+            TakeNow,
+            /// The item count kept or not (the short paths run only without).
+            Counting(bool),
             /// Reserve, fill and publish a frame copied outside the lock.
             Put(usize),
             /// Claim (with an owner or without), then read and release.
@@ -1690,6 +1740,9 @@ pub(crate) mod tests {
             let words = (CONTROL + CAP) / 8;
             prop_oneof![
                 (0usize..=SMALL).prop_map(Op::PutSmall),
+                (0usize..80).prop_map(Op::PutNow),
+                Just(Op::TakeNow),
+                any::<bool>().prop_map(Op::Counting),
                 (SMALL + 1..1800usize).prop_map(Op::Put),
                 any::<bool>().prop_map(Op::Take),
                 Just(Op::Reclaim),
@@ -1723,6 +1776,12 @@ pub(crate) mod tests {
                 for op in ops {
                     let ok = match op {
                         Op::PutSmall(len) => r.put_small(&vec![5; len]).map(drop),
+                        Op::PutNow(len) => r.put_small_now(&vec![4; len]).map(drop),
+                        Op::TakeNow => r.claim_now(None, &mut Vec::new()).map(drop),
+                        Op::Counting(on) => {
+                            r.word32(POLLERS).store(u32::from(on), Ordering::Relaxed);
+                            Ok(())
+                        }
                         Op::Put(len) => r.reserve_small(len, me).map(|slot| {
                             if let Some(slot) = slot {
                                 r.fill(slot, &vec![6; len]);
