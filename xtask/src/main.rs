@@ -9,7 +9,7 @@
 //!   memcheck over the quickstart tour.
 //! - `cargo xtask fuzz [TARGET...] [--seconds N]`: the fuzz targets (`crates/mp-fuzz`) under
 //!   libFuzzer, with cargo-fuzz on the nightly toolchain.
-//! - `cargo xtask soak [--quick | --minutes N] [--seed S]`: the fault campaign: workloads
+//! - `cargo xtask soak [--quick | --minutes N] [--seed S] [--only WORKLOAD]`: the fault campaign: workloads
 //!   across processes, killed at random moments, and what must hold afterwards.
 //! - `cargo xtask test-mpi`: `mp-mpi` under Open MPI's `mpirun` (installing Open MPI where
 //!   it can).
@@ -27,7 +27,7 @@ const USAGE: &str = "usage: cargo xtask ci
        cargo xtask bench [FILTER] [--json] [--runs N] [--report DIR]
        cargo xtask sanitize [address] [thread] [valgrind] [CRATE...]
        cargo xtask fuzz [TARGET...] [--seconds N]
-       cargo xtask soak [--quick | --minutes N] [--seed S]
+       cargo xtask soak [--quick | --minutes N] [--seed S] [--only WORKLOAD]
        cargo xtask test-mpi
        cargo xtask mpi-setup
 

@@ -1,4 +1,4 @@
-//! `cargo xtask soak [--quick | --minutes N] [--seed S]`: the fault campaign (issue 18).
+//! `cargo xtask soak [--quick | --minutes N] [--seed S] [--only WORKLOAD]`: the fault campaign (issue 18).
 //!
 //! Round after round, the workloads in turn (counters under a `Lock` or `RLock`, a
 //! `Barrier`, waiters on a `Condition`, a `Queue`, a `JoinableQueue`, a `Pool`, pipes and
@@ -41,12 +41,15 @@ const REAP_GRACE: Duration = Duration::from_secs(3);
 pub struct Options {
     duration: Duration,
     seed: u64,
+    /// Only this workload's rounds (`--only NAME`), to chase one workload's failure.
+    only: Option<String>,
 }
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut duration = Duration::from_secs(5 * 60);
         let mut seed = None;
+        let mut only = None;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -66,6 +69,13 @@ impl Options {
                             .ok_or("--seed wants a whole number")?,
                     );
                 }
+                "--only" => {
+                    let name = args.next().ok_or("--only wants a workload's name")?;
+                    if !WORKLOADS.iter().any(|(n, _)| n == name) {
+                        return Err(format!("soak: no workload named {name}"));
+                    }
+                    only = Some(name.clone());
+                }
                 other => return Err(format!("soak: unknown argument {other}")),
             }
         }
@@ -74,7 +84,11 @@ impl Options {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-        Ok(Options { duration, seed })
+        Ok(Options {
+            duration,
+            seed,
+            only,
+        })
     }
 }
 
@@ -180,6 +194,9 @@ pub fn run(options: Options) -> Result<(), String> {
         let round_seed = master.next();
         let (name, workload) = WORKLOADS[round as usize % WORKLOADS.len()];
         round += 1;
+        if options.only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
         let before = Snapshot::take();
         let began = Instant::now();
         let outcome = workload(&mut Rng::new(round_seed));

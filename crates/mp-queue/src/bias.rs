@@ -1,7 +1,8 @@
 //! Each side's lock, *biased*: a thread that keeps taking a side's lock with nobody else
-//! wanting it ends up keeping it between its operations, and then enters and leaves an
-//! operation with two plain stores and two loads, no atomic read-modify-write. Any other
-//! thread or process that wants the side takes it back with `membarrier(2)`.
+//! wanting it ends up holding the side between its operations without the lock, and then
+//! enters and leaves an operation with plain stores and a load, no atomic
+//! read-modify-write. Any other thread or process that wants the side takes the lock, then
+//! takes the side back with `membarrier(2)`.
 //!
 //! # Why
 //! One `lock`ed instruction per item costs a small item most of its time here: it waits for
@@ -10,50 +11,54 @@
 //! A queue used by one producer and one consumer at a time (the usual case) needs none.
 //!
 //! # The protocol
-//! Shared words, per side: the lock ([`RawLock`], held by the biased holder's process for
-//! as long as the bias lasts), the *bias word* (0, or the holder's token: its slot and an
-//! episode count; its top bit [`REVOKED`] asks the holder to give the side up), and a table
-//! of [`SLOTS`] slots, each on a cache line of its own, whose first word says "in an
-//! operation". A slot belongs to one handle of one process, and only the one thread of that
-//! process that may hold the bias through that handle ever writes its word.
+//! Shared words, per side: the lock (a robust [`RawLock`]), the *bias word* (0, or the
+//! holder's token: its slot and an episode count; its top bit [`REVOKED`] says the side is
+//! being taken back), and a table of [`SLOTS`] slots, each on a cache line of its own: an
+//! "in an operation" word, and the [`ProcessId`] of the process that claimed the slot. A
+//! slot belongs to one handle of one process; its word is written by the one thread of that
+//! process that may hold the side biased through that handle, and, while no bias names the
+//! slot, by whoever claims or frees it.
 //!
-//! - **Biasing.** A holder that took the lock uncontended [`STREAK`] times in a row, with
-//!   nobody asleep on it, does not release it: it writes its token into the bias word
-//!   (nobody else writes a bias word that is 0: only the lock's holder does).
-//! - **Entering** (the holder): store 1 in its slot, a compiler fence, load the bias word.
-//!   Still its token: it is inside, as if it held the lock (it does). Else it stores 0 and
-//!   has lost the bias (below).
-//! - **Leaving** (the holder): store 0 in its slot (release), a compiler fence, load the
-//!   bias word; if it was asked to give up meanwhile, it does (below).
-//! - **Taking it back** (anyone whose lock attempt failed while the bias word holds a
-//!   token): set [`REVOKED`] in the bias word, run `membarrier` with
-//!   `MEMBARRIER_CMD_GLOBAL_EXPEDITED` (every CPU running a thread of a process registered
-//!   for it, which every holder is before it first biases, executes a full fence; a thread
-//!   not running has passed through the scheduler's), then read the holder's slot. 0: the
-//!   holder is outside, and whatever it does next it does after the fence, so it sees the
-//!   request; whoever then turns the bias word from `REVOKED | token` to 0 (one
-//!   compare-and-swap, so one party) releases the holder's lock on its behalf. 1: the holder
-//!   is inside; leaving, it sees the request (its load comes after the fence, since its
-//!   store of 0 is not visible yet) and gives up itself. This is an asymmetric Dekker
-//!   handshake: the holder's store-then-load needs only the compiler's order because the
-//!   taker's fence reaches into the holder's CPU.
-//! - **Giving up** (the holder, finding `REVOKED | token`): turn it to 0 (the same one
-//!   compare-and-swap), and if that won, release the lock. Finding anything else, someone
-//!   already did.
-//! - **A holder that died** outside an operation is taken back as above (its slot reads 0);
-//!   inside one, its slot stays 1, and the lock's own take-over from a dead owner applies
-//!   (the queue then repairs the side as after any death under its lock), clearing the bias
-//!   word.
-//! - **Waiting**: a thread that finds the lock held waits on it in slices of [`SLICE`],
-//!   looking at the bias word between them, so a holder that biased while it slept is
-//!   taken back within a slice.
+//! - **The rule.** Only a holder of the [`RawLock`] writes a token into the bias word or
+//!   clears it, apart from the bias's own holder clearing its token (a request addressed to
+//!   it, below, or its bias as it drops its handle): then nobody is inside. A
+//!   party inside the side is either the lock's holder, having found the bias word 0, or
+//!   the thread whose token the bias word holds, having seen it there after announcing
+//!   itself in its slot.
+//! - **Biasing.** A thread that took the lock uncontended [`STREAK`] times in a row, with
+//!   nobody asleep on it, writes its token into the bias word (0: it cleared it when it
+//!   took the lock) and releases the lock.
+//! - **Entering** (the holder of the bias): store 1 in its slot, a compiler fence, load the
+//!   bias word. Still its token: it is inside. Anything else: it stores 0 and has lost the
+//!   bias (if the word asks it to give up, it clears the request, which saves the next
+//!   taker a wait).
+//! - **Leaving:** store 0 in its slot (release).
+//! - **Taking back** (whoever takes the lock and finds a token): set [`REVOKED`], run
+//!   `membarrier` with `MEMBARRIER_CMD_GLOBAL_EXPEDITED` (every CPU running a thread of a
+//!   process registered for it, as every holder of a bias is, executes a full fence; a
+//!   thread not running has passed through the scheduler's), then wait for the holder's
+//!   slot to read 0, and clear the bias word. A holder that saw its token entered before the
+//!   fence, so its 1 is visible after it, and the taker waits for its 0 (release: the
+//!   taker sees its operation's writes); one that looks after the fence sees the request.
+//!   This is an asymmetric Dekker handshake: the holder's store-then-load needs only the
+//!   compiler's order because the taker's fence reaches into the holder's CPU.
+//! - **Deaths.** A holder that died outside its operation is taken back as above. One that
+//!   died inside it leaves its slot at 1: the taker, holding the lock, finds its process gone
+//!   (checked every 10 ms of waiting) and reports [`Acquire::OwnerDied`], so the queue
+//!   repairs the side as after any death under its lock. A taker that dies holding the lock
+//!   is an ordinary dead owner; whoever takes the lock from it finds the request and
+//!   finishes it.
+//! - **Waiting** for the lock is the lock's own: the bias never holds it, so its releases
+//!   wake its waiters.
 //!
-//! A process keeps its handle's state (`Local`) in its own memory: a fork child finds a pid
-//! other than its own there and starts afresh, so it never uses its parent's slot or token.
+//! A process keeps its handle's state ([`Local`]) in its own memory: a fork child finds a
+//! pid other than its own there and starts afresh, so it never uses its parent's slot or
+//! token. A thread never re-enters a side it is inside (a nested take of the same side
+//! waits for itself, as it did on the plain lock).
 //!
 //! Every word here is in memory other processes may write: a token is checked to name a
-//! slot before it is used, and garbage can at worst wedge the side (as garbage in a lock
-//! word can), never reach outside the region.
+//! slot before it is used, and garbage can at worst wedge the side or let two parties in
+//! (as garbage in a lock word can), never reach outside the region.
 
 use std::{
     sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence},
@@ -74,12 +79,16 @@ pub(crate) const SLOT_BYTES: usize = 64;
 pub(crate) const TABLE_BYTES: usize = SLOTS * SLOT_BYTES;
 /// In a bias word: the holder is asked to give the side up.
 const REVOKED: u64 = 1 << 63;
+/// In a bias word, beside [`REVOKED`]: a taker's fence has run since the request was made,
+/// so a later taker (which took the lock after that one released it) need not run another.
+const FENCED: u64 = 1 << 62;
 /// The slot bits of a token (its index plus one).
 const SLOT_BITS: u64 = 0xff;
 /// Uncontended takes in a row before a thread keeps the lock.
 pub(crate) const STREAK: u32 = 16;
-/// How long a waiter sleeps on the lock before it looks at the bias word again.
-const SLICE: Duration = Duration::from_millis(2);
+/// How often a taker waiting for a holder inside its operation asks whether the holder's
+/// process is gone.
+const HOLDER_CHECK: Duration = Duration::from_millis(10);
 
 // A slot's words.
 /// "In an operation" (`u32`), written only by the slot's thread.
@@ -110,15 +119,15 @@ pub(crate) struct Local {
 
 const NO_SLOT: u32 = u32::MAX;
 
-/// How long an acquisition may wait.
-#[derive(Clone, Copy)]
-enum Until {
-    /// Not at all: one try (taking a bias back from a holder outside its operation).
-    Now,
-    Never,
-    At(Instant),
+/// How a take-back went.
+enum Back {
+    /// Nobody is inside: the side is the lock holder's.
+    Done,
+    /// The holder died inside its operation: repair.
+    HolderDied,
+    /// The holder is still inside at the deadline.
+    Busy,
 }
-
 /// A number naming the calling thread among this process image's threads (a fork child's
 /// thread keeps its parent's, but the child has another pid, which [`Local`] checks first).
 #[inline]
@@ -151,6 +160,9 @@ pub(crate) struct Lock<'a> {
     mem: &'a Bytes,
     table: usize,
     local: &'a Local,
+    /// Whether a take through this value counts toward biasing the side (a pass through
+    /// the lock by a process about to sleep does not: see [`Lock::passing`]).
+    counts: bool,
 }
 
 impl<'a> Lock<'a> {
@@ -167,6 +179,17 @@ impl<'a> Lock<'a> {
             mem,
             table,
             local,
+            counts: true,
+        }
+    }
+
+    /// The same lock, for a pass through it that is not a use of the side (a process about
+    /// to sleep, ordering itself with the other side's operations): its takes never bias
+    /// the side to the passer.
+    pub(crate) fn passing(self) -> Lock<'a> {
+        Lock {
+            counts: false,
+            ..self
         }
     }
 
@@ -215,17 +238,17 @@ impl<'a> Lock<'a> {
     }
 
     /// Takes the lock only if nobody is using the side now (a biased holder outside its
-    /// operation is not using it: the bias is taken back).
+    /// operation is not using it: the side is taken back, which costs a `membarrier`; one
+    /// inside is, and it is asked to give the side up as it enters next).
     #[inline]
     pub(crate) fn try_acquire(&self) -> Acquire {
         if self.enter_biased() {
             return Acquire::Acquired;
         }
-        if self.raw.try_acquire() == Acquire::Acquired {
-            self.took(true);
-            return Acquire::Acquired;
+        match self.raw.try_acquire() {
+            Acquire::TimedOut => Acquire::TimedOut,
+            took => self.unbias(took, true, Some(Instant::now())),
         }
-        self.acquire_slow(Until::Now)
     }
 
     /// Takes the lock, waiting as long as it takes.
@@ -243,53 +266,193 @@ impl<'a> Lock<'a> {
         if self.enter_biased() {
             return Acquire::Acquired;
         }
-        if self.raw.try_acquire() == Acquire::Acquired {
-            self.took(true);
-            return Acquire::Acquired;
+        let first = self.raw.try_acquire();
+        let took = match (first, deadline) {
+            (Acquire::TimedOut, None) => self.raw.acquire(),
+            (Acquire::TimedOut, Some(d)) => self
+                .raw
+                .acquire_timeout(d.saturating_duration_since(Instant::now())),
+            (took, _) => took,
+        };
+        if took == Acquire::TimedOut {
+            return took;
         }
-        self.acquire_slow(deadline.map_or(Until::Never, Until::At))
+        self.unbias(took, first != Acquire::TimedOut, deadline)
     }
 
+    /// With the lock just taken (`took`): takes the side back from a biased holder if the
+    /// bias word names one, and counts the take toward this thread's own bias (`first`:
+    /// taken at the first try). What the caller is told: `took`, or `OwnerDied` for a holder
+    /// that died inside its operation, or `TimedOut` (the lock released again) if the
+    /// holder is still inside at `deadline` (`None`: never).
+    #[inline]
+    fn unbias(&self, took: Acquire, first: bool, deadline: Option<Instant>) -> Acquire {
+        let biased = self.bias.load(Ordering::Acquire) != 0;
+        let took = if biased {
+            match self.take_back(deadline) {
+                Back::Done => took,
+                Back::HolderDied => Acquire::OwnerDied,
+                Back::Busy => {
+                    // (A dead owner of the lock that left a token behind never got inside:
+                    // nothing of it to repair.)
+                    let _ = self.raw.release();
+                    return Acquire::TimedOut;
+                }
+            }
+        } else {
+            took
+        };
+        // The bias word is 0 now: any token this process keeps is stale (its thread finds
+        // that as it enters; cleared here too, so that `release` never takes this lock's
+        // holder for a biased one).
+        if self.local.token.load(Ordering::Relaxed) != 0 {
+            self.local.token.store(0, Ordering::Relaxed);
+        }
+        // Only a take that found the side free counts toward a bias.
+        self.took(first && !biased && took == Acquire::Acquired && self.counts);
+        took
+    }
+
+    /// Takes the side back from the holder the bias word names; the caller holds the lock
+    /// (see the module docs). Waits for a holder inside its operation until `deadline`.
     #[cold]
-    fn acquire_slow(&self, until: Until) -> Acquire {
+    fn take_back(&self, deadline: Option<Instant>) -> Back {
+        let mut seen = self.bias.load(Ordering::Acquire);
+        if seen == 0 {
+            return Back::Done;
+        }
+        let Some(in_op) = self.in_op(seen) else {
+            // Garbage (no slot): no holder can be using it.
+            self.bias.store(0, Ordering::Release);
+            return Back::Done;
+        };
+        if seen & REVOKED == 0 {
+            match self.bias.compare_exchange(
+                seen,
+                seen | REVOKED,
+                Ordering::SeqCst,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => seen |= REVOKED,
+                // The holder cleared it (dropping its handle): the side is free.
+                Err(0) => return Back::Done,
+                // Written over meanwhile: look again.
+                Err(_) => return self.take_back(deadline),
+            }
+        }
+        // One fence per request: a taker before us that fenced said so, and its release of
+        // the lock, then our take of it, order the holder's "inside" before our look.
+        let fenced = seen & FENCED != 0 || {
+            let done = fence_everyone();
+            if done
+                && self
+                    .bias
+                    .compare_exchange(seen, seen | FENCED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                seen |= FENCED;
+            }
+            done
+        };
+        let holder = self.holder_of(seen);
+        let start = Instant::now();
+        let mut next_check = start + HOLDER_CHECK;
+        let mut pause = Duration::from_micros(5);
+        let mut spins = 0u32;
         loop {
-            match self.raw.try_acquire() {
-                Acquire::Acquired => {
-                    self.took(false);
-                    return Acquire::Acquired;
-                }
-                Acquire::OwnerDied => return self.took_from_dead(),
-                Acquire::TimedOut => {}
+            // Without the fence, only the holder's own answer counts: it clears the request
+            // when it next enters.
+            let now_word = self.bias.load(Ordering::Acquire);
+            if now_word != seen || (fenced && in_op.load(Ordering::Acquire) == 0) {
+                // (Cleared by the holder, or by us below: either way nobody is inside.)
+                let _ =
+                    self.bias
+                        .compare_exchange(now_word, 0, Ordering::AcqRel, Ordering::Relaxed);
+                return Back::Done;
             }
-            if self.take_back() {
-                continue;
-            }
-            let deadline = match until {
-                Until::Now => return Acquire::TimedOut,
-                Until::Never => None,
-                Until::At(d) => Some(d),
-            };
             let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Acquire::TimedOut;
-            }
-            let until = deadline.map_or(now + SLICE, |d| d.min(now + SLICE));
-            match self.raw.acquire_timeout(until - now) {
-                Acquire::Acquired => {
-                    self.took(false);
-                    return Acquire::Acquired;
+            let out_of_time = deadline.is_some_and(|d| now >= d);
+            // (Asked once more when time is up, as the lock asks of its dead owners: a short
+            // wait must still find a holder killed inside its operation.)
+            if now >= next_check || out_of_time {
+                next_check = now + HOLDER_CHECK;
+                if holder.is_gone() {
+                    self.bias.store(0, Ordering::Release);
+                    return Back::HolderDied;
                 }
-                Acquire::OwnerDied => return self.took_from_dead(),
-                Acquire::TimedOut => {}
+            }
+            if out_of_time {
+                return Back::Busy;
+            }
+            // Inside its operation: a running holder leaves within microseconds, one the
+            // scheduler took off its CPU (perhaps for us) may take a while. (Slept on the
+            // word as it reads now, so that no value makes this a busy loop; nobody wakes
+            // it: the sleep is a pause.)
+            if spins < 64 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                let word = in_op.load(Ordering::Relaxed);
+                crate::sys::futex_wait(in_op, word, Some(pause));
+                pause = (pause * 2).min(Duration::from_millis(1));
             }
         }
     }
 
-    /// After taking the lock from a dead owner: its bias, if any, is void.
-    fn took_from_dead(&self) -> Acquire {
-        self.bias.store(0, Ordering::Relaxed);
+    /// The process that claimed the slot a token names (or none).
+    fn holder_of(&self, token: u64) -> ProcessId {
+        let Some(index) = ((token & SLOT_BITS) as usize).checked_sub(1) else {
+            return ProcessId::NONE;
+        };
+        let at = self.table + index * SLOT_BYTES;
+        ProcessId::from_words([
+            self.mem.u64_at(at + CLAIM_NS).load(Ordering::Relaxed),
+            self.mem.u64_at(at + CLAIM).load(Ordering::Relaxed),
+        ])
+    }
+
+    /// The holder enters its operation: whether the side is still its own.
+    #[inline(always)]
+    fn enter(&self, token: u64) -> bool {
+        let Some(in_op) = self.in_op(token) else {
+            return false;
+        };
+        if in_op.load(Ordering::Relaxed) != 0 {
+            // Inside already (a nested take): not again.
+            return false;
+        }
+        in_op.store(1, Ordering::Relaxed);
+        // The other half of the handshake is the taker's membarrier (module docs).
+        compiler_fence(Ordering::SeqCst);
+        let now = self.bias.load(Ordering::Relaxed);
+        if now == token {
+            return true;
+        }
+        in_op.store(0, Ordering::Release);
+        self.lost(token, now);
+        false
+    }
+
+    /// The holder leaves its operation.
+    #[inline(always)]
+    fn leave(&self, token: u64) {
+        if let Some(in_op) = self.in_op(token) {
+            in_op.store(0, Ordering::Release);
+        }
+    }
+
+    /// The holder found the bias word moved from its token to `now`: it holds the side no
+    /// more. A request addressed to it is cleared (it is outside), which saves the taker
+    /// its wait.
+    #[cold]
+    fn lost(&self, token: u64, now: u64) {
+        self.local.token.store(0, Ordering::Relaxed);
         self.local.streak.store(0, Ordering::Relaxed);
-        Acquire::OwnerDied
+        if now & !(REVOKED | FENCED) == token && now & REVOKED != 0 {
+            let _ = self
+                .bias
+                .compare_exchange(now, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
     }
 
     /// Counts a take of the lock toward biasing: uncontended (`first`), by the one thread
@@ -308,107 +471,22 @@ impl<'a> Lock<'a> {
         local.streak.store(n.saturating_add(1), Ordering::Relaxed);
     }
 
-    /// If the bias word holds a token, asks its holder to give the side up, and completes
-    /// that if the holder is outside its operation. Whether to try the lock again at once.
-    #[cold]
-    fn take_back(&self) -> bool {
-        let seen = self.bias.load(Ordering::Acquire);
-        if seen == 0 {
-            return false;
-        }
-        let Some(in_op) = self.in_op(seen) else {
-            return false; // garbage: wait on the lock like any other
-        };
-        let asked = seen | REVOKED;
-        if seen != asked
-            && self
-                .bias
-                .compare_exchange(seen, asked, Ordering::SeqCst, Ordering::Relaxed)
-                .is_err()
-        {
-            return true; // it changed: look again
-        }
-        if !fence_everyone() {
-            // No way to reach into the holder's CPU: leave it to give up at its next
-            // operation, and wait on the lock.
-            return false;
-        }
-        if in_op.load(Ordering::Acquire) != 0 {
-            return false; // inside: it gives up as it leaves
-        }
-        if self
-            .bias
-            .compare_exchange(asked, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            let _ = self.raw.release();
-        }
-        true
-    }
-
-    /// The holder enters its operation: whether the side is still its own.
-    #[inline(always)]
-    fn enter(&self, token: u64) -> bool {
-        let Some(in_op) = self.in_op(token) else {
-            return false;
-        };
-        in_op.store(1, Ordering::Relaxed);
-        // The other half of the handshake is the taker's membarrier (module docs).
-        compiler_fence(Ordering::SeqCst);
-        let now = self.bias.load(Ordering::Relaxed);
-        if now == token {
-            return true;
-        }
-        in_op.store(0, Ordering::Release);
-        self.lost(token, now);
-        false
-    }
-
-    /// The holder leaves its operation.
-    #[inline(always)]
-    fn leave(&self, token: u64) {
-        let Some(in_op) = self.in_op(token) else {
-            return;
-        };
-        in_op.store(0, Ordering::Release);
-        compiler_fence(Ordering::SeqCst);
-        let now = self.bias.load(Ordering::Relaxed);
-        if now != token {
-            self.lost(token, now);
-        }
-    }
-
-    /// The holder found the bias word moved from its token to `now`: it holds the side no
-    /// more, and gives the lock up if it was asked to and nobody did that for it.
-    #[cold]
-    fn lost(&self, token: u64, now: u64) {
-        self.local.token.store(0, Ordering::Relaxed);
-        self.local.streak.store(0, Ordering::Relaxed);
-        if now == token | REVOKED
-            && self
-                .bias
-                .compare_exchange(now, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            let _ = self.raw.release();
-        }
-    }
-
-    /// Releases the lock after an operation: a biased holder leaves it; a thread that took
-    /// it uncontended often enough keeps it, biased; anyone else releases it.
+    /// Releases the side after an operation: a biased holder leaves it; a thread that took
+    /// the lock uncontended often enough biases the side to itself, then releases the lock.
     #[inline]
     pub(crate) fn release(&self) {
         if let Some(token) = self.mine() {
             self.leave(token);
             return;
         }
-        if self.local.streak.load(Ordering::Relaxed) >= STREAK && self.bias_now() {
-            return;
+        if self.local.streak.load(Ordering::Relaxed) >= STREAK {
+            self.bias_now();
         }
         let _ = self.raw.release();
     }
 
-    /// Turns the lock the caller holds into a bias, if this thread may: whether it did.
+    /// Biases the side to the calling thread, which holds the lock, if it may: whether it
+    /// did.
     #[cold]
     fn bias_now(&self) -> bool {
         let local = self.local;
@@ -427,10 +505,10 @@ impl<'a> Lock<'a> {
         };
         let episode = local.episodes.load(Ordering::Relaxed).wrapping_add(1);
         local.episodes.store(episode, Ordering::Relaxed);
-        // 55 bits of episodes: a request held up past 2^55 of them could hit the wrong one.
-        let token = ((episode << 8) & !REVOKED) | u64::from(slot + 1);
+        let token = ((episode << 8) & !(REVOKED | FENCED)) | u64::from(slot + 1);
         local.token.store(token, Ordering::Relaxed);
-        // We hold the lock, and only a holder writes a bias word that is 0.
+        // We hold the lock (the rule: module docs). Release: whoever sees the token sees
+        // everything this thread did inside the side.
         self.bias.store(token, Ordering::Release);
         true
     }
@@ -445,8 +523,9 @@ impl<'a> Lock<'a> {
             s => return Some(s - 1),
         }
         let [ns, pid] = ProcessId::current().to_words();
-        // The slot of the current bias, if any, is never reclaimed: its holder may have died
-        // inside its operation, and the lock's take-over must find it so.
+        // The slot the bias word names, if any, is never reclaimed: its holder may have died
+        // inside its operation, and the next taker must find that holder gone. (The word
+        // does not change meanwhile: we hold the lock.)
         let current = (self.bias.load(Ordering::Relaxed) & SLOT_BITS) as usize;
         for index in 0..SLOTS {
             let at = self.table + index * SLOT_BYTES;
@@ -495,14 +574,15 @@ impl<'a> Lock<'a> {
         }
         let token = local.token.swap(0, Ordering::Relaxed);
         if token != 0 {
-            // Not inside (a handle is dropped between operations): give up as if asked.
-            for seen in [token, token | REVOKED] {
+            // Not inside (a handle is dropped between operations): give the side up, as a
+            // holder clears a request addressed to it. A taker that flagged it meanwhile
+            // sees the word change, or the slot at 0, and carries on.
+            for seen in [token, token | REVOKED, token | REVOKED | FENCED] {
                 if self
                     .bias
                     .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
                 {
-                    let _ = self.raw.release();
                     break;
                 }
             }
@@ -521,10 +601,16 @@ impl<'a> Lock<'a> {
             .is_some_and(|token| self.bias.load(Ordering::Relaxed) == token)
     }
 
-    /// Whether some thread or process holds the lock (biased or not): a snapshot.
+    /// Whether the bias word asks its holder to give the side up (a taker is at work).
+    #[cfg(test)]
+    pub(crate) fn taking_back(&self) -> bool {
+        self.bias.load(Ordering::Relaxed) & REVOKED != 0
+    }
+
+    /// Whether some thread or process holds the side, by the lock or biased: a snapshot.
     #[cfg(test)]
     pub(crate) fn is_locked(&self) -> bool {
-        self.raw.is_locked()
+        self.raw.is_locked() || self.bias.load(Ordering::Relaxed) != 0
     }
 }
 

@@ -10,6 +10,11 @@
 //!
 //! - **No feeder thread.** A `put` copies the item into shared memory before it returns,
 //!   so a process may exit right after it, and nothing is left to flush or join.
+//! - **No locked instruction when one thread puts and one takes.** Each side's lock is
+//!   biased to the thread that keeps taking it alone, which then enters and leaves with
+//!   plain loads and stores; any other thread or process takes the side back with
+//!   `membarrier(2)` (a fork child never uses its parent's bias). Only the first thread of a
+//!   process to use a handle can hold a side biased through it.
 //! - **No system call when busy.** Producers and consumers meet in shared memory; a waiter
 //!   spins briefly before it sleeps on a futex, and is woken only when the queue turns
 //!   non-empty (or non-full) while it sleeps.

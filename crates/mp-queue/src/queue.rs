@@ -433,7 +433,7 @@ impl<T: Message> Queue<T> {
     /// memory-safe, only maybe stale; it repairs nothing, and a ring that looks corrupted
     /// then (a frame changing under it) is reported as an error, not reset.
     fn snapshot<R>(&self, look: impl Fn() -> std::result::Result<R, Corrupt>) -> Result<R> {
-        let lock = self.ring().get_lock();
+        let lock = self.ring().get_lock().passing();
         match with_lock_until(self, lock, Some(Instant::now() + SNAPSHOT_WAIT), &look)? {
             Some(seen) => Ok(seen),
             None => look().map_err(|Corrupt(why)| Error::Corrupted(why)),
@@ -801,7 +801,9 @@ impl<T: Message> Queue<T> {
             Waited::Briefly => return Ok(false),
             // A pass through the lock (see `wait_for_room`), bounded as in
             // `get_waiting`.
-            Waited::Asleep => with_lock_until(self, lock, Some(pass_by(deadline)), reclaim)?,
+            Waited::Asleep => {
+                with_lock_until(self, lock.passing(), Some(pass_by(deadline)), reclaim)?
+            }
             Waited::Long => with_lock_until(self, lock, deadline, reclaim)?,
         };
         Ok(freed == Some(true))
@@ -824,7 +826,7 @@ impl<T: Message> Queue<T> {
         if !self.polled() {
             return;
         }
-        let lock = self.ring().get_lock();
+        let lock = self.ring().get_lock().passing();
         let _ = with_lock_until(self, lock, Some(Instant::now() + SNAPSHOT_WAIT), || {
             self.quiet_bell()
         });
@@ -852,7 +854,7 @@ impl<T: Message> Queue<T> {
             if ring.recount_owed() {
                 // Paid here if the producers' lock is free (a try, no wait): with both
                 // locks, a repair.
-                if ring.put_lock().try_acquire().is_held() {
+                if ring.put_lock().passing().try_acquire().is_held() {
                     self.mend();
                     ring.put_lock().release();
                 }
@@ -1016,8 +1018,10 @@ impl<T: Message> Queue<T> {
                     } else if waited == Waited::Asleep {
                         // Counted asleep: pass through the producers' lock before looking,
                         // since small puts publish and look for sleepers under it with no
-                        // fence between (see `Ring::put_small`). A running holder lets go
-                        // within microseconds. One that keeps it past `PASS_BY` is stopped,
+                        // fence between (see `Ring::put_small`). A producer holding the side
+                        // biased is taken back (see `bias`): it leaves its operation, if inside
+                        // one, within microseconds while it runs; so does a running holder of
+                        // the lock. One that keeps it past `PASS_BY` is stopped,
                         // dead or descheduled, and the look goes on without the pass (an item
                         // already there is not held back by a stopped producer): a small put
                         // it then finishes looks for sleepers 10 ms after this consumer
@@ -1025,7 +1029,8 @@ impl<T: Message> Queue<T> {
                         // published before that look, has long been visible to ours. The
                         // model does not promise that timing; the sleep below is bounded by
                         // the next owner check all the same.
-                        with_lock_until(self, ring.put_lock(), Some(pass_by(deadline)), || Ok(()))?;
+                        let pass = ring.put_lock().passing();
+                        with_lock_until(self, pass, Some(pass_by(deadline)), || Ok(()))?;
                     }
                     with_lock_until(self, ring.get_lock(), deadline, || {
                         if waited_long {
@@ -2250,9 +2255,10 @@ mod tests {
         assert_eq!(q.qsize(), 1);
     }
 
-    /// Ends this process at once, running no destructor (as a kill would, but cleanly).
-    fn exit_now() {
-        std::process::exit(0)
+    /// Kills this process (SIGKILL): no destructor or exit handler runs.
+    fn kill_me() {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 
     /// Puts and takes items on this thread until it holds both sides biased.
@@ -2343,14 +2349,14 @@ mod tests {
         let mut child = mp_spawn::Process::fork(move || {
             bias_both_sides(&theirs);
             theirs.put(5).unwrap();
-            // No destructor runs: the bias dies with the process.
-            exit_now();
+            // Killed: the bias dies with the process.
+            kill_me();
         })
         .start()
         .unwrap();
-        // (Joined as a child that exited without returning its result.)
+        // (Joined as a child that was killed.)
         let _ = child.join();
-        assert_eq!(child.exitcode(), Some(0));
+        assert_eq!(child.exitcode(), Some(-9));
         assert!(
             q.ring().put_lock().is_locked(),
             "the dead holds the producers' side"
@@ -2373,13 +2379,13 @@ mod tests {
             // Entered as the holder: "inside" stays set when it dies.
             assert!(ring.put_lock().try_acquire().is_held());
             ring.begin_small_for_tests(8);
-            exit_now();
+            kill_me();
         })
         .start()
         .unwrap();
-        // (Joined as a child that exited without returning its result.)
+        // (Joined as a child that was killed.)
         let _ = child.join();
-        assert_eq!(child.exitcode(), Some(0));
+        assert_eq!(child.exitcode(), Some(-9));
         within_30s(move || {
             q.put_timeout(7, Duration::from_secs(30)).unwrap();
             assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
@@ -2412,5 +2418,88 @@ mod tests {
         q.put(1).unwrap();
         assert_eq!(q.get().unwrap(), 1);
         assert!(matches!(q.try_get(), Err(Error::Empty)));
+    }
+
+    #[test]
+    fn a_taker_killed_while_it_waits_for_a_holder_inside_its_operation_wedges_nobody() {
+        let q = Queue::<u64>::new().unwrap();
+        bias_both_sides(&q);
+        // Inside the producers' side, as the biased holder, until told otherwise.
+        assert!(q.ring().put_lock().try_acquire().is_held());
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            // Takes the lock, asks for the side, and waits for us to leave: killed there.
+            let _ = theirs.put_timeout(1, Duration::from_secs(60));
+        })
+        .start()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !q.ring().put_lock().taking_back() {
+            assert!(
+                Instant::now() < deadline,
+                "the child never asked for the side"
+            );
+            std::thread::yield_now();
+        }
+        child.kill().unwrap();
+        let _ = child.join();
+        q.ring().put_lock().release(); // leaves
+        // Another thread (not the one the side was biased to) puts: it takes the lock over
+        // from the dead taker and finishes the take-back.
+        let theirs = q.clone();
+        within_30s(move || theirs.put_timeout(2, Duration::from_secs(30)).unwrap());
+        q.put(3).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 2);
+        assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 3);
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
+    }
+
+    #[test]
+    fn a_put_inside_the_producers_side_this_thread_holds_biased_never_enters_it_twice() {
+        let q = Queue::<u64>::new().unwrap();
+        bias_both_sides(&q);
+        let nested = q.__with_put_lock(|| q.try_put(1).is_ok()).unwrap();
+        assert!(
+            !nested,
+            "a try inside the side it holds finds it busy, as on a plain lock"
+        );
+        q.put(2).unwrap();
+        assert_eq!(q.get().unwrap(), 2);
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
+    }
+
+    #[test]
+    fn a_try_put_finds_a_biased_producer_killed_inside_its_put_and_repairs() {
+        let q = Queue::<u64>::new().unwrap();
+        let theirs = q.clone();
+        let mut child = mp_spawn::Process::fork(move || {
+            bias_both_sides(&theirs);
+            let ring = theirs.ring();
+            assert!(ring.put_lock().try_acquire().is_held());
+            ring.begin_small_for_tests(8);
+            kill_me();
+        })
+        .start()
+        .unwrap();
+        let _ = child.join();
+        assert_eq!(child.exitcode(), Some(-9));
+        // A `try_` call, which waits for nobody, still finds the holder gone.
+        q.try_put(7).unwrap();
+        assert_eq!(q.try_get().unwrap(), 7);
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
+    }
+
+    #[test]
+    fn a_consumer_that_keeps_going_to_sleep_never_biases_the_producers_side_to_itself() {
+        let q = Queue::<u64>::new().unwrap();
+        for _ in 0..u64::from(crate::bias::STREAK) + 4 {
+            // Empty: spins, then sleeps, passing through the producers' lock each time.
+            assert!(matches!(
+                q.get_timeout(Duration::from_millis(1)),
+                Err(Error::Empty)
+            ));
+        }
+        assert!(!q.ring().put_lock().biased_here(), "passes are not uses");
+        assert!(!q.ring().put_lock().is_locked());
     }
 }

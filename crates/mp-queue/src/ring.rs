@@ -30,6 +30,12 @@
 //!   frame is owned by whoever holds the producers' lock ([`Owner::LOCK_HOLDER`]), and the
 //!   consumer copies and marks `DONE` in one step, so a consumer killed while copying leaves
 //!   the item `READY` for the next.
+//! - The shortest items ([`SHORT`] bytes at most) into an uncounted ring skip `RESERVED`:
+//!   the producer writes the whole frame, `READY`, past `tail`, then moves `tail` (a
+//!   producer killed before that leaves bytes nobody reads; one killed after it has put its
+//!   item, though its `put` never returned, as with a small put killed after its `READY`).
+//!   A consumer whose cursor is at `head` takes the frame there and moves `head`
+//!   ([`Ring::put_short`], [`Ring::take_short`]).
 //! - Space comes back when `head` moves over `DONE`, `DEAD` and `PAD` frames (reclaiming:
 //!   now and then by consumers, and by any producer short of room). A consumer that takes
 //!   the first frame after `head` (the usual case: a consumer keeping up) moves `head` past
@@ -150,8 +156,9 @@ const NEXT_LOOK: usize = 520;
 /// one read of the consumers' line per 64 KiB.
 const RESTART: u64 = 64 << 10;
 
-/// Each side's bias word (see [`bias`]): read by its holder twice per operation, written only
-/// when the bias moves, so a line of their own that stays in every cache.
+/// Each side's bias word (see [`bias`]): read by its holder once per operation, written
+/// only when the bias moves, so a line that stays in every cache (the two share it: taking
+/// one side back costs the other side's holder one miss).
 const PUT_BIAS: usize = 576;
 const GET_BIAS: usize = 584;
 /// Each side's slot table (see [`bias`]), a line per slot.

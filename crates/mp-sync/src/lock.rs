@@ -306,10 +306,10 @@ impl RawLock {
         guard_result(self.acquire_timeout(timeout), || LockGuard { lock: self })
     }
 
-    /// Whether some thread or process may be asleep waiting for the lock (a snapshot, and
-    /// conservative: the flag stays set from a waiter's sleep until the next release). A
-    /// holder about to keep the lock longer than one critical section (as mp-queue's biased
-    /// sides do) lets go instead when it is set.
+    /// Whether a waiter has gone to sleep on the lock since it was last released (a
+    /// snapshot: the flag stays set from a waiter's sleep until the next release; a waiter
+    /// still spinning, or about to sleep, is not seen). mp-queue's sides do not bias
+    /// themselves to a thread while it is set.
     ///
     /// ```
     /// let lock = multiprocessing::synchronize::Lock::new()?;
