@@ -2369,8 +2369,9 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_process_that_dies_inside_a_biased_small_put_leaves_nothing_and_wedges_nobody() {
+    /// A queue whose producers' side a child held biased and was killed inside: its frame
+    /// reserved past `tail`, never filled, its slot still saying "inside".
+    fn killed_inside_a_biased_small_put() -> Queue<u64> {
         let q = Queue::<u64>::new().unwrap();
         let theirs = q.clone();
         let mut child = mp_spawn::Process::fork(move || {
@@ -2386,6 +2387,12 @@ mod tests {
         // (Joined as a child that was killed.)
         let _ = child.join();
         assert_eq!(child.exitcode(), Some(-9));
+        q
+    }
+
+    #[test]
+    fn a_process_that_dies_inside_a_biased_small_put_leaves_nothing_and_wedges_nobody() {
+        let q = killed_inside_a_biased_small_put();
         within_30s(move || {
             q.put_timeout(7, Duration::from_secs(30)).unwrap();
             assert_eq!(q.get_timeout(Duration::from_secs(30)).unwrap(), 7);
@@ -2470,19 +2477,7 @@ mod tests {
 
     #[test]
     fn a_try_put_finds_a_biased_producer_killed_inside_its_put_and_repairs() {
-        let q = Queue::<u64>::new().unwrap();
-        let theirs = q.clone();
-        let mut child = mp_spawn::Process::fork(move || {
-            bias_both_sides(&theirs);
-            let ring = theirs.ring();
-            assert!(ring.put_lock().try_acquire().is_held());
-            ring.begin_small_for_tests(8);
-            kill_me();
-        })
-        .start()
-        .unwrap();
-        let _ = child.join();
-        assert_eq!(child.exitcode(), Some(-9));
+        let q = killed_inside_a_biased_small_put();
         // A `try_` call, which waits for nobody, still finds the holder gone.
         q.try_put(7).unwrap();
         assert_eq!(q.try_get().unwrap(), 7);
