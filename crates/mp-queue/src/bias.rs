@@ -84,14 +84,15 @@ const REVOKED: u64 = 1 << 63;
 const FENCED: u64 = 1 << 62;
 /// The slot bits of a token (its index plus one).
 const SLOT_BITS: u64 = 0xff;
-/// Uncontended takes in a row before a thread keeps the lock.
+/// Uncontended takes of the lock in a row before a thread biases the side to itself.
 pub(crate) const STREAK: u32 = 16;
 /// How often a taker waiting for a holder inside its operation asks whether the holder's
 /// process is gone.
 const HOLDER_CHECK: Duration = Duration::from_millis(10);
 
 // A slot's words.
-/// "In an operation" (`u32`), written only by the slot's thread.
+/// "In an operation" (`u32`): written by the slot's thread, and reset by whoever claims or
+/// frees the slot (while no bias names it).
 const IN_OP: usize = 0;
 /// Who claimed the slot: the second word of its process's [`ProcessId`] (never 0), or 0.
 const CLAIM: usize = 8;
@@ -111,7 +112,7 @@ pub(crate) struct Local {
     slot: AtomicU32,
     /// The bias word while we hold the side biased; 0 while we do not.
     token: AtomicU64,
-    /// Biased episodes so far (in the token, so that an old request cannot hit a new one).
+    /// Biased episodes so far (in the token, which thus differs from one bias to the next).
     episodes: AtomicU64,
     /// Uncontended takes in a row by `thread`.
     streak: AtomicU32,
@@ -128,6 +129,7 @@ enum Back {
     /// The holder is still inside at the deadline.
     Busy,
 }
+
 /// A number naming the calling thread among this process image's threads (a fork child's
 /// thread keeps its parent's, but the child has another pid, which [`Local`] checks first).
 #[inline]
