@@ -85,6 +85,13 @@ pub(crate) const MIN_CAPACITY: usize = 4096;
 /// while copying leaves the item for the next). Larger ones are copied outside it, so that
 /// processes copy in parallel, with the frame's owner recorded.
 pub(crate) const SMALL: usize = 1024;
+/// Refreshes of `tail` in a row that found frames (none finding the queue empty) before a
+/// consumer on the short path pauses before the next (see [`Ring::take_short`])…
+const CHASE: u32 = 8;
+/// …for this long: a producer putting a `u64` every 30 ns or so is then some 60 frames (a
+/// kilobyte, whole lines) ahead. Measured with two processes moving `u64`s: 22 M/s with no
+/// pause, 37 M/s with 1 µs, 43 M/s with 2 or 4 µs.
+const CHASE_PAUSE: std::time::Duration = std::time::Duration::from_micros(2);
 /// Items of at most this many bytes take the short paths ([`Ring::put_short`],
 /// [`Ring::take_short`]) when nothing unusual is going on.
 const SHORT: usize = 64;
@@ -233,6 +240,10 @@ pub(crate) struct Ring {
     /// This process's state of each side's biased lock.
     put_local: Local,
     get_local: Local,
+    /// This process's consumers' count of `tail` refreshes in a row that found frames, none
+    /// finding the queue empty (see [`CHASE`]): a consumer keeping up with a producer one
+    /// frame at a time. Shared by its threads: a hint, raced harmlessly.
+    chase: AtomicU32,
     /// The doorbell: an eventfd every handle holds, readable while the queue may hold an
     /// item (for `wait`) and rung for consumers asleep on it ([`BELL_SLEEPERS`]).
     bell: std::os::fd::OwnedFd,
@@ -270,6 +281,7 @@ impl Ring {
             cap,
             put_local: Local::default(),
             get_local: Local::default(),
+            chase: AtomicU32::new(0),
             bell,
         };
         if let Some(config) = init {
@@ -972,6 +984,13 @@ impl Ring {
     /// owner, of at most [`SHORT`] bytes: copied into `out` and `head` moved past it. `None`
     /// for anything else (including an empty queue), which the general path takes. The
     /// caller holds the consumers' lock.
+    ///
+    /// A consumer that has caught up with the producers [`CHASE`] times in a row, finding
+    /// a frame or two each time and never an empty queue, pauses [`CHASE_PAUSE`] before it
+    /// reads `tail` again: taking frames one at a time on a producer's heels pulls the line
+    /// it is writing back and forth on every item, which halved the rate of a stream of
+    /// `u64`s here. A consumer that finds the queue empty (a request and its answer, or a
+    /// producer that stopped) never pauses.
     #[inline(always)]
     fn take_short(&self, out: &mut Vec<u8>) -> Option<Claim> {
         if self.counting() {
@@ -983,10 +1002,25 @@ impl Ring {
             return None;
         }
         if !(head < tail && self.one_lap(head, tail)) {
+            let chase = self.chase.load(Ordering::Relaxed);
+            if chase >= CHASE {
+                // Streaming, one frame at a time on the producers' heels: every take pulls
+                // the line they are writing (and `tail`'s) back and forth. Let them get
+                // ahead, then take whole lines.
+                // (Spun, not slept: 2 µs is far below a sleep's cost here.)
+                let until = std::time::Instant::now() + CHASE_PAUSE;
+                while std::time::Instant::now() < until {
+                    for _ in 0..8 {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
             tail = self.word(TAIL).load(Ordering::Acquire);
             if !(head < tail && self.one_lap(head, tail)) {
+                self.chase.store(0, Ordering::Relaxed);
                 return None;
             }
+            self.chase.store(chase.saturating_add(1), Ordering::Relaxed);
             self.word(GET_TAIL).store(tail, Ordering::Relaxed);
         }
         let left = (self.cap - (head as usize & (self.cap - 1))) as u64;
@@ -1703,6 +1737,31 @@ pub(crate) mod tests {
         r.recount().unwrap();
         assert!(!r.recount_owed());
         assert_eq!(r.items(), 1, "the frame put above");
+    }
+
+    #[test]
+    fn a_consumer_chasing_its_producer_frame_by_frame_pauses_and_one_finding_nothing_does_not() {
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        r.word32(POLLERS).store(0, Ordering::Relaxed); // uncounted: the short paths
+        let mut out = Vec::new();
+        for i in 0..CHASE as u8 + 2 {
+            assert!(r.put_small_now(&[i]).unwrap().is_some());
+            assert!(r.take_short(&mut out).is_some());
+            assert_eq!(out, [i]);
+        }
+        assert!(r.chase.load(Ordering::Relaxed) >= CHASE);
+        assert!(r.put_small_now(b"x").unwrap().is_some());
+        let before = std::time::Instant::now();
+        assert!(r.take_short(&mut out).is_some());
+        assert!(before.elapsed() >= CHASE_PAUSE, "paused before looking");
+        assert_eq!(out, b"x");
+        assert!(r.take_short(&mut out).is_none(), "empty");
+        assert_eq!(
+            r.chase.load(Ordering::Relaxed),
+            0,
+            "finding nothing ends the chase"
+        );
     }
 
     const CAP_FOR_COUNT: usize = 4096;
