@@ -134,16 +134,7 @@ enum Back {
 /// thread keeps its parent's, but the child has another pid, which [`Local`] checks first).
 #[inline]
 fn thread_token() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    TOKEN.with(|t| match t.get() {
-        0 => {
-            let token = NEXT.fetch_add(1, Ordering::Relaxed);
-            t.set(token);
-            token
-        }
-        token => token,
-    })
+    mp_sync::__thread_token()
 }
 
 /// This process (the second word of its [`ProcessId`]: pid and start time).
@@ -231,12 +222,6 @@ impl<'a> Lock<'a> {
     pub(crate) fn enter_biased_token(&self) -> Option<u64> {
         let token = self.mine()?;
         self.enter(token).then_some(token)
-    }
-
-    /// Leaves what [`Lock::enter_biased_token`] entered.
-    #[inline(always)]
-    pub(crate) fn leave_biased(&self, token: u64) {
-        self.leave(token);
     }
 
     /// Takes the lock only if nobody is using the side now (a biased holder outside its
@@ -435,9 +420,9 @@ impl<'a> Lock<'a> {
         false
     }
 
-    /// The holder leaves its operation.
+    /// The holder leaves its operation (what [`Lock::enter_biased_token`] entered).
     #[inline(always)]
-    fn leave(&self, token: u64) {
+    pub(crate) fn leave_biased(&self, token: u64) {
         if let Some(in_op) = self.in_op(token) {
             in_op.store(0, Ordering::Release);
         }
@@ -478,7 +463,7 @@ impl<'a> Lock<'a> {
     #[inline]
     pub(crate) fn release(&self) {
         if let Some(token) = self.mine() {
-            self.leave(token);
+            self.leave_biased(token);
             return;
         }
         if self.local.streak.load(Ordering::Relaxed) >= STREAK {
@@ -487,10 +472,9 @@ impl<'a> Lock<'a> {
         let _ = self.raw.release();
     }
 
-    /// Biases the side to the calling thread, which holds the lock, if it may: whether it
-    /// did.
+    /// Biases the side to the calling thread, which holds the lock, if it may.
     #[cold]
-    fn bias_now(&self) -> bool {
+    fn bias_now(&self) {
         let local = self.local;
         if local.thread.load(Ordering::Relaxed) != thread_token()
             || local.pid.load(Ordering::Relaxed) != my_pid()
@@ -499,11 +483,11 @@ impl<'a> Lock<'a> {
             || !registered()
         {
             local.streak.store(0, Ordering::Relaxed);
-            return false;
+            return;
         }
         let Some(slot) = self.slot() else {
             local.streak.store(0, Ordering::Relaxed);
-            return false;
+            return;
         };
         let episode = local.episodes.load(Ordering::Relaxed).wrapping_add(1);
         local.episodes.store(episode, Ordering::Relaxed);
@@ -512,7 +496,6 @@ impl<'a> Lock<'a> {
         // We hold the lock (the rule: module docs). Release: whoever sees the token sees
         // everything this thread did inside the side.
         self.bias.store(token, Ordering::Release);
-        true
     }
 
     /// This handle's slot in this process, claimed on first use; `None` if the table is

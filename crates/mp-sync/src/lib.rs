@@ -80,3 +80,12 @@ pub use crate::{
     rlock::{RLockGuard, RawRLock},
     semaphore::{MAX_SEMAPHORE_VALUE, RawSemaphore},
 };
+
+/// A number naming the calling thread, unique among the threads of this process image (a
+/// fork child's thread keeps its parent thread's, but has another pid): the token the
+/// `RLock`s record, for mp-queue's biased sides. Not part of the API.
+#[doc(hidden)]
+#[inline]
+pub fn __thread_token() -> u64 {
+    sys::thread_token()
+}
