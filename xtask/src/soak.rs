@@ -12,6 +12,7 @@
 //!   it counts as a hang, reported with its seed;
 //! - every item acknowledged as sent is received exactly once, except what the documented
 //!   rules allow to be lost (one item per killed consumer); no item is torn or garbled;
+//!   each consumer takes each producer's items in the order they were put;
 //! - counters kept under a lock match what the survivors did, give or take one increment
 //!   per owner that died inside the lock (which the next owner is told of);
 //! - no process is left: this process is a child subreaper, so orphans come back to it, and
@@ -816,15 +817,17 @@ fn produce(((queue, joinable), acked, me, count): (Queues, Array<u64>, u32, u32)
 }
 
 /// Takes items until `done` is set and the queue is empty, marking each in `seen`
-/// (`report`: duplicates, torn items).
+/// (`report`: duplicates, torn items, items out of their producer's order).
 fn consume(
     ((queue, joinable), seen, report, done, per): (Queues, Array<u8>, Array<u64>, Event, u32),
 ) -> u64 {
     let mut got = 0;
+    let mut order = InOrder::default();
     loop {
         match queue.get_timeout(Duration::from_millis(20)) {
             Ok(item) => {
                 got += 1;
+                order.check(&report, &item);
                 mark(&seen, &report, per, item);
                 finished(&joinable, &report);
             }
@@ -842,6 +845,26 @@ fn finished(joinable: &Option<JoinableQueue<Item>>, report: &Array<u64>) {
     {
         let mut r = report.lock().unwrap_or_else(|d| d.into_guard());
         r[2] += 1;
+    }
+}
+
+/// The last item one consumer took from each producer: a consumer takes each producer's
+/// items in the order they were put (FIFO per producer, as in Python).
+#[derive(Default)]
+struct InOrder(std::collections::HashMap<u32, u32>);
+
+impl InOrder {
+    /// Reports `item` (in `report[3]`) if it comes before or with one already taken from
+    /// its producer.
+    fn check(&mut self, report: &Array<u64>, (producer, seq, _): &Item) {
+        if self
+            .0
+            .insert(*producer, *seq)
+            .is_some_and(|last| last >= *seq)
+        {
+            let mut r = report.lock().unwrap_or_else(|d| d.into_guard());
+            r[3] += 1;
+        }
     }
 }
 
@@ -892,8 +915,9 @@ fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
     let queues = (q.clone(), joinable.clone());
     let acked = Array::<u64>::new(producers as usize).map_err(|e| e.to_string())?;
     let seen = Array::<u8>::new((producers * per) as usize).map_err(|e| e.to_string())?;
-    // Items received twice, items torn or garbled, task_done calls refused.
-    let report = Array::<u64>::new(3).map_err(|e| e.to_string())?;
+    // Items received twice, items torn or garbled, task_done calls refused, items out of
+    // their producer's order at one consumer.
+    let report = Array::<u64>::new(4).map_err(|e| e.to_string())?;
     let done = Event::new().map_err(|e| e.to_string())?;
     let mut prods = Vec::new();
     for me in 0..producers {
@@ -939,14 +963,17 @@ fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
     // This process consumes too while the producers run: with every consumer killed, a
     // full queue would otherwise hold the producers for ever.
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let joined = std::thread::scope(|s| {
-        s.spawn(|| {
+    let (joined, mut order) = std::thread::scope(|s| {
+        let getter = s.spawn(|| {
+            let mut order = InOrder::default();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(item) = q.get_timeout(Duration::from_millis(20)) {
+                    order.check(&report, &item);
                     mark(&seen, &report, per, item);
                     finished(&joinable, &report);
                 }
             }
+            order
         });
         let mut joined = Ok(());
         for (i, p) in prods.iter_mut().enumerate() {
@@ -957,7 +984,7 @@ fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
             }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        joined
+        (joined, getter.join().unwrap_or_default())
     });
     joined?;
     done.set();
@@ -968,6 +995,7 @@ fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
     }
     // What no consumer took (all of them may have been killed) is drained here.
     while let Ok(item) = q.try_get() {
+        order.check(&report, &item);
         mark(&seen, &report, per, item);
         finished(&joinable, &report);
         left(began, "draining the queue")?;
@@ -1007,10 +1035,11 @@ fn stream(rng: &mut Rng, joinable: bool) -> Result<Tally, String> {
         }
     }
     let report = report.to_vec();
-    if report[0] > 0 || report[1] > 0 || report[2] > 0 {
+    if report.iter().any(|&n| n > 0) {
         return Err(format!(
-            "{} items received twice, {} torn or garbled, {} task_done calls refused",
-            report[0], report[1], report[2]
+            "{} items received twice, {} torn or garbled, {} task_done calls refused, {} out \
+             of their producer's order",
+            report[0], report[1], report[2], report[3]
         ));
     }
     let seen = seen.to_vec();

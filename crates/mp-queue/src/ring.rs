@@ -902,7 +902,8 @@ impl Ring {
         // padding): a small frame taken there moves `head` past itself instead of being
         // marked `DONE`, so a consumer keeping up writes no line a producer writes.
         let mut at_head = pos == head;
-        // The first frame that may still become READY: the cursor stops there.
+        // The first frame that may still become READY, and `at_head` there: the cursor stops
+        // there.
         let mut unsettled = None;
         // Whether `tail` was read now, not taken from the consumers' copy.
         let mut fresh = false;
@@ -912,7 +913,20 @@ impl Ring {
                     break;
                 }
                 fresh = true;
+                #[cfg(test)]
+                tests::before_fresh_tail();
                 tail = self.get_fresh_ends()?.1;
+                if let Some((at, was_at_head)) = unsettled.take() {
+                    // Back to the first frame found unfinished, to look at it again: a frame
+                    // that this read of `tail` shows, and the last did not, may be the same
+                    // producer's next item, put once that one was finished (FIFO per
+                    // producer). Every frame below a `tail` read before the look at an
+                    // unfinished frame was reserved while that one already was, so by
+                    // another producer, and may be taken first.
+                    pos = at;
+                    at_head = was_at_head;
+                    continue;
+                }
                 if pos >= tail {
                     break;
                 }
@@ -956,8 +970,10 @@ impl Ring {
                         .is_ok()
                 };
                 if taken {
-                    self.word(CURSOR)
-                        .store(unsettled.unwrap_or(pos + size), Ordering::Relaxed);
+                    self.word(CURSOR).store(
+                        unsettled.map_or(pos + size, |(at, _)| at),
+                        Ordering::Relaxed,
+                    );
                     if self.counting() {
                         self.count_one_less(Ordering::SeqCst);
                         if self.maxsize() != 0 {
@@ -982,13 +998,13 @@ impl Ring {
                 }
             }
             if state == RESERVED && unsettled.is_none() {
-                unsettled = Some(pos);
+                unsettled = Some((pos, at_head));
             }
             at_head &= matches!(state, DONE | DEAD | PAD);
             pos += size;
         }
         self.word(CURSOR)
-            .store(unsettled.unwrap_or(tail), Ordering::Relaxed);
+            .store(unsettled.map_or(tail, |(at, _)| at), Ordering::Relaxed);
         Ok(None)
     }
 
@@ -1209,6 +1225,46 @@ pub(crate) mod tests {
 
     fn me() -> Owner {
         Owner::me()
+    }
+
+    thread_local! {
+        /// Run once, by the next [`Ring::claim`] of this thread, just before it reads `tail`
+        /// afresh: what other processes do at that moment.
+        static BEFORE_FRESH_TAIL: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn before_fresh_tail() {
+        if let Some(then) = BEFORE_FRESH_TAIL.with(|hook| hook.borrow_mut().take()) {
+            then();
+        }
+    }
+
+    /// FIFO per producer: a consumer that found a frame still being written (`RESERVED`)
+    /// takes no frame that only a later read of `tail` shows it, for that may be the same
+    /// producer's next item, put after the first was finished. (Seen in the 2-to-2 soak as
+    /// a consumer getting `n + 1` before `n`.)
+    #[test]
+    fn a_frame_seen_unfinished_is_not_overtaken_by_its_producers_next_one() {
+        let t: &'static TestRing = Box::leak(Box::new(test_ring(4096, 0)));
+        let r = &t.ring;
+        let first = r.reserve_small(8, me()).unwrap().unwrap();
+        r.fill(first, b"first!!!");
+        assert!(take(r, me()).is_none(), "the frame is not finished");
+        // Between the consumer's look at the unfinished frame and its next read of `tail`,
+        // the producer finishes that put and makes its next one.
+        BEFORE_FRESH_TAIL.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move || {
+                assert!(r.publish(first));
+                assert!(r.put_small(b"second!!").unwrap().is_some());
+            }))
+        });
+        let got: Vec<_> = (0..3).filter_map(|_| take(r, me())).collect();
+        assert!(
+            BEFORE_FRESH_TAIL.with(|hook| hook.borrow().is_none()),
+            "the claim read tail"
+        );
+        assert_eq!(got, [b"first!!!".to_vec(), b"second!!".to_vec()]);
     }
 
     impl Ring {
