@@ -609,9 +609,9 @@ impl<T: Message> Queue<T> {
         peer: Option<BorrowedFd<'_>>,
     ) -> Result<()> {
         let len = bytes.len();
-        if len <= ring::SMALL
+        if (len <= ring::SHORT
+            || (len <= ring::SMALL && ring::frame_size(len, true) <= self.ring().in_ring_limit()))
             && fds.is_empty()
-            && ring::frame_size(len, true) <= self.ring().in_ring_limit()
             && let Some(done) =
                 self.now(self.ring().put_lock(), || self.ring().put_small_now(bytes))
         {
@@ -969,13 +969,29 @@ impl<T: Message> Queue<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let mut frame = Scratch::take();
         let ring = self.ring();
-        // Without an owner to record, `claim` takes only a small item, copied under the lock.
-        match self.now(ring.get_lock(), || ring.claim_now(None, &mut frame.bytes)) {
-            Some(Ok(_)) => Ok(T::decode(&mut frame)?),
+        // A short item at the head is copied to the stack and decoded from there; anything
+        // else into this thread's scratch frame, lent only then.
+        let mut short = [0u8; ring::SHORT];
+        let mut frame = None;
+        let now = self.now(ring.get_lock(), || {
+            if let Some(len) = ring.take_short_into(&mut short) {
+                return Ok(Some(Some(len)));
+            }
+            // Without an owner to record, `claim` takes only a small item, copied under the
+            // lock.
+            let frame = frame.insert(Scratch::take());
+            Ok(ring.claim(None, &mut frame.bytes)?.map(|_| None))
+        });
+        match now {
+            Some(Ok(Some(len))) => Ok(T::decode_bytes(&short[..len])?),
+            Some(Ok(None)) => Ok(T::decode(frame.as_mut().expect("lent for the claim"))?),
             Some(Err(e)) => Err(e),
-            None => self.get_waiting(&mut frame, within.deadline()),
+            None => {
+                let mut frame = frame.unwrap_or_else(Scratch::take);
+                frame.clear();
+                self.get_waiting(&mut frame, within.deadline())
+            }
         }
     }
 
@@ -1921,6 +1937,25 @@ mod tests {
         q.put("fine".into()).unwrap();
         assert!(matches!(q.get(), Err(Error::Codec(_))));
         assert_eq!(q.get().unwrap(), "fine");
+    }
+
+    /// Items on either side of [`ring::SHORT`] (taken into a buffer on the stack, or into a
+    /// frame), of every length around it, come back whole, alone and back to back.
+    #[test]
+    fn items_of_every_short_length_come_back_whole() {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        let item = |k: usize| (0..k).map(|i| (i * 7 + k) as u8).collect::<Vec<u8>>();
+        for k in 0..=ring::SHORT + 16 {
+            q.put(item(k)).unwrap();
+            assert_eq!(q.get().unwrap(), item(k), "alone, {k} bytes");
+        }
+        for k in 0..=ring::SHORT + 16 {
+            q.put(item(k)).unwrap();
+        }
+        for k in 0..=ring::SHORT + 16 {
+            assert_eq!(q.get().unwrap(), item(k), "back to back, {k} bytes");
+        }
+        assert!(matches!(q.try_get(), Err(Error::Empty)));
     }
 
     #[test]

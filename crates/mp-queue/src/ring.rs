@@ -107,7 +107,10 @@ fn chase_pause() {
 
 /// Items of at most this many bytes take the short paths ([`Ring::put_short`],
 /// [`Ring::take_short`]) when nothing unusual is going on.
-const SHORT: usize = 64;
+pub(crate) const SHORT: usize = 64;
+/// A short item always fits under [`Ring::in_ring_limit`] (at least an eighth of the
+/// smallest ring), so a put of one need not ask.
+const _: () = assert!(frame_size(SHORT, true) <= MIN_CAPACITY / 8);
 
 // The control block, one cache line per party that writes a word often, so that reading
 // another party's word never takes a line that the reader's own lock sits in.
@@ -271,7 +274,7 @@ impl Drop for Ring {
 }
 
 /// The bytes a frame with a payload of `len` bytes takes, with its owner recorded or not.
-pub(crate) fn frame_size(len: usize, owned: bool) -> usize {
+pub(crate) const fn frame_size(len: usize, owned: bool) -> usize {
     HDR + if owned { OWNER } else { 0 } + len.next_multiple_of(8)
 }
 
@@ -1022,6 +1025,20 @@ impl Ring {
     /// producer that stopped) never pauses.
     #[inline(always)]
     fn take_short(&self, out: &mut Vec<u8>) -> Option<Claim> {
+        self.take_short_with(|mem, at, len| mem.copy_out(at, len, out))
+    }
+
+    /// [`Ring::take_short`] into a buffer of [`SHORT`] bytes: how many it holds. For the
+    /// fast path of a typed get, which decodes from there.
+    #[inline(always)]
+    pub(crate) fn take_short_into(&self, out: &mut [u8; SHORT]) -> Option<usize> {
+        self.take_short_with(|mem, at, len| mem.copy_out_short(at, len, out))
+            .map(|claim| claim.len)
+    }
+
+    /// [`Ring::take_short`], copying the payload (at `at`, `len` bytes) with `copy`.
+    #[inline(always)]
+    fn take_short_with(&self, copy: impl FnOnce(&Bytes, usize, usize)) -> Option<Claim> {
         if self.counting() {
             return None;
         }
@@ -1057,7 +1074,7 @@ impl Ring {
             // (An owned or big frame has a flag bit set, far above `SHORT`.)
             return None;
         }
-        self.mem.copy_out(self.payload(head, false), len, out);
+        copy(&self.mem, self.payload(head, false), len);
         // The copy is done before anyone may reuse the bytes (Release); no fence before the
         // look at sleeping producers: see `claim`.
         self.word(HEAD).store(head + size, Ordering::Release);

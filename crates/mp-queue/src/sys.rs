@@ -126,6 +126,30 @@ impl Bytes {
         out.truncate(len);
     }
 
+    /// As [`Bytes::copy_out`], for at most [`SHORT`](crate::ring::SHORT) bytes, into the
+    /// start of `out` (word by word: what follows `len` there is the rest of the last
+    /// word).
+    ///
+    /// # Panics
+    /// As [`Bytes::copy_out`], and if `len` is over `SHORT`.
+    #[inline(always)]
+    pub(crate) fn copy_out_short(
+        &self,
+        offset: usize,
+        len: usize,
+        out: &mut [u8; crate::ring::SHORT],
+    ) {
+        let padded = len.next_multiple_of(8);
+        assert!(
+            padded <= out.len()
+                && offset.is_multiple_of(8)
+                && offset.checked_add(padded).is_some_and(|e| e <= self.len)
+        );
+        for (chunk, at) in out[..padded].chunks_exact_mut(8).zip((offset..).step_by(8)) {
+            chunk.copy_from_slice(&self.u64_at(at).load(Ordering::Relaxed).to_ne_bytes());
+        }
+    }
+
     /// Copies `src` to `offset` (8-aligned) a word at a time, the last one padded with
     /// zeros: the bytes up to the next multiple of 8 are written too.
     ///
