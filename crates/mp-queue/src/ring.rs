@@ -26,6 +26,10 @@
 //!   frame before the cursor is settled; frames still `RESERVED` by a slow producer are
 //!   passed over: order is FIFO per producer, as in Python), marks it `CLAIMED` with itself
 //!   as owner, and lets go of the lock; then copies the payload out and marks it `DONE`.
+//!   A frame passed over was reserved before any frame after it that the consumer takes
+//!   first, so by another producer: past a frame found `RESERVED`, a consumer takes only
+//!   frames below a `tail` it read before it looked at that frame (after a fresh read of
+//!   `tail` it looks at that frame again).
 //! - Small items ([`SMALL`] bytes at most) do both copies under the lock: the producer's
 //!   frame is owned by whoever holds the producers' lock ([`Owner::LOCK_HOLDER`]), and the
 //!   consumer copies and marks `DONE` in one step, so a consumer killed while copying leaves
