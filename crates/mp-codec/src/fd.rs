@@ -64,7 +64,9 @@ impl AsRawFd for Fd {
 }
 
 #[cfg(feature = "serde")]
-pub(crate) use with_serde::{decode_serde, decode_serde_bytes, encode_serde, too_deep};
+pub(crate) use with_serde::{
+    decode_serde, decode_serde_bytes, encode_serde, encode_serde_small, too_deep,
+};
 #[cfg(feature = "serde")]
 pub use with_serde::{deserialize, refused, rejected, serialize};
 
@@ -170,6 +172,55 @@ mod with_serde {
         };
         FAULT.set(Some(fault));
         error
+    }
+
+    /// Writes into the start of a caller's buffer, byte by byte: what goes there is a few
+    /// bytes, for which a call of memcpy costs more than the copy.
+    struct Short<'a> {
+        buf: &'a mut [u8],
+        used: usize,
+    }
+
+    impl postcard::ser_flavors::Flavor for Short<'_> {
+        type Output = usize;
+
+        #[inline(always)]
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            let slot = self
+                .buf
+                .get_mut(self.used)
+                .ok_or(postcard::Error::SerializeBufferFull)?;
+            *slot = data;
+            self.used += 1;
+            Ok(())
+        }
+
+        #[inline(always)]
+        fn finalize(self) -> postcard::Result<usize> {
+            Ok(self.used)
+        }
+    }
+
+    /// [`Encode::encode_small`](crate::Encode::encode_small) for serde types: the plain
+    /// encoding, into `buf`.
+    #[inline(always)]
+    pub(crate) fn encode_serde_small<T: Serialize + ?Sized>(
+        value: &T,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        match postcard::serialize_with_flavor(value, Short { buf, used: 0 }) {
+            Ok(used) => Some(used),
+            Err(_) => small_failed(),
+        }
+    }
+
+    /// The plain encoding did not fit, met a descriptor, or failed: forgets what it left
+    /// for an encode into a frame to find (which starts again from the beginning).
+    #[cold]
+    fn small_failed() -> Option<usize> {
+        FD_MET.set(false);
+        FAULT.take();
+        None
     }
 
     /// Appends to a `Vec` in bulk (postcard's `to_extend` pushes byte by byte).

@@ -87,6 +87,28 @@ pub trait Encode {
     /// [`Error::Encode`] if the value cannot be represented, [`Error::Os`] if a descriptor
     /// cannot be duplicated. On error the frame may hold a partial encoding: clear it.
     fn encode(&self, frame: &mut Frame) -> Result<()>;
+
+    /// Writes the encoding of `self` into `buf` if it fits there and refers to no
+    /// descriptor: how many bytes it took, the same bytes [`Encode::encode`] appends to a
+    /// frame. `None` otherwise (whatever `buf` then holds means nothing), and for any value
+    /// this cannot say for: encode into a frame instead. For a caller with a small buffer of
+    /// its own to try first (a queue's fast path, which then needs no frame). The default
+    /// always says `None`; serde types and [`Pod`] values try.
+    ///
+    /// ```
+    /// use multiprocessing::codec::{Encode, Frame};
+    ///
+    /// let mut buf = [0u8; 16];
+    /// let len = 300u64.encode_small(&mut buf).expect("fits");
+    /// assert_eq!(&buf[..len], Frame::encode(&300u64)?.bytes.as_slice());
+    /// assert_eq!("a longer string than that".encode_small(&mut buf), None);
+    /// # Ok::<(), multiprocessing::codec::Error>(())
+    /// ```
+    #[inline]
+    fn encode_small(&self, buf: &mut [u8]) -> Option<usize> {
+        let _ = buf;
+        None
+    }
 }
 
 /// A value that can be read back out of a [`Frame`]: the receiving half of [`Message`].
@@ -160,6 +182,11 @@ impl<T: serde::Serialize + ?Sized> Encode for T {
     fn encode(&self, frame: &mut Frame) -> Result<()> {
         crate::fd::encode_serde(self, frame)
     }
+
+    #[inline]
+    fn encode_small(&self, buf: &mut [u8]) -> Option<usize> {
+        crate::fd::encode_serde_small(self, buf)
+    }
 }
 
 #[cfg(feature = "serde")]
@@ -197,6 +224,13 @@ impl<T: IntoBytes + Immutable> Encode for Pod<T> {
     fn encode(&self, frame: &mut Frame) -> Result<()> {
         frame.bytes.extend_from_slice(self.0.as_bytes());
         Ok(())
+    }
+
+    #[inline]
+    fn encode_small(&self, buf: &mut [u8]) -> Option<usize> {
+        let bytes = self.0.as_bytes();
+        buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(bytes.len())
     }
 }
 

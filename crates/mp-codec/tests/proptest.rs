@@ -88,7 +88,63 @@ fn wire_bytes(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `encode_small` into a buffer of `room` bytes: when it says yes, the bytes a frame gets;
+/// when it says no, the value did not fit or refers to a descriptor (for a type that
+/// `tries`; the default never does), and a frame encoding made next is whole.
+fn small_agrees<T: Encode + ?Sized>(
+    value: &T,
+    room: usize,
+    tries: bool,
+) -> Result<(), TestCaseError> {
+    let mut buf = vec![0xa5u8; room];
+    let small = value.encode_small(&mut buf);
+    let mut frame = Frame::new();
+    value.encode(&mut frame).unwrap();
+    match small {
+        Some(len) => {
+            prop_assert!(frame.fds.is_empty());
+            prop_assert_eq!(&buf[..len], frame.bytes.as_slice());
+        }
+        None => prop_assert!(!tries || frame.bytes.len() > room || !frame.fds.is_empty()),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_value_with_a_descriptor_is_never_encoded_small_and_still_carries_it() {
+    #[derive(Serialize)]
+    struct WithFd {
+        n: u8,
+        fd: mp_codec::Fd,
+    }
+    let value = WithFd {
+        n: 1,
+        fd: mp_codec::Fd::from(pair().0),
+    };
+    assert_eq!(value.encode_small(&mut [0u8; 64]), None);
+    let frame = Frame::encode(&value).unwrap();
+    assert_eq!(frame.fds.len(), 1, "the next encode collects it");
+    // And a value with none, encoded small right after, is not taken for one with some.
+    assert_eq!(7u8.encode_small(&mut [0u8; 64]), Some(1));
+    assert!(Frame::encode(&7u8).unwrap().fds.is_empty());
+}
+
 proptest! {
+    #[test]
+    fn small_encodings_are_the_frame_encodings(
+        record in record(),
+        n in any::<u64>(),
+        shapes in collection::vec(shape(), 0..4),
+        room in 0usize..300,
+    ) {
+        small_agrees(&record, room, true)?;
+        small_agrees(&n, room, true)?;
+        small_agrees(&shapes, room, true)?;
+        small_agrees(&Pod(n), room, true)?;
+        prop_assert_eq!(Bytes(vec![1, 2, 3]).encode_small(&mut [0; 300]), None);
+        small_agrees(&Bytes(vec![1, 2, 3]), room, false)?; // the default: never small
+    }
+
     #[test]
     fn sent_frames_are_header_then_payload_at_every_size(
         payload in collection::vec(any::<u8>(), 0..3000),

@@ -654,7 +654,26 @@ impl Ring {
     /// not, the general path puts it. The caller holds the producers' lock.
     #[inline(always)]
     fn put_short(&self, bytes: &[u8]) -> bool {
-        let len = bytes.len();
+        self.put_short_with(bytes.len(), |mem, at| mem.copy_in(at, bytes))
+    }
+
+    /// [`Ring::put_small_now`] for an item encoded into the start of a buffer of [`SHORT`]
+    /// bytes, zeros after its `len` bytes: copied a whole word at a time.
+    #[inline(always)]
+    pub(crate) fn put_short_now(
+        &self,
+        short: &[u8; SHORT],
+        len: usize,
+    ) -> Result<Option<bool>, Corrupt> {
+        if self.put_short_with(len, |mem, at| mem.copy_in_short(at, short, len)) {
+            return Ok(Some(false));
+        }
+        self.put_small(&short[..len])
+    }
+
+    /// [`Ring::put_short`], copying the payload (`len` bytes, to `at`) with `copy`.
+    #[inline(always)]
+    fn put_short_with(&self, len: usize, copy: impl FnOnce(&Bytes, usize)) -> bool {
         if len > SHORT || self.counting() {
             return false;
         }
@@ -671,7 +690,7 @@ impl Ring {
             return false;
         }
         self.len_word(tail).store(len as u32, Ordering::Relaxed);
-        self.mem.copy_in(self.payload(tail, false), bytes);
+        copy(&self.mem, self.payload(tail, false));
         self.state(tail).store(READY, Ordering::Release);
         // No fence before the look at sleeping consumers: see `put_small`.
         self.set_tail(tail + size);

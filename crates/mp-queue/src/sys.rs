@@ -150,6 +150,30 @@ impl Bytes {
         }
     }
 
+    /// As [`Bytes::copy_in`], for the first `len` bytes of `short`, which holds zeros after
+    /// them: whole words of it are copied (the padding of the last word, zeros, too).
+    ///
+    /// # Panics
+    /// As [`Bytes::copy_in`], and if `len` is over `SHORT`.
+    #[inline(always)]
+    pub(crate) fn copy_in_short(
+        &self,
+        offset: usize,
+        short: &[u8; crate::ring::SHORT],
+        len: usize,
+    ) {
+        let padded = len.next_multiple_of(8);
+        assert!(
+            padded <= short.len()
+                && offset.is_multiple_of(8)
+                && offset.checked_add(padded).is_some_and(|e| e <= self.len)
+        );
+        for (chunk, at) in short[..padded].chunks_exact(8).zip((offset..).step_by(8)) {
+            let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+            self.u64_at(at).store(word, Ordering::Relaxed);
+        }
+    }
+
     /// Copies `src` to `offset` (8-aligned) a word at a time, the last one padded with
     /// zeros: the bytes up to the next multiple of 8 are written too.
     ///
