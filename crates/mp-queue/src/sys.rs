@@ -139,15 +139,23 @@ impl Bytes {
         len: usize,
         out: &mut [u8; crate::ring::SHORT],
     ) {
-        let padded = len.next_multiple_of(8);
-        assert!(
-            padded <= out.len()
-                && offset.is_multiple_of(8)
-                && offset.checked_add(padded).is_some_and(|e| e <= self.len)
-        );
+        let padded = self.short_range(offset, len);
         for (chunk, at) in out[..padded].chunks_exact_mut(8).zip((offset..).step_by(8)) {
             chunk.copy_from_slice(&self.u64_at(at).load(Ordering::Relaxed).to_ne_bytes());
         }
+    }
+
+    /// `len` rounded up to whole words, checked to be at most
+    /// [`SHORT`](crate::ring::SHORT) and, from `offset` (8-aligned), inside the view.
+    #[inline(always)]
+    fn short_range(&self, offset: usize, len: usize) -> usize {
+        let padded = len.next_multiple_of(8);
+        assert!(
+            padded <= crate::ring::SHORT
+                && offset.is_multiple_of(8)
+                && offset.checked_add(padded).is_some_and(|e| e <= self.len)
+        );
+        padded
     }
 
     /// As [`Bytes::copy_in`], for the first `len` bytes of `short`, which holds zeros after
@@ -162,12 +170,7 @@ impl Bytes {
         short: &[u8; crate::ring::SHORT],
         len: usize,
     ) {
-        let padded = len.next_multiple_of(8);
-        assert!(
-            padded <= short.len()
-                && offset.is_multiple_of(8)
-                && offset.checked_add(padded).is_some_and(|e| e <= self.len)
-        );
+        let padded = self.short_range(offset, len);
         for (chunk, at) in short[..padded].chunks_exact(8).zip((offset..).step_by(8)) {
             let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
             self.u64_at(at).store(word, Ordering::Relaxed);
