@@ -257,16 +257,25 @@ impl Claim {
 pub(crate) struct Ring {
     mem: Bytes,
     cap: usize,
+    /// What this process changes of its own: behind a pointer, so that no field of the ring
+    /// itself changes once it is made and the compiler may keep `mem` and `cap` in registers
+    /// across the stores of an operation (and check each bound once).
+    locals: Box<Locals>,
+    /// The doorbell: an eventfd every handle holds, readable while the queue may hold an
+    /// item (for `wait`) and rung for consumers asleep on it ([`BELL_SLEEPERS`]).
+    bell: std::os::fd::OwnedFd,
+}
+
+/// A process's own state of a ring.
+#[derive(Debug, Default)]
+struct Locals {
     /// This process's state of each side's biased lock.
-    put_local: Local,
-    get_local: Local,
+    put: Local,
+    get: Local,
     /// This process's consumers' count of `tail` refreshes in a row that found frames, none
     /// finding the queue empty (see [`CHASE`]): a consumer keeping up with a producer one
     /// frame at a time. Shared by its threads: a hint, raced harmlessly.
     chase: AtomicU32,
-    /// The doorbell: an eventfd every handle holds, readable while the queue may hold an
-    /// item (for `wait`) and rung for consumers asleep on it ([`BELL_SLEEPERS`]).
-    bell: std::os::fd::OwnedFd,
 }
 
 impl Drop for Ring {
@@ -299,9 +308,7 @@ impl Ring {
         let ring = Ring {
             mem,
             cap,
-            put_local: Local::default(),
-            get_local: Local::default(),
-            chase: AtomicU32::new(0),
+            locals: Box::default(),
             bell,
         };
         if let Some(config) = init {
@@ -355,7 +362,7 @@ impl Ring {
             self.mem.u64_at(PUT_BIAS),
             &self.mem,
             PUT_TABLE,
-            &self.put_local,
+            &self.locals.put,
         )
     }
 
@@ -367,7 +374,7 @@ impl Ring {
             self.mem.u64_at(GET_BIAS),
             &self.mem,
             GET_TABLE,
-            &self.get_local,
+            &self.locals.get,
         )
     }
 
@@ -1071,7 +1078,7 @@ impl Ring {
             return None;
         }
         if !(head < tail && self.one_lap(head, tail)) {
-            let chase = self.chase.load(Ordering::Relaxed);
+            let chase = self.locals.chase.load(Ordering::Relaxed);
             if chase >= CHASE {
                 // Streaming, one frame at a time on the producers' heels: every take pulls
                 // the line they are writing (and `tail`'s) back and forth. Let them get
@@ -1080,10 +1087,10 @@ impl Ring {
             }
             tail = self.word(TAIL).load(Ordering::Acquire);
             if !(head < tail && self.one_lap(head, tail)) {
-                self.chase.store(0, Ordering::Relaxed);
+                self.locals.chase.store(0, Ordering::Relaxed);
                 return None;
             }
-            self.chase.store(chase.saturating_add(1), Ordering::Relaxed);
+            self.locals.chase.store(chase.saturating_add(1), Ordering::Relaxed);
             self.word(GET_TAIL).store(tail, Ordering::Relaxed);
         }
         let left = (self.cap - (head as usize & (self.cap - 1))) as u64;
@@ -1852,7 +1859,7 @@ pub(crate) mod tests {
             assert!(r.take_short(&mut out).is_some());
             assert_eq!(out, [i]);
         }
-        assert!(r.chase.load(Ordering::Relaxed) >= CHASE);
+        assert!(r.locals.chase.load(Ordering::Relaxed) >= CHASE);
         assert!(r.put_small_now(b"x").unwrap().is_some());
         let before = std::time::Instant::now();
         assert!(r.take_short(&mut out).is_some());
@@ -1860,7 +1867,7 @@ pub(crate) mod tests {
         assert_eq!(out, b"x");
         assert!(r.take_short(&mut out).is_none(), "empty");
         assert_eq!(
-            r.chase.load(Ordering::Relaxed),
+            r.locals.chase.load(Ordering::Relaxed),
             0,
             "finding nothing ends the chase"
         );
