@@ -196,7 +196,10 @@ impl<'a> Lock<'a> {
     #[inline(always)]
     fn in_op(&self, token: u64) -> Option<&'a AtomicU32> {
         let index = (token & SLOT_BITS).checked_sub(1)? as usize;
-        (index < SLOTS).then(|| self.mem.u32_at(self.table + index * SLOT_BYTES + IN_OP))
+        let control = self.mem.head32::<{ crate::ring::CONTROL / 4 }>();
+        control
+            .get((self.table + index * SLOT_BYTES + IN_OP) / 4)
+            .filter(|_| index < SLOTS)
     }
 
     /// Whether the calling thread holds this side biased through this handle.

@@ -2041,7 +2041,7 @@ mod tests {
         q.put(1).unwrap();
         // The first frame's length, written over: more than the ring holds.
         q.ring()
-            .word32(ring::CONTROL)
+            .any_word32(ring::CONTROL)
             .store(u32::MAX >> 2, Ordering::Relaxed);
         assert!(q.ring().put_lock().acquire().is_held());
         let (done, finished) = std::sync::mpsc::channel();

@@ -330,7 +330,7 @@ impl Ring {
     /// How many consumers sleep on the doorbell.
     #[inline]
     pub(crate) fn bell_sleepers(&self) -> &AtomicU32 {
-        self.mem.u32_at(BELL_SLEEPERS)
+        self.word32(BELL_SLEEPERS)
     }
 
     /// The largest frame (bytes, header included) that goes in the ring; an item needing a
@@ -359,7 +359,7 @@ impl Ring {
     pub(crate) fn put_lock(&self) -> Lock<'_> {
         Lock::new(
             self.mem.lock_at(PUT_LOCK),
-            self.mem.u64_at(PUT_BIAS),
+            self.word(PUT_BIAS),
             &self.mem,
             PUT_TABLE,
             &self.locals.put,
@@ -371,7 +371,7 @@ impl Ring {
     pub(crate) fn get_lock(&self) -> Lock<'_> {
         Lock::new(
             self.mem.lock_at(GET_LOCK),
-            self.mem.u64_at(GET_BIAS),
+            self.word(GET_BIAS),
             &self.mem,
             GET_TABLE,
             &self.locals.get,
@@ -380,31 +380,40 @@ impl Ring {
 
     #[inline]
     pub(crate) fn published(&self) -> &AtomicU32 {
-        self.mem.u32_at(PUBLISHED)
+        self.word32(PUBLISHED)
     }
 
     #[inline]
     pub(crate) fn freed(&self) -> &AtomicU32 {
-        self.mem.u32_at(FREED)
+        self.word32(FREED)
     }
 
     #[inline]
     pub(crate) fn get_sleepers(&self) -> &AtomicU32 {
-        self.mem.u32_at(GET_SLEEPERS)
+        self.word32(GET_SLEEPERS)
     }
 
     #[inline]
     pub(crate) fn put_sleepers(&self) -> &AtomicU32 {
-        self.mem.u32_at(PUT_SLEEPERS)
+        self.word32(PUT_SLEEPERS)
     }
 
     #[inline]
     pub(crate) fn word(&self, offset: usize) -> &AtomicU64 {
-        self.mem.u64_at(offset)
+        debug_assert!(offset.is_multiple_of(8));
+        &self.mem.head64::<{ CONTROL / 8 }>()[offset / 8]
     }
 
     #[inline]
     pub(crate) fn word32(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset.is_multiple_of(4));
+        &self.mem.head32::<{ CONTROL / 4 }>()[offset / 4]
+    }
+
+    /// The 4-byte word at any offset of the region (a test writing garbage past the
+    /// control block).
+    #[cfg(test)]
+    pub(crate) fn any_word32(&self, offset: usize) -> &AtomicU32 {
         self.mem.u32_at(offset)
     }
 
@@ -1090,7 +1099,9 @@ impl Ring {
                 self.locals.chase.store(0, Ordering::Relaxed);
                 return None;
             }
-            self.locals.chase.store(chase.saturating_add(1), Ordering::Relaxed);
+            self.locals
+                .chase
+                .store(chase.saturating_add(1), Ordering::Relaxed);
             self.word(GET_TAIL).store(tail, Ordering::Relaxed);
         }
         let left = (self.cap - (head as usize & (self.cap - 1))) as u64;

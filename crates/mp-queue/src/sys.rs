@@ -61,6 +61,31 @@ impl Bytes {
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast()) }
     }
 
+    /// The first `N` 8-byte words of the view, as an array: one check for all of them, so
+    /// that a word at a constant index costs no check of its own (the control block's).
+    ///
+    /// # Panics
+    /// If the view is shorter than `N` words.
+    #[inline(always)]
+    pub(crate) fn head64<const N: usize>(&self) -> &[AtomicU64; N] {
+        assert!(N * 8 <= self.len);
+        // SAFETY: `N * 8` bytes from the 8-aligned base are inside the view (checked above);
+        // every access to shared words is atomic, any bits are valid `AtomicU64`s, and an
+        // array of them has their alignment and no padding.
+        unsafe { &*self.base.as_ptr().cast::<[AtomicU64; N]>() }
+    }
+
+    /// As [`Bytes::head64`], in 4-byte words.
+    ///
+    /// # Panics
+    /// If the view is shorter than `N` words.
+    #[inline(always)]
+    pub(crate) fn head32<const N: usize>(&self) -> &[AtomicU32; N] {
+        assert!(N * 4 <= self.len);
+        // SAFETY: as in `head64`, for 4-byte words.
+        unsafe { &*self.base.as_ptr().cast::<[AtomicU32; N]>() }
+    }
+
     /// The 8-byte word at `offset`.
     ///
     /// # Panics
