@@ -1304,17 +1304,18 @@ pub(crate) mod tests {
     /// a consumer getting `n + 1` before `n`.)
     #[test]
     fn a_frame_seen_unfinished_is_not_overtaken_by_its_producers_next_one() {
-        let t: &'static TestRing = Box::leak(Box::new(test_ring(4096, 0)));
+        let t = std::rc::Rc::new(test_ring(4096, 0));
         let r = &t.ring;
         let first = r.reserve_small(8, me()).unwrap().unwrap();
         r.fill(first, b"first!!!");
         assert!(take(r, me()).is_none(), "the frame is not finished");
         // Between the consumer's look at the unfinished frame and its next read of `tail`,
         // the producer finishes that put and makes its next one.
+        let producer = t.clone();
         BEFORE_FRESH_TAIL.with(|hook| {
             *hook.borrow_mut() = Some(Box::new(move || {
-                assert!(r.publish(first));
-                assert!(r.put_small(b"second!!").unwrap().is_some());
+                assert!(producer.ring.publish(first));
+                assert!(producer.ring.put_small(b"second!!").unwrap().is_some());
             }))
         });
         let got: Vec<_> = (0..3).filter_map(|_| take(r, me())).collect();
