@@ -598,6 +598,15 @@ impl<T: Message> Queue<T> {
         let mut short = [0u8; ring::SHORT];
         if let Some(len) = item.encode_small(&mut short) {
             let ring = self.ring();
+            // The commonest case first, with nothing to hand back but yes or no.
+            let lock = ring.put_lock();
+            if let Some(token) = lock.enter_biased_token() {
+                let put = !self.polled() && ring.put_short_from(&short, len);
+                lock.leave_biased(token);
+                if put {
+                    return Ok(());
+                }
+            }
             if let Some(done) = self.now(ring.put_lock(), || ring.put_short_now(&short, len)) {
                 return done.map(drop);
             }
@@ -983,6 +992,19 @@ impl<T: Message> Queue<T> {
         // A short item at the head is copied to the stack and decoded from there; anything
         // else into this thread's scratch frame, lent only then.
         let mut short = [0u8; ring::SHORT];
+        // The commonest case first, with nothing to hand back but the length.
+        let lock = ring.get_lock();
+        if let Some(token) = lock.enter_biased_token() {
+            let got = if self.polled() {
+                None
+            } else {
+                ring.take_short_into(&mut short)
+            };
+            lock.leave_biased(token);
+            if let Some(len) = got {
+                return Ok(T::decode_bytes(&short[..len])?);
+            }
+        }
         let mut frame = None;
         let now = self.now(ring.get_lock(), || {
             if let Some(len) = ring.take_short_into(&mut short) {

@@ -681,10 +681,18 @@ impl Ring {
         short: &[u8; SHORT],
         len: usize,
     ) -> Result<Option<bool>, Corrupt> {
-        if self.put_short_with(len, |mem, at| mem.copy_in_short(at, short, len)) {
+        if self.put_short_from(short, len) {
             return Ok(Some(false));
         }
         self.put_small(&short[..len])
+    }
+
+    /// [`Ring::put_short`] for an item encoded into the start of a buffer of [`SHORT`]
+    /// bytes, zeros after its `len` bytes: whether it was put (if not, the general path
+    /// puts it).
+    #[inline(always)]
+    pub(crate) fn put_short_from(&self, short: &[u8; SHORT], len: usize) -> bool {
+        self.put_short_with(len, |mem, at| mem.copy_in_short(at, short, len))
     }
 
     /// [`Ring::put_short`], copying the payload (`len` bytes, to `at`) with `copy`.
