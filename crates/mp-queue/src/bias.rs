@@ -197,9 +197,7 @@ impl<'a> Lock<'a> {
     fn in_op(&self, token: u64) -> Option<&'a AtomicU32> {
         let index = (token & SLOT_BITS).checked_sub(1)? as usize;
         let control = self.mem.head32::<{ crate::ring::CONTROL / 4 }>();
-        control
-            .get((self.table + index * SLOT_BYTES + IN_OP) / 4)
-            .filter(|_| index < SLOTS)
+        (index < SLOTS).then(|| &control[(self.table + index * SLOT_BYTES + IN_OP) / 4])
     }
 
     /// Whether the calling thread holds this side biased through this handle.

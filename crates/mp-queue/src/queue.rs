@@ -598,16 +598,27 @@ impl<T: Message> Queue<T> {
         let mut short = [0u8; ring::SHORT];
         if let Some(len) = item.encode_small(&mut short) {
             let ring = self.ring();
-            // The commonest case first, with nothing to hand back but yes or no.
             let lock = ring.put_lock();
-            if let Some(token) = lock.enter_biased_token() {
-                let put = !self.polled() && ring.put_short_from(&short, len);
-                lock.leave_biased(token);
-                if put {
-                    return Ok(());
+            let done = match lock.enter_biased_token() {
+                // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
+                // outcome first and nothing to hand back for it but yes.
+                Some(token) => {
+                    let polled = self.polled();
+                    if !polled && ring.put_short_from(&short, len) {
+                        lock.leave_biased(token);
+                        return Ok(());
+                    }
+                    let done = if polled {
+                        Ok(None)
+                    } else {
+                        ring.put_small(&short[..len])
+                    };
+                    lock.leave_biased(token);
+                    self.settle_now(done)
                 }
-            }
-            if let Some(done) = self.now(ring.put_lock(), || ring.put_short_now(&short, len)) {
+                None => self.now(lock, || ring.put_short_now(&short, len)),
+            };
+            if let Some(done) = done {
                 return done.map(drop);
             }
             return self.put_encoded(&short[..len], &[], within.deadline(), None);
@@ -992,29 +1003,37 @@ impl<T: Message> Queue<T> {
         // A short item at the head is copied to the stack and decoded from there; anything
         // else into this thread's scratch frame, lent only then.
         let mut short = [0u8; ring::SHORT];
-        // The commonest case first, with nothing to hand back but the length.
-        let lock = ring.get_lock();
-        if let Some(token) = lock.enter_biased_token() {
-            let got = if self.polled() {
-                None
-            } else {
-                ring.take_short_into(&mut short)
-            };
-            lock.leave_biased(token);
-            if let Some(len) = got {
-                return Ok(T::decode_bytes(&short[..len])?);
-            }
-        }
         let mut frame = None;
-        let now = self.now(ring.get_lock(), || {
-            if let Some(len) = ring.take_short_into(&mut short) {
-                return Ok(Some(Some(len)));
-            }
-            // Without an owner to record, `claim` takes only a small item, copied under the
-            // lock.
+        // What the short path did not take. Without an owner to record, `claim` takes only a
+        // small item, copied under the lock.
+        let mut claim = || {
             let frame = frame.insert(Scratch::take());
             Ok(ring.claim(None, &mut frame.bytes)?.map(|_| None))
-        });
+        };
+        let lock = ring.get_lock();
+        let now = match lock.enter_biased_token() {
+            // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
+            // outcome first and nothing to hand back for it but the length.
+            Some(token) => {
+                let polled = self.polled();
+                let got = if polled {
+                    None
+                } else {
+                    ring.take_short_into(&mut short)
+                };
+                if let Some(len) = got {
+                    lock.leave_biased(token);
+                    return Ok(T::decode_bytes(&short[..len])?);
+                }
+                let done = if polled { Ok(None) } else { claim() };
+                lock.leave_biased(token);
+                self.settle_now(done)
+            }
+            None => self.now(lock, || match ring.take_short_into(&mut short) {
+                Some(len) => Ok(Some(Some(len))),
+                None => claim(),
+            }),
+        };
         match now {
             Some(Ok(Some(len))) => Ok(T::decode_bytes(&short[..len])?),
             Some(Ok(None)) => Ok(T::decode(frame.as_mut().expect("lent for the claim"))?),
@@ -2342,6 +2361,37 @@ mod tests {
         }
         assert!(q.ring().put_lock().biased_here(), "the producers' side");
         assert!(q.ring().get_lock().biased_here(), "the consumers' side");
+    }
+
+    /// A bounded queue (counted: the short paths never apply) whose sides one thread holds
+    /// biased puts and gets through the general paths inside them: full at `maxsize`, in
+    /// order, then empty; and so does one whose doorbell is armed.
+    #[test]
+    fn a_biased_thread_puts_and_gets_on_a_counted_ring() {
+        let bounded = Queue::<u64>::with_maxsize(8).unwrap();
+        let polled = Queue::<u64>::new().unwrap();
+        let _ = polled.as_fd();
+        for q in [&bounded, &polled] {
+            bias_both_sides(q);
+            for i in 0..8 {
+                q.put(i).unwrap();
+            }
+            if q.maxsize() != 0 {
+                assert!(matches!(q.try_put(8), Err(e) if matches!(e.error, Error::Full)));
+            }
+            for i in 0..8 {
+                assert_eq!(q.get().unwrap(), i);
+            }
+            assert!(matches!(q.try_get(), Err(Error::Empty)));
+            assert!(
+                q.ring().put_lock().biased_here(),
+                "still the producers' side"
+            );
+            assert!(
+                q.ring().get_lock().biased_here(),
+                "still the consumers' side"
+            );
+        }
     }
 
     #[test]
