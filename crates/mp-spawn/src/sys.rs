@@ -532,7 +532,7 @@ pub(crate) fn same_object(a: usize, b: usize) -> bool {
 static ORIGINAL_FD_SOFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static ORIGINAL_FD_HARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Raises the soft limit on open descriptors (the forkserver holds two per live child) to
+/// Raises the soft limit on open descriptors (the forkserver holds three per live child) to
 /// the hard limit, at most 1 << 20.
 pub(crate) fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit take a plain struct by pointer.

@@ -809,7 +809,7 @@ fn helper_lowers_its_descriptor_limit_and_starts_children() {
 
 #[test]
 fn children_get_their_parents_descriptor_limits() {
-    // The forkserver raises its own soft limit (it holds two descriptors per child); its
+    // The forkserver raises its own soft limit (it holds three descriptors per child); its
     // children get the parent's limits back.
     let out = run_helper(
         "helper_lowers_its_descriptor_limit_and_starts_children",

@@ -3,7 +3,9 @@
 //! for its bootstrap on a socket of its own: the request carries the child's end of that
 //! socket and the write end of a status pipe (`SCM_RIGHTS`), the reply the child's pid. A
 //! start sends the bootstrap straight to the standby and asks for the next one. The server
-//! reaps its children and writes each exit status (4 bytes) to its status pipe. It dies with
+//! reaps its children and writes each exit status (4 bytes) to its status pipe, having first
+//! thrown away whatever the child left unread (a bootstrap, if it was killed before it read
+//! it, whose descriptors would otherwise live on in the pooled socket). It dies with
 //! its parent (and its children, standby or not, with it), and is started again if it died.
 
 use std::{
@@ -327,7 +329,7 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     let _ = std::io::Write::flush(&mut std::io::stdout().lock());
     let mut conn = Some(Connection::from_unix_socket(socket));
     // Allocated together, so that they likely share a page or two.
-    let mut children: Vec<(OwnedFd, OwnedFd)> = Vec::with_capacity(64);
+    let mut children: Vec<Child> = Vec::with_capacity(64);
     let mut polled: Vec<sys::PollFd> = Vec::with_capacity(65);
     let mut request = Frame::new();
     request.fds.reserve(4);
@@ -337,7 +339,7 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
         polled.extend(
             children
                 .iter()
-                .map(|(pidfd, _)| sys::PollFd::readable(pidfd.as_fd())),
+                .map(|child| sys::PollFd::readable(child.pidfd.as_fd())),
         );
         match sys::poll(&mut polled) {
             Ok(()) => {}
@@ -349,12 +351,16 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
             if !polled[i].ready() {
                 continue;
             }
-            let (pidfd, status_w) = children.swap_remove(i - 1);
-            let code = match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            let child = children.swap_remove(i - 1);
+            let code = match waitid(WaitId::PidFd(child.pidfd.as_fd()), WaitIdOptions::EXITED) {
                 Ok(Some(status)) => crate::process::exit_code(&status),
                 _ => -libc::SIGKILL,
             };
-            let _ = rustix::io::write(&status_w, &code.to_le_bytes());
+            // A child that ran its target to the end had read its bootstrap whole.
+            if code != 0 {
+                discard_unread(child.socket.as_fd());
+            }
+            let _ = rustix::io::write(&child.status_w, &code.to_le_bytes());
         }
         if polled[0].ready() {
             match mp_codec::wire::recv_frame(requests, REQUEST_MAX, &mut request) {
@@ -367,16 +373,50 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     sys::exit_now(0)
 }
 
+/// A child the server forked and has not reaped yet.
+struct Child {
+    pidfd: OwnedFd,
+    /// Where its exit status goes.
+    status_w: OwnedFd,
+    /// A copy of the child's end of its result socket, kept until the child is reaped (see
+    /// [`discard_unread`]).
+    socket: OwnedFd,
+}
+
+/// Throws away whatever a reaped child left unread on its socket, and with it the
+/// descriptors the parent sent it (a plain `recv` takes no descriptors: the kernel closes
+/// those it carried).
+///
+/// A child killed before it read its bootstrap leaves the bootstrap queued on its socket,
+/// the descriptors of its arguments in flight with it. The parent holds its own copy of the
+/// child's end (the pair is pooled, see `Asked`), so the socket, and every one of those
+/// descriptors, would outlive the child until the parent joined it: a pipe's end handed to
+/// the child would never hang up for the other end's reader in the meantime. Discarded
+/// here, as the child is reaped and before its status is written, they close with it.
+///
+/// Only for a child that did not exit with 0: one that did ran its target, so had read its
+/// bootstrap whole (the read of an empty socket would cost every start a system call).
+///
+/// The parent sends the descriptors with the frame's first bytes, and gives up sending
+/// once the child is gone, so a few reads at most take everything that matters; the count
+/// is bounded all the same.
+fn discard_unread(socket: std::os::fd::BorrowedFd<'_>) {
+    let mut buf = [0u8; 256];
+    for _ in 0..1024 {
+        match rustix::net::recv(socket, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return,
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// A request is a frame with no bytes (the descriptors are all it says).
 const REQUEST_MAX: usize = 64;
 
 /// Forks a standby child, which waits for its bootstrap on the socket end the request
 /// carried, and replies with its pid; or with an empty reply if it cannot.
-fn handle(
-    request: &mut Frame,
-    conn: &mut Option<Connection>,
-    children: &mut Vec<(OwnedFd, OwnedFd)>,
-) {
+fn handle(request: &mut Frame, conn: &mut Option<Connection>, children: &mut Vec<Child>) {
     // Built in a small buffer: the server's stack stays within fewer pages (each written
     // after a fork costs a copy).
     let reply = |bytes: &[u8]| {
@@ -407,10 +447,13 @@ fn handle(
             entry::finish(code)
         }
         Ok(Some(pid)) => {
-            drop(child_end);
             match open_pidfd(pid as u32) {
                 Ok(pidfd) => {
-                    children.push((pidfd, status_w));
+                    children.push(Child {
+                        pidfd,
+                        status_w,
+                        socket: child_end,
+                    });
                     reply(&(pid as u32).to_le_bytes());
                 }
                 Err(_) => {

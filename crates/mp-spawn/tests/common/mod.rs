@@ -48,3 +48,21 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// Kills `pid` with SIGKILL and waits (at most 30 s) until it is gone; nothing to do if it
+/// is gone already.
+#[allow(dead_code, reason = "not every test binary that shares this module kills")]
+pub fn kill_and_wait(pid: u32) {
+    use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open};
+    let pid = Pid::from_raw(pid as i32).unwrap();
+    let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) else {
+        return; // already gone
+    };
+    let _ = kill_process(pid, Signal::KILL);
+    let gone = mp_pipe::wait(
+        &[std::os::fd::AsFd::as_fd(&pidfd)],
+        Some(Duration::from_secs(30)),
+    )
+    .unwrap();
+    assert_eq!(gone, [0], "{pid:?} did not die");
+}
