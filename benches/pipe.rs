@@ -1,5 +1,5 @@
 //! Criterion benches of connections: a round trip of a small message to an echoing thread,
-//! and 1 MiB messages one way. `cargo xtask bench pipe` compares the same workloads across
+//! 1 MiB messages one way, and a small message sent and received in turn by one thread. `cargo xtask bench pipe` compares the same workloads across
 //! processes with the raw syscalls, CPython and ipc-channel.
 
 use std::{hint::black_box, thread};
@@ -39,6 +39,14 @@ fn pipes(c: &mut Criterion) {
     group.finish();
     drop(writer);
     sink.join().unwrap();
+
+    let (a, b) = pipe(true).unwrap();
+    c.bench_function("pipe_send_recv_8b/one thread", |bench| {
+        bench.iter(|| {
+            a.send_bytes(black_box(&[7u8; 8])).unwrap();
+            black_box(b.recv_bytes().unwrap())
+        })
+    });
 }
 
 criterion_group!(benches, pipes);

@@ -1,5 +1,6 @@
 //! Criterion benches of queues between threads: `put` while a thread drains (1→1 8-byte
-//! items), and a round trip over two queues to an echoing thread. `cargo xtask bench queue`
+//! items), a round trip over two queues to an echoing thread, and a `put` and a `get` in
+//! turn by one thread (where each get finds the one item just put). `cargo xtask bench queue`
 //! runs the same workloads between processes, side by side with a raw shared-memory ring,
 //! CPython, ipc-channel and crossbeam-channel.
 
@@ -12,6 +13,14 @@ use multiprocessing::Queue;
 const STOP: u64 = u64::MAX;
 
 fn queues(c: &mut Criterion) {
+    let alone = Queue::<u64>::new().unwrap();
+    c.bench_function("queue_put_get_8b/one thread", |b| {
+        b.iter(|| {
+            alone.put(black_box(7)).unwrap();
+            black_box(alone.get().unwrap())
+        })
+    });
+
     let q = Queue::<u64>::new().unwrap();
     let drain = {
         let q = q.clone();

@@ -96,6 +96,17 @@ const CHASE: u32 = 8;
 /// kilobyte, whole lines) ahead. Measured with two processes moving `u64`s: 22 M/s with no
 /// pause, 37 M/s with 1 µs, 43 M/s with 2 or 4 µs.
 const CHASE_PAUSE: std::time::Duration = std::time::Duration::from_micros(2);
+/// A pause pays when the producers got at least this many bytes ahead during it (a few
+/// lines; a `u64` streamed from another CPU puts about 2 KiB in a pause). One that finds
+/// less met a producer that is not streaming: one putting now and then, or this very thread
+/// (a put and a get in turn, where every get finds the one frame just put and would pause
+/// every time).
+const PAUSE_PAYS: u64 = 256;
+/// After a pause that did not pay, no pause for this many refreshes, twice as many after
+/// each further one in a row, up to [`QUIET_MAX`] (a pause in every 65,536 gets costs a get
+/// a few hundredths of a nanosecond); a pause that pays starts again from here.
+const QUIET_MIN: u32 = 64;
+const QUIET_MAX: u32 = 1 << 16;
 /// Spins for [`CHASE_PAUSE`] (far below a sleep's cost here), out of line: the short path
 /// that calls it is inlined everywhere.
 #[cold]
@@ -274,8 +285,12 @@ struct Locals {
     get: Local,
     /// This process's consumers' count of `tail` refreshes in a row that found frames, none
     /// finding the queue empty (see [`CHASE`]): a consumer keeping up with a producer one
-    /// frame at a time. Shared by its threads: a hint, raced harmlessly.
+    /// frame at a time. Below zero (as an `i32`) after a pause that did not pay, for as many
+    /// refreshes as [`QUIET_MIN`] and up. Shared by its threads: a hint, raced harmlessly.
     chase: AtomicU32,
+    /// How many refreshes the next pause that does not pay holds the following one off for
+    /// (0: [`QUIET_MIN`]).
+    quiet: AtomicU32,
 }
 
 impl Drop for Ring {
@@ -1069,7 +1084,9 @@ impl Ring {
     /// reads `tail` again: taking frames one at a time on a producer's heels pulls the line
     /// it is writing back and forth on every item, which halved the rate of a stream of
     /// `u64`s here. A consumer that finds the queue empty (a request and its answer, or a
-    /// producer that stopped) never pauses.
+    /// producer that stopped) never pauses, and one whose pause found the producers no
+    /// further on (a thread that puts and gets in turn, which paused 2 µs on every get
+    /// before) holds the next pauses off for a while ([`PAUSE_PAYS`]).
     #[inline(always)]
     fn take_short(&self, out: &mut Vec<u8>) -> Option<Claim> {
         self.take_short_with(|mem, at, len| mem.copy_out(at, len, out))
@@ -1095,8 +1112,9 @@ impl Ring {
             return None;
         }
         if !(head < tail && self.one_lap(head, tail)) {
-            let chase = self.locals.chase.load(Ordering::Relaxed);
-            if chase >= CHASE {
+            let chase = self.locals.chase.load(Ordering::Relaxed) as i32;
+            let paused = chase >= CHASE as i32;
+            if paused {
                 // Streaming, one frame at a time on the producers' heels: every take pulls
                 // the line they are writing (and `tail`'s) back and forth. Let them get
                 // ahead, then take whole lines.
@@ -1107,9 +1125,14 @@ impl Ring {
                 self.locals.chase.store(0, Ordering::Relaxed);
                 return None;
             }
+            let chase = if paused {
+                self.paid(tail - head)
+            } else {
+                chase
+            };
             self.locals
                 .chase
-                .store(chase.saturating_add(1), Ordering::Relaxed);
+                .store(chase.saturating_add(1) as u32, Ordering::Relaxed);
             self.word(GET_TAIL).store(tail, Ordering::Relaxed);
         }
         let left = (self.cap - (head as usize & (self.cap - 1))) as u64;
@@ -1138,6 +1161,22 @@ impl Ring {
             big: false,
             copied: true,
         })
+    }
+
+    /// After a pause of [`Ring::take_short`] that found the producers `ahead` bytes on: the
+    /// chase count to carry on from (below zero, for a time without pauses, if it did not
+    /// pay; see [`PAUSE_PAYS`]).
+    #[cold]
+    #[inline(never)]
+    fn paid(&self, ahead: u64) -> i32 {
+        let quiet = &self.locals.quiet;
+        if ahead >= PAUSE_PAYS {
+            quiet.store(QUIET_MIN, Ordering::Relaxed);
+            return CHASE as i32;
+        }
+        let now = quiet.load(Ordering::Relaxed).clamp(QUIET_MIN, QUIET_MAX);
+        quiet.store((now * 2).min(QUIET_MAX), Ordering::Relaxed);
+        -(now as i32)
     }
 
     /// Where to start looking for a `READY` frame: the cursor if it lies between `head` and
@@ -1873,24 +1912,59 @@ pub(crate) mod tests {
         let t = test_ring(4096, 0);
         let r = &t.ring;
         r.word32(POLLERS).store(0, Ordering::Relaxed); // uncounted: the short paths
+        let chase = || r.locals.chase.load(Ordering::Relaxed) as i32;
         let mut out = Vec::new();
-        for i in 0..CHASE as u8 + 2 {
+        for i in 0..CHASE as u8 {
             assert!(r.put_small_now(&[i]).unwrap().is_some());
             assert!(r.take_short(&mut out).is_some());
             assert_eq!(out, [i]);
         }
-        assert!(r.locals.chase.load(Ordering::Relaxed) >= CHASE);
-        assert!(r.put_small_now(b"x").unwrap().is_some());
+        assert_eq!(chase(), CHASE as i32);
+        // A pause that pays: the producers got whole lines ahead meanwhile (here, before).
+        for i in 0..40u8 {
+            assert!(r.put_small_now(&[i]).unwrap().is_some());
+        }
         let before = std::time::Instant::now();
         assert!(r.take_short(&mut out).is_some());
         assert!(before.elapsed() >= CHASE_PAUSE, "paused before looking");
-        assert_eq!(out, b"x");
+        assert_eq!(out, [0]);
+        assert_eq!(chase(), CHASE as i32 + 1, "the chase goes on");
+        for i in 1..40u8 {
+            assert!(r.take_short(&mut out).is_some());
+            assert_eq!(out, [i]);
+        }
         assert!(r.take_short(&mut out).is_none(), "empty");
-        assert_eq!(
-            r.locals.chase.load(Ordering::Relaxed),
-            0,
-            "finding nothing ends the chase"
-        );
+        assert_eq!(chase(), 0, "finding nothing ends the chase");
+    }
+
+    #[test]
+    fn a_pause_that_finds_the_producer_no_further_on_holds_the_next_ones_off() {
+        // A put and a get in turn by one thread: each get finds the one frame just put.
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        r.word32(POLLERS).store(0, Ordering::Relaxed); // uncounted: the short paths
+        let chase = || r.locals.chase.load(Ordering::Relaxed) as i32;
+        let mut out = Vec::new();
+        let mut pair = |i: u8| {
+            assert!(r.put_small_now(&[i]).unwrap().is_some());
+            assert!(r.take_short(&mut out).is_some());
+            assert_eq!(out, [i]);
+        };
+        for i in 0..=CHASE as u8 {
+            pair(i); // the last one paused, and found one frame
+        }
+        assert_eq!(chase(), 1 - QUIET_MIN as i32, "no pause for a while");
+        for i in 0..QUIET_MIN as u8 + CHASE as u8 - 1 {
+            pair(i);
+        }
+        assert_eq!(chase(), CHASE as i32, "due again");
+        pair(0); // paused again, to no avail: held off twice as long
+        assert_eq!(chase(), 1 - 2 * QUIET_MIN as i32);
+        for _ in 0..20 {
+            r.locals.chase.store(CHASE, Ordering::Relaxed);
+            pair(0);
+        }
+        assert_eq!(chase(), 1 - QUIET_MAX as i32, "held off at most this long");
     }
 
     const CAP_FOR_COUNT: usize = 4096;

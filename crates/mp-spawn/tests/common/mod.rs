@@ -51,7 +51,10 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 
 /// Kills `pid` with SIGKILL and waits (at most 30 s) until it is gone; nothing to do if it
 /// is gone already.
-#[allow(dead_code, reason = "not every test binary that shares this module kills")]
+#[allow(
+    dead_code,
+    reason = "not every test binary that shares this module kills"
+)]
 pub fn kill_and_wait(pid: u32) {
     use rustix::process::{Pid, PidfdFlags, Signal, kill_process, pidfd_open};
     let pid = Pid::from_raw(pid as i32).unwrap();
