@@ -174,33 +174,6 @@ mod with_serde {
         error
     }
 
-    /// Writes into the start of a caller's buffer, byte by byte: what goes there is a few
-    /// bytes, for which a call of memcpy costs more than the copy.
-    struct Short<'a> {
-        buf: &'a mut [u8],
-        used: usize,
-    }
-
-    impl postcard::ser_flavors::Flavor for Short<'_> {
-        type Output = usize;
-
-        #[inline(always)]
-        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-            let slot = self
-                .buf
-                .get_mut(self.used)
-                .ok_or(postcard::Error::SerializeBufferFull)?;
-            *slot = data;
-            self.used += 1;
-            Ok(())
-        }
-
-        #[inline(always)]
-        fn finalize(self) -> postcard::Result<usize> {
-            Ok(self.used)
-        }
-    }
-
     /// [`Encode::encode_small`](crate::Encode::encode_small) for serde types: the plain
     /// encoding, into `buf`.
     #[inline(always)]
@@ -208,8 +181,9 @@ mod with_serde {
         value: &T,
         buf: &mut [u8],
     ) -> Option<usize> {
-        match postcard::serialize_with_flavor(value, Short { buf, used: 0 }) {
-            Ok(used) => Some(used),
+        let mut out = crate::small::Small { buf, used: 0 };
+        match value.serialize(&mut out) {
+            Ok(()) => Some(out.used),
             Err(_) => small_failed(),
         }
     }

@@ -55,6 +55,8 @@ mod message;
 pub mod plain;
 #[cfg(feature = "serde")]
 mod probe;
+#[cfg(feature = "serde")]
+mod small;
 mod sys;
 pub mod wire;
 

@@ -31,6 +31,88 @@ struct Record {
     block: [u32; 4],
 }
 
+/// Every other shape serde has, for the small encoder.
+#[derive(Serialize, Debug, Clone)]
+struct Odds {
+    tiny: i8,
+    short: i16,
+    word: u16,
+    yes: bool,
+    single: f32,
+    letter: Option<char>,
+    nothing: (),
+    unit: UnitStruct,
+    newtype: Newtype,
+    pair: (u8, i64),
+    tuple: TupleStruct,
+    nested: Option<Option<u32>>,
+    raw: Vec<u8>,
+    kinds: Vec<Kind>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+struct UnitStruct;
+
+#[derive(Serialize, Debug, Clone)]
+struct Newtype(u64);
+
+#[derive(Serialize, Debug, Clone)]
+struct TupleStruct(i32, u8);
+
+#[derive(Serialize, Debug, Clone)]
+enum Kind {
+    Unit,
+    New(i16),
+    Pair(u8, u8),
+    Named { a: u32 },
+}
+
+fn odds() -> impl Strategy<Value = Odds> {
+    (
+        (any::<i8>(), any::<i16>(), any::<u16>(), any::<bool>()),
+        (any::<f32>(), option::of(any::<char>()), any::<u64>()),
+        ((any::<u8>(), any::<i64>()), (any::<i32>(), any::<u8>())),
+        option::of(option::of(any::<u32>())),
+        collection::vec(any::<u8>(), 0..40),
+        collection::vec(
+            prop_oneof![
+                Just(Kind::Unit),
+                any::<i16>().prop_map(Kind::New),
+                (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Kind::Pair(a, b)),
+                any::<u32>().prop_map(|a| Kind::Named { a }),
+            ],
+            0..6,
+        ),
+    )
+        .prop_map(
+            |(
+                (tiny, short, word, yes),
+                (single, letter, n),
+                (pair, (t0, t1)),
+                nested,
+                raw,
+                kinds,
+            )| {
+                Odds {
+                    tiny,
+                    short,
+                    word,
+                    yes,
+                    single,
+                    letter,
+                    nothing: (),
+                    unit: UnitStruct,
+                    newtype: Newtype(n),
+                    pair,
+                    tuple: TupleStruct(t0, t1),
+                    nested,
+                    raw,
+                    kinds,
+                }
+            },
+        )
+}
+
 #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 struct Sample {
@@ -133,11 +215,13 @@ proptest! {
     #[test]
     fn small_encodings_are_the_frame_encodings(
         record in record(),
+        odds in odds(),
         n in any::<u64>(),
         shapes in collection::vec(shape(), 0..4),
         room in 0usize..300,
     ) {
         small_agrees(&record, room, true)?;
+        small_agrees(&odds, room, true)?;
         small_agrees(&n, room, true)?;
         small_agrees(&shapes, room, true)?;
         small_agrees(&Pod(n), room, true)?;
