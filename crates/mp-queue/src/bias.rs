@@ -120,6 +120,10 @@ pub(crate) struct Local {
 
 const NO_SLOT: u32 = u32::MAX;
 
+/// A biased holder inside its operation: the "in an operation" word it leaves by.
+#[must_use = "the side stays entered until `Lock::leave_biased`"]
+pub(crate) struct Inside<'a>(&'a AtomicU32);
+
 /// How a take-back went.
 enum Back {
     /// Nobody is inside: the side is the lock holder's.
@@ -217,12 +221,13 @@ impl<'a> Lock<'a> {
         self.enter_biased_token().is_some()
     }
 
-    /// As [`Lock::enter_biased`], giving the token to leave with ([`Lock::leave_biased`]),
-    /// for a caller that keeps it (a look at this thread's state saved).
+    /// As [`Lock::enter_biased`], giving what to leave with ([`Lock::leave_biased`]), for a
+    /// caller that keeps it (a look at this thread's state, and at where its slot is, saved).
     #[inline(always)]
-    pub(crate) fn enter_biased_token(&self) -> Option<u64> {
+    pub(crate) fn enter_biased_token(&self) -> Option<Inside<'a>> {
         let token = self.mine()?;
-        self.enter(token).then_some(token)
+        let in_op = self.in_op(token)?;
+        self.enter(token, in_op).then_some(Inside(in_op))
     }
 
     /// Takes the lock only if nobody is using the side now (a biased holder outside its
@@ -399,12 +404,10 @@ impl<'a> Lock<'a> {
         ])
     }
 
-    /// The holder enters its operation: whether the side is still its own.
+    /// The holder enters its operation, by the "in an operation" word of its token's slot:
+    /// whether the side is still its own.
     #[inline(always)]
-    fn enter(&self, token: u64) -> bool {
-        let Some(in_op) = self.in_op(token) else {
-            return false;
-        };
+    fn enter(&self, token: u64, in_op: &AtomicU32) -> bool {
         if in_op.load(Ordering::Relaxed) != 0 {
             // Inside already (a nested take): not again.
             return false;
@@ -423,10 +426,8 @@ impl<'a> Lock<'a> {
 
     /// The holder leaves its operation (what [`Lock::enter_biased_token`] entered).
     #[inline(always)]
-    pub(crate) fn leave_biased(&self, token: u64) {
-        if let Some(in_op) = self.in_op(token) {
-            in_op.store(0, Ordering::Release);
-        }
+    pub(crate) fn leave_biased(&self, inside: Inside<'_>) {
+        inside.0.store(0, Ordering::Release);
     }
 
     /// The holder found the bias word moved from its token to `now`: it holds the side no
@@ -464,7 +465,9 @@ impl<'a> Lock<'a> {
     #[inline]
     pub(crate) fn release(&self) {
         if let Some(token) = self.mine() {
-            self.leave_biased(token);
+            if let Some(in_op) = self.in_op(token) {
+                in_op.store(0, Ordering::Release);
+            }
             return;
         }
         if self.local.streak.load(Ordering::Relaxed) >= STREAK {

@@ -602,10 +602,10 @@ impl<T: Message> Queue<T> {
             let done = match lock.enter_biased_token() {
                 // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
                 // outcome first and nothing to hand back for it but yes.
-                Some(token) => {
+                Some(inside) => {
                     let polled = self.polled();
                     if !polled && ring.put_short_from(&short, len) {
-                        lock.leave_biased(token);
+                        lock.leave_biased(inside);
                         return Ok(());
                     }
                     let done = if polled {
@@ -613,7 +613,7 @@ impl<T: Message> Queue<T> {
                     } else {
                         ring.put_small(&short[..len])
                     };
-                    lock.leave_biased(token);
+                    lock.leave_biased(inside);
                     self.settle_now(done)
                 }
                 None => self.now(lock, || ring.put_short_now(&short, len)),
@@ -691,15 +691,15 @@ impl<T: Message> Queue<T> {
         lock: Lock<'_>,
         op: impl FnOnce() -> std::result::Result<Option<R>, Corrupt>,
     ) -> Option<Result<R>> {
-        if let Some(token) = lock.enter_biased_token() {
+        if let Some(inside) = lock.enter_biased_token() {
             // The side is this thread's (see `bias`): the same as below, with no look at
             // the lock's words.
             if self.polled() {
-                lock.leave_biased(token);
+                lock.leave_biased(inside);
                 return None;
             }
             let done = op();
-            lock.leave_biased(token);
+            lock.leave_biased(inside);
             return self.settle_now(done);
         }
         if !self.took_now(lock) {
@@ -1014,7 +1014,7 @@ impl<T: Message> Queue<T> {
         let now = match lock.enter_biased_token() {
             // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
             // outcome first and nothing to hand back for it but the length.
-            Some(token) => {
+            Some(inside) => {
                 let polled = self.polled();
                 let got = if polled {
                     None
@@ -1022,11 +1022,11 @@ impl<T: Message> Queue<T> {
                     ring.take_short_into(&mut short)
                 };
                 if let Some(len) = got {
-                    lock.leave_biased(token);
+                    lock.leave_biased(inside);
                     return Ok(T::decode_bytes(&short[..len])?);
                 }
                 let done = if polled { Ok(None) } else { claim() };
-                lock.leave_biased(token);
+                lock.leave_biased(inside);
                 self.settle_now(done)
             }
             None => self.now(lock, || match ring.take_short_into(&mut short) {

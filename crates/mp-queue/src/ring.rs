@@ -463,14 +463,16 @@ impl Ring {
         CONTROL + (pos as usize & (self.cap - 1))
     }
 
+    /// The state word of the frame at `pos` (an 8-aligned position).
     #[inline]
     fn state(&self, pos: u64) -> &AtomicU32 {
-        self.mem.u32_at(self.at(pos))
+        &self.mem.header(pos)[0]
     }
 
+    /// The length word of the frame at `pos` (an 8-aligned position).
     #[inline]
     fn len_word(&self, pos: u64) -> &AtomicU32 {
-        self.mem.u32_at(self.at(pos) + 4)
+        &self.mem.header(pos)[1]
     }
 
     /// Where the payload of the frame at `pos` starts.

@@ -16,6 +16,10 @@ use std::{
     time::Duration,
 };
 
+use crate::ring::CONTROL;
+
+// The ring starts 8-aligned after the control block (see `Bytes::header`).
+const _: () = assert!(CONTROL.is_multiple_of(8));
 use rustix::{io::Errno, thread::futex};
 
 /// `len` bytes of shared memory starting at an 8-aligned address, mapped for as long as the
@@ -24,6 +28,8 @@ use rustix::{io::Errno, thread::futex};
 pub(crate) struct Bytes {
     base: NonNull<u8>,
     len: usize,
+    /// The ring's size (the bytes past the control block, a power of two) less one.
+    ring_mask: usize,
 }
 
 // SAFETY: a view of shared memory that is only ever accessed through atomics (see the module
@@ -38,9 +44,36 @@ impl Bytes {
     /// # Safety
     /// `base` is 8-aligned and `len` bytes from it stay mapped, readable and writable while
     /// the view (or any copy of it) is used.
+    ///
+    /// # Panics
+    /// Unless `len` is the control block ([`CONTROL`] bytes) and a ring of a power of two
+    /// bytes, at least 8, after it: every view is one (so [`Bytes::head64`],
+    /// [`Bytes::head32`] and [`Bytes::header`] need no check of their own).
     pub(crate) unsafe fn new(base: NonNull<u8>, len: usize) -> Bytes {
         debug_assert!((base.as_ptr() as usize).is_multiple_of(8));
-        Bytes { base, len }
+        let ring = len.checked_sub(CONTROL);
+        assert!(
+            ring.is_some_and(|r| r >= 8 && r.is_power_of_two()),
+            "a view that is not a control block and a ring"
+        );
+        Bytes {
+            base,
+            len,
+            ring_mask: len - CONTROL - 1,
+        }
+    }
+
+    /// The two 4-byte words of the 8-byte frame header at position `pos` of the ring (the
+    /// bytes past the control block): `pos` modulo the ring's size, rounded down to 8.
+    /// Always inside the view, with no check at run time.
+    #[inline(always)]
+    pub(crate) fn header(&self, pos: u64) -> &[AtomicU32; 2] {
+        let offset = CONTROL + (pos as usize & self.ring_mask & !7);
+        // SAFETY: `offset` is 8-aligned (`CONTROL` is, and so is the 8-aligned base), and
+        // `offset + 8 <= CONTROL + ring_mask + 1 = len` (the ring's size is a power of two
+        // of at least 8, checked by `new`; neither field changes), so both words are inside
+        // the view; every access to shared words is atomic, and any bits are valid.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<[AtomicU32; 2]>() }
     }
 
     #[inline]
@@ -61,27 +94,23 @@ impl Bytes {
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast()) }
     }
 
-    /// The first `N` 8-byte words of the view, as an array: one check for all of them, so
-    /// that a word at a constant index costs no check of its own (the control block's).
-    ///
-    /// # Panics
-    /// If the view is shorter than `N` words.
+    /// The first `N` 8-byte words of the view, as an array, with no check at run time: a
+    /// word at a constant index costs nothing but its access (the control block's). `N`
+    /// words fit in the control block (checked at compile time).
     #[inline(always)]
     pub(crate) fn head64<const N: usize>(&self) -> &[AtomicU64; N] {
-        assert!(N * 8 <= self.len);
-        // SAFETY: `N * 8` bytes from the 8-aligned base are inside the view (checked above);
-        // every access to shared words is atomic, any bits are valid `AtomicU64`s, and an
-        // array of them has their alignment and no padding.
+        const { assert!(N * 8 <= CONTROL) };
+        // SAFETY: `N * 8 <= CONTROL` (checked at compile time) and `CONTROL <= self.len`
+        // (checked by `new`; `len` never changes), so those bytes from the 8-aligned base are
+        // inside the view; every access to shared words is atomic, any bits are valid
+        // `AtomicU64`s, and an array of them has their alignment and no padding.
         unsafe { &*self.base.as_ptr().cast::<[AtomicU64; N]>() }
     }
 
     /// As [`Bytes::head64`], in 4-byte words.
-    ///
-    /// # Panics
-    /// If the view is shorter than `N` words.
     #[inline(always)]
     pub(crate) fn head32<const N: usize>(&self) -> &[AtomicU32; N] {
-        assert!(N * 4 <= self.len);
+        const { assert!(N * 4 <= CONTROL) };
         // SAFETY: as in `head64`, for 4-byte words.
         unsafe { &*self.base.as_ptr().cast::<[AtomicU32; N]>() }
     }
