@@ -112,6 +112,9 @@ pub(crate) struct Local {
     slot: AtomicU32,
     /// The bias word while we hold the side biased; 0 while we do not.
     token: AtomicU64,
+    /// Where the "in an operation" word of the token's slot is, as an index of the control
+    /// block's 4-byte words: set with the token, for the fast path to find it at once.
+    in_op: AtomicU32,
     /// Biased episodes so far (in the token, which thus differs from one bias to the next).
     episodes: AtomicU64,
     /// Uncontended takes in a row by `thread`.
@@ -121,8 +124,16 @@ pub(crate) struct Local {
 const NO_SLOT: u32 = u32::MAX;
 
 /// A biased holder inside its operation: the "in an operation" word it leaves by.
-#[must_use = "the side stays entered until `Lock::leave_biased`"]
+#[must_use = "the side stays entered until `Inside::leave`"]
 pub(crate) struct Inside<'a>(&'a AtomicU32);
+
+impl Inside<'_> {
+    /// The holder leaves its operation (what [`Lock::enter_biased_token`] entered).
+    #[inline(always)]
+    pub(crate) fn leave(self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
 
 /// How a take-back went.
 enum Back {
@@ -221,12 +232,13 @@ impl<'a> Lock<'a> {
         self.enter_biased_token().is_some()
     }
 
-    /// As [`Lock::enter_biased`], giving what to leave with ([`Lock::leave_biased`]), for a
+    /// As [`Lock::enter_biased`], giving what to leave with ([`Inside::leave`]), for a
     /// caller that keeps it (a look at this thread's state, and at where its slot is, saved).
     #[inline(always)]
     pub(crate) fn enter_biased_token(&self) -> Option<Inside<'a>> {
         let token = self.mine()?;
-        let in_op = self.in_op(token)?;
+        let control = self.mem.head32::<{ crate::ring::CONTROL / 4 }>();
+        let in_op = control.get(self.local.in_op.load(Ordering::Relaxed) as usize)?;
         self.enter(token, in_op).then_some(Inside(in_op))
     }
 
@@ -424,12 +436,6 @@ impl<'a> Lock<'a> {
         false
     }
 
-    /// The holder leaves its operation (what [`Lock::enter_biased_token`] entered).
-    #[inline(always)]
-    pub(crate) fn leave_biased(&self, inside: Inside<'_>) {
-        inside.0.store(0, Ordering::Release);
-    }
-
     /// The holder found the bias word moved from its token to `now`: it holds the side no
     /// more. A request addressed to it is cleared (it is outside), which saves the taker
     /// its wait.
@@ -496,6 +502,8 @@ impl<'a> Lock<'a> {
         let episode = local.episodes.load(Ordering::Relaxed).wrapping_add(1);
         local.episodes.store(episode, Ordering::Relaxed);
         let token = ((episode << 8) & !(REVOKED | FENCED)) | u64::from(slot + 1);
+        let in_op = (self.table + slot as usize * SLOT_BYTES + IN_OP) / 4;
+        local.in_op.store(in_op as u32, Ordering::Relaxed);
         local.token.store(token, Ordering::Relaxed);
         // We hold the lock (the rule: module docs). Release: whoever sees the token sees
         // everything this thread did inside the side.

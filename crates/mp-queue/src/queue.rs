@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     Error, PutError, Result,
-    bias::Lock,
+    bias::{Inside, Lock},
     owner::Owner,
     ring::{self, CONTROL, Claim, Corrupt, Ring},
     sys::{self, Bytes},
@@ -589,6 +589,11 @@ impl<T: Message> Queue<T> {
     }
 
     /// Encodes and puts `item`.
+    ///
+    /// The fast path (a short item, the side biased to this thread, room at `tail`) is all
+    /// that is inline here; everything else goes through functions of its own, so that this
+    /// one saves few registers and writes no stack but the item's encoding.
+    #[inline(always)]
     pub(crate) fn put_frame(&self, item: &T, within: Within) -> Result<()> {
         if self.is_closed() {
             return Err(Error::Closed);
@@ -596,33 +601,65 @@ impl<T: Message> Queue<T> {
         // A short item is encoded on the stack (zeros after it: it is copied into the ring
         // a word at a time), with no frame to lend and give back.
         let mut short = [0u8; ring::SHORT];
-        if let Some(len) = item.encode_small(&mut short) {
-            let ring = self.ring();
-            let lock = ring.put_lock();
-            let done = match lock.enter_biased_token() {
-                // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
-                // outcome first and nothing to hand back for it but yes.
-                Some(inside) => {
-                    let polled = self.polled();
-                    if !polled && ring.put_short_from(&short, len) {
-                        lock.leave_biased(inside);
-                        return Ok(());
-                    }
-                    let done = if polled {
-                        Ok(None)
-                    } else {
-                        ring.put_small(&short[..len])
-                    };
-                    lock.leave_biased(inside);
-                    self.settle_now(done)
+        let Some(len) = item.encode_small(&mut short) else {
+            return self.put_large(item, within);
+        };
+        let ring = self.ring();
+        match ring.put_lock().enter_biased_token() {
+            // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
+            // outcome first and nothing to hand back for it but yes.
+            Some(inside) => {
+                if !self.polled() && ring.put_short_from(&short, len) {
+                    inside.leave();
+                    return Ok(());
                 }
-                None => self.now(lock, || ring.put_short_now(&short, len)),
-            };
-            if let Some(done) = done {
-                return done.map(drop);
+                self.put_short_biased(inside, &short, len, within)
             }
-            return self.put_encoded(&short[..len], &[], within.deadline(), None);
+            None => self.put_short_unbiased(&short, len, within),
         }
+    }
+
+    /// The rest of a biased put of a short item that the short path did not take (a
+    /// counted or polled queue, no room at `tail`): the general operation, inside the same
+    /// entry, then a wait if need be.
+    #[inline(never)]
+    fn put_short_biased(
+        &self,
+        inside: Inside<'_>,
+        short: &[u8; ring::SHORT],
+        len: usize,
+        within: Within,
+    ) -> Result<()> {
+        let done = if self.polled() {
+            Ok(None)
+        } else {
+            self.ring().put_small(&short[..len])
+        };
+        inside.leave();
+        match self.settle_now(done) {
+            Some(done) => done.map(drop),
+            None => self.put_encoded(&short[..len], &[], within.deadline(), None),
+        }
+    }
+
+    /// A put of a short item by a thread that does not hold the side biased.
+    #[inline(never)]
+    fn put_short_unbiased(
+        &self,
+        short: &[u8; ring::SHORT],
+        len: usize,
+        within: Within,
+    ) -> Result<()> {
+        let ring = self.ring();
+        match self.now(ring.put_lock(), || ring.put_short_now(short, len)) {
+            Some(done) => done.map(drop),
+            None => self.put_encoded(&short[..len], &[], within.deadline(), None),
+        }
+    }
+
+    /// A put of an item whose encoding is not short (or has descriptors).
+    #[inline(never)]
+    fn put_large(&self, item: &T, within: Within) -> Result<()> {
         let mut frame = Scratch::take();
         item.encode(&mut frame)?;
         self.put_parts(&frame.bytes, &frame.fds, within, None)
@@ -695,11 +732,11 @@ impl<T: Message> Queue<T> {
             // The side is this thread's (see `bias`): the same as below, with no look at
             // the lock's words.
             if self.polled() {
-                lock.leave_biased(inside);
+                inside.leave();
                 return None;
             }
             let done = op();
-            lock.leave_biased(inside);
+            inside.leave();
             return self.settle_now(done);
         }
         if !self.took_now(lock) {
@@ -995,48 +1032,77 @@ impl<T: Message> Queue<T> {
         if published { Ok(()) } else { Err(Error::Lost) }
     }
 
+    /// A get. The fast path (the side biased to this thread, a short item at `head`) is all
+    /// that is inline here (see [`Queue::put_frame`]).
+    #[inline(always)]
     fn get_until(&self, within: Within) -> Result<T> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
         let ring = self.ring();
-        // A short item at the head is copied to the stack and decoded from there; anything
-        // else into this thread's scratch frame, lent only then.
+        let Some(inside) = ring.get_lock().enter_biased_token() else {
+            return self.get_unbiased(within);
+        };
+        // The side is this thread's: [`Queue::now`]'s biased case, with the commonest outcome
+        // first: a short item at the head, copied to the stack and decoded from there.
+        let mut short = [0u8; ring::SHORT];
+        if !self.polled()
+            && let Some(len) = ring.take_short_into(&mut short)
+        {
+            inside.leave();
+            return Ok(T::decode_bytes(&short[..len])?);
+        }
+        self.get_biased(inside, within)
+    }
+
+    /// The rest of a biased get that the short path did not take (a counted or polled
+    /// queue, an empty one, an item that is not short at the head): the general operation,
+    /// inside the same entry, then a wait if need be.
+    #[inline(never)]
+    fn get_biased(&self, inside: Inside<'_>, within: Within) -> Result<T> {
+        let mut frame = None;
+        let done = if self.polled() {
+            Ok(None)
+        } else {
+            // Into this thread's scratch frame, lent only now. Without an owner to record,
+            // `claim` takes only a small item, copied under the lock.
+            let frame = frame.insert(Scratch::take());
+            self.ring()
+                .claim(None, &mut frame.bytes)
+                .map(|claimed| claimed.map(|_| None))
+        };
+        inside.leave();
+        self.got_now(self.settle_now(done), &[0; ring::SHORT], frame, within)
+    }
+
+    /// A get by a thread that does not hold the side biased.
+    #[inline(never)]
+    fn get_unbiased(&self, within: Within) -> Result<T> {
+        let ring = self.ring();
         let mut short = [0u8; ring::SHORT];
         let mut frame = None;
-        // What the short path did not take. Without an owner to record, `claim` takes only a
-        // small item, copied under the lock.
-        let mut claim = || {
-            let frame = frame.insert(Scratch::take());
-            Ok(ring.claim(None, &mut frame.bytes)?.map(|_| None))
-        };
-        let lock = ring.get_lock();
-        let now = match lock.enter_biased_token() {
-            // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
-            // outcome first and nothing to hand back for it but the length.
-            Some(inside) => {
-                let polled = self.polled();
-                let got = if polled {
-                    None
-                } else {
-                    ring.take_short_into(&mut short)
-                };
-                if let Some(len) = got {
-                    lock.leave_biased(inside);
-                    return Ok(T::decode_bytes(&short[..len])?);
-                }
-                let done = if polled { Ok(None) } else { claim() };
-                lock.leave_biased(inside);
-                self.settle_now(done)
+        let now = self.now(ring.get_lock(), || match ring.take_short_into(&mut short) {
+            Some(len) => Ok(Some(Some(len))),
+            None => {
+                let frame = frame.insert(Scratch::take());
+                Ok(ring.claim(None, &mut frame.bytes)?.map(|_| None))
             }
-            None => self.now(lock, || match ring.take_short_into(&mut short) {
-                Some(len) => Ok(Some(Some(len))),
-                None => claim(),
-            }),
-        };
+        });
+        self.got_now(now, &short, frame, within)
+    }
+
+    /// What a get without a wait found: a short item (its length in `short`), an item in
+    /// `frame`, an error, or nothing yet (then it waits, until `within`).
+    fn got_now(
+        &self,
+        now: Option<Result<Option<usize>>>,
+        short: &[u8; ring::SHORT],
+        frame: Option<Scratch>,
+        within: Within,
+    ) -> Result<T> {
         match now {
             Some(Ok(Some(len))) => Ok(T::decode_bytes(&short[..len])?),
-            Some(Ok(None)) => Ok(T::decode(frame.as_mut().expect("lent for the claim"))?),
+            Some(Ok(None)) => Ok(T::decode(&mut frame.expect("lent for the claim"))?),
             Some(Err(e)) => Err(e),
             None => {
                 let mut frame = frame.unwrap_or_else(Scratch::take);

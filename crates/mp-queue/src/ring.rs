@@ -373,7 +373,7 @@ impl Ring {
     #[inline]
     pub(crate) fn put_lock(&self) -> Lock<'_> {
         Lock::new(
-            self.mem.lock_at(PUT_LOCK),
+            self.mem.lock_at::<PUT_LOCK>(),
             self.word(PUT_BIAS),
             &self.mem,
             PUT_TABLE,
@@ -385,7 +385,7 @@ impl Ring {
     #[inline]
     pub(crate) fn get_lock(&self) -> Lock<'_> {
         Lock::new(
-            self.mem.lock_at(GET_LOCK),
+            self.mem.lock_at::<GET_LOCK>(),
             self.word(GET_BIAS),
             &self.mem,
             GET_TABLE,

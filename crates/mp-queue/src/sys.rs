@@ -194,9 +194,27 @@ impl Bytes {
         out: &mut [u8; crate::ring::SHORT],
     ) {
         let padded = self.short_range(offset, len);
-        for (chunk, at) in out[..padded].chunks_exact_mut(8).zip((offset..).step_by(8)) {
-            chunk.copy_from_slice(&self.u64_at(at).load(Ordering::Relaxed).to_ne_bytes());
+        for (chunk, word) in out[..padded]
+            .chunks_exact_mut(8)
+            .zip(self.short_words(offset))
+        {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
         }
+    }
+
+    /// The [`SHORT`](crate::ring::SHORT) bytes' worth of words from `offset`, or as many of
+    /// them as the view holds: the short copies take the first few (`short_range` checked
+    /// that those are inside), with no check per word.
+    #[inline(always)]
+    fn short_words(&self, offset: usize) -> &[AtomicU64] {
+        let words = (self.len.saturating_sub(offset) / 8).min(crate::ring::SHORT / 8);
+        if !offset.is_multiple_of(8) || offset > self.len {
+            return &[];
+        }
+        // SAFETY: `offset` is 8-aligned and at most `len`, and `words * 8 <= len - offset`,
+        // so the words are inside the view (mapped while it is used: `new`); every access to
+        // shared words is atomic, and any bits are valid `AtomicU64`s.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset).cast(), words) }
     }
 
     /// `len` rounded up to whole words, checked to be at most
@@ -225,9 +243,14 @@ impl Bytes {
         len: usize,
     ) {
         let padded = self.short_range(offset, len);
-        for (chunk, at) in short[..padded].chunks_exact(8).zip((offset..).step_by(8)) {
-            let word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-            self.u64_at(at).store(word, Ordering::Relaxed);
+        for (chunk, word) in short[..padded]
+            .chunks_exact(8)
+            .zip(self.short_words(offset))
+        {
+            word.store(
+                u64::from_ne_bytes(chunk.try_into().expect("8 bytes")),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -324,29 +347,21 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
 }
 
 impl Bytes {
-    /// The lock placed at `offset`.
-    ///
-    /// # Panics
-    /// If it does not fit in the view or is misaligned (a caller's bug: offsets are constants).
-    #[inline]
-    pub(crate) fn lock_at(&self, offset: usize) -> &mp_sync::RawLock {
-        let size = std::mem::size_of::<mp_sync::RawLock>();
-        let align = std::mem::align_of::<mp_sync::RawLock>();
-        assert!(
-            offset.is_multiple_of(align) && offset.checked_add(size).is_some_and(|e| e <= self.len)
-        );
-        // SAFETY: in bounds and aligned (checked; the base is 8-aligned and so is every
-        // offset used); `RawLock` is `Placeable`: every bit pattern is a valid lock, all-zero
-        // is unlocked, it holds no pointers, and all its mutation is atomic, so a shared
-        // reference into memory other processes write is sound.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(offset)
-                .cast::<mp_sync::RawLock>()
-                .as_ref()
-        }
-        .expect("non-null")
+    /// The lock placed at `OFFSET` in the control block (checked at compile time to fit
+    /// there, aligned: no check at run time).
+    #[inline(always)]
+    pub(crate) fn lock_at<const OFFSET: usize>(&self) -> &mp_sync::RawLock {
+        const {
+            let size = std::mem::size_of::<mp_sync::RawLock>();
+            let align = std::mem::align_of::<mp_sync::RawLock>();
+            assert!(OFFSET.is_multiple_of(align) && OFFSET + size <= CONTROL);
+        };
+        // SAFETY: in bounds (`OFFSET + size <= CONTROL`, checked at compile time, and
+        // `CONTROL <= len`, by `new`) and aligned (checked at compile time; the base is
+        // 8-aligned, more than `RawLock` needs); `RawLock` is `Placeable`: every bit pattern
+        // is a valid lock, all-zero is unlocked, it holds no pointers, and all its mutation
+        // is atomic, so a shared reference into memory other processes write is sound.
+        unsafe { &*self.base.as_ptr().add(OFFSET).cast::<mp_sync::RawLock>() }
     }
 }
 
