@@ -88,6 +88,7 @@ pub fn workloads() -> Vec<Workload> {
             unit: Unit::OpsPerSec,
             impls: vec![
                 raw_stream("raw/spsc ring", 8, SMALL_SLOTS, 1),
+                raw_stream_with("raw/spsc ring paced", 8, SMALL_SLOTS, 1, Ring::paced),
                 raw_stream_with("raw/spsc ring +1 rmw", 8, SMALL_SLOTS, 1, Ring::with_rmw),
                 raw_stream_with("raw/spsc ring biased", 8, SMALL_SLOTS, 1, Ring::biased),
                 ours_stream::<u64>(8, 1),

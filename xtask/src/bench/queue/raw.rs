@@ -14,7 +14,7 @@ use std::{
     os::fd::AsRawFd,
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::DEADLINE;
@@ -114,6 +114,8 @@ enum Extra {
     Rmw,
     /// The fast path of an end biased to one process: see [`Ring::biased`].
     Biased,
+    /// Nothing per item; the consumer paces itself as ours does: see [`Ring::paced`].
+    Paced,
 }
 
 impl Ring {
@@ -163,13 +165,28 @@ impl Ring {
         })
     }
 
+    /// The plain ring, whose consumer, once it has caught up with the producer
+    /// [`CHASE`] times in a row (finding an item or two each time, never an empty ring),
+    /// spins [`CHASE_PAUSE`] before it reads `tail` again: the pause of our queue's
+    /// consumer (`mp_queue`'s `ring::CHASE`), which keeps a stream out of lockstep. The
+    /// plain ring falls into lockstep in some runs and not others (its consumer pulling the
+    /// line the producer is writing on every item, at a fraction of its rate); paced, it
+    /// runs at its fast rate in every run, so this row is the steady ceiling of a ring of
+    /// ours.
+    pub fn paced(slot: usize, slots: usize) -> Result<Ring, String> {
+        Ok(Ring {
+            extra: Extra::Paced,
+            ..Ring::new(slot, slots)?
+        })
+    }
+
     /// What a push or a pop pays before it touches the slot, on its side's words `own` and
     /// `revoke` ([`Extra`]): whether it may go on (false only for a biased end that was
     /// asked for, which is then out of its operation again).
     #[inline]
     fn begin(&self, own: usize, revoke: usize) -> bool {
         match self.extra {
-            Extra::Nothing => true,
+            Extra::Nothing | Extra::Paced => true,
             Extra::Rmw => {
                 self.map.word(own).fetch_add(1, Ordering::SeqCst);
                 true
@@ -216,6 +233,7 @@ impl Ring {
             ring: self,
             head: self.map.word(HEAD).load(Ordering::Relaxed),
             tail: self.map.word(TAIL).load(Ordering::Acquire),
+            chase: 0,
         }
     }
 }
@@ -275,16 +293,31 @@ pub struct Consumer<'a> {
     head: u64,
     /// The producer's count as last read.
     tail: u64,
+    /// Reads of `tail` in a row that found items (for [`Ring::paced`]).
+    chase: u32,
 }
+
+/// See [`Ring::paced`]: the values of our queue's consumer.
+const CHASE: u32 = 8;
+const CHASE_PAUSE: Duration = Duration::from_micros(2);
 
 impl Consumer<'_> {
     /// Copies the next item into `out` (at most one slot) if there is one.
     pub fn try_pop(&mut self, out: &mut [u8]) -> bool {
         if self.head == self.tail {
+            let paced = self.ring.extra == Extra::Paced;
+            if paced && self.chase >= CHASE {
+                let until = Instant::now() + CHASE_PAUSE;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
             self.tail = self.ring.map.word(TAIL).load(Ordering::Acquire);
             if self.head == self.tail {
+                self.chase = 0;
                 return false;
             }
+            self.chase = self.chase.saturating_add(u32::from(paced));
         }
         assert!(out.len() <= self.ring.slot);
         // Never asked for in a bench: a consumer's end given up would be a bug here.
@@ -323,7 +356,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_ring_hands_items_over_in_order() {
-        for make in [Ring::new, Ring::with_rmw, Ring::biased] {
+        for make in [Ring::new, Ring::with_rmw, Ring::biased, Ring::paced] {
             let ring = make(8, 4).unwrap();
             let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
             let mut out = [0u8; 8];
