@@ -123,6 +123,20 @@ pub(crate) struct Local {
 
 const NO_SLOT: u32 = u32::MAX;
 
+/// The holder found the bias word moved from its token to `now`: it holds the side no more.
+/// A request addressed to it is cleared (it is outside), which saves the taker its wait. (A
+/// function of what it uses, not of the whole [`Lock`], which the fast path would otherwise
+/// write out to the stack for it.)
+#[cold]
+#[inline(never)]
+fn lost(local: &Local, bias: &AtomicU64, token: u64, now: u64) {
+    local.token.store(0, Ordering::Relaxed);
+    local.streak.store(0, Ordering::Relaxed);
+    if now & !(REVOKED | FENCED) == token && now & REVOKED != 0 {
+        let _ = bias.compare_exchange(now, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
 /// A biased holder inside its operation: the "in an operation" word it leaves by.
 #[must_use = "the side stays entered until `Inside::leave`"]
 pub(crate) struct Inside<'a>(&'a AtomicU32);
@@ -432,22 +446,8 @@ impl<'a> Lock<'a> {
             return true;
         }
         in_op.store(0, Ordering::Release);
-        self.lost(token, now);
+        lost(self.local, self.bias, token, now);
         false
-    }
-
-    /// The holder found the bias word moved from its token to `now`: it holds the side no
-    /// more. A request addressed to it is cleared (it is outside), which saves the taker
-    /// its wait.
-    #[cold]
-    fn lost(&self, token: u64, now: u64) {
-        self.local.token.store(0, Ordering::Relaxed);
-        self.local.streak.store(0, Ordering::Relaxed);
-        if now & !(REVOKED | FENCED) == token && now & REVOKED != 0 {
-            let _ = self
-                .bias
-                .compare_exchange(now, 0, Ordering::AcqRel, Ordering::Relaxed);
-        }
     }
 
     /// Counts a take of the lock toward biasing: uncontended (`first`), by the one thread

@@ -609,7 +609,8 @@ impl<T: Message> Queue<T> {
             // The side is this thread's: [`Queue::now`]'s biased case, with the commonest
             // outcome first and nothing to hand back for it but yes.
             Some(inside) => {
-                if !self.polled() && ring.put_short_from(&short, len) {
+                // (A polled queue counts its items: the short path leaves it to the rest.)
+                if ring.put_short_from(&short, len) {
                     inside.leave();
                     return Ok(());
                 }
@@ -1045,10 +1046,9 @@ impl<T: Message> Queue<T> {
         };
         // The side is this thread's: [`Queue::now`]'s biased case, with the commonest outcome
         // first: a short item at the head, copied to the stack and decoded from there.
+        // (A polled queue counts its items: the short path leaves it to the rest.)
         let mut short = [0u8; ring::SHORT];
-        if !self.polled()
-            && let Some(len) = ring.take_short_into(&mut short)
-        {
+        if let Some(len) = ring.take_short_into(&mut short) {
             inside.leave();
             return Ok(T::decode_bytes(&short[..len])?);
         }

@@ -709,7 +709,11 @@ impl Ring {
     /// puts it).
     #[inline(always)]
     pub(crate) fn put_short_from(&self, short: &[u8; SHORT], len: usize) -> bool {
-        self.put_short_with(len, |mem, at| mem.copy_in_short(at, short, len))
+        self.put_short_with(
+            len,
+            #[inline(always)]
+            |mem, at| mem.copy_in_short(at, short, len),
+        )
     }
 
     /// [`Ring::put_short`], copying the payload (`len` bytes, to `at`) with `copy`.
@@ -860,16 +864,23 @@ impl Ring {
     /// either with a SeqCst write or under the producers' lock: a consumer counts itself
     /// asleep (SeqCst), passes through that lock, then looks for items, so either it sees
     /// the item or this sees it asleep.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn wake_consumers(&self) {
         if self.get_sleepers().load(Ordering::SeqCst) > 0 {
-            self.published().fetch_add(1, Ordering::SeqCst);
-            crate::sys::futex_wake_all(self.published());
-            // (Counted before they silence the bell and look: either they see the item or
-            // this sees them counted, and the ring lands after their silencing.)
-            if self.bell_sleepers().load(Ordering::SeqCst) > 0 {
-                crate::sys::ring(self.bell());
-            }
+            self.wake_sleeping_consumers();
+        }
+    }
+
+    /// [`Ring::wake_consumers`] once some are asleep.
+    #[cold]
+    #[inline(never)]
+    fn wake_sleeping_consumers(&self) {
+        self.published().fetch_add(1, Ordering::SeqCst);
+        crate::sys::futex_wake_all(self.published());
+        // (Counted before they silence the bell and look: either they see the item or this
+        // sees them counted, and the ring lands after their silencing.)
+        if self.bell_sleepers().load(Ordering::SeqCst) > 0 {
+            crate::sys::ring(self.bell());
         }
     }
 
@@ -1098,8 +1109,11 @@ impl Ring {
     /// fast path of a typed get, which decodes from there.
     #[inline(always)]
     pub(crate) fn take_short_into(&self, out: &mut [u8; SHORT]) -> Option<usize> {
-        self.take_short_with(|mem, at, len| mem.copy_out_short(at, len, out))
-            .map(|claim| claim.len)
+        self.take_short_with(
+            #[inline(always)]
+            |mem, at, len| mem.copy_out_short(at, len, out),
+        )
+        .map(|claim| claim.len)
     }
 
     /// [`Ring::take_short`], copying the payload (at `at`, `len` bytes) with `copy`.
