@@ -581,6 +581,9 @@ impl<T: Message> Queue<T> {
         result
     }
 
+    /// Inline, as [`Queue::get_until`] is: its fast path is short, and a call of it would
+    /// cost a put saving and restoring the caller's registers.
+    #[inline(always)]
     fn put_until(&self, item: T, within: Within) -> Result<(), PutError<T>> {
         match self.put_frame(&item, within) {
             Ok(()) => Ok(()),
