@@ -81,8 +81,9 @@ const CONSUMER_CPU: usize = PARENT_CPU;
 const PRODUCER_CPU: usize = PEER_CPU;
 /// The size of the large items.
 const LARGE: usize = 64 << 10;
-/// Slots of the raw ring, and the bound of crossbeam's channel, for 8-byte items: about
-/// what our queue's default 1 MiB ring holds of them (32 bytes a frame).
+/// Slots of the raw ring, and the bound of crossbeam's channel, for 8-byte items: half of
+/// what our queue's default 1 MiB ring holds of them (16 bytes a frame), and far more than
+/// a stream keeps in flight.
 const SMALL_SLOTS: usize = 1 << 15;
 /// Slots of the raw ring, and crossbeam's bound, for 64 KiB items: our default ring's 1 MiB.
 const LARGE_SLOTS: usize = 16;
