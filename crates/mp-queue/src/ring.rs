@@ -96,29 +96,17 @@ const CHASE: u32 = 8;
 /// kilobyte, whole lines) ahead. Measured with two processes moving `u64`s: 22 M/s with no
 /// pause, 37 M/s with 1 µs, 43 M/s with 2 or 4 µs.
 const CHASE_PAUSE: std::time::Duration = std::time::Duration::from_micros(2);
-/// A pause pays when the producers got at least this many bytes ahead during it (a few
-/// lines; a `u64` streamed from another CPU puts about 2 KiB in a pause). One that finds
-/// less met a producer that is not streaming: one putting now and then, or this very thread
-/// (a put and a get in turn, where every get finds the one frame just put and would pause
-/// every time).
+/// A pause pays when the producers put at least this many bytes during it (a few lines; a
+/// `u64` streamed from another CPU puts about 2 KiB in a pause). One that sees less met a
+/// producer that is not streaming: one putting now and then, or this very thread (a put
+/// and a get in turn, or a few puts and as many gets, where every pause would find nothing
+/// new).
 const PAUSE_PAYS: u64 = 256;
 /// After a pause that did not pay, no pause for this many refreshes, twice as many after
 /// each further one in a row, up to [`QUIET_MAX`] (a pause in every 65,536 gets costs a get
 /// a few hundredths of a nanosecond); a pause that pays starts again from here.
 const QUIET_MIN: u32 = 64;
 const QUIET_MAX: u32 = 1 << 16;
-/// Spins for [`CHASE_PAUSE`] (far below a sleep's cost here), out of line: the short path
-/// that calls it is inlined everywhere.
-#[cold]
-#[inline(never)]
-fn chase_pause() {
-    let until = std::time::Instant::now() + CHASE_PAUSE;
-    while std::time::Instant::now() < until {
-        for _ in 0..8 {
-            std::hint::spin_loop();
-        }
-    }
-}
 
 /// Items of at most this many bytes take the short paths ([`Ring::put_short`],
 /// [`Ring::take_short`]) when nothing unusual is going on.
@@ -1130,19 +1118,18 @@ impl Ring {
         if !(head < tail && self.one_lap(head, tail)) {
             let chase = self.locals.chase.load(Ordering::Relaxed) as i32;
             let paused = chase >= CHASE as i32;
-            if paused {
-                // Streaming, one frame at a time on the producers' heels: every take pulls
-                // the line they are writing (and `tail`'s) back and forth. Let them get
-                // ahead, then take whole lines.
-                chase_pause();
-            }
+            // Streaming, one frame at a time on the producers' heels: every take pulls the
+            // line they are writing (and `tail`'s) back and forth. Let them get ahead, then
+            // take whole lines. (Where `tail` was before: what the pause gained is told
+            // from what was there already.)
+            let before = if paused { self.chase_pause() } else { 0 };
             tail = self.word(TAIL).load(Ordering::Acquire);
             if !(head < tail && self.one_lap(head, tail)) {
                 self.locals.chase.store(0, Ordering::Relaxed);
                 return None;
             }
             let chase = if paused {
-                self.paid(tail - head)
+                self.paid(tail.saturating_sub(before))
             } else {
                 chase
             };
@@ -1179,7 +1166,24 @@ impl Ring {
         })
     }
 
-    /// After a pause of [`Ring::take_short`] that found the producers `ahead` bytes on: the
+    /// Spins for [`CHASE_PAUSE`] (far below a sleep's cost here), out of line: the short
+    /// path that calls it is inlined everywhere. Where `tail` was as it began.
+    #[cold]
+    #[inline(never)]
+    fn chase_pause(&self) -> u64 {
+        let before = self.word(TAIL).load(Ordering::Relaxed);
+        #[cfg(test)]
+        tests::during_pause();
+        let until = std::time::Instant::now() + CHASE_PAUSE;
+        while std::time::Instant::now() < until {
+            for _ in 0..8 {
+                std::hint::spin_loop();
+            }
+        }
+        before
+    }
+
+    /// After a pause of [`Ring::take_short`] in which the producers went `ahead` bytes on: the
     /// chase count to carry on from (below zero, for a time without pauses, if it did not
     /// pay; see [`PAUSE_PAYS`]).
     #[cold]
@@ -1353,6 +1357,19 @@ pub(crate) mod tests {
         /// afresh: what other processes do at that moment.
         static BEFORE_FRESH_TAIL: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
             const { std::cell::RefCell::new(None) };
+    }
+
+    thread_local! {
+        /// Run once, by the next chase pause of this thread: what a streaming producer does
+        /// meanwhile.
+        static DURING_PAUSE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn during_pause() {
+        if let Some(then) = DURING_PAUSE.with(|hook| hook.borrow_mut().take()) {
+            then();
+        }
     }
 
     pub(super) fn before_fresh_tail() {
@@ -1925,7 +1942,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_consumer_chasing_its_producer_frame_by_frame_pauses_and_one_finding_nothing_does_not() {
-        let t = test_ring(4096, 0);
+        let t = std::rc::Rc::new(test_ring(4096, 0));
         let r = &t.ring;
         r.word32(POLLERS).store(0, Ordering::Relaxed); // uncounted: the short paths
         let chase = || r.locals.chase.load(Ordering::Relaxed) as i32;
@@ -1936,13 +1953,23 @@ pub(crate) mod tests {
             assert_eq!(out, [i]);
         }
         assert_eq!(chase(), CHASE as i32);
-        // A pause that pays: the producers got whole lines ahead meanwhile (here, before).
-        for i in 0..40u8 {
-            assert!(r.put_small_now(&[i]).unwrap().is_some());
-        }
+        // A pause that pays: the producers put whole lines meanwhile.
+        assert!(r.put_small_now(&[0]).unwrap().is_some());
+        let producer = std::rc::Rc::clone(&t);
+        DURING_PAUSE.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move || {
+                for i in 1..40u8 {
+                    assert!(producer.ring.put_small_now(&[i]).unwrap().is_some());
+                }
+            }))
+        });
         let before = std::time::Instant::now();
         assert!(r.take_short(&mut out).is_some());
         assert!(before.elapsed() >= CHASE_PAUSE, "paused before looking");
+        assert!(
+            DURING_PAUSE.with(|hook| hook.borrow().is_none()),
+            "the producer ran"
+        );
         assert_eq!(out, [0]);
         assert_eq!(chase(), CHASE as i32 + 1, "the chase goes on");
         for i in 1..40u8 {
@@ -1981,6 +2008,31 @@ pub(crate) mod tests {
             pair(0);
         }
         assert_eq!(chase(), 1 - QUIET_MAX as i32, "held off at most this long");
+    }
+
+    #[test]
+    fn a_pause_pays_for_what_was_put_during_it_not_for_what_was_there() {
+        // A few puts of 64 bytes, then as many gets, by one thread: more than `PAUSE_PAYS`
+        // bytes wait at each pause, none of them put during it.
+        let t = test_ring(4096, 0);
+        let r = &t.ring;
+        r.word32(POLLERS).store(0, Ordering::Relaxed); // uncounted: the short paths
+        let item = [7u8; SHORT];
+        let batch = PAUSE_PAYS as usize / frame_size(SHORT, false) + 1;
+        let mut out = Vec::new();
+        for _ in 0..CHASE + 1 {
+            for _ in 0..batch {
+                assert!(r.put_small_now(&item).unwrap().is_some());
+            }
+            for _ in 0..batch {
+                assert!(r.take_short(&mut out).is_some());
+            }
+        }
+        assert_eq!(
+            r.locals.chase.load(Ordering::Relaxed) as i32,
+            1 - QUIET_MIN as i32,
+            "the pause did not pay"
+        );
     }
 
     const CAP_FOR_COUNT: usize = 4096;
