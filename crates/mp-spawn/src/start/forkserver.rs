@@ -261,6 +261,7 @@ pub(crate) fn start(bootstrap: Frame) -> Result<Started> {
             standby.pidfd.as_fd(),
         ) {
             Ok(()) => {
+                unread_if_gone(standby.pidfd.as_fd(), standby.channel.theirs.as_fd());
                 return Ok(Started {
                     pid: standby.pid,
                     pidfd: Some(standby.pidfd),
@@ -411,6 +412,18 @@ fn discard_unread(socket: std::os::fd::BorrowedFd<'_>) {
     }
 }
 
+/// After a bootstrap was sent: if the standby has ended already, throws away what it left
+/// unread on its socket (`theirs`, of which we hold a copy). It may have been killed between
+/// the look at it before the send and the send, and reaped (its socket emptied, see
+/// [`discard_unread`]) before the bootstrap arrived: the descriptors in it would then live
+/// on in our copy until the child was joined. (Killed after this look, it is reaped after
+/// the send, and the server throws them away.)
+fn unread_if_gone(pidfd: std::os::fd::BorrowedFd<'_>, theirs: std::os::fd::BorrowedFd<'_>) {
+    if readable_now(pidfd) {
+        discard_unread(theirs);
+    }
+}
+
 /// A request is a frame with no bytes (the descriptors are all it says).
 const REQUEST_MAX: usize = 64;
 
@@ -465,5 +478,31 @@ fn handle(request: &mut Frame, conn: &mut Option<Connection>, children: &mut Vec
             }
         }
         Err(_) => reply(&[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::fd::AsFd, time::Duration};
+
+    use super::*;
+
+    /// A bootstrap sent to a standby that has ended already: its descriptors close at once.
+    #[test]
+    fn a_bootstrap_sent_to_an_ended_standby_keeps_no_descriptor_alive() {
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = open_pidfd(ended.id()).unwrap();
+        let gone = mp_pipe::wait(&[&pidfd.as_fd()], Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(gone, [0], "the child did not end");
+        let (ours, theirs) = socketpair().unwrap();
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        mp_codec::wire::send_parts(&ours, b"bootstrap", &[writer.as_fd()]).unwrap();
+        drop(writer); // in flight only, now
+        unread_if_gone(pidfd.as_fd(), theirs.as_fd());
+        // The pipe's only writer was the one in flight: end of file, not a wait.
+        let ready = mp_pipe::wait(&[&reader.as_fd()], Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(ready, [0], "the descriptor in flight is still alive");
+        assert_eq!(rustix::io::read(&reader, &mut [0u8; 1]).unwrap(), 0);
+        ended.wait().unwrap();
     }
 }
