@@ -100,6 +100,12 @@ impl Small<'_> {
     fn len(&mut self, len: usize) -> Result {
         self.varint(len as u64)
     }
+
+    /// An enum variant's index (what comes before its fields, if any).
+    #[inline(always)]
+    fn variant(&mut self, index: u32) -> Result {
+        self.varint(u64::from(index))
+    }
 }
 
 fn zigzag(n: i64) -> u64 {
@@ -220,7 +226,7 @@ impl Serializer for &mut Small<'_> {
 
     #[inline(always)]
     fn serialize_unit_variant(self, _: &'static str, index: u32, _: &'static str) -> Result {
-        self.varint(u64::from(index))
+        self.variant(index)
     }
 
     #[inline(always)]
@@ -236,13 +242,12 @@ impl Serializer for &mut Small<'_> {
         _: &'static str,
         value: &T,
     ) -> Result {
-        self.varint(u64::from(index))?;
+        self.variant(index)?;
         value.serialize(self)
     }
 
     fn serialize_seq(self, len: Option<usize>) -> Result<Self> {
-        self.len(len.ok_or(Stop)?)?;
-        Ok(self)
+        self.len(len.ok_or(Stop)?).map(|()| self)
     }
 
     #[inline(always)]
@@ -262,13 +267,11 @@ impl Serializer for &mut Small<'_> {
         _: &'static str,
         _: usize,
     ) -> Result<Self> {
-        self.varint(u64::from(index))?;
-        Ok(self)
+        self.variant(index).map(|()| self)
     }
 
     fn serialize_map(self, len: Option<usize>) -> Result<Self> {
-        self.len(len.ok_or(Stop)?)?;
-        Ok(self)
+        self.len(len.ok_or(Stop)?).map(|()| self)
     }
 
     #[inline(always)]
@@ -283,8 +286,7 @@ impl Serializer for &mut Small<'_> {
         _: &'static str,
         _: usize,
     ) -> Result<Self> {
-        self.varint(u64::from(index))?;
-        Ok(self)
+        self.variant(index).map(|()| self)
     }
 
     /// postcard writes the text's length first, which takes formatting it twice; a frame
