@@ -250,10 +250,23 @@ impl<'a> Lock<'a> {
     /// caller that keeps it (a look at this thread's state, and at where its slot is, saved).
     #[inline(always)]
     pub(crate) fn enter_biased_token(&self) -> Option<Inside<'a>> {
-        let token = self.mine()?;
-        let control = self.mem.head32::<{ crate::ring::CONTROL / 4 }>();
-        let in_op = control.get(self.local.in_op.load(Ordering::Relaxed) as usize)?;
+        let (token, in_op) = self.mine_inside()?;
         self.enter(token, in_op).then_some(Inside(in_op))
+    }
+
+    /// [`Lock::mine`], with the "in an operation" word of the token's slot.
+    #[inline(always)]
+    fn mine_inside(&self) -> Option<(u64, &'a AtomicU32)> {
+        let token = self.mine()?;
+        Some((token, self.my_in_op()?))
+    }
+
+    /// The "in an operation" word of the slot of the token this process keeps, found from
+    /// the index kept with it (meaningful only while [`Lock::mine`] says so).
+    #[inline(always)]
+    fn my_in_op(&self) -> Option<&'a AtomicU32> {
+        let control = self.mem.head32::<{ crate::ring::CONTROL / 4 }>();
+        control.get(self.local.in_op.load(Ordering::Relaxed) as usize)
     }
 
     /// Takes the lock only if nobody is using the side now (a biased holder outside its
@@ -470,9 +483,9 @@ impl<'a> Lock<'a> {
     /// the lock uncontended often enough biases the side to itself, then releases the lock.
     #[inline]
     pub(crate) fn release(&self) {
-        if let Some(token) = self.mine() {
-            if let Some(in_op) = self.in_op(token) {
-                in_op.store(0, Ordering::Release);
+        if self.mine().is_some() {
+            if let Some(in_op) = self.my_in_op() {
+                Inside(in_op).leave();
             }
             return;
         }

@@ -638,13 +638,7 @@ impl<T: Message> Queue<T> {
         len: usize,
         within: Within,
     ) -> Result<()> {
-        let done = if self.polled() {
-            Ok(None)
-        } else {
-            self.ring().put_small(&short[..len])
-        };
-        inside.leave();
-        match self.settle_now(done) {
+        match self.now_inside(inside, || self.ring().put_small(&short[..len])) {
             Some(done) => done.map(drop),
             None => self.put_encoded(&short[..len], &[], within.deadline(), None),
         }
@@ -727,6 +721,23 @@ impl<T: Message> Queue<T> {
         if published { Ok(()) } else { Err(Error::Lost) }
     }
 
+    /// [`Queue::now`] for a thread inside its biased side: runs `op` unless someone polls
+    /// the doorbell, and leaves.
+    #[inline]
+    fn now_inside<R>(
+        &self,
+        inside: Inside<'_>,
+        op: impl FnOnce() -> std::result::Result<Option<R>, Corrupt>,
+    ) -> Option<Result<R>> {
+        if self.polled() {
+            inside.leave();
+            return None;
+        }
+        let done = op();
+        inside.leave();
+        self.settle_now(done)
+    }
+
     /// The common case of a put or a get, kept lean: runs `op` under `lock` if it is free
     /// now and nobody polls the doorbell. `None` when it is not, or `op` found no room or no
     /// item: the caller takes the general path.
@@ -739,13 +750,7 @@ impl<T: Message> Queue<T> {
         if let Some(inside) = lock.enter_biased_token() {
             // The side is this thread's (see `bias`): the same as below, with no look at
             // the lock's words.
-            if self.polled() {
-                inside.leave();
-                return None;
-            }
-            let done = op();
-            inside.leave();
-            return self.settle_now(done);
+            return self.now_inside(inside, op);
         }
         if !self.took_now(lock) {
             return None;
@@ -1068,18 +1073,13 @@ impl<T: Message> Queue<T> {
     #[inline(never)]
     fn get_biased(&self, inside: Inside<'_>, within: Within) -> Result<T> {
         let mut frame = None;
-        let done = if self.polled() {
-            Ok(None)
-        } else {
+        let now = self.now_inside(inside, || {
             // Into this thread's scratch frame, lent only now. Without an owner to record,
             // `claim` takes only a small item, copied under the lock.
             let frame = frame.insert(Scratch::take());
-            self.ring()
-                .claim(None, &mut frame.bytes)
-                .map(|claimed| claimed.map(|_| None))
-        };
-        inside.leave();
-        self.got_now(self.settle_now(done), &[0; ring::SHORT], frame, within)
+            Ok(self.ring().claim(None, &mut frame.bytes)?.map(|_| None))
+        });
+        self.got_now(now, &[], frame, within)
     }
 
     /// A get by a thread that does not hold the side biased.
@@ -1103,7 +1103,7 @@ impl<T: Message> Queue<T> {
     fn got_now(
         &self,
         now: Option<Result<Option<usize>>>,
-        short: &[u8; ring::SHORT],
+        short: &[u8],
         frame: Option<Scratch>,
         within: Within,
     ) -> Result<T> {

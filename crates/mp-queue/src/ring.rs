@@ -1117,22 +1117,17 @@ impl Ring {
         }
         if !(head < tail && self.one_lap(head, tail)) {
             let chase = self.locals.chase.load(Ordering::Relaxed) as i32;
-            let paused = chase >= CHASE as i32;
             // Streaming, one frame at a time on the producers' heels: every take pulls the
             // line they are writing (and `tail`'s) back and forth. Let them get ahead, then
             // take whole lines. (Where `tail` was before: what the pause gained is told
             // from what was there already.)
-            let before = if paused { self.chase_pause() } else { 0 };
+            let before = (chase >= CHASE as i32).then(|| self.chase_pause());
             tail = self.word(TAIL).load(Ordering::Acquire);
             if !(head < tail && self.one_lap(head, tail)) {
                 self.locals.chase.store(0, Ordering::Relaxed);
                 return None;
             }
-            let chase = if paused {
-                self.paid(tail.saturating_sub(before))
-            } else {
-                chase
-            };
+            let chase = before.map_or(chase, |before| self.paid(tail.saturating_sub(before)));
             self.locals
                 .chase
                 .store(chase.saturating_add(1) as u32, Ordering::Relaxed);
